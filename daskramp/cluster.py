@@ -1,0 +1,101 @@
+"""Where the graph runs: a local process-based cluster, or an existing scheduler.
+
+* default: a :class:`distributed.LocalCluster` of worker *processes* sized to the machine;
+* ``scheduler="tcp://host:8786"`` or the ``DASKRAMP_SCHEDULER`` environment variable: connect
+  to a running scheduler (a docker-compose cluster, an HPC allocation, …) and submit there;
+* profiles in ``workflows/clusters/*.yaml`` hold these settings apart from the science.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .config import load_yaml
+
+ENV_SCHEDULER = "DASKRAMP_SCHEDULER"
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """Settings of a dask cluster (no science here)."""
+
+    scheduler: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str | int = "auto"
+    processes: bool = True
+    dashboard_address: str | None = ":0"
+
+    @classmethod
+    def from_yaml(cls, path) -> ClusterProfile:
+        data = load_yaml(path)
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown cluster settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def parse_memory(limit, workers: int) -> int:
+    """Bytes per worker for a ``memory_limit`` setting ("auto", "2GB", "2 GiB", int bytes)."""
+    from dask.utils import parse_bytes
+
+    if limit in (None, "auto", 0):
+        import psutil
+
+        return int(psutil.virtual_memory().total / max(workers, 1))
+    if isinstance(limit, (int, float)):
+        return int(limit)
+    return int(parse_bytes(str(limit)))
+
+
+@contextmanager
+def connect(profile: ClusterProfile | None = None, *, quiet: bool = False, **overrides):
+    """Yield a :class:`distributed.Client` for ``profile`` (a new local cluster or a scheduler).
+
+    The local cluster and client are closed on exit; a remote scheduler is left running.
+    """
+    from distributed import Client, LocalCluster
+
+    profile = profile or ClusterProfile()
+    if overrides:
+        profile = ClusterProfile(**{**profile.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    address = profile.scheduler or os.environ.get(ENV_SCHEDULER)
+    if address:
+        client = Client(address, timeout="30s")
+        cluster = None
+    else:
+        workers = profile.workers or default_workers()
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=profile.threads_per_worker,
+            memory_limit=profile.memory_limit,
+            processes=profile.processes,
+            dashboard_address=profile.dashboard_address,
+        )
+        client = Client(cluster)
+    try:
+        if not quiet:
+            info = client.scheduler_info()
+            n = len(info.get("workers", {}))
+            print(f"dask cluster: {client.scheduler.address} ({n} workers)")
+            if client.dashboard_link:
+                print(f"dashboard:    {client.dashboard_link}")
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_memory_limit(client) -> int | None:
+    """Smallest memory limit among the client's workers, in bytes (None when unlimited)."""
+    limits = [w.get("memory_limit") or 0 for w in client.scheduler_info().get("workers", {}).values()]
+    limits = [m for m in limits if m]
+    return min(limits) if limits else None

@@ -1,0 +1,125 @@
+"""Layered configuration: step defaults < workflow YAML < environment < command line.
+
+A workflow file (``workflows/*.yaml``) holds the science recipe::
+
+    steps:
+      jump:
+        rejection_threshold: 10
+      dark_current:
+        skip: true
+    stats_scope: segment
+
+Cluster profiles (``workflows/clusters/*.yaml``) are separate: they say where the graph runs
+and with how much memory, never what it computes.  Environment variables
+``DASKRAMP_STEPS__<STEP>__<PARAM>=value`` override the file; ``--steps.<step>.<param>=value``
+on the command line overrides both.  Values are parsed as YAML scalars (``10``, ``true``,
+``4.5``, ``null``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A workflow file, environment variable or command-line override is malformed."""
+
+
+def parse_value(text: str):
+    """Parse a command-line/env value as a YAML scalar (``'10'`` → 10, ``'true'`` → True)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse value {text!r}: {err}") from None
+
+
+def load_yaml(path) -> dict:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: Mapping, update: Mapping) -> dict:
+    """Deep-merge ``update`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def set_dotted(cfg: dict, dotted: str, value) -> dict:
+    """Set ``cfg['steps']['jump']['rejection_threshold']`` from ``'steps.jump.rejection_threshold'``."""
+    keys = [k for k in dotted.split(".") if k]
+    if not keys:
+        raise ConfigError(f"empty configuration key {dotted!r}")
+    node = cfg
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"configuration key {dotted!r} goes through a non-mapping value")
+    node[keys[-1]] = value
+    return cfg
+
+
+def from_env(environ: Mapping[str, str] | None = None, prefix: str = "DASKRAMP_STEPS__") -> dict:
+    """Step overrides from ``DASKRAMP_STEPS__JUMP__REJECTION_THRESHOLD=10`` style variables."""
+    environ = os.environ if environ is None else environ
+    cfg: dict = {}
+    for key, val in environ.items():
+        if key.startswith(prefix):
+            parts = key[len(prefix) :].lower().split("__")
+            if len(parts) != 2:
+                raise ConfigError(f"environment variable {key}: expected {prefix}<STEP>__<PARAM>")
+            set_dotted(cfg, f"steps.{parts[0]}.{parts[1]}", parse_value(val))
+    return cfg
+
+
+def parse_overrides(args: Iterable[str]) -> dict:
+    """``['--steps.jump.rejection_threshold=10', '--steps.dark_current.skip', 'true']`` → nested dict."""
+    cfg: dict = {}
+    args = list(args)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--steps."):
+            raise ConfigError(f"unrecognised argument {a!r} (step parameters are --steps.<step>.<param>=<value>)")
+        key = a[2:]
+        if "=" in key:
+            key, val = key.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            i += 1
+            val = args[i]
+        else:
+            val = "true"
+        parts = key.split(".")
+        if len(parts) != 3:
+            raise ConfigError(f"{a!r}: expected --steps.<step>.<param>=<value>")
+        set_dotted(cfg, key, parse_value(val))
+        i += 1
+    return cfg
+
+
+def layered(*, workflow=None, environ: Mapping[str, str] | None = None, cli: Iterable[str] = ()) -> dict:
+    """The effective configuration: workflow file < environment < command line."""
+    cfg: dict = {"steps": {}}
+    if workflow is not None:
+        cfg = merge(cfg, load_yaml(workflow))
+    cfg = merge(cfg, from_env(environ))
+    cfg = merge(cfg, parse_overrides(cli))
+    return cfg

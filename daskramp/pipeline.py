@@ -1,0 +1,378 @@
+"""calwebb_detector1 as one lazy graph: ordered steps → rate / rateints (no compute here).
+
+Layout (see ``docs/design.md``): pixel-local steps run on whatever chunks the exposure has
+(integration chunks from FITS, or pixel tiles from a Zarr store written with inner column
+chunks); before jump the ramp is laid out in *pixel tiles* — every integration of one
+segment (or of the whole exposure with ``stats_scope="exposure"``), all groups, all rows and
+a band of columns — because jump and ramp_fit pool statistics over integrations.  The tile
+width comes from the worker memory budget (:func:`plan_tiles`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import dims
+from .config import ConfigError
+
+#: near-IR step order of jwst 3.0 calwebb_detector1 (spec 00 §4); ipc, picture_frame and
+#: persistence are out of scope for NIR TSO/imaging and not listed
+STEP_ORDER = (
+    "group_scale",
+    "dq_init",
+    "saturation",
+    "superbias",
+    "refpix",
+    "linearity",
+    "dark_current",
+    "charge_migration",
+    "jump",
+    "clean_flicker_noise",
+    "ramp_fit",
+    "gain_scale",
+)
+
+#: FITS status keyword of each step (spec 01 §5)
+STATUS_KEY = {
+    "group_scale": "S_GRPSCL",
+    "dq_init": "S_DQINIT",
+    "saturation": "S_SATURA",
+    "superbias": "S_SUPERB",
+    "refpix": "S_REFPIX",
+    "linearity": "S_LINEAR",
+    "dark_current": "S_DARK",
+    "charge_migration": "S_CHGMIG",
+    "jump": "S_JUMP",
+    "clean_flicker_noise": "S_CLNFNS",
+    "ramp_fit": "S_RAMP",
+    "gain_scale": "S_GANSCL",
+}
+
+#: reference types each step reads
+STEP_REFTYPES = {
+    "dq_init": ("mask",),
+    "saturation": ("saturation", "superbias"),
+    "superbias": ("superbias",),
+    "linearity": ("linearity",),
+    "dark_current": ("dark",),
+    "jump": ("gain", "readnoise"),
+    "ramp_fit": ("gain", "readnoise"),
+    "gain_scale": ("gain",),
+}
+
+#: scratch memory of the tile stage (jump + ramp_fit) per byte of float32 ramp in the tile,
+#: measured with benchmarks/detector1.py; used to size tiles before anything runs
+TILE_MEMORY_FACTOR = 6.0
+
+
+def step_module(name: str):
+    """The xarray wrapper module of a step (``daskramp.steps.<name>``)."""
+    if name not in STEP_ORDER:
+        raise ConfigError(f"unknown step {name!r}; steps are: {', '.join(STEP_ORDER)}")
+    return importlib.import_module(f"daskramp.steps.{name}")
+
+
+def step_params(name: str, given: Mapping | None = None):
+    """The frozen ``Params`` of a step with ``given`` values, rejecting unknown names clearly."""
+    mod = step_module(name)
+    given = dict(given or {})
+    known = {f.name for f in dataclasses.fields(mod.Params)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"step {name}: unknown parameter(s) {unknown}; known: {sorted(known)}")
+    return mod.Params(**given)
+
+
+@dataclass
+class Detector1Result:
+    """Lazy products of :func:`detector1`."""
+
+    rate: xr.Dataset | None
+    rateints: xr.Dataset | None
+    intermediates: dict[str, xr.Dataset] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def products(self) -> dict[str, xr.Dataset]:
+        out = {k: v for k, v in (("rateints", self.rateints), ("rate", self.rate)) if v is not None}
+        out.update({f"{k}_ramp": v for k, v in self.intermediates.items()})
+        return out
+
+
+def plan_tiles(ds: xr.Dataset, *, memory_limit: int | None, stats_scope: str = "segment",
+               tile_columns: int | None = None, factor: float = TILE_MEMORY_FACTOR) -> int:
+    """Columns per pixel tile for jump/ramp_fit so one task fits in ``memory_limit`` bytes.
+
+    A tile holds every integration of the largest segment (or of the exposure), all groups and
+    rows; the projected task memory is ``factor × 4 bytes × nint × ngroups × ny × columns``.
+    Raises :class:`MemoryError` naming the projection and the limit when even one column
+    cannot fit.
+    """
+    nx = ds.sizes[dims.X]
+    if stats_scope == "exposure":
+        nint = ds.sizes[dims.INTEGRATION]
+    else:
+        nint = max(b - a for a, b in dims.segment_bounds(ds))
+    per_column = factor * 4 * nint * ds.sizes[dims.GROUP] * ds.sizes[dims.Y]
+    if tile_columns is not None:
+        cols = int(tile_columns)
+    elif memory_limit is None:
+        cols = nx
+    else:
+        cols = int(memory_limit // per_column)
+        if cols < 1:
+            raise MemoryError(
+                f"jump/ramp_fit tile of one column needs {per_column / 2**20:.0f} MiB "
+                f"(nint={nint}, ngroups={ds.sizes[dims.GROUP]}, ny={ds.sizes[dims.Y]}, factor {factor}) "
+                f"but the worker memory limit is {memory_limit / 2**20:.0f} MiB; use "
+                f"stats_scope='segment', fewer integrations per segment or larger workers"
+            )
+    cols = max(1, min(cols, nx))
+    # prefer a power of two that divides the width, so tiles line up with store chunks
+    p = 2 ** int(math.log2(cols))
+    while p > 1 and nx % p:
+        p //= 2
+    return p if p >= max(1, cols // 2) else cols
+
+
+def _as_float(ds: xr.Dataset) -> xr.Dataset:
+    if ds[dims.DATA].dtype != dims.FLOAT_DTYPE:
+        ds = ds.assign({dims.DATA: ds[dims.DATA].astype(dims.FLOAT_DTYPE)})
+    if dims.ZEROFRAME in ds and ds[dims.ZEROFRAME].dtype != dims.FLOAT_DTYPE:
+        ds = ds.assign({dims.ZEROFRAME: ds[dims.ZEROFRAME].astype(dims.FLOAT_DTYPE)})
+    return ds
+
+
+def _ref(refs, reftype):
+    return None if refs is None else refs.get(reftype)
+
+
+def _image(ref, ext="SCI"):
+    return None if ref is None else ref.arrays.get(ext)
+
+
+def _call_step(name: str, ds: xr.Dataset, refs, params, *, stats_scope: str):
+    """Map reference files to the wrapper's keyword arguments and run one step lazily."""
+    mod = step_module(name)
+    fn = getattr(mod, name)
+    kw = {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.name != "skip"}
+    missing = [rt for rt in STEP_REFTYPES.get(name, ()) if _ref(refs, rt) is None]
+    if name == "dq_init":
+        if missing:
+            return None
+        return fn(ds, mask=_image(refs.get("mask"), "DQ"), **kw)
+    if name == "saturation":
+        if "saturation" in missing:
+            return None
+        sat = refs.get("saturation")
+        bias = _ref(refs, "superbias")
+        return fn(ds, threshold=_image(sat), threshold_dq=_image(sat, "DQ"),
+                  superbias=_image(bias), **kw)
+    if name == "superbias":
+        if missing:
+            return None
+        bias = refs.get("superbias")
+        return fn(ds, superbias=_image(bias), superbias_dq=_image(bias, "DQ"), **kw)
+    if name == "linearity":
+        if missing:
+            return None
+        lin = refs.get("linearity")
+        return fn(ds, coeffs=_image(lin, "COEFFS"), lin_dq=_image(lin, "DQ"),
+                  inv_coeffs=_image(lin, "INV_COEFFS"), **kw)
+    if name == "dark_current":
+        if missing:
+            return None
+        dark = refs.get("dark")
+        h = dark.header
+        return fn(ds, dark=_image(dark), dark_dq=_image(dark, "DQ"),
+                  dark_nframes=int(h.get("NFRAMES", 1)), dark_groupgap=int(h.get("GROUPGAP", 0)),
+                  dark_avdrkcur=_image(dark, "AVDRKCUR"), dark_avdrkcur_keyword=h.get("AVDRKCUR"),
+                  **kw)
+    if name == "jump":
+        if missing:
+            raise ConfigError(f"jump needs reference files {missing}; none was found or given")
+        return fn(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
+                  stats_scope=stats_scope, **kw)
+    if name == "ramp_fit":
+        if missing:
+            raise ConfigError(f"ramp_fit needs reference files {missing}; none was found or given")
+        return fn(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
+                  stats_scope=stats_scope, **kw)
+    return fn(ds, **kw)
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("daskramp", "numpy", "dask", "distributed", "xarray", "zarr", "astropy", "numba"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def detector1(
+    exposure,
+    refs=None,
+    *,
+    steps: Mapping[str, Mapping] | None = None,
+    stats_scope: str = "segment",
+    save_steps: Sequence[str] = (),
+    memory_limit: int | None = None,
+    tile_columns: int | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Detector1Result:
+    """Build the calwebb_detector1 graph for an exposure; nothing is computed.
+
+    Parameters
+    ----------
+    exposure : xarray.Dataset or path(s)
+        The exposure Dataset (see :mod:`daskramp.dims`), a Zarr store or uncal FITS files.
+    refs : RefSet, path or None
+        Reference files: a :class:`daskramp.io.refs.RefSet`, a directory of CRDS-format FITS
+        files, or None (steps that need a missing reference are skipped, as with "N/A").
+    steps : mapping
+        ``{step: {param: value}}`` with the official parameter names; ``{"skip": True}`` skips.
+    stats_scope : {"segment", "exposure"}
+        Pool jump/ramp_fit statistics per uncal segment (the official behaviour) or over the
+        whole stitched exposure.
+    save_steps : sequence of str
+        Steps whose output ramp is returned in ``intermediates`` (like ``save_results``).
+    memory_limit : int, optional
+        Bytes per worker task budget used to size the pixel tiles of jump/ramp_fit.
+
+    Returns
+    -------
+    Detector1Result
+        ``rate`` (y, x) and ``rateints`` (integration, y, x) lazy Datasets in DN/s, the
+        requested intermediates and a provenance record.
+    """
+    from .io.refs import RefSet
+
+    if not isinstance(exposure, xr.Dataset):
+        from .io import open_exposure
+
+        exposure = open_exposure(exposure)
+    ds = dims.validate(exposure)
+    steps = {k: dict(v or {}) for k, v in (steps or {}).items()}
+    for name in steps:
+        step_module(name)
+    for name in save_steps:
+        if name not in STEP_ORDER or name in ("ramp_fit", "gain_scale"):
+            raise ConfigError(f"save_steps: {name!r} is not a ramp step; choose from {STEP_ORDER[:-2]}")
+    if stats_scope not in ("segment", "exposure"):
+        raise ConfigError(f"stats_scope must be 'segment' or 'exposure', got {stats_scope!r}")
+    if refs is not None and not isinstance(refs, RefSet):
+        refs = RefSet.from_dir(refs, ds.attrs, overrides=overrides)
+
+    params = {name: step_params(name, steps.get(name)) for name in STEP_ORDER}
+    provenance: dict = {
+        "pipeline": "calwebb_detector1",
+        "stats_scope": stats_scope,
+        "steps": {},
+        "reference_files": refs.provenance() if refs is not None else {},
+        "versions": package_versions(),
+    }
+
+    ds = _as_float(ds)
+    cols = None
+    rate = rateints = None
+    intermediates: dict[str, xr.Dataset] = {}
+    for name in STEP_ORDER:
+        p = params[name]
+        record = {"parameters": dataclasses.asdict(p)}
+        provenance["steps"][name] = record
+        if name == "jump" or (name == "ramp_fit" and cols is None):
+            cols = plan_tiles(ds, memory_limit=memory_limit, stats_scope=stats_scope,
+                              tile_columns=tile_columns)
+            ds = _tile(ds, cols, stats_scope)
+            provenance["tile_columns"] = cols
+        if p.skip:
+            record["status"] = "SKIPPED"
+            _set_status(ds, name, "SKIPPED")
+            continue
+        if name == "ramp_fit":
+            out = _call_step(name, ds, refs, p, stats_scope=stats_scope)
+            rate, rateints = out
+            record["status"] = "COMPLETE"
+            continue
+        if name == "gain_scale":
+            if rate is None:
+                record["status"] = "SKIPPED"
+                continue
+            gain = _ref(refs, "gain")
+            factor = None if gain is None else gain.header.get("GAINFACT")
+            fn = step_module(name).gain_scale
+            kw = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("skip",)}
+            kw.setdefault("gain_factor", None)
+            if kw.get("gain_factor") is None:
+                kw["gain_factor"] = ds.attrs.get("GAINFACT", factor)
+            rate = fn(rate, **kw)
+            rateints = fn(rateints, **kw)
+            record["status"] = rate.attrs.get("S_GANSCL", "COMPLETE")
+            continue
+        out = _call_step(name, ds, refs, p, stats_scope=stats_scope)
+        if out is None:
+            record["status"] = "SKIPPED"
+            record["reason"] = f"no reference file for {STEP_REFTYPES.get(name)}"
+            _set_status(ds, name, "SKIPPED")
+        else:
+            ds = out
+            record["status"] = ds.attrs.get(STATUS_KEY[name], "COMPLETE")
+        if name in save_steps:
+            intermediates[name] = ds
+
+    statuses = {STATUS_KEY[n]: provenance["steps"][n]["status"] for n in STEP_ORDER}
+    for prod in (rate, rateints):
+        if prod is not None:
+            prod.attrs.update(statuses)
+    return Detector1Result(rate=rate, rateints=rateints, intermediates=intermediates,
+                           provenance=provenance)
+
+
+def _set_status(ds: xr.Dataset, name: str, status: str) -> None:
+    ds.attrs[STATUS_KEY[name]] = status
+
+
+def _tile(ds: xr.Dataset, cols: int, stats_scope: str) -> xr.Dataset:
+    """Lay the ramp out in pixel tiles: whole segments × all groups × all rows × ``cols`` columns."""
+    from .steps._apply import chunk_by_segment
+
+    ds = chunk_by_segment(ds, stats_scope=stats_scope)
+    if any(hasattr(v.data, "dask") for v in ds.data_vars.values()):
+        ds = ds.chunk({dims.Y: -1, dims.X: cols})
+    return ds
+
+
+def summarize(result: Detector1Result) -> dict:
+    """A few figures describing the products, computed through dask (reductions only)."""
+    import dask
+    import dask.array as da
+
+    from . import dq
+
+    if result.rate is None:
+        return {}
+    rate = da.asarray(result.rate["data"].data)
+    rdq = da.asarray(result.rate["dq"].data)
+    out = {
+        "rate_median_DN_s": da.nanmedian(rate.ravel(), axis=0),
+        "finite_fraction": da.isfinite(rate).mean(),
+        "jump_flagged_fraction": ((rdq & dq.JUMP_DET) != 0).mean(),
+        "saturated_fraction": ((rdq & dq.SATURATED) != 0).mean(),
+    }
+    if result.rateints is not None:
+        idq = da.asarray(result.rateints["dq"].data)
+        out["jump_fraction_per_integration"] = ((idq & dq.JUMP_DET) != 0).mean(axis=(1, 2))
+    (vals,) = dask.compute(out)
+    return {k: (v.tolist() if np.ndim(v) else float(v)) for k, v in vals.items()}
