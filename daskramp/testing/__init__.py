@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: hand-built ramps, laziness checks, the official pipeline."""

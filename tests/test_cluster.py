@@ -1,0 +1,63 @@
+"""Cluster profiles, the docker-compose topology, and a real scheduler with worker processes."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daskramp.cli import build_parser
+from daskramp.cluster import ENV_SCHEDULER, ClusterProfile, connect
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_profiles_parse():
+    local = ClusterProfile.from_yaml(ROOT / "workflows/clusters/local.yaml")
+    assert local.processes and local.workers == 2 and local.threads_per_worker == 1
+    compose = ClusterProfile.from_yaml(ROOT / "workflows/clusters/compose.yaml")
+    assert compose.scheduler == "tcp://localhost:8786"
+
+
+def test_profile_rejects_unknown_keys(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("workers: 2\ncores: 4\n")
+    with pytest.raises(ValueError, match="unknown cluster settings \\['cores'\\]"):
+        ClusterProfile.from_yaml(f)
+
+
+def test_compose_file_matches_cli():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    sched, worker = compose["services"]["scheduler"], compose["services"]["worker"]
+    # the scheduler listens where the compose profile and README tell daskramp to submit
+    assert "8786:8786" in sched["ports"] and "8787:8787" in sched["ports"]
+    assert sched["command"][:2] == ["dask", "scheduler"] and "8786" in sched["command"]
+    profile = ClusterProfile.from_yaml(ROOT / "workflows/clusters/compose.yaml")
+    assert profile.scheduler.endswith(":8786")
+    # workers reach the scheduler by its service name and share one volume at the same path
+    assert worker["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
+    assert worker["environment"][ENV_SCHEDULER] == "tcp://scheduler:8786"
+    mounts = {v.split(":")[1] for v in sched["volumes"]} | {v.split(":")[1] for v in worker["volumes"]}
+    assert mounts == {"/data"}
+    assert "data" in compose["volumes"]
+    # the image is built from the project's Dockerfile with the package installed
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install" in dockerfile and "COPY daskramp" in dockerfile
+    # the CLI accepts the scheduler address the README shows
+    args = build_parser().parse_args(["run", "/data/exposure.zarr", "--out", "/data/products",
+                                      "--scheduler", "tcp://localhost:8786"])
+    assert args.scheduler == "tcp://localhost:8786"
+
+
+@pytest.mark.distributed
+def test_connect_to_real_scheduler(real_cluster, monkeypatch):
+    import dask.array as da
+
+    monkeypatch.setenv(ENV_SCHEDULER, real_cluster.address)
+    with connect(quiet=True) as client:
+        assert client.scheduler.address == real_cluster.address
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 2
+        # work runs in the worker processes, not in this one
+        pids = set(client.run(lambda: __import__("os").getpid()).values())
+        assert len(pids) == 2 and __import__("os").getpid() not in pids
+        assert float(da.ones((100, 100), chunks=10).sum().compute()) == 10000.0
