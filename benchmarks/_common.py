@@ -1,0 +1,56 @@
+"""Shared pieces of the benchmark scripts: cached simulated inputs, timing, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("DASKRAMP_BENCH_CACHE", Path.home() / ".cache" / "daskramp-bench"))
+
+
+def simulated(preset: str, nints: int, segments: int = 1, ngroups: int | None = None, seed: int = 1, **kw):
+    """A simulated exposure, generated once and cached (keyed by its parameters)."""
+    from daskramp.simulate import simulate
+
+    key = f"{preset}-n{nints}-s{segments}-g{ngroups}-seed{seed}" + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
+    out = CACHE / key
+    done = out / ".done"
+    if done.exists():
+        info = json.loads(done.read_text())
+        from types import SimpleNamespace
+
+        return SimpleNamespace(uncal_files=[Path(p) for p in info["uncal_files"]],
+                               refs_dir=Path(info["refs_dir"]), truth_path=Path(info["truth_path"]))
+    t0 = time.perf_counter()
+    res = simulate(out, preset=preset, nints=nints, segments=segments, ngroups=ngroups, seed=seed, **kw)
+    print(f"# simulated {key} in {time.perf_counter() - t0:.1f} s", flush=True)
+    done.write_text(json.dumps({"uncal_files": [str(p) for p in res.uncal_files],
+                                "refs_dir": str(res.refs_dir), "truth_path": str(res.truth_path)}))
+    return res
+
+
+def run_official(uncal, refs_dir, outdir, maximum_cores="1", python=None) -> dict:
+    """The official pipeline in its own process; returns its JSON report plus peak tree RSS."""
+    from daskramp.testing.memory import TreeMemorySampler
+
+    python = python or os.environ.get("DASKRAMP_JWST_PYTHON", sys.executable)
+    cmd = [python, "-m", "daskramp.testing.official", str(uncal), "--refs", str(refs_dir),
+           "--out", str(outdir), "--maximum-cores", str(maximum_cores)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    with TreeMemorySampler(proc.pid, interval=0.25) as mem:
+        stdout, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"official pipeline failed ({proc.returncode}): {' '.join(cmd)}")
+    report = json.loads(stdout.strip().splitlines()[-1])
+    report.update(process_wall_s=wall, peak_rss_bytes=mem.peak)
+    return report
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"

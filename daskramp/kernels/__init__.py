@@ -1,0 +1,1 @@
+"""Step kernels: one module per calibration step."""

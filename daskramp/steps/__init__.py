@@ -1,0 +1,1 @@
+"""Step steps: one module per calibration step."""
