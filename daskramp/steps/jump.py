@@ -1,0 +1,233 @@
+"""jump step wrapper: JUMP_DET by the two-point difference method (spec 07).
+
+The kernel pools statistics over every integration of a pixel, so the ramp is rechunked with
+:func:`daskramp.steps._apply.chunk_by_segment` (one block per uncal segment by default, the
+official behaviour; ``stats_scope="exposure"`` pools the stitched exposure).  ``y``/``x`` may be
+split into pixel tiles: neighbour flagging uses a one-pixel halo, and the method choice, which
+the official step makes for the whole frame, is fed by a lazy reduction ``plane_dnu`` (groups
+in which every pixel of the frame has DO_NOT_USE) computed over the whole frame.
+
+Not reproduced on spatial tiles: the sigma-clip rule that resets JUMP_DET-only groups in a
+plane where every pixel of the frame has JUMP_DET or DO_NOT_USE (see
+:mod:`daskramp.kernels.jump`); it is applied exactly when the frame is one block.
+
+PRIMECRS/EXTNCRS are not produced: counting "primary" jumps needs the flags before neighbour
+flagging, a second output the one-array kernel contract does not carry; EXTNCRS is 0 without
+snowball/shower flagging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from .. import dq
+from ..dims import (
+    DATA,
+    GROUP,
+    GROUPDQ,
+    IMAGE_DIMS,
+    INTEGRATION,
+    PIXELDQ,
+    X,
+    Y,
+    segment_bounds,
+    validate,
+)
+from ..kernels import jump as kernel
+from ._apply import chunk_by_segment, map_ramp_blocks
+
+STATUS = "S_JUMP"
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameters of the jump step, with the official names and defaults."""
+
+    rejection_threshold: float = 4.0
+    three_group_rejection_threshold: float = 6.0
+    four_group_rejection_threshold: float = 5.0
+    #: accepted for configuration compatibility; dask provides the parallelism
+    maximum_cores: str = "1"
+    flag_4_neighbors: bool = True
+    max_jump_to_flag_neighbors: float = 1000.0
+    min_jump_to_flag_neighbors: float = 10.0
+    after_jump_flag_dn1: float = 0.0
+    after_jump_flag_time1: float = 0.0
+    after_jump_flag_dn2: float = 0.0
+    after_jump_flag_time2: float = 0.0
+    #: snowball flagging (NIR); not implemented, only False is accepted
+    expand_large_events: bool = False
+    min_sat_area: float = 1.0
+    min_jump_area: float = 5.0
+    expand_factor: float = 2.0
+    use_ellipses: bool = False
+    sat_required_snowball: bool = True
+    min_sat_radius_extend: float = 2.5
+    sat_expand: int = 2
+    edge_size: int = 25
+    mask_snowball_core_next_int: bool = True
+    snowball_time_masked_next_int: int = 4000
+    #: MIRI shower flagging; not implemented, only False is accepted
+    find_showers: bool = False
+    max_shower_amplitude: float = 4.0
+    extend_snr_threshold: float = 1.2
+    extend_min_area: int = 90
+    extend_inner_radius: float = 1.0
+    extend_outer_radius: float = 2.6
+    extend_ellipse_expand_ratio: float = 1.1
+    time_masked_after_shower: float = 15.0
+    min_diffs_single_pass: int = 10
+    max_extended_radius: int = 200
+    minimum_groups: int = 3
+    minimum_sigclip_groups: int = 100
+    only_use_ints: bool = True
+    skip: bool = False
+
+
+#: parameters passed on to the kernel
+_KERNEL_PARAMS = (
+    "rejection_threshold",
+    "three_group_rejection_threshold",
+    "four_group_rejection_threshold",
+    "flag_4_neighbors",
+    "max_jump_to_flag_neighbors",
+    "min_jump_to_flag_neighbors",
+    "after_jump_flag_dn1",
+    "after_jump_flag_time1",
+    "after_jump_flag_dn2",
+    "after_jump_flag_time2",
+    "minimum_groups",
+    "minimum_sigclip_groups",
+    "only_use_ints",
+    "min_diffs_single_pass",
+)
+
+
+def _image(arr, ds: xr.Dataset, name: str) -> xr.DataArray:
+    """A (y, x) reference image as a float32 DataArray aligned with ``ds`` by position."""
+    if isinstance(arr, xr.DataArray):
+        if arr.dims != IMAGE_DIMS:
+            raise ValueError(f"jump: {name} has dims {arr.dims}, expected {IMAGE_DIMS}")
+        data = arr.data
+    else:
+        data = np.asarray(arr)
+    shape = (ds.sizes[Y], ds.sizes[X])
+    if tuple(data.shape) != shape:
+        raise ValueError(f"jump: {name} has shape {tuple(data.shape)}, expected {shape} (cut to the subarray)")
+    return xr.DataArray(data, dims=IMAGE_DIMS).astype(np.float32)
+
+
+def _jump_block(data, groupdq, gain, readnoise, plane_dnu, gain_median_image, **kw):
+    """Kernel adapter for a lazily computed gain median (broadcast as a (y, x) image)."""
+    gmed = float(gain_median_image.flat[0]) if gain_median_image.size else np.nan
+    return kernel.jump(data, groupdq, gain, readnoise, plane_dnu, gain_median=gmed, **kw)
+
+
+def _is_lazy(*arrays) -> bool:
+    return any(hasattr(a.data, "dask") for a in arrays)
+
+
+def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", **params) -> xr.Dataset:
+    """Flag cosmic-ray jumps (JUMP_DET in ``groupdq``) and bad-gain pixels (``pixeldq``).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Exposure (:mod:`daskramp.dims`) with float32 ``data`` in DN; numpy- or dask-backed.
+    gain : ndarray or xarray.DataArray, dims (y, x)
+        GAIN reference (e⁻/DN) cut to the subarray.
+    readnoise : ndarray or xarray.DataArray, dims (y, x)
+        READNOISE reference (CDS, DN) cut to the subarray.
+    stats_scope : {"segment", "exposure"}
+        Pool statistics and choose the method per uncal segment (official) or over the whole
+        exposure.
+    **params
+        :class:`Params` fields (official names).
+
+    Returns
+    -------
+    xarray.Dataset
+        New Dataset: ``groupdq`` with JUMP_DET (lazy when the input is), ``pixeldq`` OR
+        NO_GAIN_VALUE|DO_NOT_USE where the gain is ≤ 0 or NaN, ``attrs["S_JUMP"]``
+        ``"COMPLETE"``, or ``"SKIPPED"`` (unchanged arrays) when ``skip`` or NGROUPS ≤ 2.
+        ``data`` is not modified; with dask input the ramp is rechunked to whole segments.
+    """
+    p = Params(**params)
+    validate(ds, calibrated=True, source="jump")
+    if p.skip or ds.sizes[GROUP] <= 2:
+        out = ds.copy()
+        out.attrs[STATUS] = "SKIPPED"
+        return out
+    if p.expand_large_events:
+        raise NotImplementedError(
+            "jump: expand_large_events=True (snowball flagging) is not implemented in daskramp; "
+            "run with expand_large_events=False"
+        )
+    if p.find_showers:
+        raise NotImplementedError("jump: find_showers=True (MIRI showers) is not implemented in daskramp")
+
+    attrs = ds.attrs
+    g = _image(gain, ds, "gain")
+    rn = _image(readnoise, ds, "readnoise")
+    kw = {name: getattr(p, name) for name in _KERNEL_PARAMS}
+    kw["nframes"] = int(attrs["NFRAMES"])
+    kw["tgroup"] = float(attrs["TGROUP"])
+    after_jump = p.after_jump_flag_time1 // kw["tgroup"] > 0 or p.after_jump_flag_time2 // kw["tgroup"] > 0
+    halo = 1 if p.flag_4_neighbors else 0
+
+    lazy = _is_lazy(ds[DATA], ds[GROUPDQ], g, rn)
+    if lazy:
+        ds_c = ds if _is_lazy(ds[DATA]) else ds.chunk()
+        ds_c = chunk_by_segment(ds_c, stats_scope=stats_scope)
+        parts = [ds_c]
+    else:
+        # without dask the kernel sees the whole array at once: cut it into the segments
+        ds_c = ds
+        if stats_scope == "segment":
+            parts = [ds.isel({INTEGRATION: slice(a, b)}) for a, b in segment_bounds(ds)]
+        elif stats_scope == "exposure":
+            parts = [ds]
+        else:
+            raise ValueError(f"stats_scope must be 'segment' or 'exposure', got {stats_scope!r}")
+
+    gdq_parts = []
+    for part in parts:
+        gdq = part[GROUPDQ]
+        # groups in which every pixel of the whole frame is DO_NOT_USE (lazy reduction)
+        plane_dnu = ((gdq & dq.DO_NOT_USE) != 0).all(dim=(Y, X))
+        args = [part[DATA], gdq, g, rn, plane_dnu]
+        whole_frame = not lazy or all(
+            len(part[DATA].chunksizes.get(d, (0,))) <= 1 for d in (Y, X)
+        )
+        kw_part = dict(kw, sigclip_plane_reset=whole_frame)
+        func = kernel.jump
+        if after_jump:
+            if _is_lazy(g):
+                # nanmedian of the whole gain image, kept lazy and broadcast as an image
+                gmed = g.chunk({Y: -1, X: -1}).median(skipna=True)
+                args.append(xr.zeros_like(g) + gmed)
+                func = _jump_block
+            else:
+                kw_part["gain_median"] = float(np.nanmedian(np.asarray(g.data)))
+        new = map_ramp_blocks(func, *args, dtype=np.uint8, halo=halo, name="jump", **kw_part)
+        gdq_parts.append(new.data)
+
+    if len(gdq_parts) == 1:
+        new_gdq = gdq_parts[0]
+    else:
+        new_gdq = np.concatenate(gdq_parts, axis=0)
+
+    new_pdq = xr.apply_ufunc(kernel.bad_gain_pixeldq, ds_c[PIXELDQ], g, dask="allowed")
+    out = ds_c.assign(
+        {
+            GROUPDQ: (ds_c[GROUPDQ].dims, new_gdq, ds_c[GROUPDQ].attrs),
+            PIXELDQ: (IMAGE_DIMS, new_pdq.data.astype(np.uint32), ds_c[PIXELDQ].attrs),
+        }
+    )
+    out.attrs = dict(attrs)
+    out.attrs[STATUS] = "COMPLETE"
+    return out
+
