@@ -1,0 +1,656 @@
+"""Reference files (CRDS format): selection from headers, subarray cut-outs, validation.
+
+A :class:`RefSet` holds the reference files of one exposure, one per reftype in
+:data:`REFTYPES`.  Files are chosen from a directory of CRDS-format FITS files by their
+primary headers (spec 01 §2), or given explicitly per reftype (``overrides``, like the
+official ``override_<reftype>`` step arguments; ``"N/A"`` means "no file: skip the step").
+
+Selection rules, in order:
+
+1. ``REFTYPE`` equals the reftype; ``INSTRUME`` equals the exposure's; ``DETECTOR`` matches.
+2. Applicability selectors, when the reference header carries them: ``EXP_TYPE``,
+   ``READPATT``, ``SUBARRAY`` (or the CRDS pattern keywords ``P_EXP_TY``, ``P_READPA``,
+   ``P_SUBARR``, ``P_DETECT``, which win over the plain ones).  A value may be a
+   ``|``-separated list; ``ANY``, ``GENERIC`` and ``N/A`` match anything.  For ``SUBARRAY``
+   a full-frame file (``FULL``/``GENERIC``) matches every exposure (it is cut out), a
+   subarray file must name the exposure's subarray.
+3. Darks are ranked by timing: ``NFRAMES``/``GROUPGAP`` equal to the exposure's first, then
+   ``NFRAMES=1, GROUPGAP=0`` (averaged per group by dark_current), then anything else.
+4. The most specific match wins (an exact single value beats a list, which beats a wildcard).
+5. Among equally specific files, the newest ``USEAFTER`` not later than the observation
+   (``DATE-OBS``/``TIME-OBS`` of the exposure, when given) wins; a tie is an error listing
+   the files.
+
+Cut-outs follow jwst ``lib/reffile_utils`` (spec 01 §3): mask, saturation, superbias,
+linearity (COEFFS/INV_COEFFS keep their leading axis), gain and readnoise are cut to the
+science subarray; the dark is not, and its image shape must equal the science image.  Only the
+needed part of each array is read (``ImageHDU.section``), so a full-frame reference costs
+the size of the subarray.  Arrays come back native-endian: float32 for images and
+coefficients, uint32 for DQ.
+
+Extensions stage 1 never uses are not loaded: DQ_DEF, the superbias and dark ERR.
+The dark SCI cube is read only up to the last frame the exposure needs (see
+:func:`dark_planes_needed`); its header keeps the file's NGROUPS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+REFTYPES = ("mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise")
+
+#: reftypes whose arrays are cut to the science subarray (dark_current does not cut)
+CUT_REFTYPES = frozenset({"mask", "saturation", "superbias", "linearity", "gain", "readnoise"})
+
+FULL_FRAME = 2048
+NA = "N/A"
+
+
+@dataclass(frozen=True)
+class _Ext:
+    ndim: int
+    kind: str  # "float" → float32, "dq" → uint32
+    required: bool = True
+
+
+#: extensions loaded per reftype; the first one is the primary array of the model
+LAYOUT: dict[str, dict[str, _Ext]] = {
+    "mask": {"DQ": _Ext(2, "dq")},
+    "saturation": {"SCI": _Ext(2, "float"), "DQ": _Ext(2, "dq")},
+    "superbias": {"SCI": _Ext(2, "float"), "DQ": _Ext(2, "dq")},
+    "linearity": {
+        "COEFFS": _Ext(3, "float"),
+        "DQ": _Ext(2, "dq"),
+        "INV_COEFFS": _Ext(3, "float", required=False),
+    },
+    "dark": {
+        "SCI": _Ext(3, "float"),
+        "DQ": _Ext(2, "dq"),
+        "AVDRKCUR": _Ext(2, "float", required=False),
+    },
+    "gain": {"SCI": _Ext(2, "float")},
+    "readnoise": {"SCI": _Ext(2, "float")},
+}
+
+#: applicability selectors: science keyword → reference keywords (CRDS pattern keyword first)
+SELECTORS: dict[str, tuple[str, ...]] = {
+    "EXP_TYPE": ("P_EXP_TY", "EXP_TYPE"),
+    "READPATT": ("P_READPA", "READPATT"),
+    "SUBARRAY": ("P_SUBARR", "SUBARRAY"),
+}
+_WILDCARDS = frozenset({"ANY", "GENERIC", "N/A"})
+_FULL_NAMES = frozenset({"FULL", "GENERIC"})
+
+
+class ReferenceFileError(ValueError):
+    """A reference file is missing, ambiguous or incompatible with the exposure."""
+
+
+class ReferenceFileWarning(UserWarning):
+    """A reference file header disagrees with its arrays; the arrays win (as in jwst)."""
+
+
+@dataclass(frozen=True)
+class RefFile:
+    """One reference file, its primary header and its arrays cut to the science subarray.
+
+    Attributes
+    ----------
+    reftype : str
+        One of :data:`REFTYPES`.
+    path : Path
+        The FITS file.
+    header : dict
+        Primary header keywords (COMMENT/HISTORY dropped).
+    arrays : dict of str to numpy.ndarray
+        EXTNAME → array, dims ``(y, x)`` or ``(plane, y, x)``; already cut to the science
+        subarray for every reftype but the dark.
+    sha256 : str
+        Hex digest of the file bytes.
+    """
+
+    reftype: str
+    path: Path
+    header: dict = field(repr=False)
+    arrays: dict = field(repr=False)
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def _err(reftype: str, path, msg: str) -> ReferenceFileError:
+    where = f" {Path(path).name}" if path is not None else ""
+    return ReferenceFileError(f"{reftype.upper()} reference{where}: {msg}")
+
+
+def _warn(reftype: str, path, msg: str) -> None:
+    warnings.warn(
+        f"{reftype.upper()} reference {Path(path).name}: {msg}", ReferenceFileWarning, stacklevel=3
+    )
+
+
+def file_sha256(path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _header_dict(header: fits.Header) -> dict:
+    out: dict = {}
+    for card in header.cards:
+        key = card.keyword
+        if not key or key in ("COMMENT", "HISTORY") or key in out:
+            continue
+        value = card.value
+        if isinstance(value, fits.card.Undefined):
+            value = None
+        out[key] = value
+    return out
+
+
+def _norm(value) -> str:
+    return str(value).strip().upper()
+
+
+def _selector_score(ref_value, sci_value, *, full_names=frozenset()) -> int | None:
+    """2 exact single value, 1 member of a list, 0 wildcard/absent, None no match."""
+    if ref_value is None or str(ref_value).strip() == "":
+        return 0
+    values = [v for v in (_norm(p) for p in str(ref_value).split("|")) if v]
+    if not values:
+        return 0
+    if sci_value is None:
+        # the exposure does not say: the selector cannot exclude the file, nor prefer it
+        return 0
+    sci = _norm(sci_value)
+    if sci in values:
+        return 2 if len(values) == 1 else 1
+    if any(v in _WILDCARDS or v in full_names for v in values):
+        return 0
+    return None
+
+
+def _ref_selector(header: Mapping, keys: tuple[str, ...]):
+    for k in keys:
+        if header.get(k) not in (None, ""):
+            return header[k]
+    return None
+
+
+def parse_useafter(value) -> datetime:
+    """Parse a CRDS USEAFTER value (ISO ``2022-05-01T00:00:00`` or ``Jan 01 2022 00:00:00``)."""
+    s = str(value).strip().replace("T", " ")
+    for fmt in (
+        "%Y-%m-%d %H:%M:%S.%f",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d",
+        "%b %d %Y %H:%M:%S",
+        "%b %d %Y",
+    ):
+        try:
+            return datetime.strptime(s, fmt)
+        except ValueError:
+            continue
+    raise ValueError(f"unrecognised USEAFTER {value!r}")
+
+
+def _observation_time(attrs: Mapping) -> datetime | None:
+    date = attrs.get("DATE-OBS")
+    if not date:
+        return None
+    time = attrs.get("TIME-OBS") or "00:00:00"
+    try:
+        return parse_useafter(f"{date} {time}")
+    except ValueError:
+        try:
+            return parse_useafter(date)
+        except ValueError:
+            return None
+
+
+def dark_planes_needed(attrs: Mapping, dark_header: Mapping, nplanes: int) -> int:
+    """Number of leading dark SCI planes the dark_current step can use for this exposure.
+
+    With the dark's NFRAMES/GROUPGAP equal to the science values, plane g serves group g, so
+    NGROUPS planes suffice.  Otherwise planes are indexed as frames, up to
+    ``NGROUPS·NFRAMES + (NGROUPS−1)·GROUPGAP`` (spec 05).  A dark shorter than that is
+    returned whole (dark_current extrapolates from its last two planes).
+    """
+    try:
+        n_g, n_f, gap = int(attrs["NGROUPS"]), int(attrs["NFRAMES"]), int(attrs["GROUPGAP"])
+    except (KeyError, TypeError, ValueError):
+        return nplanes
+    d_f = int(dark_header.get("NFRAMES") or 1)
+    d_g = int(dark_header.get("GROUPGAP") or 0)
+    need = n_g if (d_f, d_g) == (n_f, gap) else n_g * n_f + (n_g - 1) * gap
+    return min(nplanes, max(need, 1))
+
+
+# ---------------------------------------------------------------------------- subarray rules
+
+
+def subarray_window(
+    reftype: str, path, ref_header: Mapping, ref_shape: tuple[int, int], sci: Mapping
+):
+    """Slices ``(ys, xs)`` cutting a reference to the science subarray, or None if it matches.
+
+    Implements ``ref_matches_sci`` / ``get_subarray_model`` (spec 01 §3).  ``ref_shape`` is
+    the reference image shape (ny, nx) read from the FITS header (NAXIS2, NAXIS1).
+
+    Raises
+    ------
+    ReferenceFileError
+        Missing science subarray keywords, reference keywords missing on a non-2048×2048
+        array, a start < 1, or a science window outside the reference.
+    """
+    try:
+        sx, sy = int(sci["SUBSTRT1"]), int(sci["SUBSTRT2"])
+        nx_s, ny_s = int(sci["SUBSIZE1"]), int(sci["SUBSIZE2"])
+    except (KeyError, TypeError, ValueError):
+        raise _err(
+            reftype, path, "the exposure lacks SUBSTRT1/2 or SUBSIZE1/2; cannot cut the reference"
+        ) from None
+    if sx < 1 or sy < 1:
+        raise _err(reftype, path, f"exposure subarray start SUBSTRT1={sx}, SUBSTRT2={sy} is < 1")
+    ny_d, nx_d = ref_shape
+    keys = ("SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2")
+    vals = [ref_header.get(k) for k in keys]
+    if any(v is None for v in vals):
+        if (ny_d, nx_d) != (FULL_FRAME, FULL_FRAME):
+            raise _err(
+                reftype,
+                path,
+                f"SUBSTRT1/2, SUBSIZE1/2 missing and the array is {ny_d}×{nx_d}, not full frame "
+                f"{FULL_FRAME}×{FULL_FRAME}; cannot place it on the detector",
+            )
+        _warn(
+            reftype,
+            path,
+            "SUBSTRT/SUBSIZE keywords missing; treating the 2048×2048 array as full frame",
+        )
+        rx, ry, nx_r, ny_r = 1, 1, FULL_FRAME, FULL_FRAME
+    else:
+        rx, ry, nx_r, ny_r = (int(v) for v in vals)
+    if rx < 1 or ry < 1:
+        raise _err(reftype, path, f"subarray start SUBSTRT1={rx}, SUBSTRT2={ry} is < 1")
+    if nx_r != nx_d:
+        _warn(reftype, path, f"SUBSIZE1={nx_r} disagrees with the array width {nx_d}; using {nx_d}")
+        nx_r = nx_d
+    if ny_r != ny_d:
+        _warn(
+            reftype, path, f"SUBSIZE2={ny_r} disagrees with the array height {ny_d}; using {ny_d}"
+        )
+        ny_r = ny_d
+    if (rx, ry, nx_r, ny_r) == (sx, sy, nx_s, ny_s):
+        return None
+    x0, y0 = sx - rx, sy - ry
+    x1, y1 = x0 + nx_s, y0 + ny_s
+    if x0 < 0 or y0 < 0 or x1 > nx_r or y1 > ny_r:
+        raise _err(
+            reftype,
+            path,
+            f"science subarray (SUBSTRT1={sx}, SUBSTRT2={sy}, SUBSIZE1={nx_s}, SUBSIZE2={ny_s}) lies "
+            f"outside the reference (SUBSTRT1={rx}, SUBSTRT2={ry}, SUBSIZE1={nx_r}, SUBSIZE2={ny_r}): "
+            f"slice x {x0}:{x1}, y {y0}:{y1}",
+        )
+    return slice(y0, y1), slice(x0, x1)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _convert(reftype, path, ext: str, spec: _Ext, arr: np.ndarray) -> np.ndarray:
+    kind = arr.dtype.kind
+    if spec.kind == "dq":
+        if kind not in "ui":
+            raise _err(
+                reftype,
+                path,
+                f"extension {ext} has dtype {arr.dtype}, expected an unsigned integer (uint32) DQ array",
+            )
+        if kind == "i" and arr.size and arr.min() < 0:
+            raise _err(reftype, path, f"extension {ext} holds negative DQ values")
+        return np.ascontiguousarray(arr, dtype=np.uint32)
+    if kind != "f":
+        raise _err(reftype, path, f"extension {ext} has dtype {arr.dtype}, expected float32")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def load_reffile(reftype: str, path, sci: Mapping) -> RefFile:
+    """Read one reference file for the exposure described by ``sci`` (FITS keywords).
+
+    Checks REFTYPE, INSTRUME and DETECTOR against the exposure, reads the stage-1
+    extensions (only the science window of each), validates their dtypes and shapes, and
+    cuts them to the science subarray where spec 01 §3 says so.
+    """
+    reftype = reftype.lower()
+    if reftype not in LAYOUT:
+        raise ReferenceFileError(f"unknown reftype {reftype!r}; known: {REFTYPES}")
+    path = Path(path)
+    if not path.is_file():
+        raise _err(reftype, path, f"file not found: {path}")
+    layout = LAYOUT[reftype]
+    try:
+        hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+    except OSError as exc:
+        raise _err(reftype, path, f"cannot be read as FITS ({exc})") from None
+    with hdul:
+        header = _header_dict(hdul[0].header)
+        _check_identity(reftype, path, header, sci)
+        names = {h.name.upper(): h for h in hdul}
+        missing = [e for e, s in layout.items() if s.required and e not in names]
+        if missing:
+            raise _err(
+                reftype,
+                path,
+                f"missing extension(s) {missing}; a {reftype.upper()} file needs {[e for e, s in layout.items() if s.required]}",
+            )
+        primary = next(iter(layout))
+        main = names[primary]
+        shape = tuple(main.shape)
+        if len(shape) != layout[primary].ndim:
+            raise _err(
+                reftype,
+                path,
+                f"extension {primary} has shape {shape}, expected {layout[primary].ndim} dimensions",
+            )
+        yx = shape[-2:]
+        if reftype in CUT_REFTYPES:
+            # keywords live in the primary header; fall back to the array's own header
+            kw = {
+                k: header.get(k, main.header.get(k))
+                for k in ("SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2")
+            }
+            window = subarray_window(reftype, path, kw, yx, sci)
+        else:
+            window = None
+            want = (
+                (int(sci["SUBSIZE2"]), int(sci["SUBSIZE1"]))
+                if "SUBSIZE1" in sci and "SUBSIZE2" in sci
+                else None
+            )
+            if want is not None and tuple(yx) != want:
+                raise _err(
+                    reftype,
+                    path,
+                    f"image shape {yx[0]}×{yx[1]} does not equal the science image {want[0]}×{want[1]} "
+                    f"(SUBARRAY={sci.get('SUBARRAY')}); darks are not cut out: supply a dark for this subarray",
+                )
+        arrays: dict[str, np.ndarray] = {}
+        for ext, spec in layout.items():
+            if ext not in names:
+                continue
+            hdu = names[ext]
+            eshape = tuple(hdu.shape)
+            if len(eshape) != spec.ndim or eshape[-2:] != tuple(yx):
+                raise _err(
+                    reftype,
+                    path,
+                    f"extension {ext} has shape {eshape}, expected {spec.ndim} dimensions ending in {tuple(yx)} like {primary}",
+                )
+            lead: tuple = ()
+            if spec.ndim == 3:
+                n = eshape[0]
+                if reftype == "dark" and ext == "SCI":
+                    n = dark_planes_needed(sci, header, n)
+                lead = (slice(0, n),)
+            key = lead + (window if window is not None else (slice(None), slice(None)))
+            arrays[ext] = _convert(reftype, path, ext, spec, hdu.section[key])
+    return RefFile(
+        reftype=reftype, path=path.resolve(), header=header, arrays=arrays, sha256=file_sha256(path)
+    )
+
+
+def _check_identity(reftype: str, path, header: Mapping, sci: Mapping) -> None:
+    rt = header.get("REFTYPE")
+    if rt is None or _norm(rt) != reftype.upper():
+        raise _err(reftype, path, f"REFTYPE is {rt!r}, expected {reftype.upper()!r}")
+    for key, ref_keys in (("INSTRUME", ("INSTRUME",)), ("DETECTOR", ("P_DETECT", "DETECTOR"))):
+        if sci.get(key) is None:
+            continue
+        value = _ref_selector(header, ref_keys)
+        if value is None:
+            raise _err(reftype, path, f"{key} keyword missing; the exposure has {key}={sci[key]!r}")
+        if key == "INSTRUME":
+            ok = _norm(value) == _norm(sci[key])
+        else:
+            ok = _selector_score(value, sci[key]) is not None
+        if not ok:
+            raise _err(
+                reftype, path, f"{key}={value!r} does not match the exposure {key}={sci[key]!r}"
+            )
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    header: dict
+    score: tuple
+    useafter: datetime
+
+
+def _scan(refs_dir: Path) -> list[tuple[Path, dict]]:
+    out = []
+    for p in sorted(refs_dir.glob("*.fits")):
+        try:
+            hdr = _header_dict(fits.getheader(p, 0))
+        except OSError as exc:
+            warnings.warn(
+                f"{p.name}: skipped, not a readable FITS file ({exc})",
+                ReferenceFileWarning,
+                stacklevel=3,
+            )
+            continue
+        if hdr.get("REFTYPE") is not None:
+            out.append((p, hdr))
+    return out
+
+
+def _rank(reftype: str, path: Path, hdr: dict, sci: Mapping) -> tuple[tuple | None, str]:
+    """(score, "") for an applicable file; (None, reason) otherwise."""
+    if _norm(hdr.get("INSTRUME", "")) != _norm(sci.get("INSTRUME", "")):
+        return None, f"INSTRUME={hdr.get('INSTRUME')!r}"
+    if _selector_score(_ref_selector(hdr, ("P_DETECT", "DETECTOR")), sci.get("DETECTOR")) is None:
+        return None, f"DETECTOR={_ref_selector(hdr, ('P_DETECT', 'DETECTOR'))!r}"
+    total = 0
+    for sci_key, ref_keys in SELECTORS.items():
+        value = _ref_selector(hdr, ref_keys)
+        s = _selector_score(
+            value,
+            sci.get(sci_key),
+            full_names=_FULL_NAMES if sci_key == "SUBARRAY" else frozenset(),
+        )
+        if s is None:
+            return None, f"{sci_key}={value!r}"
+        total += s
+    timing = 0
+    if reftype == "dark" and sci.get("NFRAMES") is not None:
+        d = (int(hdr.get("NFRAMES") or 1), int(hdr.get("GROUPGAP") or 0))
+        s = (int(sci["NFRAMES"]), int(sci.get("GROUPGAP") or 0))
+        timing = 2 if d == s else 1 if d == (1, 0) else 0
+    return (timing, total), ""
+
+
+def select(reftype: str, refs_dir, sci: Mapping) -> Path | None:
+    """Path of the best reference file of ``reftype`` in ``refs_dir`` for the exposure, or None.
+
+    Raises
+    ------
+    ReferenceFileError
+        Two or more equally specific files with the same USEAFTER, or an unreadable USEAFTER.
+    """
+    return _select(reftype, Path(refs_dir), sci, _scan(Path(refs_dir)))[0]
+
+
+def _select(reftype: str, refs_dir: Path, sci: Mapping, scanned) -> tuple[Path | None, list[str]]:
+    obs = _observation_time(sci)
+    candidates: list[_Candidate] = []
+    rejected: list[str] = []
+    for path, hdr in scanned:
+        if _norm(hdr["REFTYPE"]) != reftype.upper():
+            continue
+        score, why = _rank(reftype, path, hdr, sci)
+        if score is None:
+            rejected.append(f"{path.name} ({why})")
+            continue
+        ua = hdr.get("USEAFTER")
+        if ua is None:
+            useafter = datetime.min
+        else:
+            try:
+                useafter = parse_useafter(ua)
+            except ValueError:
+                raise _err(reftype, path, f"USEAFTER={ua!r} is not a date") from None
+        if obs is not None and useafter > obs:
+            rejected.append(
+                f"{path.name} (USEAFTER {ua} is after the observation {obs.isoformat()})"
+            )
+            continue
+        candidates.append(_Candidate(path, hdr, score, useafter))
+    if not candidates:
+        return None, rejected
+    best = max(c.score for c in candidates)
+    top = [c for c in candidates if c.score == best]
+    newest = max(c.useafter for c in top)
+    top = [c for c in top if c.useafter == newest]
+    if len(top) > 1:
+        names = ", ".join(sorted(c.path.name for c in top))
+        raise ReferenceFileError(
+            f"{reftype.upper()} reference: {len(top)} files in {refs_dir} match equally well "
+            f"(same selectors and USEAFTER {top[0].header.get('USEAFTER')!r}): {names}; "
+            f"remove one or give override {reftype}=<file>"
+        )
+    return top[0].path, rejected
+
+
+class RefSet:
+    """The reference files of one exposure, one :class:`RefFile` (or None for "N/A") per reftype."""
+
+    def __init__(self, files: Mapping[str, RefFile | None]):
+        unknown = set(files) - set(REFTYPES)
+        if unknown:
+            raise ReferenceFileError(f"unknown reftype(s) {sorted(unknown)}; known: {REFTYPES}")
+        self._files = {rt: files.get(rt) for rt in REFTYPES}
+
+    @classmethod
+    def from_dir(
+        cls,
+        refs_dir,
+        exposure_attrs: Mapping,
+        *,
+        overrides: Mapping[str, str | Path] | None = None,
+        required=REFTYPES,
+    ) -> RefSet:
+        """Select, read and cut the reference files for an exposure.
+
+        Parameters
+        ----------
+        refs_dir : path or None
+            Directory of CRDS-format ``*.fits`` reference files.  None: only ``overrides``.
+        exposure_attrs : mapping
+            The exposure's FITS keywords (``Dataset.attrs``): INSTRUME, DETECTOR, EXP_TYPE,
+            READPATT, SUBARRAY, SUBSTRT1/2, SUBSIZE1/2, NGROUPS, NFRAMES, GROUPGAP, DATE-OBS.
+        overrides : mapping of reftype to path or "N/A", optional
+            A file used instead of the directory search (no selector or USEAFTER checks, but
+            REFTYPE, INSTRUME, DETECTOR, layout and subarray are checked); "N/A" → None.
+            Keys may also be spelled ``override_<reftype>``.
+        required : iterable of str
+            Reftypes that must be found when no override is given (default: all).
+
+        Raises
+        ------
+        ReferenceFileError
+            Naming the reftype and the file for every missing or incompatible reference.
+        """
+        ov = {}
+        for k, v in (overrides or {}).items():
+            rt = k.lower().removeprefix("override_")
+            if rt not in REFTYPES:
+                raise ReferenceFileError(f"override {k!r}: unknown reftype; known: {REFTYPES}")
+            ov[rt] = v
+        refs_dir = None if refs_dir is None else Path(refs_dir)
+        if refs_dir is not None and not refs_dir.is_dir():
+            raise ReferenceFileError(f"reference directory {refs_dir} does not exist")
+        scanned = _scan(refs_dir) if refs_dir is not None else []
+        files: dict[str, RefFile | None] = {}
+        for rt in REFTYPES:
+            if rt in ov:
+                v = ov[rt]
+                if v is None or (isinstance(v, str) and v.strip().upper() == NA):
+                    files[rt] = None
+                else:
+                    files[rt] = load_reffile(rt, v, exposure_attrs)
+                continue
+            if refs_dir is None:
+                files[rt] = None
+                continue
+            path, rejected = _select(rt, refs_dir, exposure_attrs, scanned)
+            if path is None:
+                if rt in required:
+                    what = ", ".join(
+                        f"{k}={exposure_attrs.get(k)!r}"
+                        for k in ("INSTRUME", "DETECTOR", "EXP_TYPE", "READPATT", "SUBARRAY")
+                    )
+                    extra = f"; rejected: {'; '.join(rejected)}" if rejected else ""
+                    raise ReferenceFileError(
+                        f"{rt.upper()} reference: no file in {refs_dir} applies to the exposure ({what}){extra}; "
+                        f"add one or give override {rt}=N/A to skip the step"
+                    )
+                files[rt] = None
+                continue
+            files[rt] = load_reffile(rt, path, exposure_attrs)
+        return cls(files)
+
+    def get(self, reftype: str) -> RefFile | None:
+        """The reference file of ``reftype``, or None when it is "N/A" (the step is skipped)."""
+        if reftype not in self._files:
+            raise ReferenceFileError(f"unknown reftype {reftype!r}; known: {REFTYPES}")
+        return self._files[reftype]
+
+    def provenance(self) -> dict:
+        """``reftype → {"file": name, "path": str, "sha256": hex}`` ("N/A" files with sha256 None)."""
+        out = {}
+        for rt, f in self._files.items():
+            if f is None:
+                out[rt] = {"file": NA, "path": None, "sha256": None}
+            else:
+                out[rt] = {"file": f.name, "path": str(f.path), "sha256": f.sha256}
+        return out
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{rt}={f.name if f else NA}" for rt, f in self._files.items())
+        return f"RefSet({inner})"
+
+
+__all__ = [
+    "REFTYPES",
+    "RefFile",
+    "RefSet",
+    "ReferenceFileError",
+    "ReferenceFileWarning",
+    "dark_planes_needed",
+    "file_sha256",
+    "load_reffile",
+    "parse_useafter",
+    "select",
+    "subarray_window",
+]
