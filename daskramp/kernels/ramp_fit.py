@@ -1,0 +1,684 @@
+"""ramp_fit kernel: optimally weighted least-squares slopes (the official ``OLS_C`` algorithm).
+
+Spec 08 §1–7.  One call fits every pixel of a block holding **all integrations of one
+segment** (the per-pixel median rate R̃ that sets the Poisson variance is averaged over the
+integrations of the block) and may cover any spatial tile.
+
+The kernel returns per-integration results stacked along a leading ``field`` axis in one
+float64 array of shape ``(NFIELDS, nint, ny, nx)`` (names in :data:`FIELDS`):
+
+* the rateints planes (``slope``, ``err``, ``var_poisson``, ``var_rnoise``, ``dq``) and the
+  optional ``intercept``;
+* per-integration partial sums and counts (:data:`RATE_PARTIALS`) whose plain sum over
+  integrations is all that the exposure ``rate`` needs.  :func:`rate_partials` is the chunk
+  step, summing partials is the combine step and :func:`combine_rate` the finalize step, so the
+  rate of many segments (or many integration chunks) is combined exactly.
+
+Arithmetic is float64 wherever the official implementation works in double; inputs are read
+as float32 (data, gain, read noise, dark current) and TGROUP/TFRAME are rounded to float32
+first, as the official code receives them, so results agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .. import dq as _dq
+
+#: names of the planes stacked along the leading axis of the kernel output
+FIELDS: tuple[str, ...] = (
+    "slope",  # rateints slope (DN/s); NaN for unusable integrations
+    "err",  # rateints ERR = sqrt(1 / Σ_s 1/(var_p,s + var_r,s)) (DN/s)
+    "var_poisson",  # rateints Poisson variance ((DN/s)^2)
+    "var_rnoise",  # rateints read-noise variance ((DN/s)^2), CHARGELOSS-recomputed
+    "dq",  # rateints DQ (uint32 values, exact in float64)
+    "intercept",  # DN at the time of group 0 from the first segment's fit (NaN if none)
+    "invvar_r",  # Σ_s 1/var_r,s
+    "slope_num",  # Σ_s slope_s/var_r,s
+    "invvar_p",  # Σ_s 1/var_p,s over positive var_p,s
+    "n_dnu",  # 1 if the integration is DO_NOT_USE (before partial-saturation flagging)
+    "n_sat",  # 1 if the integration is SATURATED at the NaN decision (group 0, pixeldq)
+    "n_anysat",  # 1 if any group of the integration is SATURATED
+    "n_jump",  # 1 if any group has JUMP_DET
+    "n_pers",  # 1 if any group has PERSISTENCE
+    "n_chargeloss",  # 1 if any group has CHARGELOSS
+    "invvar_r_cl",  # this integration's term of the CHARGELOSS-recomputed 1/var_rnoise
+)
+NFIELDS = len(FIELDS)
+F = {name: i for i, name in enumerate(FIELDS)}
+
+#: fields whose sum over integrations is the input of :func:`combine_rate`
+RATE_PARTIALS: tuple[str, ...] = FIELDS[F["invvar_r"] :]
+#: names of the planes returned by :func:`combine_rate`
+RATE_FIELDS: tuple[str, ...] = ("slope", "err", "var_poisson", "var_rnoise", "dq")
+
+#: variances at or above this are reported as 0 (official LARGE_VARIANCE_THRESHOLD)
+LARGE_VARIANCE_THRESHOLD = 1.0e6
+
+_DNU = np.uint32(_dq.DO_NOT_USE)
+_SAT = np.uint32(_dq.SATURATED)
+_JUMP = np.uint32(_dq.JUMP_DET)
+_PERS = np.uint32(_dq.PERSISTENCE)
+_CL = np.uint32(_dq.CHARGELOSS)
+_NGV = np.uint32(_dq.NO_GAIN_VALUE)
+
+
+def resolve_group_range(firstgroup: int | None, lastgroup: int | None, ngroups: int) -> tuple[int, int]:
+    """0-based inclusive ``[first, last]`` range of groups to fit (spec 08, parameters).
+
+    ``None`` means the ramp's start/end; out-of-range values are clipped; ``first >= last``
+    falls back to the whole ramp (as the official step does, with a warning there).
+    """
+    first = 0 if firstgroup is None else int(firstgroup)
+    last = ngroups - 1 if lastgroup is None else int(lastgroup)
+    first = max(first, 0)
+    last = min(last, ngroups - 1)
+    if first >= last:
+        first, last = 0, ngroups - 1
+    return first, last
+
+
+def electron_read_noise(readnoise, gain, *, nframes: int) -> np.ndarray:
+    """Per-group read noise in electrons, ``READNOISE · gain / sqrt(2·NFRAMES)`` (float32, (y, x)).
+
+    READNOISE holds the CDS noise in DN: one frame has CDS/√2 and averaging NFRAMES frames
+    into a group divides by √NFRAMES.  Computed in float64 and stored as float32, which is
+    what the official step hands to its fitter.
+    """
+    rn = np.asarray(readnoise, dtype=np.float32).astype(np.float64)
+    g = np.asarray(gain, dtype=np.float32).astype(np.float64)
+    return (rn * (g / np.sqrt(2.0 * nframes))).astype(np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _median_sorted_finite(buf, n):
+    """Median of the first ``n`` entries of ``buf`` ignoring NaN (NaN if none); sorts in place."""
+    m = 0
+    for k in range(n):
+        if not np.isnan(buf[k]):
+            buf[m] = buf[k]
+            m += 1
+    if m == 0:
+        return np.nan
+    # insertion sort: at most NGROUPS-1 values
+    for k in range(1, m):
+        v = buf[k]
+        j = k - 1
+        while j >= 0 and buf[j] > v:
+            buf[j + 1] = buf[j]
+            j -= 1
+        buf[j + 1] = v
+    h = m >> 1
+    if m & 1:
+        return buf[h]
+    return (buf[h] + buf[h - 1]) / 2.0
+
+
+@numba.njit(cache=True, inline="always")
+def _segments(q, ng, starts, lens):
+    """Fit segments of one integration from its group DQ ``q``; returns their number.
+
+    Segments are runs of clean groups (PERSISTENCE ignored); a group flagged JUMP_DET alone
+    just before a run carries the post-jump level and becomes the run's first point.
+    Length-1 segments are dropped when a longer one exists; if all have length 1 only the
+    first is kept.
+    """
+    npers = ~_PERS
+    nseg = 0
+    maxlen = 0
+    in_seg = False
+    start = 0
+    for idx in range(ng + 1):
+        if idx < ng:
+            gdq = np.uint32(q[idx]) & npers
+        else:
+            gdq = np.uint32(1)  # sentinel: closes a run reaching the last group
+        if gdq == 0:
+            if not in_seg:
+                start = idx
+                if idx > 0 and (np.uint32(q[idx - 1]) & npers) == _JUMP:
+                    start = idx - 1
+                in_seg = True
+        elif in_seg:
+            length = idx - start
+            in_seg = False
+            if length == 1 and maxlen > 1:
+                continue
+            starts[nseg] = start
+            lens[nseg] = length
+            nseg += 1
+            if length > maxlen:
+                maxlen = length
+    if nseg < 2:
+        return nseg
+    if maxlen < 2:
+        return 1
+    k = 0
+    for s in range(nseg):
+        if lens[s] > 1:
+            starts[k] = starts[s]
+            lens[k] = lens[s]
+            k += 1
+    return k
+
+
+@numba.njit(cache=True, inline="always")
+def _rnoise_var(rn, gain, tgroup, n):
+    """Read-noise variance of an n ≥ 3 segment, 12·rn²/((n³−n)·TGROUP²·gain²) ((DN/s)²)."""
+    if gain <= 0.0 or np.isnan(gain):
+        return 0.0
+    r = rn / tgroup
+    return (12.0 * r * r) / ((n * n * n - n) * gain * gain)
+
+
+@numba.njit(cache=True, inline="always")
+def _rnoise_var_short(rn, gain, t):
+    """Read-noise variance of a 1- or 2-group segment with time base ``t`` ((DN/s)²)."""
+    r = rn / t
+    return (12.0 * r * r) / (6.0 * gain * gain)
+
+
+#: exponents of the optimal weights, by signal-to-noise class (spec 08 §4)
+_POWERS = np.array([0.0, 0.4, 1.0, 3.0, 6.0, 10.0], dtype=np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _snr_class(snr):
+    """Index into ``_POWERS`` for a segment's signal-to-noise ratio (NaN → highest)."""
+    if snr < 5.0:
+        return 0
+    if snr < 10.0:
+        return 1
+    if snr < 20.0:
+        return 2
+    if snr < 50.0:
+        return 3
+    if snr < 100.0:
+        return 4
+    return 5
+
+
+@numba.njit(cache=True)
+def _weight_table(ng):
+    """Unscaled optimal weights ``|(j − mid)/mid|^P`` for every segment length and power.
+
+    Indexed ``[power class, length, j]``.  The power is taken in single precision (as the
+    official weights are), once per block rather than once per sample.
+    """
+    table = np.zeros((_POWERS.size, ng + 1, ng + 1), np.float64)
+    for c in range(_POWERS.size):
+        p = _POWERS[c]
+        for n in range(3, ng + 1):
+            mid = (n - 1) / 2.0
+            invmid = 1.0 / mid
+            for j in range(n):
+                wabs = np.float32(abs((j - mid) * invmid))
+                table[c, n, j] = np.float64(wabs**p)
+    return table
+
+
+@numba.njit(cache=True)
+def _fit_block(
+    data,
+    groupdq,
+    pixeldq,
+    gain2d,
+    rn2d,
+    dark2d,
+    zframe,
+    has_zframe,
+    tgroup,
+    tframe,
+    t1,
+    suppress1g,
+    first,
+    last,
+    out,
+):
+    nint, ng, ny, nx = data.shape
+    d = np.empty((nint, ng), np.float64)
+    q = np.empty((nint, ng), np.uint8)
+    oq = np.empty((nint, ng), np.uint8)
+    cnt_good = np.empty(nint, np.int64)
+    cnt_dnu = np.empty(nint, np.int64)
+    cnt_dnu_sat = np.empty(nint, np.int64)
+    cnt_sat = np.empty(nint, np.int64)
+    has_jump = np.empty(nint, np.bool_)
+    has_pers = np.empty(nint, np.bool_)
+    has_cl = np.empty(nint, np.bool_)
+    is0th = np.empty(nint, np.bool_)
+    iszf = np.empty(nint, np.bool_)
+    idq = np.empty(nint, np.uint32)
+    buf = np.empty(max(ng, 1), np.float64)
+    starts = np.empty(ng + 1, np.int64)
+    lens = np.empty(ng + 1, np.int64)
+    npers = ~_PERS
+    invalid = _DNU | _SAT
+    wtab = _weight_table(ng)
+    any_cl_block = False
+    for y in range(ny):
+        for x in range(nx):
+            gain = np.float64(gain2d[y, x])
+            rn = np.float64(rn2d[y, x])
+            dc = np.float64(dark2d[y, x])
+            pdq = np.uint32(pixeldq[y, x])
+            if gain <= 0.0 or np.isnan(gain):
+                pdq |= _DNU | _NGV
+            any_cl = False
+            # -- read the ramp: group range, one-good-group suppression, statistics --------
+            for i in range(nint):
+                for g in range(ng):
+                    v = groupdq[i, g, y, x]
+                    if g < first or g > last:
+                        v |= np.uint8(_DNU)
+                    q[i, g] = v
+                    oq[i, g] = v
+                if suppress1g:
+                    ngood = 0
+                    for g in range(ng):
+                        if (np.uint32(q[i, g]) & npers) == 0:
+                            ngood += 1
+                    if ngood == 1:
+                        for g in range(ng):
+                            q[i, g] |= np.uint8(_DNU)
+                cnt_good[i] = 0
+                cnt_dnu[i] = 0
+                cnt_dnu_sat[i] = 0
+                cnt_sat[i] = 0
+                has_jump[i] = False
+                has_pers[i] = False
+                has_cl[i] = False
+                is0th[i] = False
+                iszf[i] = False
+                idq[i] = pdq
+                for g in range(ng):
+                    v = np.uint32(q[i, g])
+                    if v & _JUMP:
+                        has_jump[i] = True
+                    if v & _PERS:
+                        has_pers[i] = True
+                    if v & _CL:
+                        has_cl[i] = True
+                    if v == 0:
+                        cnt_good[i] += 1
+                    elif v & _DNU:
+                        cnt_dnu[i] += 1
+                    if v & invalid:
+                        cnt_dnu_sat[i] += 1
+                    if v & _SAT:
+                        d[i, g] = np.nan
+                        cnt_sat[i] += 1
+                    else:
+                        d[i, g] = np.float64(data[i, g, y, x])
+                if has_cl[i]:
+                    any_cl = True
+                if not suppress1g:
+                    if cnt_good[i] == 1 and q[i, 0] == 0:
+                        # only group 0 is clean: it is fitted alone with the time of
+                        # its frame average since the reset, (NFRAMES + 1)·TFRAME/2
+                        is0th[i] = True
+                    elif cnt_good[i] == 0 and has_zframe:
+                        zf = np.float64(zframe[i, y, x])
+                        if zf != 0.0:
+                            # the first frame read before saturation stands in for group 0
+                            d[i, 0] = zf
+                            q[i, 0] = 0
+                            cnt_good[i] = 1
+                            cnt_dnu_sat[i] -= 1
+                            if cnt_sat[i] == ng:
+                                cnt_sat[i] -= 1
+                            if cnt_dnu[i] == ng:
+                                cnt_dnu[i] -= 1
+                            iszf[i] = True
+                if has_jump[i]:
+                    idq[i] |= _JUMP
+                if has_pers[i]:
+                    idq[i] |= _PERS
+            # -- per-pixel median rate R̃ (sets the Poisson variance only) ------------------
+            acc = 0.0
+            if ng == 1:
+                for i in range(nint):
+                    acc += d[i, 0] / t1
+            else:
+                for i in range(nint):
+                    if is0th[i]:
+                        mrate = d[i, 0] / t1
+                    elif iszf[i]:
+                        mrate = d[i, 0] / tframe
+                    else:
+                        prev = np.nan
+                        v0 = np.nan
+                        nfin = 0
+                        for g in range(ng):
+                            cur = np.nan if (np.uint32(q[i, g]) & _DNU) else d[i, g] / tgroup
+                            if g == 0:
+                                v0 = cur
+                            else:
+                                if np.uint32(q[i, g]) & _JUMP:
+                                    buf[g - 1] = np.nan
+                                else:
+                                    buf[g - 1] = cur - prev
+                                if not np.isnan(buf[g - 1]):
+                                    nfin += 1
+                            prev = cur
+                        if nfin == 0 and not np.isnan(v0):
+                            buf[0] = v0
+                        mrate = _median_sorted_finite(buf, ng - 1)
+                    if np.isnan(mrate):
+                        mrate = 0.0
+                    acc += mrate
+            mrate_pix = acc / nint
+            # -- per-integration fits ------------------------------------------------------
+            for i in range(nint):
+                slope_i = 0.0
+                vp_i = 0.0
+                vr_i = 0.0
+                err_i = 0.0
+                icpt = np.nan
+                s_r = 0.0
+                s_p = 0.0
+                s_num = 0.0
+                nseg = 0
+                if q[i, 0] & np.uint8(_SAT):
+                    idq[i] |= _DNU | _SAT
+                    slope_i = np.nan
+                elif cnt_dnu_sat[i] == ng:
+                    idq[i] |= _DNU
+                    if cnt_sat[i] == ng:
+                        idq[i] |= _SAT
+                else:
+                    nseg = _segments(q[i], ng, starts, lens)
+                if nseg > 0:
+                    s_e = 0.0
+                    for s in range(nseg):
+                        st = starts[s]
+                        n = lens[s]
+                        if n == 1:
+                            if (not suppress1g) and is0th[i]:
+                                t = t1
+                            elif (not suppress1g) and iszf[i]:
+                                t = tframe
+                            else:
+                                t = tgroup
+                            sl = d[i, st] / t
+                            den_p = t * gain
+                            vr = _rnoise_var_short(rn, gain, t)
+                        elif n == 2:
+                            d0 = d[i, st]
+                            d1 = d[i, st + 1]
+                            sl = (d1 - d0) / tgroup
+                            den_p = tgroup * gain
+                            vr = _rnoise_var_short(rn, gain, tgroup)
+                            if s == 0:
+                                xs = st + 1.0
+                                icpt = d1 * (1.0 - xs) + d0 * xs
+                        else:
+                            delta = d[i, st + n - 1] - d[i, st]
+                            den = rn * rn + delta * gain
+                            if den <= 0.0 or gain == 0.0:
+                                snr = 0.0
+                            else:
+                                snr = delta * gain / np.sqrt(den)
+                                snr = 0.0 if snr < 0.0 else snr
+                            wrow = wtab[_snr_class(snr), n]
+                            invrn2 = 1.0 / (rn * rn)
+                            sw = 0.0
+                            sx = 0.0
+                            sxx = 0.0
+                            sy = 0.0
+                            sxy = 0.0
+                            for j in range(n):
+                                w = wrow[j] * invrn2
+                                xv = np.float64(j + st)
+                                dv = d[i, st + j]
+                                if np.isnan(dv):
+                                    dv = 0.0
+                                xw = xv * w
+                                sw += w
+                                sx += xw
+                                sxx += xv * xw
+                                sy += dv * w
+                                sxy += dv * xw
+                            invden = 1.0 / (sw * sxx - sx * sx)
+                            sl = ((sw * sxy - sx * sy) * invden) / tgroup
+                            if s == 0:
+                                icpt = (sxx * sy - sx * sxy) * invden
+                            den_p = tgroup * gain * (n - 1.0)
+                            vr = _rnoise_var(rn, gain, tgroup, np.float64(n))
+                        if mrate_pix > 0.0:
+                            vp = (mrate_pix + dc) / den_p
+                        else:
+                            vp = dc / den_p
+                        s_r += 1.0 / vr
+                        if vp > 0.0:
+                            s_p += 1.0 / vp
+                        s_e += 1.0 / (vp + vr)
+                        s_num += sl / vr
+                    if s_p > 0.0:
+                        vp_i = 1.0 / s_p
+                    if vp_i >= LARGE_VARIANCE_THRESHOLD:
+                        vp_i = 0.0
+                    vr_i = 1.0 / s_r
+                    if vr_i >= LARGE_VARIANCE_THRESHOLD:
+                        vr_i = 0.0
+                    if idq[i] & invalid:
+                        slope_i = np.nan
+                        vp_i = 0.0
+                        vr_i = 0.0
+                        err_i = 0.0
+                    else:
+                        slope_i = s_num * vr_i
+                        ve = 1.0 / s_e
+                        err_i = 0.0 if ve > LARGE_VARIANCE_THRESHOLD else np.sqrt(ve)
+                is_dnu = (idq[i] & _DNU) != 0
+                is_sat = (idq[i] & _SAT) != 0
+                if is_dnu or is_sat:
+                    slope_i = np.nan
+                    icpt = np.nan
+                # partial saturation is flagged after the NaN decision: the clean start of
+                # a ramp saturating later keeps its slope
+                if cnt_sat[i] > 0:
+                    idq[i] |= _SAT
+                out[0, i, y, x] = slope_i
+                out[1, i, y, x] = err_i
+                out[2, i, y, x] = vp_i
+                out[3, i, y, x] = vr_i
+                out[4, i, y, x] = np.float64(idq[i])
+                out[5, i, y, x] = icpt
+                out[6, i, y, x] = s_r
+                out[7, i, y, x] = s_num
+                out[8, i, y, x] = s_p
+                out[9, i, y, x] = 1.0 if is_dnu else 0.0
+                out[10, i, y, x] = 1.0 if is_sat else 0.0
+                out[11, i, y, x] = 1.0 if cnt_sat[i] > 0 else 0.0
+                out[12, i, y, x] = 1.0 if has_jump[i] else 0.0
+                out[13, i, y, x] = 1.0 if has_pers[i] else 0.0
+                out[14, i, y, x] = 1.0 if has_cl[i] else 0.0
+                out[15, i, y, x] = 0.0
+            if not any_cl:
+                for i in range(nint):
+                    if out[3, i, y, x] > 0.0:
+                        out[15, i, y, x] = 1.0 / out[3, i, y, x]
+                continue
+            any_cl_block = True
+            # -- CHARGELOSS: read noise of the ramp as if those groups had been clean --------
+            for i in range(nint):
+                if not has_cl[i]:
+                    if out[3, i, y, x] > 0.0:
+                        out[15, i, y, x] = 1.0 / out[3, i, y, x]
+                    continue
+                for g in range(ng):
+                    if np.uint32(oq[i, g]) & _CL:
+                        # the official code toggles both bits (they are set together)
+                        oq[i, g] ^= np.uint8(_DNU | _CL)
+                nseg = _segments(oq[i], ng, starts, lens)
+                s_r = 0.0
+                for s in range(nseg):
+                    n = lens[s]
+                    if n == 1:
+                        if (not suppress1g) and is0th[i]:
+                            t = t1
+                        elif (not suppress1g) and iszf[i]:
+                            t = tframe
+                        else:
+                            t = tgroup
+                        vr = _rnoise_var_short(rn, gain, t)
+                    elif n == 2:
+                        vr = _rnoise_var_short(rn, gain, tgroup)
+                    else:
+                        vr = _rnoise_var(rn, gain, tgroup, np.float64(n))
+                    if vr > 0.0:
+                        s_r += 1.0 / vr
+                vr_i = 1.0 / s_r if s_r != 0.0 else np.inf
+                out[3, i, y, x] = 0.0 if vr_i >= LARGE_VARIANCE_THRESHOLD else vr_i
+                out[15, i, y, x] = s_r
+    return any_cl_block
+
+
+def ramp_fit(
+    data: np.ndarray,
+    groupdq: np.ndarray,
+    pixeldq: np.ndarray,
+    gain: np.ndarray,
+    readnoise: np.ndarray,
+    average_dark_current: np.ndarray,
+    zeroframe: np.ndarray | None = None,
+    *,
+    nframes: int,
+    tframe: float,
+    tgroup: float,
+    suppress_one_group: bool = True,
+    firstgroup: int | None = None,
+    lastgroup: int | None = None,
+) -> np.ndarray:
+    """Fit the ramps of one block: every integration of one segment, any spatial tile.
+
+    Parameters
+    ----------
+    data : ndarray, (integration, group, y, x), float32
+        Calibrated ramps (DN).
+    groupdq : ndarray, (integration, group, y, x), uint8
+        Group DQ (:mod:`daskramp.dq`).
+    pixeldq : ndarray, (y, x), uint32
+        Pixel DQ; it is the starting DQ of every output plane.
+    gain : ndarray, (y, x), float32
+        Gain (e⁻/DN); ≤ 0 or NaN makes the pixel DO_NOT_USE | NO_GAIN_VALUE.
+    readnoise : ndarray, (y, x), float32
+        READNOISE reference values: CDS read noise (DN).
+    average_dark_current : ndarray, (y, x), float32
+        Added to R̃ in the Poisson variance (as the official step does, unit mismatch kept).
+    zeroframe : ndarray, (integration, y, x), optional
+        Frame-0 values (DN); used only when ``suppress_one_group`` is False, for integrations
+        without any clean group.
+    nframes : int
+        NFRAMES.
+    tframe, tgroup : float
+        TFRAME and TGROUP (s).
+    suppress_one_group : bool
+        Treat ramps with exactly one clean group as unusable (forced off when NGROUPS = 1).
+    firstgroup, lastgroup : int or None
+        0-based range of groups to fit; groups outside are DO_NOT_USE.
+
+    Returns
+    -------
+    ndarray, (NFIELDS, integration, y, x), float64
+        Planes named by :data:`FIELDS` (rateints values, rate partial sums and counts).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    nint, ng, ny, nx = data.shape
+    groupdq = np.asarray(groupdq, dtype=np.uint8)
+    if groupdq.shape != data.shape:
+        raise ValueError(f"groupdq shape {groupdq.shape} differs from data shape {data.shape}")
+    pixeldq = np.asarray(pixeldq, dtype=np.uint32)
+    gain32 = np.asarray(gain, dtype=np.float32)
+    for name, arr in (("pixeldq", pixeldq), ("gain", gain32)):
+        if arr.shape != (ny, nx):
+            raise ValueError(f"{name} shape {arr.shape} differs from the image shape {(ny, nx)}")
+    rn = electron_read_noise(readnoise, gain32, nframes=nframes)
+    dark = np.ascontiguousarray(
+        np.broadcast_to(np.asarray(average_dark_current, dtype=np.float32), (ny, nx))
+    )
+    if zeroframe is None:
+        zf = np.zeros((1, 1, 1), np.float32)
+        has_zf = False
+    else:
+        zf = np.asarray(zeroframe, dtype=np.float32)
+        if zf.shape != (nint, ny, nx):
+            raise ValueError(f"zeroframe shape {zf.shape} differs from {(nint, ny, nx)}")
+        has_zf = True
+    # the official fitter receives the times as single precision
+    tg = float(np.float32(tgroup))
+    tf = float(np.float32(tframe))
+    t1 = (float(nframes) + 1.0) * tf / 2.0
+    suppress = bool(suppress_one_group) and ng > 1
+    if firstgroup is None and lastgroup is None:
+        first, last = 0, ng - 1
+    else:
+        first, last = resolve_group_range(firstgroup, lastgroup, ng)
+    out = np.empty((NFIELDS, nint, ny, nx), np.float64)
+    if nint == 0 or ny == 0 or nx == 0:
+        return out
+    _fit_block(
+        data, groupdq, pixeldq, gain32, rn, dark, zf, has_zf, tg, tf, t1, suppress, first, last, out
+    )
+    return out
+
+
+def rate_partials(fields: np.ndarray) -> np.ndarray:
+    """Chunk step of the rate: sum the :data:`RATE_PARTIALS` planes over ``integration``.
+
+    ``fields`` is ``(NFIELDS, integration, y, x)``; returns ``(len(RATE_PARTIALS), y, x)``.
+    Partials of several blocks (segments, integration chunks) combine by plain addition.
+    """
+    return fields[F["invvar_r"] :].sum(axis=1)
+
+
+def combine_rate(partials: np.ndarray, pixeldq: np.ndarray, gain: np.ndarray, *, nints: int) -> np.ndarray:
+    """Finalize the exposure rate from partials summed over all integrations (spec 08 §6–7).
+
+    Parameters
+    ----------
+    partials : ndarray, (len(RATE_PARTIALS), y, x), float64
+        Sums over every integration of the :data:`RATE_PARTIALS` fields.
+    pixeldq : ndarray, (y, x), uint32
+    gain : ndarray, (y, x)
+        Gain (e⁻/DN): bad values flag the rate DO_NOT_USE | NO_GAIN_VALUE.
+    nints : int
+        Number of integrations summed (an integration counts even when unusable).
+
+    Returns
+    -------
+    ndarray, (5, y, x), float64
+        Planes :data:`RATE_FIELDS`: slope (DN/s), err (DN/s) = sqrt(var_poisson +
+        var_rnoise), var_poisson, var_rnoise ((DN/s)²), dq (uint32 values).
+    """
+    p = {name: partials[k] for k, name in enumerate(RATE_PARTIALS)}
+    g = np.asarray(gain, dtype=np.float32)
+    dq = np.asarray(pixeldq, dtype=np.uint32).copy()
+    dq |= np.where((g <= 0) | np.isnan(g), _DNU | _NGV, np.uint32(0)).astype(np.uint32)
+    dq |= np.where(p["n_jump"] > 0, _JUMP, np.uint32(0)).astype(np.uint32)
+    dq |= np.where(p["n_pers"] > 0, _PERS, np.uint32(0)).astype(np.uint32)
+    dq |= np.where(p["n_dnu"] == nints, _DNU, np.uint32(0)).astype(np.uint32)
+    dq |= np.where(p["n_sat"] == nints, _SAT, np.uint32(0)).astype(np.uint32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_p = p["invvar_p"]
+        vp = np.where(s_p > 0, 1.0 / np.where(s_p > 0, s_p, 1.0), s_p)
+        vp = np.where((vp >= LARGE_VARIANCE_THRESHOLD) | (vp < 0), 0.0, vp)
+        s_r = p["invvar_r"]
+        vr = np.where(s_r > 0, 1.0 / np.where(s_r > 0, s_r, 1.0), s_r)
+        vr = np.where(vr >= LARGE_VARIANCE_THRESHOLD, 0.0, vr)
+        err = np.sqrt(vp + vr)
+        bad = (dq & (_DNU | _SAT)) != 0
+        slope = np.where(bad, np.nan, p["slope_num"])
+        vp = np.where(bad, 0.0, vp)
+        vr = np.where(bad, 0.0, vr)
+        err = np.where(bad, 0.0, err)
+        slope = slope * vr
+        # CHARGELOSS pixels: only the read-noise variance is recomputed
+        s_cl = p["invvar_r_cl"]
+        cl = (p["n_chargeloss"] > 0) & (s_cl > 0)
+        vr_cl = 1.0 / np.where(cl, s_cl, 1.0)
+        vr = np.where(cl, np.where(vr_cl >= LARGE_VARIANCE_THRESHOLD, 0.0, vr_cl), vr)
+    dq |= np.where(p["n_anysat"] > 0, _SAT, np.uint32(0)).astype(np.uint32)
+    return np.stack([slope, err, vp, vr, dq.astype(np.float64)])

@@ -1,0 +1,275 @@
+"""ramp_fit step: ramps → ``rate`` (y, x) and ``rateints`` (integration, y, x) (spec 08).
+
+The kernel (:mod:`daskramp.kernels.ramp_fit`) runs on blocks holding every integration of one
+segment (``stats_scope="segment"``, what the official pipeline does since it fits each uncal
+segment separately) or of the whole exposure (``stats_scope="exposure"``), on any spatial
+tile.  It returns per-integration fields; ``rateints`` is read from them and the exposure
+``rate`` is a lazy sum of per-integration partials over ``integration`` (chunk → combine)
+followed by :func:`daskramp.kernels.ramp_fit.combine_rate` (finalize).  With one segment the
+rate equals the official one; with several, each segment's integrations carry their own
+median rate R̃ and the rate combines them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from .. import dq as _dq
+from ..dims import (
+    CUBE_DIMS,
+    DATA,
+    GROUP,
+    GROUPDQ,
+    IMAGE_DIMS,
+    INTEGRATION,
+    PIXELDQ,
+    X,
+    Y,
+    ZEROFRAME,
+    segment_bounds,
+    validate,
+)
+from ..kernels import ramp_fit as _k
+from ._apply import chunk_by_segment, map_ramp_blocks
+
+AVERAGE_DARK_CURRENT = "average_dark_current"
+#: rateints / rate variables, their kernel field and dtype
+_OUTPUTS = (
+    (DATA, "slope", np.float32, "DN/s"),
+    ("err", "err", np.float32, "DN/s"),
+    ("var_poisson", "var_poisson", np.float32, "(DN/s)^2"),
+    ("var_rnoise", "var_rnoise", np.float32, "(DN/s)^2"),
+    ("dq", "dq", np.uint32, None),
+)
+
+
+@dataclass(frozen=True)
+class Params:
+    """RampFitStep parameters (official names and defaults) plus daskramp options.
+
+    ``maximum_cores``, ``opt_name`` and ``int_name`` are accepted for compatibility and
+    ignored (dask provides the parallelism; file names belong to the io layer).
+    ``save_intercepts`` adds an ``intercept`` variable (DN at the time of group 0, from the
+    first segment's fit) to ``rateints``.
+    """
+
+    algorithm: str = "OLS_C"
+    suppress_one_group: bool = True
+    firstgroup: int | None = None
+    lastgroup: int | None = None
+    save_opt: bool = False
+    opt_name: str = ""
+    int_name: str = ""
+    maximum_cores: str = "1"
+    save_intercepts: bool = False
+    skip: bool = False
+
+
+def _image(arr, ds: xr.Dataset, name: str) -> xr.DataArray:
+    """A (y, x) reference image as a DataArray on the science grid."""
+    if isinstance(arr, xr.DataArray):
+        if arr.dims != IMAGE_DIMS:
+            raise ValueError(f"{name} has dims {arr.dims}, expected {IMAGE_DIMS}")
+        da_ = arr
+    else:
+        da_ = xr.DataArray(arr, dims=IMAGE_DIMS)
+    shape = (ds.sizes[Y], ds.sizes[X])
+    if da_.shape != shape:
+        raise ValueError(f"{name} has shape {da_.shape}, the science data are {shape}")
+    return da_.drop_vars([c for c in da_.coords], errors="ignore").assign_coords(
+        {d: ds[d] for d in IMAGE_DIMS if d in ds.coords}
+    )
+
+
+def _uses_zeroframe(ds: xr.Dataset) -> bool:
+    if ZEROFRAME not in ds:
+        return False
+    flag = ds.attrs.get("ZEROFRAM", True)
+    if isinstance(flag, str):
+        return flag.strip().upper() in ("T", "TRUE")
+    return bool(flag)
+
+
+def nothing_to_fit(ds: xr.Dataset) -> xr.DataArray:
+    """Lazy 0-d boolean: group 0 of every pixel of every integration is SATURATED.
+
+    The official step then returns no rate and no rateints (and gain_scale is skipped).
+    Deciding it needs the whole exposure, so :func:`ramp_fit` does not: the pipeline may
+    compute this small reduction and drop the products (every pixel would be NaN, dq 3).
+    """
+    first = ds[GROUPDQ].isel({GROUP: 0})
+    return ((first & np.uint8(_dq.SATURATED)) != 0).all()
+
+
+def ramp_fields(
+    ds: xr.Dataset,
+    *,
+    gain,
+    readnoise,
+    stats_scope: str = "segment",
+    suppress_one_group: bool = True,
+    firstgroup: int | None = None,
+    lastgroup: int | None = None,
+) -> xr.DataArray:
+    """Per-integration kernel fields, dims ``(field, integration, y, x)``, float64 (lazy).
+
+    ``field`` is labelled with :data:`daskramp.kernels.ramp_fit.FIELDS`.
+    """
+    validate(ds, source="ramp_fit input")
+    a = ds.attrs
+    g = _image(gain, ds, "gain")
+    rn = _image(readnoise, ds, "readnoise")
+    if AVERAGE_DARK_CURRENT in ds:
+        dark = ds[AVERAGE_DARK_CURRENT]
+        if dark.dims != IMAGE_DIMS:
+            raise ValueError(f"{AVERAGE_DARK_CURRENT} has dims {dark.dims}, expected {IMAGE_DIMS}")
+    else:
+        dark = xr.DataArray(np.zeros((ds.sizes[Y], ds.sizes[X]), np.float32), dims=IMAGE_DIMS)
+    kwargs = dict(
+        nframes=int(a["NFRAMES"]),
+        tframe=float(a["TFRAME"]),
+        tgroup=float(a["TGROUP"]),
+        suppress_one_group=bool(suppress_one_group),
+        firstgroup=firstgroup,
+        lastgroup=lastgroup,
+    )
+
+    def apply(part: xr.Dataset) -> xr.DataArray:
+        args = [part[DATA], part[GROUPDQ], part[PIXELDQ], g, rn, dark]
+        if _uses_zeroframe(part):
+            if part[ZEROFRAME].dims != CUBE_DIMS:
+                raise ValueError(f"zeroframe has dims {part[ZEROFRAME].dims}, expected {CUBE_DIMS}")
+            args.append(part[ZEROFRAME])
+        return map_ramp_blocks(
+            _k.ramp_fit,
+            *args,
+            dims_out=CUBE_DIMS,
+            new_axis=("field", _k.NFIELDS),
+            dtype="float64",
+            name="ramp_fit",
+            **kwargs,
+        )
+
+    chunked = chunk_by_segment(ds, stats_scope=stats_scope)
+    lazy = chunked[DATA].chunks is not None
+    if lazy or stats_scope == "exposure":
+        out = apply(chunked)
+    else:
+        # numpy-backed input runs the kernel directly: one call per segment keeps R̃ per segment
+        parts = [apply(ds.isel({INTEGRATION: slice(lo, hi)})) for lo, hi in segment_bounds(ds)]
+        out = parts[0] if len(parts) == 1 else xr.concat(parts, dim=INTEGRATION)
+    return out.assign_coords(field=list(_k.FIELDS))
+
+
+def _finalize(partials, pixeldq, gain, *, nints):
+    # apply_ufunc moves the core dim last; the kernel wants it first
+    res = _k.combine_rate(np.moveaxis(partials, -1, 0), pixeldq, gain, nints=nints)
+    return np.moveaxis(res, 0, -1)
+
+
+def combine_rate(fields: xr.DataArray, pixeldq: xr.DataArray, gain: xr.DataArray) -> xr.Dataset:
+    """Exposure ``rate`` (y, x) from per-integration fields of any number of blocks (lazy).
+
+    The partials are summed over ``integration`` (a tree reduction when chunked), then
+    finalized pixel by pixel.
+    """
+    partials = fields.sel(field=list(_k.RATE_PARTIALS)).sum(INTEGRATION, skipna=False)
+    res = xr.apply_ufunc(
+        _finalize,
+        partials,
+        pixeldq,
+        gain,
+        input_core_dims=[["field"], [], []],
+        output_core_dims=[["rate_field"]],
+        kwargs={"nints": fields.sizes[INTEGRATION]},
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"rate_field": len(_k.RATE_FIELDS)}},
+    )
+    res = res.assign_coords(rate_field=list(_k.RATE_FIELDS))
+    out = {}
+    for var, field, dtype, units in _OUTPUTS:
+        v = res.sel(rate_field=field, drop=True).astype(dtype).transpose(*IMAGE_DIMS)
+        if units:
+            v.attrs["units"] = units
+        out[var] = v
+    return xr.Dataset(out)
+
+
+def ramp_fit(
+    ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", **params
+) -> tuple[xr.Dataset, xr.Dataset] | tuple[None, None]:
+    """Fit slopes with optimal weighting (official ``OLS_C``); return ``(rate, rateints)``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Calibrated exposure (dims integration, group, y, x; data float32 DN), optionally with
+        ``average_dark_current`` (y, x) and ``zeroframe`` (integration, y, x).
+    gain : array-like or xarray.DataArray, (y, x)
+        Gain (e⁻/DN) cut to the subarray.  A ``GAINFACT`` in its ``attrs`` is copied to the
+        outputs' attrs (the official step copies it from the GAIN file header).
+    readnoise : array-like or xarray.DataArray, (y, x)
+        READNOISE (CDS read noise, DN) cut to the subarray.
+    stats_scope : {"segment", "exposure"}
+        Integrations pooled for the median rate R̃.
+    **params
+        :class:`Params` fields.
+
+    Returns
+    -------
+    rate : xarray.Dataset, dims (y, x)
+        ``data`` (float32, DN/s), ``dq`` (uint32), ``err``, ``var_poisson``, ``var_rnoise``
+        (float32).  ``err = sqrt(var_poisson + var_rnoise)``.
+    rateints : xarray.Dataset, dims (integration, y, x)
+        Same variables per integration (``err`` from the per-segment total variances), the
+        integration coordinates (segment, INT_TIMES) of ``ds``; ``intercept`` (float32, DN)
+        when ``save_intercepts``.
+    ``(None, None)`` when ``skip`` is set (no rate products; the ramp is unchanged).
+    """
+    p = Params(**params)
+    if p.skip:
+        return None, None
+    if str(p.algorithm).upper() != "OLS_C":
+        raise NotImplementedError(
+            f"ramp_fit algorithm {p.algorithm!r} is not implemented; daskramp provides 'OLS_C'"
+        )
+    if p.save_opt:
+        raise NotImplementedError(
+            "save_opt (the per-segment fitopt product) is not implemented; "
+            "save_intercepts=True gives the per-integration intercepts"
+        )
+    fields = ramp_fields(
+        ds,
+        gain=gain,
+        readnoise=readnoise,
+        stats_scope=stats_scope,
+        suppress_one_group=p.suppress_one_group,
+        firstgroup=p.firstgroup,
+        lastgroup=p.lastgroup,
+    )
+    attrs = dict(ds.attrs)
+    gain_attrs = getattr(gain, "attrs", {}) or {}
+    if gain_attrs.get("GAINFACT") is not None:
+        attrs["GAINFACT"] = gain_attrs["GAINFACT"]
+    attrs.update(BUNIT="DN/s", S_RAMP="COMPLETE")
+
+    ints = {}
+    for var, field, dtype, units in _OUTPUTS:
+        v = fields.sel(field=field, drop=True).astype(dtype)
+        if units:
+            v.attrs["units"] = units
+        ints[var] = v
+    if p.save_intercepts:
+        v = fields.sel(field="intercept", drop=True).astype(np.float32)
+        v.attrs["units"] = "DN"
+        ints["intercept"] = v
+    rateints = xr.Dataset(ints, attrs=dict(attrs))
+
+    rate = combine_rate(fields, ds[PIXELDQ], _image(gain, ds, "gain"))
+    rate = rate.assign_coords({d: ds[d] for d in IMAGE_DIMS if d in ds.coords})
+    rate.attrs.update(attrs)
+    return rate, rateints
