@@ -1,0 +1,293 @@
+"""Convert the uncal FITS segments of one exposure into one Zarr v3 store.
+
+Layout
+------
+``data`` uint16 ``(integration, group, y, x)`` in DN, plus ``zeroframe`` when the files carry
+one, the coordinates of :mod:`daskramp.dims` (``segment``, ``integration_number``, INT_TIMES
+columns, detector ``y``/``x``) and the exposure keywords as root attributes.
+
+* **Shards** ``(k, all groups, all y, all x)``: ``k`` integrations, ``k`` = ``chunk_mb`` MiB
+  divided by the bytes of one integration (at least 1), counted from integration 0, so the
+  boundaries depend only on the shape and ``chunk_mb``.  One dask task reads the ``k``
+  integrations (from one or two segment files) and writes the whole shard; no two tasks touch
+  the same shard, so any scheduler may run them in parallel.
+* **Inner chunks** ``(k, all groups, all y, x_inner)`` inside each shard: a pixel tile holding
+  every integration (what jump and ramp_fit need, see ``docs/design.md``) is read straight from
+  the store without decoding whole frames.  ``x_inner`` defaults to the power of two that makes
+  an inner chunk about ``chunk_mb / 16`` (4 MiB by default), at least 16 columns.
+* **Codec** (``codec="auto"``): blosc zstd level 1 with bitshuffle.
+
+Codec measurements (``python benchmarks/ingest.py --codecs``): one 7-integration shard
+(7 × 9 × 256 × 2048) of synthetic SOSS ramps (bias ≈ 12 000 DN with 300 DN pixel-to-pixel
+spread, 10 DN read noise, 0–60 DN/group signal), one thread, on the 2-core project machine
+(busy, so speeds are ± 20 %):
+
+=========================  =====  ===========  ===========
+codec                      ratio  encode MB/s  decode MB/s
+=========================  =====  ===========  ===========
+none                       1.00   (copy)       (copy)
+blosc-lz4-shuffle          1.20   CODEC_T1
+blosc-lz4-bitshuffle       1.77
+blosc-zstd1-shuffle        1.54
+blosc-zstd1-bitshuffle     1.83
+blosc-zstd3-bitshuffle     1.85
+zstd1                      1.43
+zstd3                      1.45
+=========================  =====  ===========  ===========
+
+Resumability: the store is built in ``<store>.partial`` with one completion marker per shard
+(:mod:`daskramp.io.store`); a rerun with the same inputs and options writes only shards without
+a marker, and the finished store is byte-for-byte the same as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..dims import DATA, ZEROFRAME, ExposureError, make_exposure
+from . import uncal
+from .store import Progress, finalize_store, prepare_partial
+
+__all__ = ["CODECS", "DEFAULT_CODEC", "ingest", "plan_layout"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CODEC = "blosc-zstd1-bitshuffle"
+
+
+def _blosc(cname, clevel, shuffle):
+    from zarr.codecs import BloscCodec
+
+    return [BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=2)]
+
+
+def _zstd(level):
+    from zarr.codecs import ZstdCodec
+
+    return [ZstdCodec(level=level)]
+
+
+#: codec name → function returning the zarr v3 compressors
+CODECS = {
+    "none": lambda: [],
+    "blosc-lz4-shuffle": lambda: _blosc("lz4", 5, "shuffle"),
+    "blosc-lz4-bitshuffle": lambda: _blosc("lz4", 5, "bitshuffle"),
+    "blosc-zstd1-shuffle": lambda: _blosc("zstd", 1, "shuffle"),
+    "blosc-zstd1-bitshuffle": lambda: _blosc("zstd", 1, "bitshuffle"),
+    "blosc-zstd3-bitshuffle": lambda: _blosc("zstd", 3, "bitshuffle"),
+    "zstd1": lambda: _zstd(1),
+    "zstd3": lambda: _zstd(3),
+}
+
+
+def _codec_name(codec) -> str:
+    name = DEFAULT_CODEC if codec in (None, "auto") else codec
+    if name not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose 'auto' or one of {sorted(CODECS)}")
+    return name
+
+
+def plan_layout(shape, *, chunk_mb: float = 64, x_inner: int | None = None) -> dict:
+    """Shard and inner-chunk shapes for a raw exposure of ``shape`` (nints, ngroups, ny, nx).
+
+    Returns ``{"shard": (k, G, ny, nx_shard), "chunk": (k, G, ny, x_inner)}`` where
+    ``nx_shard`` is ``nx`` rounded up to a multiple of ``x_inner`` (zarr needs whole inner
+    chunks in a shard; the part past the array edge is never stored).
+    """
+    nint, ngroup, ny, nx = (int(n) for n in shape)
+    if chunk_mb <= 0:
+        raise ValueError(f"chunk_mb must be positive, got {chunk_mb}")
+    frame_bytes = 2 * ngroup * ny * nx
+    k = min(nint, uncal.default_chunk_integrations(frame_bytes, int(chunk_mb * 2**20)))
+    if x_inner is None:
+        column_bytes = 2 * k * ngroup * ny
+        target = max(1, int(chunk_mb * 2**20 / 16) // column_bytes)
+        x_inner = max(16, 1 << (target.bit_length() - 1))
+    x_inner = int(min(max(1, x_inner), nx))
+    nx_shard = math.ceil(nx / x_inner) * x_inner
+    return {"shard": (k, ngroup, ny, nx_shard), "chunk": (k, ngroup, ny, x_inner)}
+
+
+def _parts(segs, i0, i1):
+    """(path, offset, frame_shape, file_i0, file_i1, out_i0) pieces of global integrations i0:i1."""
+    out = []
+    for s in segs:
+        a, b = s.intstart - 1, s.intend  # global [a, b)
+        lo, hi = max(a, i0), min(b, i1)
+        if lo < hi:
+            out.append((s.path, s.offset, s.frame_shape, lo - a, hi - a, lo - i0))
+    return out
+
+
+def _zf_parts(segs, i0, i1):
+    out = []
+    for s in segs:
+        a, b = s.intstart - 1, s.intend
+        lo, hi = max(a, i0), min(b, i1)
+        if lo < hi:
+            out.append((s.path, s.zeroframe[0], s.zeroframe[1][1:], lo - a, hi - a, lo - i0))
+    return out
+
+
+def _read_parts(parts, n, frame_shape):
+    block = np.empty((n, *frame_shape), np.uint16)
+    for path, offset, frame, f0, f1, o0 in parts:
+        uncal.read_frames(path, offset, frame, f0, f1, out=block[o0 : o0 + f1 - f0])
+    return block
+
+
+def _write_shard(partial: str, key: str, i0: int, i1: int, parts, zf_parts) -> str:
+    """Read integrations i0:i1 from the segment files and write them as whole shards."""
+    import zarr
+
+    arr = zarr.open_array(store=partial, path=DATA, mode="r+", zarr_format=3)
+    arr[i0:i1] = _read_parts(parts, i1 - i0, arr.shape[1:])
+    if zf_parts:
+        zarr_zf = zarr.open_array(store=partial, path=ZEROFRAME, mode="r+", zarr_format=3)
+        zarr_zf[i0:i1] = _read_parts(zf_parts, i1 - i0, zarr_zf.shape[1:])
+    Progress(Path(partial)).mark_done(key)
+    return key
+
+
+def _template(segs, layout, codec_name, plan, sharded: bool):
+    """The store's Dataset with a lazy placeholder for the pixel arrays (never computed)."""
+    import dask.array as da
+
+    nint = segs[0].header["NINTS"]
+    shape = (nint, *segs[0].frame_shape)
+    data = da.zeros(shape, dtype=np.uint16, chunks=(layout["chunk"][0], -1, -1, -1))
+    zeroframe = None
+    has_zf = all(s.zeroframe is not None for s in segs)
+    if has_zf:
+        zeroframe = da.zeros((nint, shape[2], shape[3]), dtype=np.uint16)
+    segment = np.concatenate([np.full(s.shape[0], s.exsegnum, np.int32) for s in segs])
+    attrs = uncal.exposure_attrs(segs)
+    ds = make_exposure(
+        data, attrs, segment=segment, int_times=uncal.exposure_int_times(segs), zeroframe=zeroframe
+    )
+    ds = ds.drop_vars(["groupdq", "pixeldq"])
+    ds.attrs["daskramp_ingest"] = {k: plan[k] for k in ("sources", "codec", "chunk", "shard")}
+    compressors = CODECS[codec_name]()
+    enc = {
+        DATA: {"chunks": layout["chunk"], "compressors": compressors, "fill_value": 0},
+    }
+    if sharded:
+        enc[DATA]["shards"] = layout["shard"]
+    else:
+        enc[DATA]["chunks"] = layout["chunk"]
+    if has_zf:
+        k = layout["chunk"][0]
+        enc[ZEROFRAME] = {
+            "chunks": (k, shape[2], shape[3]),
+            "compressors": CODECS[codec_name](),
+            "fill_value": 0,
+        }
+    return ds, enc, has_zf
+
+
+def ingest(
+    uncal_files,
+    store,
+    *,
+    chunk_mb: float = 64,
+    codec: str = "auto",
+    overwrite: bool = False,
+    x_inner: int | None = None,
+    sharded: bool = True,
+) -> Path:
+    """Convert the uncal segments of one exposure into one Zarr v3 store (resumable).
+
+    Parameters
+    ----------
+    uncal_files : path or sequence of paths
+        Segment files of one exposure, in any order (checked and stitched by INTSTART).
+    store : path
+        Directory of the store to create.  It appears only once complete; meanwhile the work
+        is in ``<store>.partial``.
+    chunk_mb : float
+        Target MiB of raw data per shard (integrations per shard = chunk_mb / integration size,
+        at least one; one task per shard).
+    codec : str
+        ``"auto"`` (= ``DEFAULT_CODEC``) or a name in :data:`CODECS`.
+    overwrite : bool
+        Replace an existing complete store (it stays readable until the new one is complete).
+    x_inner : int, optional
+        Columns per inner chunk; default from ``chunk_mb`` (see the module docstring).
+    sharded : bool
+        Write shards holding inner chunks (default) or plain chunks of the inner shape.
+
+    Returns
+    -------
+    pathlib.Path
+        The complete store.
+
+    The shard tasks run on the active dask scheduler (a ``distributed.Client`` if one is
+    registered).  If some fail, the exception propagates and the partial store keeps the
+    finished shards; calling ``ingest`` again with the same arguments resumes.
+    """
+    import dask
+
+    final = Path(store)
+    segs = uncal.scan_segments(uncal_files)
+    nint = segs[0].header["NINTS"]
+    shape = (nint, *segs[0].frame_shape)
+    layout = plan_layout(shape, chunk_mb=chunk_mb, x_inner=x_inner)
+    codec_name = _codec_name(codec)
+    plan = {
+        "version": 1,
+        "sources": [
+            {"name": Path(s.path).name, "size": s.size, "intstart": s.intstart, "intend": s.intend}
+            for s in segs
+        ],
+        "mtimes": [s.mtime_ns for s in segs],
+        "shape": list(shape),
+        "chunk": list(layout["chunk"]),
+        "shard": list(layout["shard"]) if sharded else None,
+        "codec": codec_name,
+    }
+    partial, resume = prepare_partial(final, plan, overwrite=overwrite)
+    progress = Progress(partial)
+    if not resume:
+        ds, enc, _ = _template(segs, layout, codec_name, plan, sharded)
+        try:
+            ds.to_zarr(
+                str(partial),
+                mode="w-",
+                compute=False,
+                zarr_format=3,
+                encoding=enc,
+                consolidated=False,
+                safe_chunks=False,  # the placeholder is never written through xarray
+            )
+        except (OSError, ValueError, TypeError) as err:
+            raise ExposureError(f"{partial}: cannot create the store ({err})") from err
+        progress.write_plan(plan)  # last: a partial store without a plan is started afresh
+    done = progress.done()
+    has_zf = all(s.zeroframe is not None for s in segs)
+    tasks = []
+    k = layout["chunk"][0]
+    blocks = uncal.integration_chunks(nint, k)
+    for b, (i0, i1) in enumerate(blocks):
+        key = f"{DATA}-{b:06d}"
+        if key in done:
+            continue
+        parts = _parts(segs, i0, i1)
+        zf = _zf_parts(segs, i0, i1) if has_zf else None
+        tasks.append(dask.delayed(_write_shard, pure=False)(str(partial), key, i0, i1, parts, zf))
+    log.info(
+        "%s: %d of %d shards already written, writing %d",
+        final,
+        len(blocks) - len(tasks),
+        len(blocks),
+        len(tasks),
+    )
+    if tasks:
+        dask.compute(*tasks)
+    missing = len(blocks) - len(progress.done() & {f"{DATA}-{b:06d}" for b in range(len(blocks))})
+    if missing:
+        raise ExposureError(f"{partial}: {missing} shards were not written; rerun to resume")
+    return finalize_store(partial, final, overwrite=overwrite)
