@@ -90,7 +90,13 @@ def _median(a, n):
     if n == 0:
         return np.nan
     if n % 2 == 0:
-        return 0.5 * (_kth_smallest(a, n, n // 2) + _kth_smallest(a, n, n // 2 - 1))
+        hi = _kth_smallest(a, n, n // 2)
+        # selection leaves a[:n//2] holding the smaller half: its maximum is the other middle
+        lo = a[0]
+        for j in range(1, n // 2):
+            if a[j] > lo:
+                lo = a[j]
+        return 0.5 * (hi + lo)
     return _kth_smallest(a, n, (n - 1) // 2)
 
 
