@@ -91,7 +91,7 @@ def electron_read_noise(readnoise, gain, *, nframes: int) -> np.ndarray:
     return (rn * (g / np.sqrt(2.0 * nframes))).astype(np.float32)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _median_sorted_finite(buf, n):
     """Median of the first ``n`` entries of ``buf`` ignoring NaN (NaN if none); sorts in place."""
     m = 0
@@ -115,7 +115,7 @@ def _median_sorted_finite(buf, n):
     return (buf[h] + buf[h - 1]) / 2.0
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _segments(q, ng, starts, lens):
     """Fit segments of one integration from its group DQ ``q``; returns their number.
 
@@ -163,7 +163,7 @@ def _segments(q, ng, starts, lens):
     return k
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _rnoise_var(rn, gain, tgroup, n):
     """Read-noise variance of an n ≥ 3 segment, 12·rn²/((n³−n)·TGROUP²·gain²) ((DN/s)²)."""
     if gain <= 0.0 or np.isnan(gain):
@@ -172,7 +172,7 @@ def _rnoise_var(rn, gain, tgroup, n):
     return (12.0 * r * r) / ((n * n * n - n) * gain * gain)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _rnoise_var_short(rn, gain, t):
     """Read-noise variance of a 1- or 2-group segment with time base ``t`` ((DN/s)²)."""
     r = rn / t
@@ -183,7 +183,7 @@ def _rnoise_var_short(rn, gain, t):
 _POWERS = np.array([0.0, 0.4, 1.0, 3.0, 6.0, 10.0], dtype=np.float32)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _snr_class(snr):
     """Index into ``_POWERS`` for a segment's signal-to-noise ratio (NaN → highest)."""
     if snr < 5.0:
@@ -199,7 +199,7 @@ def _snr_class(snr):
     return 5
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _weight_table(ng):
     """Unscaled optimal weights ``|(j − mid)/mid|^P`` for every segment length and power.
 
@@ -218,7 +218,7 @@ def _weight_table(ng):
     return table
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _fit_block(
     data,
     groupdq,
