@@ -589,8 +589,9 @@ def jump(
             _reset_full_planes(out)
         n1 = int(after_jump_flag_time1 // tgroup) if after_jump_flag_time1 else 0
         n2 = int(after_jump_flag_time2 // tgroup) if after_jump_flag_time2 else 0
-        e1 = float(after_jump_flag_dn1) * float(gain_median)
-        e2 = float(after_jump_flag_dn2) * float(gain_median)
+        # DN → e⁻ with the float32 median gain, in float32 as the official step computes it
+        e1 = float(np.float32(after_jump_flag_dn1) * np.float32(gain_median))
+        e2 = float(np.float32(after_jump_flag_dn2) * np.float32(gain_median))
         if flag_4_neighbors or n1 > 0 or n2 > 0:
             _post(data, gdq, gain, rn_var, out, m0, have_m0, bool(flag_4_neighbors),
                   float(min_jump_to_flag_neighbors), float(max_jump_to_flag_neighbors),

@@ -126,6 +126,11 @@ def _jump_block(data, groupdq, gain, readnoise, plane_dnu, gain_median_image, **
     return kernel.jump(data, groupdq, gain, readnoise, plane_dnu, gain_median=gmed, **kw)
 
 
+def _median_image(gain):
+    """An image filled with the nanmedian of ``gain`` (whole image in one block)."""
+    return np.full_like(gain, np.nanmedian(gain), dtype=np.float32)
+
+
 def _is_lazy(*arrays) -> bool:
     return any(hasattr(a.data, "dask") for a in arrays)
 
@@ -207,8 +212,8 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", **par
         if after_jump:
             if _is_lazy(g):
                 # nanmedian of the whole gain image, kept lazy and broadcast as an image
-                gmed = g.chunk({Y: -1, X: -1}).median(skipna=True)
-                args.append(xr.zeros_like(g) + gmed)
+                args.append(xr.apply_ufunc(_median_image, g.chunk({Y: -1, X: -1}),
+                                           dask="parallelized", output_dtypes=[np.float32]))
                 func = _jump_block
             else:
                 kw_part["gain_median"] = float(np.nanmedian(np.asarray(g.data)))
