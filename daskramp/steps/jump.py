@@ -135,7 +135,8 @@ def _is_lazy(*arrays) -> bool:
     return any(hasattr(a.data, "dask") for a in arrays)
 
 
-def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", **params) -> xr.Dataset:
+def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane_dnu=None,
+         **params) -> xr.Dataset:
     """Flag cosmic-ray jumps (JUMP_DET in ``groupdq``) and bad-gain pixels (``pixeldq``).
 
     Parameters
@@ -149,6 +150,11 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", **par
     stats_scope : {"segment", "exposure"}
         Pool statistics and choose the method per uncal segment (official) or over the whole
         exposure.
+    plane_dnu : array of bool (integration, group), optional
+        Groups in which every pixel of the frame has DO_NOT_USE, when the caller already knows
+        them (e.g. from the raw store and the MASK).  By default they are reduced lazily from
+        ``groupdq``; that reduction needs every tile of a segment before the first jump tile
+        can run, so supplying them removes a synchronisation point from the graph.
     **params
         :class:`Params` fields (official names).
 
@@ -184,26 +190,36 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", **par
     halo = 1 if p.flag_4_neighbors else 0
 
     lazy = _is_lazy(ds[DATA], ds[GROUPDQ], g, rn)
+    if plane_dnu is not None:
+        shape = (ds.sizes[INTEGRATION], ds.sizes[GROUP])
+        if tuple(np.shape(plane_dnu)) != shape:
+            raise ValueError(f"jump: plane_dnu has shape {np.shape(plane_dnu)}, expected {shape}")
     if lazy:
         ds_c = ds if _is_lazy(ds[DATA]) else ds.chunk()
         ds_c = chunk_by_segment(ds_c, stats_scope=stats_scope)
         parts = [ds_c]
+        part_slices = [slice(None)]
     else:
         # without dask the kernel sees the whole array at once: cut it into the segments
         ds_c = ds
         if stats_scope == "segment":
-            parts = [ds.isel({INTEGRATION: slice(a, b)}) for a, b in segment_bounds(ds)]
+            part_slices = [slice(a, b) for a, b in segment_bounds(ds)]
         elif stats_scope == "exposure":
-            parts = [ds]
+            part_slices = [slice(None)]
         else:
             raise ValueError(f"stats_scope must be 'segment' or 'exposure', got {stats_scope!r}")
+        parts = [ds.isel({INTEGRATION: s}) for s in part_slices]
 
     gdq_parts = []
     for part in parts:
         gdq = part[GROUPDQ]
         # groups in which every pixel of the whole frame is DO_NOT_USE (lazy reduction)
-        plane_dnu = ((gdq & dq.DO_NOT_USE) != 0).all(dim=(Y, X))
-        args = [part[DATA], gdq, g, rn, plane_dnu]
+        if plane_dnu is None:
+            planes = ((gdq & dq.DO_NOT_USE) != 0).all(dim=(Y, X))
+        else:
+            planes = xr.DataArray(plane_dnu, dims=(INTEGRATION, GROUP)).astype(bool)
+            planes = planes.isel({INTEGRATION: part_slices[len(gdq_parts)]})
+        args = [part[DATA], gdq, g, rn, planes]
         whole_frame = not lazy or all(
             len(part[DATA].chunksizes.get(d, (0,))) <= 1 for d in (Y, X)
         )

@@ -187,3 +187,22 @@ def test_segment_chunks_match_kernel_per_segment():
     np.testing.assert_array_equal(out.groupdq.values, expected)
     np.testing.assert_array_equal(jump(exposure(data, gdq, segment=segment), gain=gain,
                                        readnoise=rn).groupdq.values, expected)
+
+
+def test_given_plane_dnu_is_used():
+    # 11 groups, group 0 DO_NOT_USE everywhere: by default nflag_max = 1 → 9 differences →
+    # iterative; alternating ±30 e⁻ differences then give |Δ| all equal (median NaN): nothing.
+    # A caller-supplied plane_dnu without that plane means single pass (10 differences): the
+    # +30 differences (ratio 60/11.40 = 5.26) are flagged on groups 3, 5, 7, 9
+    data = np.empty((1, 11, 1, 1), np.float32)
+    data[0, :, 0, 0] = [0, 100, 70, 100, 70, 100, 70, 100, 70, 100, 70]
+    gdq = np.zeros(data.shape, np.uint8)
+    gdq[0, 0] = DNU
+    gain, rn = refs(1, 1)
+    ds = exposure(data, gdq)
+    assert not (jump(ds, gain=gain, readnoise=rn).groupdq.values & JUMP).any()
+    for d in (ds, chunked(ds, integration=1)):
+        out = jump(d, gain=gain, readnoise=rn, plane_dnu=np.zeros((1, 11), bool))
+        assert list(np.flatnonzero(out.groupdq.values[0, :, 0, 0] & JUMP)) == [3, 5, 7, 9]
+    with pytest.raises(ValueError, match="plane_dnu has shape"):
+        jump(ds, gain=gain, readnoise=rn, plane_dnu=np.zeros((2, 11), bool))
