@@ -246,9 +246,22 @@ def make_exposure(
     return xr.Dataset(variables, coords=coords, attrs=dict(attrs))
 
 
+def chunk(ds: xr.Dataset, chunks: dict) -> xr.Dataset:
+    """Chunk the data variables only; coordinates stay numpy.
+
+    ``Dataset.chunk`` would also turn the per-integration coordinates (segment, INT_TIMES)
+    into dask arrays, and reading them back (e.g. to find segment bounds) would then compute.
+    """
+    return ds.assign({k: v.chunk({d: c for d, c in chunks.items() if d in v.dims})
+                      for k, v in ds.data_vars.items()})
+
+
 def segment_bounds(ds: xr.Dataset) -> list[tuple[int, int]]:
     """Positional [start, stop) integration ranges of each segment, in order."""
-    seg = np.asarray(ds[SEGMENT].values)  # one small int per integration
+    var = ds[SEGMENT].variable
+    if hasattr(var.data, "dask"):
+        raise ExposureError("the segment coordinate is a dask array; chunk with daskramp.dims.chunk")
+    seg = np.asarray(var.data)  # one small int per integration, already in memory
     if seg.size == 0:
         return []
     cuts = np.flatnonzero(np.diff(seg)) + 1

@@ -349,7 +349,7 @@ def _tile(ds: xr.Dataset, cols: int, stats_scope: str) -> xr.Dataset:
 
     ds = chunk_by_segment(ds, stats_scope=stats_scope)
     if any(hasattr(v.data, "dask") for v in ds.data_vars.values()):
-        ds = ds.chunk({dims.Y: -1, dims.X: cols})
+        ds = dims.chunk(ds, {dims.Y: -1, dims.X: cols})
     return ds
 
 

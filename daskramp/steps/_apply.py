@@ -22,7 +22,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..dims import GROUP, INTEGRATION, RAMP_DIMS, X, Y, segment_bounds
+from ..dims import GROUP, INTEGRATION, RAMP_DIMS, X, Y, chunk, segment_bounds
 
 _LETTER = {INTEGRATION: "i", GROUP: "g", Y: "y", X: "x"}
 
@@ -146,4 +146,4 @@ def chunk_by_segment(ds: xr.Dataset, *, stats_scope: str = "segment") -> xr.Data
         raise ValueError(f"stats_scope must be 'segment' or 'exposure', got {stats_scope!r}")
     if not any(isinstance(v.data, da.Array) for v in ds.data_vars.values()):
         return ds
-    return ds.chunk({INTEGRATION: sizes, GROUP: -1})
+    return chunk(ds, {INTEGRATION: sizes, GROUP: -1})

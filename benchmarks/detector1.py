@@ -1,0 +1,93 @@
+"""Detector1 on a simulated NIRISS SOSS segment, daskramp and the official pipeline side by side.
+
+Prints wall time and peak memory (all processes together) of:
+  * daskramp on a local cluster of worker processes, from the uncal FITS segment (read + all
+    steps + products written), and with the segment doubled in integrations;
+  * the official jwst Detector1Pipeline (parity extra) with each ``maximum_cores`` setting;
+and the ratios.  Usage::
+
+    python benchmarks/detector1.py                      # 158 × 9 × 256 × 2048 (1.49 GB)
+    python benchmarks/detector1.py --nints 20 --no-jwst # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import gib, run_official, simulated  # noqa: E402
+
+
+def run_daskramp(files, refs, workers, memory_limit, out):
+    from daskramp.cluster import ClusterProfile
+    from daskramp.run import run
+    from daskramp.testing.memory import TreeMemorySampler
+
+    prof = ClusterProfile(workers=workers, threads_per_worker=1, memory_limit=memory_limit,
+                          dashboard_address=None)
+    with TreeMemorySampler(interval=0.1) as mem:
+        t0 = time.perf_counter()
+        summary = run(files, out, refs=refs, cluster=prof, quiet=True)
+        wall = time.perf_counter() - t0
+    return wall, mem.peak, mem.peak_per_process, summary
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nints", type=int, default=158)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--memory-limit", default="4GB")
+    p.add_argument("--no-jwst", action="store_true", help="skip the official pipeline")
+    p.add_argument("--no-double", action="store_true", help="skip the 2× integrations run")
+    p.add_argument("--maximum-cores", default="1,all")
+    args = p.parse_args(argv)
+
+    sims = {args.nints: simulated("niriss-soss", args.nints)}
+    if not args.no_double:
+        sims[2 * args.nints] = simulated("niriss-soss", 2 * args.nints)
+    tmp = Path(tempfile.mkdtemp(prefix="daskramp-bench-"))
+    rows = []
+    try:
+        for n, sim in sims.items():
+            size = sum(f.stat().st_size for f in sim.uncal_files)
+            wall, peak, peak1, summary = run_daskramp(sim.uncal_files, sim.refs_dir, args.workers,
+                                                      args.memory_limit, tmp / f"dr{n}")
+            rows.append(("daskramp", n, f"{args.workers} workers", wall, peak, peak1, size))
+            print(f"daskramp  nints={n:4d}  wall {wall:7.1f} s  {size / 1e6 / wall:7.1f} MB/s  "
+                  f"peak all processes {gib(peak)}  largest process {gib(peak1)}", flush=True)
+        if not args.no_jwst:
+            sim = sims[args.nints]
+            size = sum(f.stat().st_size for f in sim.uncal_files)
+            for cores in args.maximum_cores.split(","):
+                rep = run_official(sim.uncal_files[0], sim.refs_dir, tmp / f"jwst{cores}", cores)
+                rows.append(("jwst", args.nints, f"maximum_cores={cores}", rep["process_wall_s"],
+                             rep["peak_rss_bytes"], None, size))
+                steps = ", ".join(f"{k} {v:.0f}s" for k, v in rep["step_s"].items() if v > 1)
+                print(f"jwst      nints={args.nints:4d}  wall {rep['process_wall_s']:7.1f} s  "
+                      f"peak {gib(rep['peak_rss_bytes'])}  maximum_cores={cores}  ({steps})", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print("\n| run | nints | setting | wall s | MB/s | peak RSS (all processes) |")
+    print("|---|---|---|---|---|---|")
+    for who, n, setting, wall, peak, _, size in rows:
+        print(f"| {who} | {n} | {setting} | {wall:.1f} | {size / 1e6 / wall:.0f} | {gib(peak)} |")
+    ours = {n: (w, pk) for who, n, _, w, pk, _, _ in rows if who == "daskramp"}
+    theirs = [(w, pk) for who, *_rest in rows if who == "jwst" for w, pk in [(_rest[2], _rest[3])]]
+    if theirs:
+        best = min(theirs)
+        w, pk = ours[args.nints]
+        print(f"\nwall-time ratio jwst(best maximum_cores) / daskramp = {best[0] / w:.1f}  (target ≥ 5)")
+        print(f"peak-memory ratio jwst / daskramp = {best[1] / pk:.1f}")
+    if 2 * args.nints in ours:
+        print(f"daskramp peak memory at 2× integrations / 1× = "
+              f"{ours[2 * args.nints][1] / ours[args.nints][1]:.2f}  (target: ≈1, ≤ 2 GB each)")
+
+
+if __name__ == "__main__":
+    main()
