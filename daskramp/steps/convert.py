@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..dims import DATA, FLOAT_DTYPE, GROUP, IMAGE_DIMS, X, Y, ZEROFRAME
+from ..dims import DATA, FLOAT_DTYPE, GROUP, IMAGE_DIMS, ZEROFRAME, X, Y
 from ._apply import map_ramp_blocks
 
 COMPLETE = "COMPLETE"

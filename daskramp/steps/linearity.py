@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from ..dims import DATA, FLOAT_DTYPE, GROUPDQ, IMAGE_DIMS, PIXELDQ, X, Y, ZEROFRAME, validate
+from ..dims import DATA, FLOAT_DTYPE, GROUPDQ, IMAGE_DIMS, PIXELDQ, ZEROFRAME, X, Y, validate
 from ..kernels import linearity as kernel
 from ..kernels.saturation import read_pattern as make_read_pattern
 from ._apply import map_ramp_blocks

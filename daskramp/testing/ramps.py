@@ -173,3 +173,35 @@ def forbid_compute():
     import dask
 
     return dask.config.set(scheduler=_refuse_compute)
+
+
+def _fit_sizes(parts, total: int) -> tuple[int, ...]:
+    out, left = [], total
+    for p in parts:
+        if left <= 0:
+            break
+        out.append(min(p, left))
+        left -= out[-1]
+    if left > 0:
+        out.append(left)
+    return tuple(out)
+
+
+def chunk_sizes(total: int):
+    """Hypothesis strategy: a tuple of positive chunk sizes adding up to ``total``."""
+    from hypothesis import strategies as st
+
+    return st.lists(st.integers(1, max(1, total)), min_size=1, max_size=max(1, total)).map(
+        lambda parts: _fit_sizes(parts, total)
+    )
+
+
+def chunkings(ds: xr.Dataset, *, spatial: bool = True):
+    """Hypothesis strategy: a ``chunks`` dict for ``ds`` (random integration chunks, whole
+    groups, and random ``y``/``x`` chunks when ``spatial``)."""
+    from hypothesis import strategies as st
+
+    parts = {"integration": chunk_sizes(ds.sizes["integration"]), "group": st.just(-1)}
+    for dim in ("y", "x"):
+        parts[dim] = chunk_sizes(ds.sizes[dim]) if spatial else st.just(-1)
+    return st.fixed_dictionaries(parts)
