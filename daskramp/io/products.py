@@ -1,0 +1,667 @@
+"""Stage-1 products: atomic Zarr stores and JWST-format FITS files (rate, rateints, ramps).
+
+Product Datasets (produced by ramp_fit/gain_scale, spec 01 §5):
+
+============ ======================= =========================================
+kind         dims of every variable  variables (dtype)
+============ ======================= =========================================
+``rateints`` (integration, y, x)     data, err, var_poisson, var_rnoise (float32, DN/s
+                                     and (DN/s)²), dq (uint32); INT_TIMES columns
+                                     and ``integration_number`` as coordinates
+``rate``     (y, x)                  the same variables, 2-D
+``ramp``     (integration, group,    data (float32 DN), groupdq (uint8), pixeldq
+             y, x)                   (uint32, (y, x)), optional zeroframe
+============ ======================= =========================================
+
+``attrs`` hold the exposure's FITS keywords, the step statuses ``S_xxxxxx``, the reference
+files ``R_xxxxxx`` and the full provenance record as a JSON string under
+``attrs["daskramp_provenance"]``.
+
+Zarr stores are atomic: they are written under ``<name>.zarr.partial`` and renamed only after
+the whole graph finished and the root attribute ``daskramp_complete`` was set (the discipline
+of :mod:`daskramp.io.store`).  A path without the suffix is therefore always complete; an
+interrupted run leaves only the ``.partial`` directory, which the next run removes and
+rewrites (products are cheap compared with the graph that feeds them, so no per-chunk
+resume).  A complete product is left alone unless ``overwrite``.
+
+FITS files are streamed: each image HDU's header is written with its final NAXIS values, then
+the data go out slab by slab (a few integrations, or rows, at a time) as raw big-endian bytes,
+so memory is bounded by one slab whatever the cube size.  A FITS file is written as
+``<name>.fits.partial`` and renamed when complete.  The FITS export reads the product back
+from its Zarr store, so the graph is computed once (all products in one ``dask.compute``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from astropy.io import fits as afits
+
+from ..dims import (
+    CUBE_DIMS,
+    IMAGE_DIMS,
+    INT_TIMES_COLUMNS,
+    INTEGRATION,
+    INTEGRATION_NUMBER,
+    RAMP_DIMS,
+)
+from .store import COMPLETE_ATTR, finalize_store, partial_path
+from .store import is_complete as _store_is_complete
+
+FITS_BLOCK = 2880
+PROVENANCE_ATTR = "daskramp_provenance"
+#: FITS primary keyword holding the provenance JSON (long-string CONTINUE cards)
+PROVENANCE_KEYWORD = "DRPROV"
+DEFAULT_SLAB_BYTES = 64 * 2**20
+#: target size of one Zarr chunk of a product (the integration axis is split to reach it)
+ZARR_CHUNK_BYTES = 16 * 2**20
+
+#: step name → status keyword (spec 01 §5; stdatamodels core schema)
+STATUS_KEYWORDS = {
+    "group_scale": "S_GRPSCL",
+    "dq_init": "S_DQINIT",
+    "saturation": "S_SATURA",
+    "ipc": "S_IPC",
+    "superbias": "S_SUPERB",
+    "refpix": "S_REFPIX",
+    "linearity": "S_LINEAR",
+    "dark_current": "S_DARK",
+    "charge_migration": "S_CHGMIG",
+    "jump": "S_JUMP",
+    "picture_frame": "S_PCTFRM",
+    "clean_flicker_noise": "S_CLNFNS",
+    "persistence": "S_PERSIS",
+    "ramp_fit": "S_RAMP",
+    "gain_scale": "S_GANSCL",
+}
+STATUS_VALUES = ("COMPLETE", "SKIPPED", "FAILED")
+
+#: reftype → reference file keyword in the products
+REFERENCE_KEYWORDS = {
+    "mask": "R_MASK",
+    "saturation": "R_SATURA",
+    "superbias": "R_SUPERB",
+    "linearity": "R_LINEAR",
+    "dark": "R_DARK",
+    "gain": "R_GAIN",
+    "readnoise": "R_READNO",
+}
+
+#: per kind: variable → (EXTNAME, dtype, dims, BUNIT or None), in HDU order
+LAYOUTS: dict[str, dict[str, tuple]] = {
+    "rateints": {
+        "data": ("SCI", np.dtype("float32"), CUBE_DIMS, "DN/s"),
+        "err": ("ERR", np.dtype("float32"), CUBE_DIMS, "DN/s"),
+        "dq": ("DQ", np.dtype("uint32"), CUBE_DIMS, None),
+        "var_poisson": ("VAR_POISSON", np.dtype("float32"), CUBE_DIMS, None),
+        "var_rnoise": ("VAR_RNOISE", np.dtype("float32"), CUBE_DIMS, None),
+    },
+    "rate": {
+        "data": ("SCI", np.dtype("float32"), IMAGE_DIMS, "DN/s"),
+        "err": ("ERR", np.dtype("float32"), IMAGE_DIMS, "DN/s"),
+        "dq": ("DQ", np.dtype("uint32"), IMAGE_DIMS, None),
+        "var_poisson": ("VAR_POISSON", np.dtype("float32"), IMAGE_DIMS, None),
+        "var_rnoise": ("VAR_RNOISE", np.dtype("float32"), IMAGE_DIMS, None),
+    },
+    "ramp": {
+        "data": ("SCI", np.dtype("float32"), RAMP_DIMS, "DN"),
+        "pixeldq": ("PIXELDQ", np.dtype("uint32"), IMAGE_DIMS, None),
+        "groupdq": ("GROUPDQ", np.dtype("uint8"), RAMP_DIMS, None),
+        "zeroframe": ("ZEROFRAME", np.dtype("float32"), CUBE_DIMS, "DN"),
+    },
+}
+OPTIONAL_VARIABLES = {"zeroframe"}
+DATAMODELS = {"rateints": "CubeModel", "rate": "ImageModel", "ramp": "RampModel"}
+VARIABLE_UNITS = {
+    "data": "DN/s",
+    "err": "DN/s",
+    "var_poisson": "(DN/s)^2",
+    "var_rnoise": "(DN/s)^2",
+}
+
+_FITS_KEY = re.compile(r"^[A-Z0-9_-]{1,8}$")
+_STRUCTURAL = {
+    "SIMPLE", "BITPIX", "NAXIS", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "EXTNAME", "EXTVER",
+    "BZERO", "BSCALE", "BLANK", "CHECKSUM", "DATASUM", "TFIELDS", "END", "COMMENT", "HISTORY",
+}  # fmt: skip
+
+
+class ProductError(ValueError):
+    """A product Dataset does not have the layout its kind requires."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def product_kind(ds: xr.Dataset, key: str | None = None) -> str:
+    """``"rate"``, ``"rateints"`` or ``"ramp"`` from the dims of ``ds['data']`` (or ``key``)."""
+    if key in ("rate", "rateints"):
+        return key
+    if "data" not in ds:
+        raise ProductError(f"product {key!r}: no 'data' variable")
+    dims = ds["data"].dims
+    for kind, layout in LAYOUTS.items():
+        if layout["data"][2] == dims:
+            return kind
+    raise ProductError(f"product {key!r}: data dims {dims} match no product kind")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (Path, os.PathLike)):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)
+
+
+def _attr_value(v):
+    """A JSON-safe attribute value (Zarr attributes are JSON)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (str, bool, int, float)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_attr_value(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _attr_value(x) for k, x in v.items()}
+    return json.loads(json.dumps(v, default=_json_default))
+
+
+def product_attrs(attrs: Mapping, provenance: Mapping, *, kind: str) -> dict:
+    """Exposure keywords + statuses + reference keywords + provenance JSON for a product.
+
+    Statuses already in ``attrs`` (set by the step wrappers) win over those derived from
+    ``provenance["steps"][name]["status"]``; ``R_xxxxxx`` keywords come from
+    ``provenance["reference_files"]`` (as returned by ``RefSet.provenance()``).
+    """
+    out = {
+        str(k): _attr_value(v)
+        for k, v in attrs.items()
+        if k not in (COMPLETE_ATTR, PROVENANCE_ATTR)
+    }
+    for name, rec in (provenance.get("steps") or {}).items():
+        key = STATUS_KEYWORDS.get(name)
+        status = rec.get("status") if isinstance(rec, Mapping) else rec
+        if key and status is not None:
+            out.setdefault(key, str(status))
+    for key in [k for k in out if k.startswith("S_")]:
+        if key in STATUS_KEYWORDS.values() and out[key] not in STATUS_VALUES:
+            raise ProductError(f"status {key}={out[key]!r} should be one of {STATUS_VALUES}")
+    for rt, rec in (provenance.get("reference_files") or {}).items():
+        key = REFERENCE_KEYWORDS.get(rt)
+        if key and isinstance(rec, Mapping) and rec.get("file"):
+            out[key] = str(rec["file"])
+    out["BUNIT"] = "DN" if kind == "ramp" else "DN/s"
+    out[PROVENANCE_ATTR] = json.dumps(provenance, default=_json_default, sort_keys=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- Zarr
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    """Largest divisor of ``n`` that is ≤ ``limit`` (at least 1)."""
+    best = 1
+    for d in range(1, int(math.isqrt(n)) + 1):
+        if n % d == 0:
+            for c in (d, n // d):
+                if best < c <= limit:
+                    best = c
+    return best
+
+
+def zarr_chunks(var: xr.DataArray, *, target_bytes: int = ZARR_CHUNK_BYTES) -> tuple[int, ...]:
+    """Zarr chunk shape for a product variable that lines up with its dask chunks.
+
+    Every dask chunk boundary must fall on a Zarr chunk boundary (so parallel writes never
+    share a chunk): along each dim the Zarr chunk divides the gcd of the boundaries.  The
+    leading dim is split further until a chunk is at most ``target_bytes``, so the FITS
+    export can read a few integrations (or rows) without decompressing whole tiles.
+    """
+    shape = var.shape
+    if not shape:
+        return ()
+    if var.chunks is not None:
+        sizes = []
+        for n, ch in zip(shape, var.chunks):
+            bounds = np.cumsum(ch)[:-1]
+            sizes.append(int(np.gcd.reduce(bounds)) if len(bounds) else max(n, 1))
+    else:
+        sizes = [max(n, 1) for n in shape]
+    rest = var.dtype.itemsize * math.prod(sizes[1:])
+    if sizes[0] * rest > target_bytes:
+        sizes[0] = _divisor_at_most(sizes[0], max(1, target_bytes // max(rest, 1)))
+    return tuple(sizes)
+
+
+def _prepare_for_zarr(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
+    ds = ds.copy()
+    encoding = {}
+    for name, var in ds.variables.items():
+        var.encoding = {}
+        if name in ds.data_vars:
+            encoding[name] = {"chunks": zarr_chunks(ds[name])}
+    ds.attrs = {str(k): _attr_value(v) for k, v in ds.attrs.items()}
+    for var in ds.variables.values():
+        var.attrs = {str(k): _attr_value(v) for k, v in var.attrs.items()}
+    return ds, encoding
+
+
+def _start_zarr(ds: xr.Dataset, path: Path) -> list[tuple]:
+    """Create ``<path>.partial`` afresh; return its pending writes as (dask array, zarr array).
+
+    xarray writes the metadata and the numpy-backed variables (coordinates) at once; the dask
+    variables are returned so that every product of an exposure is stored by **one**
+    ``dask.array.store`` call: separate ``to_zarr`` graphs are optimised one by one, which
+    renames the shared upstream tasks and would run the pipeline once per product.
+    """
+    import zarr
+
+    partial = partial_path(path)
+    if partial.exists():
+        shutil.rmtree(partial)  # left by an interrupted run: start again
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prepared, encoding = _prepare_for_zarr(ds)
+    prepared.to_zarr(
+        str(partial), mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding
+    )
+    group = zarr.open_group(str(partial), mode="r+", zarr_format=3)
+    pending = []
+    for name, var in prepared.variables.items():
+        if var.chunks is None:
+            continue
+        target = group[name]
+        if target.dtype != var.dtype or target.shape != var.shape:
+            raise ProductError(
+                f"{path.name}: variable {name!r} would be stored as {target.dtype}{target.shape}, "
+                f"not {var.dtype}{var.shape}; remove its encoding"
+            )
+        pending.append((var.data, target))
+    return pending
+
+
+def _store_all(pending: list[tuple]) -> None:
+    """Compute and store every pending write in one graph with the active scheduler."""
+    if pending:
+        sources, targets = zip(*pending)
+        da.store(list(sources), list(targets), lock=False, compute=True)
+
+
+def write_zarr_atomic(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
+    """Write ``ds`` to a Zarr v3 store that appears at ``path`` only once complete.
+
+    The graph is computed with the active dask scheduler (threads, processes or a
+    distributed client; the path must be visible to the workers).  A complete store at
+    ``path`` is returned untouched (nothing computed) unless ``overwrite``; an incomplete one
+    (or a leftover ``.partial``) is rewritten.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    if is_complete(path) and not overwrite:
+        return path
+    _store_all(_start_zarr(ds, path))
+    return finalize_store(partial_path(path), path, overwrite=True)
+
+
+def is_complete(path) -> bool:
+    """True for a finished product: a Zarr store marked complete, or a FITS file in place.
+
+    FITS files are renamed into place only after their last byte, so existence suffices;
+    the size is also checked to be a whole number of FITS blocks.
+    """
+    path = Path(path)
+    if path.name.endswith(".partial"):
+        return False
+    if path.is_dir():
+        return _store_is_complete(path)
+    if path.is_file() and path.suffix.lower() in (".fits", ".fit"):
+        size = path.stat().st_size
+        return size > 0 and size % FITS_BLOCK == 0
+    return False
+
+
+# ---------------------------------------------------------------------------- FITS
+
+
+def _fits_value(v):
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, bool) or isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, str):
+        return v if v.isascii() and v.isprintable() else None
+    return None
+
+
+def primary_header(attrs: Mapping, *, kind: str, filename: str) -> afits.Header:
+    """PRIMARY header: the exposure keywords, statuses, references, BUNIT and provenance."""
+    hdu = afits.PrimaryHDU()
+    hdr = hdu.header
+    hdr["EXTEND"] = True
+    for key, value in attrs.items():
+        if not _FITS_KEY.match(str(key)) or key in _STRUCTURAL:
+            continue
+        v = _fits_value(value)
+        if v is not None:
+            hdr[key] = v
+    hdr["DATAMODL"] = DATAMODELS[kind]
+    hdr["FILENAME"] = filename
+    hdr["BUNIT"] = "DN" if kind == "ramp" else "DN/s"
+    prov = attrs.get(PROVENANCE_ATTR)
+    if isinstance(prov, str) and prov.isascii():
+        hdr[PROVENANCE_KEYWORD] = (prov, "daskramp provenance (JSON)")
+    return hdr
+
+
+_BITPIX = {
+    "float32": -32,
+    "float64": -64,
+    "uint32": 32,
+    "int32": 32,
+    "uint16": 16,
+    "int16": 16,
+    "uint8": 8,
+}
+
+
+def image_header(
+    extname: str, shape: tuple[int, ...], dtype: np.dtype, *, bunit: str | None = None
+) -> afits.Header:
+    """Extension header of an IMAGE HDU; unsigned 32/16-bit ints use the BZERO convention."""
+    dtype = np.dtype(dtype)
+    hdr = afits.Header()
+    hdr["XTENSION"] = "IMAGE"
+    hdr["BITPIX"] = _BITPIX[dtype.name]
+    hdr["NAXIS"] = len(shape)
+    for i, n in enumerate(reversed(shape)):
+        hdr[f"NAXIS{i + 1}"] = int(n)
+    hdr["PCOUNT"] = 0
+    hdr["GCOUNT"] = 1
+    if dtype == np.uint32:
+        hdr["BZERO"] = 2147483648
+        hdr["BSCALE"] = 1
+    elif dtype == np.uint16:
+        hdr["BZERO"] = 32768
+        hdr["BSCALE"] = 1
+    hdr["EXTNAME"] = extname
+    if bunit:
+        hdr["BUNIT"] = bunit
+    return hdr
+
+
+def _to_fits_bytes(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A block in the stored FITS representation (big-endian; BZERO offset for unsigned)."""
+    a = np.asarray(block)
+    if dtype.kind == "u" and a.dtype.kind == "f":
+        raise ProductError(f"cannot store float data as {dtype}")
+    a = a.astype(dtype, copy=False)
+    if dtype == np.uint32:
+        # stored = value − 2³¹, the same bit pattern as flipping the top bit
+        return (a ^ np.uint32(0x80000000)).view(np.int32).astype(">i4")
+    if dtype == np.uint16:
+        return (a ^ np.uint16(0x8000)).view(np.int16).astype(">i2")
+    return a.astype(dtype.newbyteorder(">"), copy=False)
+
+
+def slabs(
+    shape: tuple[int, ...], itemsize: int, slab_bytes: int, leading_chunks=None
+) -> Iterator[tuple]:
+    """C-order contiguous pieces of an array, each at most ``slab_bytes`` (or one row).
+
+    Yields index tuples.  The deepest axis that must be split is cut into runs; when that is
+    the leading axis and ``leading_chunks`` (dask chunk sizes along it) is given, runs group
+    whole chunks so each chunk is read once (a chunk larger than a slab is split).
+    """
+    if not shape or math.prod(shape) == 0:
+        yield tuple(slice(0, n) for n in shape)
+        return
+    k = 0
+    while k < len(shape) - 1 and math.prod(shape[k + 1 :]) * itemsize > slab_bytes:
+        k += 1
+    row = math.prod(shape[k + 1 :]) * itemsize
+    m = max(1, slab_bytes // row)
+    if k == 0 and leading_chunks is not None:
+        runs, start, acc = [], 0, 0
+        for c in leading_chunks:
+            if acc and acc + c > m:
+                runs.append((start, start + acc))
+                start, acc = start + acc, 0
+            if c > m:
+                for a in range(start, start + c, m):
+                    runs.append((a, min(a + m, start + c)))
+                start += c
+            else:
+                acc += c
+        if acc:
+            runs.append((start, start + acc))
+    else:
+        runs = [(a, min(a + m, shape[k])) for a in range(0, shape[k], m)]
+    tail = tuple(slice(0, n) for n in shape[k + 1 :])
+    for outer in np.ndindex(*shape[:k]):
+        for a, b in runs:
+            yield tuple(outer) + (slice(a, b),) + tail
+
+
+def _load(x) -> np.ndarray:
+    if hasattr(x, "compute"):
+        (x,) = dask.compute(x)
+    return np.asarray(x)
+
+
+def _write_image(
+    f, var: xr.DataArray, extname: str, dtype: np.dtype, bunit, slab_bytes: int
+) -> None:
+    shape = tuple(var.shape)
+    f.write(image_header(extname, shape, dtype, bunit=bunit).tostring().encode("ascii"))
+    lead = var.chunks[0] if var.chunks is not None and var.ndim else None
+    written = 0
+    data = var.data
+    for key in slabs(shape, dtype.itemsize, slab_bytes, lead):
+        block = np.ascontiguousarray(_to_fits_bytes(_load(data[key]), dtype))
+        f.write(memoryview(block).cast("B"))
+        written += block.nbytes
+    f.write(b"\0" * ((-written) % FITS_BLOCK))
+
+
+def int_times_table(ds: xr.Dataset) -> afits.BinTableHDU | None:
+    """INT_TIMES BINTABLE from the coordinates on ``integration`` (None without time columns)."""
+    present = [c for c in INT_TIMES_COLUMNS if c in ds.coords]
+    if not present or INTEGRATION not in ds.dims:
+        return None
+    n = ds.sizes[INTEGRATION]
+    if INTEGRATION_NUMBER in ds.coords:
+        num = np.asarray(ds[INTEGRATION_NUMBER].values, np.int32)
+    else:
+        num = np.asarray(ds[INTEGRATION].values, np.int32) + 1
+    cols = [afits.Column(name=INTEGRATION_NUMBER, format="J", array=num)]
+    for c in INT_TIMES_COLUMNS:
+        vals = np.asarray(ds[c].values, np.float64) if c in ds.coords else np.full(n, np.nan)
+        cols.append(afits.Column(name=c, format="D", array=vals))
+    return afits.BinTableHDU.from_columns(cols, name="INT_TIMES")
+
+
+def _check_layout(ds: xr.Dataset, kind: str) -> None:
+    for name, (extname, dtype, dims, _) in LAYOUTS[kind].items():
+        if name not in ds:
+            if name in OPTIONAL_VARIABLES:
+                continue
+            raise ProductError(f"{kind} product: variable {name!r} ({extname}) is missing")
+        if ds[name].dims != dims:
+            raise ProductError(
+                f"{kind} product: {name!r} has dims {ds[name].dims}, expected {dims}"
+            )
+        if dtype.kind in "ui" and ds[name].dtype.kind not in "ui":
+            raise ProductError(
+                f"{kind} product: {name!r} has dtype {ds[name].dtype}, expected {dtype}"
+            )
+
+
+def to_fits(ds: xr.Dataset, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_BYTES) -> Path:
+    """Write a product Dataset as a JWST FITS file readable by ``jwst.datamodels.open``.
+
+    Layout: header-only PRIMARY (exposure keywords, S_/R_ keywords, BUNIT, DATAMODL),
+    then SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE images (float32, DQ uint32) and, for
+    ``rateints``, the INT_TIMES table (integration_number int32 + six float64 times).
+    ``ramp``: SCI float32, PIXELDQ uint32, GROUPDQ uint8, ZEROFRAME (if present), INT_TIMES.
+
+    Data are written slab by slab, so memory stays near ``slab_bytes``; each slab is computed
+    separately, so ``ds`` should be cheap to read (Zarr- or numpy-backed), not a deep graph.
+    The file appears at ``path`` only when complete.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A product (see the module docstring).
+    path : path
+        Output file, e.g. ``<root>_rateints.fits``.
+    kind : {"rate", "rateints", "ramp"}
+    slab_bytes : int
+        Upper bound of one slab (at least one image row is written at a time).
+    """
+    if kind not in LAYOUTS:
+        raise ProductError(f"unknown product kind {kind!r}; choose from {sorted(LAYOUTS)}")
+    _check_layout(ds, kind)
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(partial, "wb") as f:
+            f.write(
+                primary_header(ds.attrs, kind=kind, filename=path.name).tostring().encode("ascii")
+            )
+            for name, (extname, dtype, _, bunit) in LAYOUTS[kind].items():
+                if name in ds:
+                    _write_image(f, ds[name], extname, dtype, bunit, slab_bytes)
+        table = int_times_table(ds) if kind != "rate" else None
+        if table is not None:
+            with afits.open(partial, mode="append") as hdul:
+                hdul.append(table)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------- products
+
+
+def write_products(
+    products: Mapping[str, xr.Dataset],
+    outdir,
+    *,
+    root: str,
+    provenance: Mapping,
+    fits: bool = True,
+    zarr: bool = True,
+    overwrite: bool = False,
+    slab_bytes: int = DEFAULT_SLAB_BYTES,
+) -> dict[str, Path]:
+    """Write the products of one exposure; compute their graph once.
+
+    Parameters
+    ----------
+    products : mapping name → Dataset
+        ``"rate"``, ``"rateints"`` and ramp intermediates (e.g. ``"jump_ramp"``), lazy or not.
+    outdir : path
+        Output directory (created).
+    root : str
+        File root: ``<root>_<name>.zarr`` and ``<root>_<name>.fits``.
+    provenance : mapping
+        JSON-serialisable record (steps and their status/parameters, reference files with
+        sha256, package versions, inputs); stored as ``attrs["daskramp_provenance"]`` and
+        the ``DRPROV`` FITS keyword, plus ``S_xxxxxx`` / ``R_xxxxxx`` keywords.
+    fits, zarr : bool
+        Which formats to write.  With ``fits`` only, the products are staged in hidden
+        Zarr stores in ``outdir`` (removed afterwards) so the graph is still computed once.
+    overwrite : bool
+        Rewrite complete products; otherwise they are kept (a rerun is a no-op).
+
+    Returns
+    -------
+    dict
+        ``"<name>_zarr"`` / ``"<name>_fits"`` → path of each product written or found complete.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    plans = []
+    for name, ds in products.items():
+        kind = product_kind(ds, name)
+        _check_layout(ds, kind)
+        zpath = outdir / f"{root}_{name}.zarr"
+        if not zarr:
+            zpath = outdir / f".{root}_{name}.staging.zarr"
+        fpath = outdir / f"{root}_{name}.fits"
+        if zarr:
+            want_zarr = overwrite or not is_complete(zpath)
+            # a rewritten store makes an older FITS file stale
+            want_fits = fits and (want_zarr or not is_complete(fpath))
+        else:
+            want_fits = fits and (overwrite or not is_complete(fpath))
+            want_zarr = want_fits
+        plans.append((name, kind, ds, zpath, fpath, want_zarr, want_fits))
+
+    pending, to_finalize = [], []
+    for _name, kind, ds, zpath, _, want_zarr, _want_fits in plans:
+        if want_zarr:
+            ds = ds.copy()  # new variables: the attrs below must not leak into the caller's
+            ds.attrs = product_attrs(ds.attrs, provenance, kind=kind)
+            for v, unit in VARIABLE_UNITS.items():
+                if kind != "ramp" and v in ds.variables:
+                    ds.variables[v].attrs.setdefault("units", unit)
+            pending.extend(_start_zarr(ds, zpath))
+            to_finalize.append(zpath)
+    _store_all(pending)
+    for zpath in to_finalize:
+        finalize_store(partial_path(zpath), zpath, overwrite=True)
+
+    for name, kind, _, zpath, fpath, _, want_fits in plans:
+        if zarr:
+            out[f"{name}_zarr"] = zpath
+        if fits:
+            if want_fits:
+                with xr.open_zarr(zpath, consolidated=False) as src:
+                    to_fits(src, fpath, kind=kind, slab_bytes=slab_bytes)
+            out[f"{name}_fits"] = fpath
+        if not zarr and zpath.exists():
+            shutil.rmtree(zpath)
+    return out
+
+
+__all__ = [
+    "LAYOUTS",
+    "STATUS_KEYWORDS",
+    "REFERENCE_KEYWORDS",
+    "ProductError",
+    "int_times_table",
+    "is_complete",
+    "product_attrs",
+    "product_kind",
+    "to_fits",
+    "write_products",
+    "write_zarr_atomic",
+    "zarr_chunks",
+]
