@@ -26,8 +26,8 @@ pixels flagged by the MASK outside the detector border (none in flight MASK file
 considered.
 
 Arithmetic follows the official pipeline so that results agree to the last bit: clipped
-means are taken in float32 in detector row-major order (scipy ``sigmaclip`` semantics), the
-top/bottom offset is subtracted in float32, the side signal in float64.
+means are taken in detector row-major order (scipy ``sigmaclip`` semantics), in float32
+without the side correction and in float64 with it (see :func:`working_dtype`).
 """
 
 from __future__ import annotations

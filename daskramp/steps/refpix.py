@@ -1,0 +1,219 @@
+"""refpix step wrapper (spec 04): bias drifts removed with the near-IR reference pixels.
+
+The correction of one ``(integration, group)`` frame depends only on the reference pixels of
+that frame, so the data are never gathered whole:
+
+1. the candidate reference pixels (the part of the detector's 4-pixel border that lies in the
+   subarray) are sliced out of the ramp lazily and concatenated along a ``refpix`` dim —
+   a small array ``(integration, group, refpix)``;
+2. :func:`daskramp.kernels.refpix.refpix_offsets` turns them into a per-frame description
+   ``(integration, group, refpix_term)`` (amplifier × parity offsets and the side signal per
+   detector row), chunked like ``integration``;
+3. the description is spread along ``y`` and ``x`` (``(integration, group, y)`` and
+   ``(integration, group, x)``) and subtracted block by block through
+   :func:`daskramp.steps._apply.map_ramp_blocks`, whatever the chunking of the ramp
+   (integration chunks of whole frames, or pixel tiles along ``x`` or ``y``).
+
+Only ``data`` (and ``zeroframe``) change; ``pixeldq`` and ``groupdq`` are returned as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from ..dims import DATA, FLOAT_DTYPE, GROUP, INTEGRATION, PIXELDQ, ZEROFRAME, X, Y, validate
+from ..kernels import refpix as kernel
+from ._apply import map_ramp_blocks
+
+STATUS = "S_REFPIX"
+COMPLETE = "COMPLETE"
+SKIPPED = "SKIPPED"
+#: dim of the gathered reference pixels and of the per-frame correction description
+REFPIX_DIM = "refpix"
+TERM_DIM = "refpix_term"
+
+
+@dataclass(frozen=True)
+class Params:
+    """refpix parameters (official names and defaults).
+
+    Only the near-IR "median" algorithm is implemented: ``odd_even_rows`` is MIRI-only, and
+    ``sigreject``/``gaussmooth``/``halfwidth`` (SIRS) and ``ovr_corr_mitigation_ftr``/
+    ``preserve_irs2_refpix``/``irs2_mean_subtraction`` (NIRSpec IRS2) are accepted and unused.
+    """
+
+    odd_even_columns: bool = True
+    use_side_ref_pixels: bool = True
+    side_smoothing_length: int = 11
+    side_gain: float = 1.0
+    odd_even_rows: bool = True
+    ovr_corr_mitigation_ftr: float = 3.0
+    preserve_irs2_refpix: bool = False
+    irs2_mean_subtraction: bool = False
+    refpix_algorithm: str = "median"
+    sigreject: float = 4.0
+    gaussmooth: float = 1.0
+    halfwidth: int = 30
+    siglimit: float = 3.0
+    skip: bool = False
+
+
+def _with_status(ds: xr.Dataset, status: str, **updates) -> xr.Dataset:
+    out = ds.copy()
+    for name, value in updates.items():
+        out[name] = value.assign_attrs(ds[name].attrs)
+    out.attrs = {**ds.attrs, STATUS: status}
+    return out
+
+
+def _gather(arr: xr.DataArray, layout: kernel.ReferenceLayout) -> xr.DataArray:
+    """The layout's boxes sliced out of ``arr`` (``(..., y, x)``) and joined along ``refpix``."""
+    pieces = [
+        arr.isel({Y: slice(a, b), X: slice(c, d)})
+        .drop_vars([Y, X], errors="ignore")
+        .stack({REFPIX_DIM: (Y, X)}, create_index=False)
+        for a, b, c, d in layout.boxes
+    ]
+    out = pieces[0] if len(pieces) == 1 else xr.concat(pieces, dim=REFPIX_DIM)
+    return out.chunk({REFPIX_DIM: -1}) if out.chunks is not None else out
+
+
+def _correct(
+    ramp: xr.DataArray, pixeldq: xr.DataArray, *, geometry: dict, params: Params
+) -> xr.DataArray:
+    """Lazily corrected float32 copy of a ``(integration, group, y, x)`` ramp."""
+    ny, nx = ramp.sizes[Y], ramp.sizes[X]
+    y0, x0 = geometry["y0"], geometry["x0"]
+    fast, slow = geometry["fastaxis"], geometry["slowaxis"]
+    mode = kernel.correction_mode(ny, nx, noutputs=geometry["noutputs"])
+    layout = kernel.reference_layout(
+        ny, nx, substrt1=x0 + 1, substrt2=y0 + 1, subarray=geometry["subarray"]
+    )
+    if layout.size == 0:
+        # no reference pixel in the subarray: nothing to subtract
+        return ramp.astype(FLOAT_DTYPE) if ramp.dtype != FLOAT_DTYPE else ramp
+
+    ref = _gather(ramp, layout)
+    ref_dq = _gather(pixeldq, layout) | xr.DataArray(layout.extra_dq, dims=REFPIX_DIM)
+    nterms = kernel.offsets_size(mode, use_side_ref_pixels=params.use_side_ref_pixels)
+    offsets = xr.apply_ufunc(
+        kernel.refpix_offsets,
+        ref,
+        ref_dq,
+        input_core_dims=[[REFPIX_DIM], [REFPIX_DIM]],
+        output_core_dims=[[TERM_DIM]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {TERM_DIM: nterms}},
+        kwargs={
+            "ref_y": layout.y,
+            "ref_x": layout.x,
+            "fastaxis": fast,
+            "slowaxis": slow,
+            "mode": mode,
+            "odd_even_columns": params.odd_even_columns,
+            "use_side_ref_pixels": params.use_side_ref_pixels,
+            "side_smoothing_length": params.side_smoothing_length,
+            "side_gain": params.side_gain,
+            "siglimit": params.siglimit,
+        },
+    )
+    profiles = {}
+    for dim, start, size in ((Y, y0, ny), (X, x0, nx)):
+        profiles[dim] = xr.apply_ufunc(
+            kernel.offsets_along,
+            offsets,
+            input_core_dims=[[TERM_DIM]],
+            output_core_dims=[[dim]],
+            dask="parallelized",
+            output_dtypes=[np.float64],
+            dask_gufunc_kwargs={"output_sizes": {dim: size}},
+            kwargs={
+                "coord": np.arange(start, start + size),
+                "dim": dim,
+                "fastaxis": fast,
+                "slowaxis": slow,
+            },
+        ).transpose(INTEGRATION, GROUP, dim)
+    float64 = kernel.working_dtype(mode, use_side_ref_pixels=params.use_side_ref_pixels) == np.float64
+    return map_ramp_blocks(
+        kernel.apply_refpix,
+        ramp,
+        profiles[Y],
+        profiles[X],
+        dtype=FLOAT_DTYPE,
+        fastaxis=fast,
+        float64=float64,
+    )
+
+
+def refpix(ds: xr.Dataset, **params) -> xr.Dataset:
+    """Reference-pixel correction of a near-IR exposure (lazy).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Exposure (see :mod:`daskramp.dims`), ``data`` in DN; whole frames or pixel tiles.
+        Geometry from the attrs SUBSTRT1/2 (and the ``y``/``x`` coordinates), FASTAXIS,
+        SLOWAXIS, NOUTPUTS, SUBARRAY, INSTRUME.
+    **params
+        Fields of :class:`Params` (official names); unknown names raise TypeError.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``data`` (and ``zeroframe`` when present) corrected, float32 DN; ``pixeldq``/``groupdq``
+        unchanged; ``attrs["S_REFPIX"]`` = ``COMPLETE``, or ``SKIPPED`` when asked to, when the
+        subarray does not fit inside the detector, and for MIRI subarrays.
+
+    Raises
+    ------
+    NotImplementedError
+        ``refpix_algorithm="sirs"``, NIRSpec IRS2 (an image axis longer than 2048) and MIRI
+        full frames.
+    """
+    p = Params(**params)
+    validate(ds, source="refpix")
+    if p.skip:
+        return _with_status(ds, SKIPPED)
+    if p.refpix_algorithm == "sirs":
+        raise NotImplementedError(
+            "refpix: refpix_algorithm='sirs' (convolution-kernel side correction) is not "
+            "implemented; use refpix_algorithm='median'"
+        )
+    if p.refpix_algorithm != "median":
+        raise ValueError(f"refpix: refpix_algorithm must be 'median' or 'sirs', got {p.refpix_algorithm!r}")
+    a = ds.attrs
+    ny, nx = ds.sizes[Y], ds.sizes[X]
+    if max(ny, nx) > kernel.FULL:
+        raise NotImplementedError(f"refpix: {ny}×{nx} image looks like NIRSpec IRS2, which is not implemented")
+    if str(a["INSTRUME"]).upper() == "MIRI":
+        if (ny, nx) != (1024, 1032):
+            return _with_status(ds, SKIPPED)
+        raise NotImplementedError("refpix: MIRI reference-pixel correction is not implemented")
+
+    # the detector position of the subarray: coordinates if present, else SUBSTRT1/2
+    y0 = int(ds[Y].values[0]) if Y in ds.coords and ny else int(a["SUBSTRT2"]) - 1
+    x0 = int(ds[X].values[0]) if X in ds.coords and nx else int(a["SUBSTRT1"]) - 1
+    if not kernel.subarray_fits(ny, nx, substrt1=x0 + 1, substrt2=y0 + 1):
+        return _with_status(ds, SKIPPED)
+    geometry = {
+        "y0": y0,
+        "x0": x0,
+        "fastaxis": int(a["FASTAXIS"]),
+        "slowaxis": int(a["SLOWAXIS"]),
+        "noutputs": int(a["NOUTPUTS"]),
+        "subarray": str(a.get("SUBARRAY", "")),
+    }
+    updates = {DATA: _correct(ds[DATA], ds[PIXELDQ], geometry=geometry, params=p)}
+    if ZEROFRAME in ds and a.get("ZEROFRAM", True):
+        zf = ds[ZEROFRAME]
+        corrected = _correct(
+            zf.expand_dims({GROUP: 1}, axis=1), ds[PIXELDQ], geometry=geometry, params=p
+        ).isel({GROUP: 0}, drop=True)
+        # a zero frame of 0 means "not recorded" and stays 0
+        updates[ZEROFRAME] = corrected.where(zf != 0, np.float32(0)).astype(FLOAT_DTYPE)
+    return _with_status(ds, COMPLETE, **updates)
