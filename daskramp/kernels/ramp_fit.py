@@ -37,19 +37,32 @@ FIELDS: tuple[str, ...] = (
     "invvar_r",  # Σ_s 1/var_r,s
     "slope_num",  # Σ_s slope_s/var_r,s
     "invvar_p",  # Σ_s 1/var_p,s over positive var_p,s
-    "n_dnu",  # 1 if the integration is DO_NOT_USE (before partial-saturation flagging)
-    "n_sat",  # 1 if the integration is SATURATED at the NaN decision (group 0, pixeldq)
-    "n_anysat",  # 1 if any group of the integration is SATURATED
-    "n_jump",  # 1 if any group has JUMP_DET
-    "n_pers",  # 1 if any group has PERSISTENCE
-    "n_chargeloss",  # 1 if any group has CHARGELOSS
     "invvar_r_cl",  # this integration's term of the CHARGELOSS-recomputed 1/var_rnoise
+    "flags",  # FLAG_* bits below (exact in float64)
 )
 NFIELDS = len(FIELDS)
 F = {name: i for i, name in enumerate(FIELDS)}
 
-#: fields whose sum over integrations is the input of :func:`combine_rate`
-RATE_PARTIALS: tuple[str, ...] = FIELDS[F["invvar_r"] :]
+#: ``flags`` bits: SATURATED at the NaN decision (group 0 saturated, or from pixeldq)
+FLAG_SAT = 1
+#: ``flags`` bits: some group of the integration is SATURATED
+FLAG_ANYSAT = 2
+#: ``flags`` bits: some group of the integration has CHARGELOSS
+FLAG_CHARGELOSS = 4
+
+#: per-integration terms whose sums over integrations are the input of :func:`combine_rate`
+RATE_PARTIALS: tuple[str, ...] = (
+    "invvar_r",
+    "slope_num",
+    "invvar_p",
+    "invvar_r_cl",
+    "n_dnu",  # integrations flagged DO_NOT_USE
+    "n_sat",  # integrations SATURATED at the NaN decision
+    "n_anysat",  # integrations with a SATURATED group
+    "n_jump",  # integrations with JUMP_DET
+    "n_pers",  # integrations with PERSISTENCE
+    "n_chargeloss",  # integrations with CHARGELOSS
+)
 #: names of the planes returned by :func:`combine_rate`
 RATE_FIELDS: tuple[str, ...] = ("slope", "err", "var_poisson", "var_rnoise", "dq")
 
@@ -489,24 +502,26 @@ def _fit_block(
                 out[6, i, y, x] = s_r
                 out[7, i, y, x] = s_num
                 out[8, i, y, x] = s_p
-                out[9, i, y, x] = 1.0 if is_dnu else 0.0
-                out[10, i, y, x] = 1.0 if is_sat else 0.0
-                out[11, i, y, x] = 1.0 if cnt_sat[i] > 0 else 0.0
-                out[12, i, y, x] = 1.0 if has_jump[i] else 0.0
-                out[13, i, y, x] = 1.0 if has_pers[i] else 0.0
-                out[14, i, y, x] = 1.0 if has_cl[i] else 0.0
-                out[15, i, y, x] = 0.0
+                fl = 0.0
+                if is_sat:
+                    fl += FLAG_SAT
+                if cnt_sat[i] > 0:
+                    fl += FLAG_ANYSAT
+                if has_cl[i]:
+                    fl += FLAG_CHARGELOSS
+                out[9, i, y, x] = 0.0
+                out[10, i, y, x] = fl
             if not any_cl:
                 for i in range(nint):
                     if out[3, i, y, x] > 0.0:
-                        out[15, i, y, x] = 1.0 / out[3, i, y, x]
+                        out[9, i, y, x] = 1.0 / out[3, i, y, x]
                 continue
             any_cl_block = True
             # -- CHARGELOSS: read noise of the ramp as if those groups had been clean --------
             for i in range(nint):
                 if not has_cl[i]:
                     if out[3, i, y, x] > 0.0:
-                        out[15, i, y, x] = 1.0 / out[3, i, y, x]
+                        out[9, i, y, x] = 1.0 / out[3, i, y, x]
                     continue
                 for g in range(ng):
                     if np.uint32(oq[i, g]) & _CL:
@@ -532,7 +547,7 @@ def _fit_block(
                         s_r += 1.0 / vr
                 vr_i = 1.0 / s_r if s_r != 0.0 else np.inf
                 out[3, i, y, x] = 0.0 if vr_i >= LARGE_VARIANCE_THRESHOLD else vr_i
-                out[15, i, y, x] = s_r
+                out[9, i, y, x] = s_r
     return any_cl_block
 
 
@@ -625,13 +640,34 @@ def ramp_fit(
     return out
 
 
+def rate_terms(fields: np.ndarray) -> np.ndarray:
+    """Per-integration terms of the rate, :data:`RATE_PARTIALS` (elementwise, no reduction).
+
+    ``fields`` is ``(NFIELDS, ...)``; returns ``(len(RATE_PARTIALS), ...)`` float64: the four
+    inverse-variance sums as they are and 0/1 indicators unpacked from ``dq`` and ``flags``.
+    """
+    fields = np.asarray(fields)
+    dqv = fields[F["dq"]].astype(np.uint32)
+    fl = fields[F["flags"]].astype(np.uint32)
+    out = np.empty((len(RATE_PARTIALS), *fields.shape[1:]), np.float64)
+    for k, name in enumerate(("invvar_r", "slope_num", "invvar_p", "invvar_r_cl")):
+        out[k] = fields[F[name]]
+    out[4] = (dqv & _DNU) != 0
+    out[5] = (fl & FLAG_SAT) != 0
+    out[6] = (fl & FLAG_ANYSAT) != 0
+    out[7] = (dqv & _JUMP) != 0
+    out[8] = (dqv & _PERS) != 0
+    out[9] = (fl & FLAG_CHARGELOSS) != 0
+    return out
+
+
 def rate_partials(fields: np.ndarray) -> np.ndarray:
-    """Chunk step of the rate: sum the :data:`RATE_PARTIALS` planes over ``integration``.
+    """Chunk step of the rate: :func:`rate_terms` summed over ``integration``.
 
     ``fields`` is ``(NFIELDS, integration, y, x)``; returns ``(len(RATE_PARTIALS), y, x)``.
     Partials of several blocks (segments, integration chunks) combine by plain addition.
     """
-    return fields[F["invvar_r"] :].sum(axis=1)
+    return rate_terms(fields).sum(axis=1)
 
 
 def combine_rate(partials: np.ndarray, pixeldq: np.ndarray, gain: np.ndarray, *, nints: int) -> np.ndarray:

@@ -26,9 +26,9 @@ from ..dims import (
     IMAGE_DIMS,
     INTEGRATION,
     PIXELDQ,
+    ZEROFRAME,
     X,
     Y,
-    ZEROFRAME,
     segment_bounds,
     validate,
 )
@@ -164,8 +164,12 @@ def ramp_fields(
     return out.assign_coords(field=list(_k.FIELDS))
 
 
-def _finalize(partials, pixeldq, gain, *, nints):
+def _terms(fields):
     # apply_ufunc moves the core dim last; the kernel wants it first
+    return np.moveaxis(_k.rate_terms(np.moveaxis(fields, -1, 0)), 0, -1)
+
+
+def _finalize(partials, pixeldq, gain, *, nints):
     res = _k.combine_rate(np.moveaxis(partials, -1, 0), pixeldq, gain, nints=nints)
     return np.moveaxis(res, 0, -1)
 
@@ -173,16 +177,25 @@ def _finalize(partials, pixeldq, gain, *, nints):
 def combine_rate(fields: xr.DataArray, pixeldq: xr.DataArray, gain: xr.DataArray) -> xr.Dataset:
     """Exposure ``rate`` (y, x) from per-integration fields of any number of blocks (lazy).
 
-    The partials are summed over ``integration`` (a tree reduction when chunked), then
-    finalized pixel by pixel.
+    Chunk → combine → finalize: per-integration terms (elementwise), summed over
+    ``integration`` (a tree reduction when chunked), then finalized pixel by pixel.
     """
-    partials = fields.sel(field=list(_k.RATE_PARTIALS)).sum(INTEGRATION, skipna=False)
+    terms = xr.apply_ufunc(
+        _terms,
+        fields,
+        input_core_dims=[["field"]],
+        output_core_dims=[["term"]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"term": len(_k.RATE_PARTIALS)}},
+    )
+    partials = terms.sum(INTEGRATION, skipna=False)
     res = xr.apply_ufunc(
         _finalize,
         partials,
         pixeldq,
         gain,
-        input_core_dims=[["field"], [], []],
+        input_core_dims=[["term"], [], []],
         output_core_dims=[["rate_field"]],
         kwargs={"nints": fields.sizes[INTEGRATION]},
         dask="parallelized",

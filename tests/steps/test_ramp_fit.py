@@ -3,6 +3,7 @@ products (dims, dtypes, coords, attrs), parameters; parity with the official Ram
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_matches_kernel_on_whole_array():
     np.testing.assert_array_equal(rate["dq"].values, r[4].astype(np.uint32))
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     seed=st.integers(0, 2**31),
     xchunk=st.integers(1, 6),
@@ -108,9 +109,10 @@ def test_chunked_equals_numpy(seed, xchunk, ychunk, ichunk, two_segments):
     whole_rate, whole_ints = ramp_fit(ds, gain=gain, readnoise=rn)
     lazy = chunked(ds, integration=ichunk, y=ychunk, x=xchunk)
     rate, ints = ramp_fit(lazy, gain=gain, readnoise=rn)
-    assert_same(ints.compute(), whole_ints)
+    rate, ints = dask.compute(rate, ints, scheduler="synchronous")
+    assert_same(ints, whole_ints)
     # the rate sums partials in a different order (tree reduction): float64 rounding only
-    assert_same(rate.compute(), whole_rate, rtol=1e-6)
+    assert_same(rate, whole_rate, rtol=1e-6)
 
 
 def test_building_the_graph_computes_nothing():
