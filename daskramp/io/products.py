@@ -62,7 +62,9 @@ FITS_BLOCK = 2880
 PROVENANCE_ATTR = "daskramp_provenance"
 #: FITS primary keyword holding the provenance JSON (long-string CONTINUE cards)
 PROVENANCE_KEYWORD = "DRPROV"
-DEFAULT_SLAB_BYTES = 64 * 2**20
+#: bytes of one FITS slab; measured peak memory of the export is about 4–5 slabs (the slab,
+#: its dask assembly and its big-endian copy)
+DEFAULT_SLAB_BYTES = 16 * 2**20
 #: target size of one Zarr chunk of a product (the integration axis is split to reach it)
 ZARR_CHUNK_BYTES = 16 * 2**20
 
@@ -526,7 +528,8 @@ def to_fits(ds: xr.Dataset, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_B
     ``rateints``, the INT_TIMES table (integration_number int32 + six float64 times).
     ``ramp``: SCI float32, PIXELDQ uint32, GROUPDQ uint8, ZEROFRAME (if present), INT_TIMES.
 
-    Data are written slab by slab, so memory stays near ``slab_bytes``; each slab is computed
+    Data are written slab by slab, so memory is a few ``slab_bytes`` whatever the cube size
+    (measured: a 500 MB rateints from Zarr with 8 MiB slabs raised peak RSS by 65 MiB); each slab is computed
     separately, so ``ds`` should be cheap to read (Zarr- or numpy-backed), not a deep graph.
     The file appears at ``path`` only when complete.
 
