@@ -6,26 +6,29 @@ SCI extension stores unsigned 16-bit counts as big-endian signed int16 with ``BZ
 (spec 01 §1).
 
 :func:`open_uncal` never reads pixel data while building the Dataset.  Each dask task opens the
-file itself, seeks to the first byte of its integrations and reads exactly those into a fresh
-native ``uint16`` buffer, which is then byte-swapped and XOR-ed with ``0x8000`` in place.  Adding
-32768 modulo 2¹⁶ to a two's-complement int16 flips its top bit only, so XOR is the exact
-conversion.  On this project's 2-core test machine, for a 56 MB block of a file in the page
-cache (``benchmarks/ingest.py --read-methods``):
+file itself, maps only the bytes of its integrations and converts them in one pass into a fresh
+native ``uint16`` array: ``XOR 0x8000`` on the big-endian values.  Adding 32768 modulo 2¹⁶ to a
+two's-complement int16 flips its top bit only, so the XOR is the exact conversion.  Measured on
+the project's 2-core machine, 8 blocks of 6 SOSS integrations (453 MB) from the page cache
+(``python benchmarks/ingest.py --read-methods``):
 
-=========================================  ==========
-method                                     MB/s
-=========================================  ==========
-``readinto`` + in-place byteswap and XOR   ~1700
-``np.memmap`` slice, ``^ 0x8000`` to '<u2'  ~1000
-astropy ``memmap=True`` section + convert  ~ 900
-=========================================  ==========
+============================================  ==========
+method                                        MB/s
+============================================  ==========
+mmap of the block + ``bitwise_xor(out=…)``    ~2450
+``readinto`` + in-place byteswap and XOR      ~1700
+``readinto`` + ``bitwise_xor(out=…)``         ~1850
+astropy ``memmap=True`` section + convert     ~2300
+============================================  ==========
 
-``readinto`` also keeps nothing mapped, so the worker's resident memory is one block.
+The mapping covers one block and is closed before the task returns, so a worker holds at most
+one block of file pages besides its output.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import re
 import warnings
@@ -399,27 +402,32 @@ def read_frames(path, offset: int, frame_shape, i0: int, i1: int, out=None) -> n
     """Integrations ``i0:i1`` (0-based, within the file) of a uint16 image stored as FITS int16.
 
     Returns a native ``uint16`` array ``(i1 - i0, *frame_shape)`` in DN (fills ``out`` when given).
-    Only those integrations are read from disk.
+    Only the bytes of those integrations are mapped, and unmapped before returning.
     """
     frame_shape = tuple(frame_shape)
     if out is None:
         out = np.empty((i1 - i0, *frame_shape), RAW_DTYPE)
-    nbytes = out.nbytes
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset + i0 * 2 * math.prod(frame_shape))
-        view = out.reshape(-1).view(np.uint8)
-        got = 0
-        while got < nbytes:
-            n = f.readinto(view[got:])
-            if not n:
-                raise UncalFileError(
-                    f"{path}: truncated: expected {nbytes} bytes for integrations {i0}–{i1 - 1} "
-                    f"from offset {offset}, got {got}"
-                )
-            got += n
-    if out.dtype.byteorder in ("<", "=") and np.little_endian:
-        out.byteswap(inplace=True)
-    out ^= np.uint16(0x8000)
+    n = out.size
+    if n == 0:
+        return out
+    start = offset + i0 * 2 * math.prod(frame_shape)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if start + 2 * n > size:
+            raise UncalFileError(
+                f"{path}: truncated: integrations {i0}–{i1 - 1} need bytes {start}–{start + 2 * n} "
+                f"but the file has {size}"
+            )
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(
+            f.fileno(), start + 2 * n - base, offset=base, access=mmap.ACCESS_READ
+        ) as mm:
+            if hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_SEQUENTIAL)
+            raw = np.frombuffer(mm, dtype=">u2", count=n, offset=start - base)
+            # one pass: byte order and the BZERO = 32768 offset (top-bit flip) together
+            np.bitwise_xor(raw.reshape(out.shape), np.uint16(0x8000), out=out)
+            del raw  # the mapping cannot close while an array still points into it
     return out
 
 
