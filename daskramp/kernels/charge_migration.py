@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dq import CHARGELOSS, DO_NOT_USE
+from .saturation import cumulative_or
 
 
 def grow_cross(mask: np.ndarray) -> np.ndarray:
@@ -43,6 +44,6 @@ def charge_migration(
     hit = (data > signal_threshold) & (groupdq != DO_NOT_USE)
     if not hit.any():
         return groupdq.copy()
-    later = np.logical_or.accumulate(hit, axis=1)
+    later = cumulative_or(hit)
     flag = grow_cross(later)
     return np.bitwise_or(groupdq, flag.view(np.uint8) * np.uint8(CHARGELOSS | DO_NOT_USE))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 
 from ..dq import AD_FLOOR, DO_NOT_USE, NO_SAT_CHECK, SATURATED
@@ -101,6 +102,45 @@ def grow_box(mask: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def cumulative_or(mask: np.ndarray) -> np.ndarray:
+    """Running OR along ``group`` (axis 1) of a (integration, group, y, x) boolean array.
+
+    A loop over groups with whole-plane ``np.logical_or`` is much faster than
+    ``np.logical_or.accumulate(axis=1)``, which walks the array with a small inner stride.
+    """
+    out = mask.copy()
+    for g in range(1, mask.shape[1]):
+        np.logical_or(out[:, g - 1], mask[:, g], out=out[:, g])
+    return out
+
+
+@numba.njit(cache=True)
+def _pass1_numba(data, groupdq, thresh, out, has_sat):
+    # one read of data and groupdq: thresholds, persistence and A/D floor in a single pass
+    nint, ngroup, ny, nx = data.shape
+    ever = np.zeros((ny, nx), np.bool_)
+    sat = np.uint8(SATURATED)
+    low = np.uint8(AD_FLOOR | DO_NOT_USE)
+    for i in range(nint):
+        ever[:, :] = False
+        for g in range(ngroup):
+            hit = False
+            for y in range(ny):
+                for x in range(nx):
+                    v = data[i, g, y, x]
+                    f = groupdq[i, g, y, x]
+                    if v >= thresh[y, x]:
+                        ever[y, x] = True
+                    if ever[y, x]:
+                        f |= sat
+                    if v <= 0:
+                        f |= low
+                    if f & sat:
+                        hit = True
+                    out[i, g, y, x] = f
+            has_sat[i, g] = hit
+
+
 def _grow_planes(mask: np.ndarray, n: int) -> np.ndarray:
     """:func:`grow_box` on (integration, group, y, x), touching only planes with a flag set."""
     if n <= 0:
@@ -124,6 +164,7 @@ def flag_saturated_pixels(
     *,
     n_pix_grow_sat: int = 1,
     read_pattern: Sequence[Sequence[int]] | None = None,
+    engine: str = "numba",
 ) -> np.ndarray:
     """New ``groupdq`` with SATURATED, AD_FLOOR and DO_NOT_USE flags (spec 03, passes 1–3).
 
@@ -142,6 +183,9 @@ def flag_saturated_pixels(
     read_pattern : list of lists of int, optional
         1-based frame numbers of each group (:func:`read_pattern`); ``None`` disables passes 2
         and 3 (``use_readpatt=False``).
+    engine : {"numba", "numpy"}
+        Implementation of the forward pass: one fused compiled loop (default) or the vectorised
+        numpy reference; both give identical flags.
 
     Returns
     -------
@@ -153,12 +197,21 @@ def flag_saturated_pixels(
     thresh = effective_threshold(sat_thresh, sat_dq)
 
     # pass 1: saturation persists, so the flag of group g is "ever at or above T up to g"
-    ever = np.logical_or.accumulate(data >= thresh, axis=1) if ngroup else np.zeros(data.shape, bool)
-    gdq = np.bitwise_or(groupdq, ever.view(np.uint8) * np.uint8(SATURATED))
-    gdq |= (data <= 0).view(np.uint8) * np.uint8(AD_FLOOR | DO_NOT_USE)
-    if n > 0:
-        grown = _grow_planes((gdq & SATURATED) != 0, n)
-        gdq |= grown.view(np.uint8) * np.uint8(SATURATED)
+    if engine == "numba":
+        gdq = np.empty(groupdq.shape, np.uint8)
+        has_sat = np.zeros(data.shape[:2], np.bool_)
+        _pass1_numba(data, groupdq, thresh, gdq, has_sat)
+    elif engine == "numpy":
+        ever = cumulative_or(data >= thresh)
+        gdq = np.bitwise_or(groupdq, ever.view(np.uint8) * np.uint8(SATURATED))
+        gdq |= (data <= 0).view(np.uint8) * np.uint8(AD_FLOOR | DO_NOT_USE)
+        has_sat = ((gdq & SATURATED) != 0).any(axis=(2, 3))
+    else:
+        raise ValueError(f"engine must be 'numba' or 'numpy', got {engine!r}")
+    if n > 0 and has_sat.any():
+        i, g = np.nonzero(has_sat)
+        planes = (gdq[i, g] & SATURATED) != 0
+        gdq[i, g] |= grow_box(planes, n).view(np.uint8) * np.uint8(SATURATED)
 
     if read_pattern is None:
         return gdq

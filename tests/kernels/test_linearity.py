@@ -159,3 +159,22 @@ def test_chunked_equals_whole(seed, nframes, data):
         part = S.linearity(ds.chunk(chunks), coeffs=c, lin_dq=lin_dq, inv_coeffs=inv).compute()
     for v in ("data", "pixeldq", "zeroframe"):
         np.testing.assert_array_equal(part[v].values, whole[v].values)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), nframes=st.integers(1, 4))
+def test_numba_engine_matches_numpy_reference(seed, nframes):
+    rng = np.random.default_rng(seed)
+    data = rng.uniform(-100, 40000, (2, 5, 3, 4)).astype(np.float32)
+    gdq = np.where(rng.random(data.shape) < 0.2, dq.SATURATED, 0).astype(np.uint8)
+    c = K.prepare_coefficients(_coeffs((3, 4), (3.0, 1.0, 2e-6, 1e-11)))
+    inv = K.prepare_coefficients(_coeffs((3, 4), (0.0, 1.0, -2e-6)))
+    np.testing.assert_array_equal(
+        K.linearity_correction(data, gdq, c, engine="numba"), K.linearity_correction(data, gdq, c, engine="numpy")
+    )
+    kw = {"inv_coeffs": inv, "read_pattern": read_pattern(5, nframes)}
+    np.testing.assert_allclose(
+        K.linearity_correction(data, gdq, c, engine="numba", **kw),
+        K.linearity_correction(data, gdq, c, engine="numpy", **kw),
+        rtol=2e-7, atol=1e-3,
+    )

@@ -260,3 +260,16 @@ def test_kernel_modules_import_numpy_only(module):
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
     assert not names & {"dask", "xarray", "zarr"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(0, 2), raw=st.booleans())
+def test_numba_engine_matches_numpy_reference(seed, n, raw):
+    ds, thr, sdq, bias = _exposure(seed, ny=6, nx=7)
+    data = ds.data.values.astype(np.uint16) if raw else ds.data.values
+    gdq = np.random.default_rng(seed).integers(0, 4, data.shape).astype(np.uint8)
+    kw = {"n_pix_grow_sat": n, "read_pattern": K.read_pattern(5, 2)}
+    np.testing.assert_array_equal(
+        K.flag_saturated_pixels(data, gdq, thr, sdq, bias, engine="numba", **kw),
+        K.flag_saturated_pixels(data, gdq, thr, sdq, bias, engine="numpy", **kw),
+    )
