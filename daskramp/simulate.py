@@ -262,9 +262,9 @@ class SimulationResult:
 
 
 def _configure(preset: str | Preset, nints, ngroups, nx, ny, overrides) -> Preset:
-    p = PRESETS[preset] if isinstance(preset, str) else preset
     if isinstance(preset, str) and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    p = PRESETS[preset] if isinstance(preset, str) else preset
     fields = {f.name for f in dataclasses.fields(Preset)}
     bad = set(overrides) - fields
     if bad:
@@ -447,7 +447,10 @@ def _stars_scene(p: Preset, rng: np.random.Generator) -> np.ndarray:
 
 
 def _transit(t_mid_s: np.ndarray, exposure_s: float, p: Preset) -> np.ndarray:
-    """Trapezoid relative flux at the integration mid-times (s since exposure start)."""
+    """Trapezoid relative flux at the integration mid-times (s since the first integration starts).
+
+    ``exposure_s`` runs from the start of the first integration to the end of the last.
+    """
     if p.transit_depth == 0 or p.scene != "soss":
         return np.ones_like(t_mid_s)
     t14 = p.transit_duration * exposure_s
@@ -607,8 +610,8 @@ def _build_state(p: Preset, seed: int, nints_total: int):
     t_start = np.arange(nints_total) * cycle + p.tframe
     t_end = t_start + nframes_int * p.tframe
     t_mid = 0.5 * (t_start + t_end)
-    exposure = t_end[-1] - t_start[0] + p.tframe
-    relflux = _transit(t_mid, exposure, p)
+    exposure = t_end[-1] - t_start[0]
+    relflux = _transit(t_mid - t_start[0], exposure, p)
     active = ~(sub["ref"] | sub["dead"])
     gain_sim = np.where(sub["ref"], 1.0, sub["gain"]).astype(np.float32)
     state = {
@@ -964,7 +967,7 @@ def _write_truth(path: Path, p: Preset, state, sub, times, mjd0, jumps, jamps, s
         "segments": int(segments),
         "nints_per_segment": int(p.nints),
         "transit_depth": float(p.transit_depth if p.scene == "soss" else 0.0),
-        "transit_mid_MJD_UTC": float(mjd0 + p.transit_mid * times["exposure"] / 86400.0),
+        "transit_mid_MJD_UTC": float(mjd0 + (times["t_start"][0] + p.transit_mid * times["exposure"]) / 86400.0),
         "transit_duration_s": float(t14),
         "transit_ingress_s": float(p.transit_ingress * t14),
         "transit_shape": "trapezoid (linear ingress/egress)",
