@@ -271,8 +271,9 @@ def detector1(
             raise ConfigError(f"save_steps: {name!r} is not a ramp step; choose from {STEP_ORDER[:-2]}")
     if stats_scope not in ("segment", "exposure"):
         raise ConfigError(f"stats_scope must be 'segment' or 'exposure', got {stats_scope!r}")
-    if refs is not None and not isinstance(refs, RefSet):
-        refs = RefSet.from_dir(refs, ds.attrs, overrides=overrides)
+    if not isinstance(refs, RefSet) and (refs is not None or overrides):
+        # a missing reftype skips the steps that need it, as CRDS "N/A" does
+        refs = RefSet.from_dir(refs, ds.attrs, overrides=overrides, required=())
 
     params = {name: step_params(name, steps.get(name)) for name in STEP_ORDER}
     provenance: dict = {
@@ -353,25 +354,25 @@ def _tile(ds: xr.Dataset, cols: int, stats_scope: str) -> xr.Dataset:
     return ds
 
 
-def summarize(result: Detector1Result) -> dict:
-    """A few figures describing the products, computed through dask (reductions only)."""
+def summarize(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> dict:
+    """A few figures describing written (or lazy) products, computed through dask reductions."""
     import dask
     import dask.array as da
 
     from . import dq
 
-    if result.rate is None:
+    if rate is None:
         return {}
-    rate = da.asarray(result.rate["data"].data)
-    rdq = da.asarray(result.rate["dq"].data)
+    r = da.asarray(rate["data"].data)
+    rdq = da.asarray(rate["dq"].data)
     out = {
-        "rate_median_DN_s": da.nanmedian(rate.ravel(), axis=0),
-        "finite_fraction": da.isfinite(rate).mean(),
+        "rate_median_DN_s": da.nanmedian(r.ravel(), axis=0),
+        "finite_fraction": da.isfinite(r).mean(),
         "jump_flagged_fraction": ((rdq & dq.JUMP_DET) != 0).mean(),
         "saturated_fraction": ((rdq & dq.SATURATED) != 0).mean(),
     }
-    if result.rateints is not None:
-        idq = da.asarray(result.rateints["dq"].data)
+    if rateints is not None:
+        idq = da.asarray(rateints["dq"].data)
         out["jump_fraction_per_integration"] = ((idq & dq.JUMP_DET) != 0).mean(axis=(1, 2))
     (vals,) = dask.compute(out)
     return {k: (v.tolist() if np.ndim(v) else float(v)) for k, v in vals.items()}

@@ -113,6 +113,11 @@ def map_ramp_blocks(
     if new_axis is not None:
         out_index = "f" + out_index
         new_axes = {"f": new_axis[1]}
+    if name is not None:
+        # a readable prefix, made unique: dask keys must differ between steps and inputs
+        from dask.base import tokenize
+
+        name = f"{name}-{tokenize(kernel, *blockwise_args, dims_out, new_axis, kwargs)}"
     out = da.blockwise(
         kernel,
         out_index,
@@ -129,7 +134,7 @@ def map_ramp_blocks(
             if d in split:
                 axes_depth[i] = halo
         out = da.overlap.trim_internal(out, axes_depth, boundary={i: "none" for i in axes_depth})
-    return xr.DataArray(out, dims=out_dims, coords=coords, name=name)
+    return xr.DataArray(out, dims=out_dims, coords=coords)
 
 
 def chunk_by_segment(ds: xr.Dataset, *, stats_scope: str = "segment") -> xr.Dataset:
