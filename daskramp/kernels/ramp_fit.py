@@ -50,19 +50,22 @@ FLAG_ANYSAT = 2
 #: ``flags`` bits: some group of the integration has CHARGELOSS
 FLAG_CHARGELOSS = 4
 
-#: per-integration terms whose sums over integrations are the input of :func:`combine_rate`
-RATE_PARTIALS: tuple[str, ...] = (
-    "invvar_r",
-    "slope_num",
-    "invvar_p",
-    "invvar_r_cl",
-    "n_dnu",  # integrations flagged DO_NOT_USE
-    "n_sat",  # integrations SATURATED at the NaN decision
-    "n_anysat",  # integrations with a SATURATED group
-    "n_jump",  # integrations with JUMP_DET
-    "n_pers",  # integrations with PERSISTENCE
-    "n_chargeloss",  # integrations with CHARGELOSS
+#: per-integration terms whose sums over integrations are the input of :func:`combine_rate`:
+#: ``(name, field, mask)`` — the field's value when ``mask`` is None, else the indicator
+#: ``(int(field) & mask) != 0`` (the reduction declared once, for numpy and for xarray)
+RATE_TERMS: tuple[tuple[str, str, int | None], ...] = (
+    ("invvar_r", "invvar_r", None),
+    ("slope_num", "slope_num", None),
+    ("invvar_p", "invvar_p", None),
+    ("invvar_r_cl", "invvar_r_cl", None),
+    ("n_dnu", "dq", _dq.DO_NOT_USE),  # integrations flagged DO_NOT_USE
+    ("n_sat", "flags", FLAG_SAT),  # integrations SATURATED at the NaN decision
+    ("n_anysat", "flags", FLAG_ANYSAT),  # integrations with a SATURATED group
+    ("n_jump", "dq", _dq.JUMP_DET),  # integrations with JUMP_DET
+    ("n_pers", "dq", _dq.PERSISTENCE),  # integrations with PERSISTENCE
+    ("n_chargeloss", "flags", FLAG_CHARGELOSS),  # integrations with CHARGELOSS
 )
+RATE_PARTIALS: tuple[str, ...] = tuple(t[0] for t in RATE_TERMS)
 #: names of the planes returned by :func:`combine_rate`
 RATE_FIELDS: tuple[str, ...] = ("slope", "err", "var_poisson", "var_rnoise", "dq")
 
@@ -646,34 +649,18 @@ def ramp_fit(
     return out
 
 
-def rate_terms(fields: np.ndarray) -> np.ndarray:
-    """Per-integration terms of the rate, :data:`RATE_PARTIALS` (elementwise, no reduction).
+def rate_partials(fields: np.ndarray) -> np.ndarray:
+    """Chunk step of the rate: the :data:`RATE_TERMS` summed over ``integration``.
 
-    ``fields`` is ``(NFIELDS, ...)``; returns ``(len(RATE_PARTIALS), ...)`` float64: the four
-    inverse-variance sums as they are and 0/1 indicators unpacked from ``dq`` and ``flags``.
+    ``fields`` is ``(NFIELDS, integration, y, x)``; returns ``(len(RATE_PARTIALS), y, x)``
+    float64.  Partials of several blocks (segments, integration chunks) combine by addition.
     """
     fields = np.asarray(fields)
-    dqv = fields[F["dq"]].astype(np.uint32)
-    fl = fields[F["flags"]].astype(np.uint32)
-    out = np.empty((len(RATE_PARTIALS), *fields.shape[1:]), np.float64)
-    for k, name in enumerate(("invvar_r", "slope_num", "invvar_p", "invvar_r_cl")):
-        out[k] = fields[F[name]]
-    out[4] = (dqv & _DNU) != 0
-    out[5] = (fl & FLAG_SAT) != 0
-    out[6] = (fl & FLAG_ANYSAT) != 0
-    out[7] = (dqv & _JUMP) != 0
-    out[8] = (dqv & _PERS) != 0
-    out[9] = (fl & FLAG_CHARGELOSS) != 0
+    out = np.empty((len(RATE_TERMS), *fields.shape[2:]), np.float64)
+    for k, (_, field, mask) in enumerate(RATE_TERMS):
+        v = fields[F[field]]
+        out[k] = v.sum(axis=0) if mask is None else ((v.astype(np.uint32) & mask) != 0).sum(axis=0)
     return out
-
-
-def rate_partials(fields: np.ndarray) -> np.ndarray:
-    """Chunk step of the rate: :func:`rate_terms` summed over ``integration``.
-
-    ``fields`` is ``(NFIELDS, integration, y, x)``; returns ``(len(RATE_PARTIALS), y, x)``.
-    Partials of several blocks (segments, integration chunks) combine by plain addition.
-    """
-    return rate_terms(fields).sum(axis=1)
 
 
 def combine_rate(partials: np.ndarray, pixeldq: np.ndarray, gain: np.ndarray, *, nints: int) -> np.ndarray:

@@ -164,38 +164,30 @@ def ramp_fields(
     return out.assign_coords(field=list(_k.FIELDS))
 
 
-def _terms(fields):
-    # apply_ufunc moves the core dim last; the kernel wants it first
-    return np.moveaxis(_k.rate_terms(np.moveaxis(fields, -1, 0)), 0, -1)
-
-
-def _finalize(partials, pixeldq, gain, *, nints):
-    res = _k.combine_rate(np.moveaxis(partials, -1, 0), pixeldq, gain, nints=nints)
+def _finalize(*arrays, nints):
+    *partials, pixeldq, gain = arrays
+    res = _k.combine_rate(np.stack(partials), pixeldq, gain, nints=nints)
+    # apply_ufunc wants the new core dim last
     return np.moveaxis(res, 0, -1)
 
 
 def combine_rate(fields: xr.DataArray, pixeldq: xr.DataArray, gain: xr.DataArray) -> xr.Dataset:
     """Exposure ``rate`` (y, x) from per-integration fields of any number of blocks (lazy).
 
-    Chunk → combine → finalize: per-integration terms (elementwise), summed over
-    ``integration`` (a tree reduction when chunked), then finalized pixel by pixel.
+    Chunk → combine → finalize: the kernel's :data:`RATE_TERMS` summed over ``integration``
+    (a tree reduction when chunked), then finalized pixel by pixel.
     """
-    terms = xr.apply_ufunc(
-        _terms,
-        fields,
-        input_core_dims=[["field"]],
-        output_core_dims=[["term"]],
-        dask="parallelized",
-        output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"term": len(_k.RATE_PARTIALS)}},
-    )
-    partials = terms.sum(INTEGRATION, skipna=False)
+    sums = []
+    for _, field, mask in _k.RATE_TERMS:
+        v = fields.sel(field=field, drop=True)
+        if mask is not None:
+            v = (v.astype(np.uint32) & np.uint32(mask)) != 0
+        sums.append(v.sum(INTEGRATION, skipna=False, dtype=np.float64))
     res = xr.apply_ufunc(
         _finalize,
-        partials,
+        *sums,
         pixeldq,
         gain,
-        input_core_dims=[["term"], [], []],
         output_core_dims=[["rate_field"]],
         kwargs={"nints": fields.sizes[INTEGRATION]},
         dask="parallelized",
