@@ -9,14 +9,16 @@ float64 array of shape ``(NFIELDS, nint, ny, nx)`` (names in :data:`FIELDS`):
 
 * the rateints planes (``slope``, ``err``, ``var_poisson``, ``var_rnoise``, ``dq``) and the
   optional ``intercept``;
-* per-integration partial sums and counts (:data:`RATE_PARTIALS`) whose plain sum over
-  integrations is all that the exposure ``rate`` needs.  :func:`rate_partials` is the chunk
-  step, summing partials is the combine step and :func:`combine_rate` the finalize step, so the
-  rate of many segments (or many integration chunks) is combined exactly.
+* per-integration inverse-variance sums and a ``flags`` plane: the :data:`RATE_TERMS` taken
+  from them and summed over integrations are all that the exposure ``rate`` needs.
+  :func:`rate_partials` is the chunk step, adding partials the combine step and
+  :func:`combine_rate` the finalize step, so the rate of many segments (or integration
+  chunks) is combined exactly.
 
 Arithmetic is float64 wherever the official implementation works in double; inputs are read
 as float32 (data, gain, read noise, dark current) and TGROUP/TFRAME are rounded to float32
-first, as the official code receives them, so results agree to float32 rounding.
+first, as the official code receives them; the float32 products agree bit for bit with
+jwst 3.0 / stcal OLS_C on the parity cases.
 """
 
 from __future__ import annotations
@@ -669,7 +671,7 @@ def combine_rate(partials: np.ndarray, pixeldq: np.ndarray, gain: np.ndarray, *,
     Parameters
     ----------
     partials : ndarray, (len(RATE_PARTIALS), y, x), float64
-        Sums over every integration of the :data:`RATE_PARTIALS` fields.
+        Sums over every integration of the :data:`RATE_TERMS`, in :data:`RATE_PARTIALS` order.
     pixeldq : ndarray, (y, x), uint32
     gain : ndarray, (y, x)
         Gain (e⁻/DN): bad values flag the rate DO_NOT_USE | NO_GAIN_VALUE.
