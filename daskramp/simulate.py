@@ -41,8 +41,9 @@ For pixel p, integration i, group g (read time t_g after the reset)::
 * 1/f noise ``f``: a time series per output with one-sided PSD ``a²/f`` (``a`` =
   ``one_over_f_amplitude`` in DN), sampled once per detector line (10 µs per pixel + 120 µs
   per line, lines counted along the detector slow axis) continuously through the frames of
-  an integration and linearly interpolated to each pixel's read time.  Its variance between
-  the integration length and the line frequency is ``a²·ln(N/2)`` for N line samples (≈ 3a).
+  an integration and linearly interpolated to each pixel's read time.  Over the N line
+  samples of an integration its variance is ``a²·Σ_{k≤N} 1/k ≈ a²·(ln N + 0.58)`` (SOSS:
+  N ≈ 18450, rms ≈ 3.2·a).
   The fast (within-line) direction follows FASTAXIS/SLOWAXIS (spec 01 §4: NIS fast axis is
   DMS −y, NRCA1 DMS −x, NRCB1 +x; with 4 outputs the direction alternates by amplifier).
 * Dark: the DARK reference holds ``D_p·TFRAME·k`` for frames k = 0, 1, … (plane 0 = 0, NFRAMES=1,
@@ -467,9 +468,10 @@ def _transit(t_mid_s: np.ndarray, exposure_s: float, p: Preset) -> np.ndarray:
 def one_over_f_series(rng: np.random.Generator, n: int, dt: float, amplitude: float) -> np.ndarray:
     """Gaussian noise with one-sided PSD ``amplitude² / f`` (DN²/Hz), ``n`` samples ``dt`` apart.
 
-    Generated in the Fourier domain on a series twice as long (so the circular wrap does not
-    correlate the two ends) and truncated.  The variance is ``amplitude² · Σ_k 1/k`` over the
-    frequencies k/(N·dt), k = 1…N/2 (≈ amplitude²·ln N).  Returns float64 of length n.
+    Generated in the Fourier domain on a series of 2n samples (so the circular wrap does not
+    tie the two ends together) and truncated to n.  With frequencies k/(2n·dt), k = 1…n, the
+    variance of every sample is ``amplitude² · Σ_{k=1}^{n} 1/k`` (≈ amplitude²·(ln n + 0.58)).
+    Returns float64 of length n.
     """
     if amplitude == 0 or n == 0:
         return np.zeros(n)
@@ -1005,7 +1007,7 @@ def simulate(
     seed: int = 0,
     nx: int | None = None,
     ny: int | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     **overrides,
 ) -> SimulationResult:
     """Write a synthetic exposure: uncal segments, reference files and truth.
@@ -1026,8 +1028,10 @@ def simulate(
         Seed of every random number (the output is bit-identical for a given seed).
     nx, ny : int, optional
         Smaller subarray (see the module docstring for where it is placed).
-    workers : int
+    workers : int, optional
         Generator processes (1 = in this process).  The output does not depend on it.
+        Default: 2 (or the number of CPUs if fewer) when the exposure holds more than
+        ~50 M pixel-groups, where the start-up of the processes pays off; else 1.
     **overrides
         Any :class:`Preset` field (e.g. ``one_over_f_amplitude=0``, ``cr_rate=0``).
 
@@ -1050,7 +1054,10 @@ def simulate(
     base = _primary_keywords(p, times, mjd0, nints_total, segments)
     det = p.detector.lower()
     files, jump_rows, jump_amps, sat_rows, offsets = [], [], [], [], []
-    gen = _generate(state, range(nints_total), workers)
+    if workers is None:
+        big = nints_total * p.ngroups * p.ny * p.nx > 50_000_000
+        workers = min(2, os.cpu_count() or 1) if big else 1
+    gen = _generate(state, range(nints_total), int(workers))
     first_attrs = None
     for s in range(segments):
         i0, i1 = s * p.nints, (s + 1) * p.nints

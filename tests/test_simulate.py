@@ -474,8 +474,15 @@ def test_official_pipeline_runs_on_simulated_exposure(tmp_path, monkeypatch):
     from astropy.utils import iers
     from jwst import datamodels
     from jwst.pipeline import Detector1Pipeline
-    from stdatamodels.jwst.datamodels import (DarkModel, GainModel, LinearityModel, MaskModel,
-                                              ReadnoiseModel, SaturationModel, SuperBiasModel)
+    from stdatamodels.jwst.datamodels import (
+        DarkModel,
+        GainModel,
+        LinearityModel,
+        MaskModel,
+        ReadnoiseModel,
+        SaturationModel,
+        SuperBiasModel,
+    )
 
     iers.conf.auto_download = False
     res = simulate(tmp_path / "sim", preset="niriss-soss", nx=64, nints=3, ngroups=6, seed=4)
