@@ -89,6 +89,18 @@ value (override ``tframe=`` to change it), so a narrow SOSS-like strip collects 
 signal per group as the real mode — the detector simply idles for the rest of the frame time
 (the 1/f series runs on through that time).
 
+Times: integration i starts one reset frame after the previous one ends
+(cycle = (frames per integration + 1)·TFRAME; SOSS 54.94 s); EXPSTART is the start of the first
+integration.  The INT_TIMES BJD_TDB columns are the MJD UTC times + 2400000.5 + 69.184 s (TT −
+UTC): no barycentric light-time correction is modelled.  No GROUP table is written (stage 1
+never reads it) and ZEROFRAM = F.
+
+Truth (``truth.zarr``): static maps (source_rate, dark_rate, gain, readnoise, superbias,
+full_well, saturation_level, pixeldq), relative_flux per integration, bias offsets per
+(integration, group, channel), the jump table and the saturation table.  The true rate per
+integration is ``source_rate × relative_flux`` (exact: the transit is grey); :func:`load_truth`
+adds it as a lazy ``rate`` variable rather than storing nints copies of the frame.
+
 Determinism: every random number comes from ``numpy.random.SeedSequence(seed)``: static maps
 and the scene from spawn key ``(0,)``, integration i (0-based over the whole exposure) from
 ``(1, i)``; inside an integration, normals are drawn in fixed row blocks.  The output is
