@@ -1,0 +1,458 @@
+"""clean_flicker_noise kernels (spec 06): 1/f stripes of group differences.
+
+1/f ("flicker") noise of the near-IR SIDECAR readout is correlated in read order: pixels read
+one after the other along the *fast* axis (10 µs apart) share nearly the same offset, so each
+group difference shows stripes that are constant along the fast-read lines and change from
+line to line along the slow axis.  The default official algorithm measures, in every group
+difference, the median of the background pixels of each fast-read line (one value per
+``|SLOWAXIS|`` index, optionally per 512-pixel amplifier channel) and removes it; the group
+values are then rebuilt cumulatively from the unchanged group 0.
+
+Because the correction of a group difference is one number per line (and channel), the work
+splits into
+
+* :func:`flicker_stripes` / :func:`line_stripes` — per ``(integration, group)`` frame, the
+  line values ``s`` (needs whole frames; the output is small);
+* :func:`apply_stripes` — ``out[g] = data[g] − Σ_{h≤g} s[h]`` on any ``(integration, y, x)``
+  block holding every group, with the official NaN propagation.
+
+Conventions: ``stripes`` arrays have shape ``(nchan, nint, ngroup, nline)`` float32, where
+``nline`` is the length of the slow axis (``nx`` for ``axis_to_correct = 1``, ``ny`` for 2),
+``stripes[:, :, 0]`` is 0 (group 0 is never changed) and ``stripes[:, i, g]`` belongs to the
+difference ``data[i, g] − data[i, g−1]``.  A difference with no usable background pixel is
+left uncorrected and marked with NaN in every channel and line ("skipped").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dq as _dq
+
+#: sigma and iterations of the basic clipped statistics (astropy ``sigma_clipped_stats`` defaults)
+SIGMA_LIMIT = 3.0
+MAXITERS = 5
+#: width of one amplifier channel along the fast axis (H2RG outputs)
+CHANNEL_SIZE = 512
+#: group DQ bits that remove a pixel from the background of a difference
+UNUSABLE = _dq.DO_NOT_USE | _dq.JUMP_DET
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def sigma_clipped_stats(values, *, sigma: float = SIGMA_LIMIT, maxiters: int = MAXITERS):
+    """Mean, median and standard deviation after iterative sigma clipping.
+
+    Same rules as astropy's ``sigma_clipped_stats`` with its defaults: centre = median,
+    spread = standard deviation (ddof 0), keep ``centre − σ·std ≤ v ≤ centre + σ·std``
+    (inclusive), repeat until nothing changes or ``maxiters`` passes.
+
+    Parameters
+    ----------
+    values : array, any shape
+        Data (NaN ignored); converted to float64.
+
+    Returns
+    -------
+    (mean, median, std) : floats, NaN when no value is left.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    for _ in range(maxiters):
+        if v.size == 0:
+            break
+        med = np.median(v)
+        std = v.std()
+        keep = (v >= med - sigma * std) & (v <= med + sigma * std)
+        if keep.all():
+            break
+        v = v[keep]
+    if v.size == 0:
+        return np.nan, np.nan, np.nan
+    return float(v.mean()), float(np.median(v)), float(v.std())
+
+
+def clip_to_background(
+    image,
+    mask,
+    *,
+    sigma_lower: float = 3.0,
+    sigma_upper: float = 2.0,
+    lower_half_only: bool = False,
+) -> np.ndarray:
+    """A new background mask with signal and bad values of ``image`` removed.
+
+    Centre and sigma come from clipped statistics of the masked pixels; with
+    ``lower_half_only`` the values at or below the centre are mirrored about it and the
+    statistics redone, so that bright sources (one-sided outliers) do not inflate sigma.
+    Pixels below ``centre − sigma_lower·σ`` (bad) or above ``centre + sigma_upper·σ``
+    (signal) are removed from the mask.
+
+    Parameters
+    ----------
+    image : array (y, x), float
+    mask : array (y, x), bool
+        True = background pixel (usable).  Not modified.
+
+    Returns
+    -------
+    numpy.ndarray of bool, (y, x)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask.copy()
+    img = np.asarray(image, dtype=np.float64)
+    _, center, sigma = sigma_clipped_stats(img[mask])
+    if lower_half_only:
+        low = img[mask & (img <= center)]
+        mirrored = np.concatenate((low - center, center - low)) + center
+        _, center, sigma = sigma_clipped_stats(mirrored)
+    with np.errstate(invalid="ignore"):
+        bad = img < center - sigma_lower * sigma
+        signal = img > center + sigma_upper * sigma
+    return mask & ~bad & ~signal
+
+
+def scene_mask(rate, *, n_sigma: float = 2.0) -> np.ndarray:
+    """Background mask of a draft rate image (True = background usable).
+
+    Pixels whose rate is NaN or exactly 0 (reference pixels, DO_NOT_USE pixels) are never
+    background; with ``n_sigma > 0`` sources above ``median + n_sigma·σ`` and bad pixels
+    below ``median − 3σ`` of the clipped rate distribution are removed too.
+
+    Parameters
+    ----------
+    rate : array (y, x), float, DN/s
+
+    Returns
+    -------
+    numpy.ndarray of bool, (y, x)
+    """
+    rate = np.asarray(rate)
+    mask = ~(np.isnan(rate) | (rate == 0))
+    if n_sigma > 0:
+        mask = clip_to_background(rate, mask, sigma_lower=3.0, sigma_upper=n_sigma)
+    return mask
+
+
+def channel_index(size: int, *, fit_by_channel: bool) -> np.ndarray:
+    """Amplifier channel (0…3) of each position along the corrected axis, int8 (size,).
+
+    Channels are 512-pixel stripes; they are only used when the axis spans the full 2048
+    pixels, otherwise the whole axis is one channel.
+    """
+    if fit_by_channel and size == 4 * CHANNEL_SIZE:
+        return (np.arange(size) // CHANNEL_SIZE).astype(np.int8)
+    return np.zeros(size, np.int8)
+
+
+def _masked_line_median(image, mask, axis: int, chan: np.ndarray, nchan: int) -> np.ndarray:
+    """Median of masked pixels along ``axis`` (the fast axis) per channel → (nchan, nline).
+
+    Lines without any masked pixel get 0.
+    """
+    nline = image.shape[1 - axis]
+    out = np.zeros((nchan, nline), np.float64)
+    for c in range(nchan):
+        sel = chan == c
+        if axis == 0:
+            sub = np.where(mask[sel, :], image[sel, :], np.nan)
+        else:
+            sub = np.where(mask[:, sel], image[:, sel], np.nan).T
+        has = np.any(~np.isnan(sub), axis=0)
+        if has.any():
+            med = np.nanmedian(sub[:, has], axis=0)
+            out[c, has] = med
+    return out
+
+
+def _clipped_line_mean(image, mask, axis: int, chan: np.ndarray, nchan: int, sigma: float):
+    """Sigma-clipped mean (median centre, ``sigma`` × std, 5 passes) per line and channel."""
+    nline = image.shape[1 - axis]
+    out = np.zeros((nchan, nline), np.float64)
+    for c in range(nchan):
+        sel = chan == c
+        if axis == 0:
+            sub = np.where(mask[sel, :], image[sel, :], np.nan).astype(np.float64)
+        else:
+            sub = np.where(mask[:, sel], image[:, sel], np.nan).T.astype(np.float64)
+        keep = ~np.isnan(sub)
+        for _ in range(MAXITERS):
+            n = keep.sum(axis=0)
+            if not n.any():
+                break
+            vals = np.where(keep, sub, np.nan)
+            with np.errstate(invalid="ignore"), _quiet():
+                med = np.nanmedian(vals, axis=0)
+                std = np.nanstd(vals, axis=0)
+                new = keep & (sub >= med - sigma * std) & (sub <= med + sigma * std)
+            if (new == keep).all():
+                break
+            keep = new
+        n = keep.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(keep, sub, 0.0).sum(axis=0) / n
+        out[c] = np.where(n > 0, mean, 0.0)
+    return out
+
+
+class _quiet:
+    """Silence numpy's all-NaN slice warnings (empty lines are handled explicitly)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def _frame_mask(mask, i: int) -> np.ndarray:
+    return mask if mask.ndim == 2 else mask[i]
+
+
+# ---------------------------------------------------------------- official algorithm
+
+
+def clean_difference(
+    diff, mask, *, axis_to_correct: int, n_sigma: float, background_method, chan: np.ndarray, nchan: int
+):
+    """Line values of one group difference (official default algorithm).
+
+    Parameters
+    ----------
+    diff : array (y, x), float32, DN
+        ``data[g] − data[g−1]``.
+    mask : array (y, x), bool
+        Scene mask minus DO_NOT_USE/JUMP_DET pixels of group g.
+    axis_to_correct : {1, 2}
+        ``|SLOWAXIS|``: 1 → one value per column (median over y), 2 → one per row.
+
+    Returns
+    -------
+    numpy.ndarray (nchan, nline) float64, or None when no background pixel is left (the
+    official step then leaves this difference uncorrected).
+    """
+    diff = np.asarray(diff, dtype=np.float32)
+    nan_pix = np.isnan(diff)
+    image = np.where(nan_pix, np.float32(0), diff)
+    mask = mask & ~nan_pix
+    if not mask.any():
+        return None
+    if background_method is None:
+        bkg_sub = image
+    else:
+        # preliminary level: median of the background after a 3σ clip of the lower-half
+        # distribution; it is removed before the stripes are measured and restored after,
+        # so it only shifts which pixels count as background
+        mask = clip_to_background(image, mask, sigma_lower=SIGMA_LIMIT, sigma_upper=SIGMA_LIMIT,
+                                  lower_half_only=True)
+        background = np.median(image[mask]) if mask.any() else np.float32(0)
+        bkg_sub = image - np.float32(background)
+        if n_sigma > 0:
+            mask = clip_to_background(bkg_sub, mask, sigma_lower=n_sigma, sigma_upper=n_sigma,
+                                      lower_half_only=True)
+    axis = axis_to_correct - 1  # array axis the medians run along (the fast axis)
+    return _masked_line_median(bkg_sub, mask, axis, chan, nchan)
+
+
+def flicker_stripes(
+    data,
+    groupdq,
+    mask,
+    *,
+    axis_to_correct: int,
+    n_sigma: float = 2.0,
+    background_method: str | None = "median",
+    fit_by_channel: bool = False,
+) -> np.ndarray:
+    """Per-difference line values of the default clean_flicker_noise algorithm.
+
+    Parameters
+    ----------
+    data : array (integration, group, y, x), float32, DN
+        Whole frames, every group.
+    groupdq : array (integration, group, y, x), uint8
+    mask : array (y, x) or (integration, y, x), bool
+        Scene mask (True = background).
+    axis_to_correct : {1, 2}
+        ``|SLOWAXIS|``.
+    n_sigma : float
+        Clip level of the background-subtracted difference (0 → no clipping).
+    background_method : {'median', None}
+    fit_by_channel : bool
+        Separate values per 512-pixel channel when the fast axis spans 2048 pixels.
+
+    Returns
+    -------
+    numpy.ndarray (nchan, integration, group, nline), float32, DN
+        See the module docstring; skipped differences are NaN.
+    """
+    if axis_to_correct not in (1, 2):
+        raise ValueError(f"axis_to_correct must be 1 or 2, got {axis_to_correct}")
+    if background_method not in ("median", None):
+        raise ValueError(f"background_method must be 'median' or None, got {background_method!r}")
+    nint, ngroup, ny, nx = data.shape
+    fast = ny if axis_to_correct == 1 else nx
+    nline = nx if axis_to_correct == 1 else ny
+    chan = channel_index(fast, fit_by_channel=fit_by_channel)
+    nchan = int(chan.max()) + 1
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros((nchan, nint, ngroup, nline), np.float32)
+    for i in range(nint):
+        for g in range(1, ngroup):
+            diff = data[i, g].astype(np.float32) - data[i, g - 1].astype(np.float32)
+            m = _frame_mask(mask, i) & ((groupdq[i, g] & UNUSABLE) == 0)
+            s = clean_difference(diff, m, axis_to_correct=axis_to_correct, n_sigma=n_sigma,
+                                 background_method=background_method, chan=chan, nchan=nchan)
+            out[:, i, g] = np.nan if s is None else s
+    return out
+
+
+# ---------------------------------------------------------------- simple variant
+
+
+def line_stripes(
+    image,
+    mask,
+    *,
+    axis_to_correct: int,
+    channel,
+    method: str = "median",
+    sigma: float = 3.0,
+    keep_level: bool = True,
+) -> np.ndarray:
+    """Background of each fast-read line (per amplifier) of one frame.
+
+    Parameters
+    ----------
+    image : array (y, x), float
+        A group difference (DN) or a rate image (DN/s).
+    mask : array (y, x), bool
+        True = unilluminated pixel usable for the background.
+    axis_to_correct : {1, 2}
+        ``|SLOWAXIS|``: 1 → one value per column, 2 → one value per row.
+    channel : array (fast,), int
+        Amplifier of each pixel along the fast axis (see :func:`channel_index`).
+    method : {'median', 'mean'}
+        Median, or sigma-clipped mean (``sigma``) of the masked pixels of a line.
+    keep_level : bool
+        Subtract the median of all masked pixels from the line values, so the frame's
+        overall background level is kept and only the stripes are removed.
+
+    Returns
+    -------
+    numpy.ndarray (nchan, nline) float32.  Lines with no masked pixel get 0 (not corrected).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool) & np.isfinite(img)
+    chan = np.asarray(channel).astype(np.intp)
+    nchan = int(chan.max()) + 1 if chan.size else 1
+    axis = axis_to_correct - 1
+    if method == "median":
+        vals = _masked_line_median(img, mask, axis, chan, nchan)
+    elif method == "mean":
+        vals = _clipped_line_mean(img, mask, axis, chan, nchan, sigma)
+    else:
+        raise ValueError(f"method must be 'median' or 'mean', got {method!r}")
+    if keep_level and mask.any():
+        level = np.median(img[mask])
+        has = _has_pixels(mask, axis, chan, nchan)
+        vals = np.where(has, vals - level, 0.0)
+    return vals.astype(np.float32)
+
+
+def _has_pixels(mask, axis, chan, nchan):
+    nline = mask.shape[1 - axis]
+    has = np.zeros((nchan, nline), bool)
+    for c in range(nchan):
+        sel = chan == c
+        sub = mask[sel, :] if axis == 0 else mask[:, sel].T
+        has[c] = sub.any(axis=0)
+    return has
+
+
+# ---------------------------------------------------------------- apply
+
+
+def expand_stripes(stripes, channel, *, axis_to_correct: int) -> np.ndarray:
+    """Spread line values ``(nchan, ..., nline)`` to images ``(..., y, x)``.
+
+    ``channel`` (fast,) gives the channel of each pixel along the fast axis.
+    """
+    s = np.moveaxis(np.asarray(stripes), 0, -2)  # (..., nchan, nline)
+    picked = s[..., np.asarray(channel).astype(np.intp), :]  # (..., fast, nline)
+    return picked if axis_to_correct == 1 else np.swapaxes(picked, -1, -2)
+
+
+def apply_stripes(data, channel, *stripes, axis_to_correct: int) -> np.ndarray:
+    """Remove accumulated line values from a ramp block.
+
+    ``out[i, g] = data[i, g] − Σ_{1≤h≤g} s[i, h]``; a skipped difference ``h`` (NaN line
+    values) restarts the sum, because the official step leaves that group as read and
+    rebuilds the later ones from it.  Where a difference involves a NaN sample the output is
+    NaN from that group on (until a skipped difference), as the official cumulative rebuild
+    gives.
+
+    Parameters
+    ----------
+    data : array (integration, group, y, x), float32, DN
+        Any spatial block; every group.
+    channel : array (y,) for ``axis_to_correct = 1`` or (x,) for 2, int
+        Channel of each block position along the fast axis.
+    *stripes : arrays (integration, group, x) for 1 or (integration, group, y) for 2
+        One per channel, as returned (split) by :func:`flicker_stripes`.
+
+    Returns
+    -------
+    numpy.ndarray, same shape as ``data``, float32.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    st = np.stack([np.asarray(s, dtype=np.float64) for s in stripes])  # (nchan, i, g, line)
+    nint, ngroup = data.shape[:2]
+    out = np.empty_like(data)
+    out[:, 0] = data[:, 0]
+    acc = np.zeros((st.shape[0], nint, st.shape[-1]), np.float64)
+    isnan = np.isnan(data)
+    nan_state = isnan[:, 0].copy()
+    for g in range(1, ngroup):
+        s = st[:, :, g]
+        skipped = np.isnan(s).all(axis=(0, 2))  # (i,)
+        acc = np.where(skipped[None, :, None], 0.0, acc + np.nan_to_num(s))
+        corr = expand_stripes(acc, channel, axis_to_correct=axis_to_correct)  # (i, y, x)
+        step_nan = nan_state | isnan[:, g] | isnan[:, g - 1]
+        nan_state = np.where(skipped[:, None, None], isnan[:, g], step_nan)
+        vals = (data[:, g].astype(np.float64) - corr).astype(np.float32)
+        out[:, g] = np.where(nan_state, np.float32(np.nan), vals)
+    return out
+
+
+# ---------------------------------------------------------------- draft rate
+
+
+def draft_slopes(data, groupdq, pixeldq, *, tgroup: float) -> np.ndarray:
+    """A quick per-integration slope for the scene mask, (integration, y, x) float32 DN/s.
+
+    ``(data[last] − data[first]) / ((last − first)·TGROUP)`` over the first and last groups
+    that are neither DO_NOT_USE nor SATURATED.  Jumps are not removed: they raise the
+    estimate, which only masks the pixel from the background (the safe direction).  NaN when
+    fewer than two groups are usable or the pixel is DO_NOT_USE / a reference pixel, as the
+    ramp fit gives for those pixels.
+    """
+    good = (groupdq & (_dq.DO_NOT_USE | _dq.SATURATED)) == 0  # (i, g, y, x)
+    ngroup = data.shape[1]
+    g = np.arange(ngroup)[None, :, None, None]
+    first = np.where(good, g, ngroup).min(axis=1)
+    last = np.where(good, g, -1).max(axis=1)
+    d_first = np.take_along_axis(data, np.clip(first, 0, ngroup - 1)[:, None], axis=1)[:, 0]
+    d_last = np.take_along_axis(data, np.clip(last, 0, ngroup - 1)[:, None], axis=1)[:, 0]
+    span = (last - first).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = (d_last.astype(np.float64) - d_first) / (span * float(tgroup))
+    bad_pix = (np.asarray(pixeldq) & (_dq.DO_NOT_USE | _dq.REFERENCE_PIXEL)) != 0
+    slope = np.where((span < 1) | bad_pix[None], np.nan, slope)
+    return slope.astype(np.float32)

@@ -1,0 +1,257 @@
+"""clean_flicker_noise step wrapper (spec 06): 1/f noise removed at group level.
+
+Default official path (``fit_method='median'``): draft rate → scene mask → for every group
+difference, the median of the background pixels of each fast-read line (one value per
+``|SLOWAXIS|`` index and amplifier channel) is removed and the ramp rebuilt from group 0.
+
+Laziness and layout:
+
+1. **Draft rate** — instead of a full ramp fit, a per-pixel slope
+   ``(last − first usable group) / time`` per integration, median over integrations
+   (:func:`daskramp.kernels.clean_flicker_noise.draft_slopes`).  The mask only needs to tell
+   sources and bad pixels from background, for which this estimate is as good as the fitted
+   rate, and it is one small reduction instead of a second ramp_fit graph.
+2. **Scene mask** — clipped statistics of the draft rate image (one image-sized task).
+3. **Line values** — blocks of ``k`` integrations × all groups × whole frames (the background
+   level and the clip limits are whole-frame statistics); the output is tiny:
+   ``(channel, integration, group, line)``.
+4. **Apply** — ``data − cumulative line values`` through
+   :func:`daskramp.steps._apply.map_ramp_blocks` on the input's own chunks (integration
+   chunks or pixel tiles), so the layout of later steps is unchanged.
+
+Only ``data`` changes; ``groupdq`` and ``pixeldq`` are returned as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from ..dims import (
+    CUBE_DIMS,
+    DATA,
+    FLOAT_DTYPE,
+    GROUP,
+    GROUPDQ,
+    IMAGE_DIMS,
+    INTEGRATION,
+    PIXELDQ,
+    X,
+    Y,
+    chunk,
+    validate,
+)
+from ..kernels import clean_flicker_noise as kernel
+from ._apply import map_ramp_blocks
+from .convert import COMPLETE, SKIPPED, with_status
+
+STATUS = "S_CLNFNS"
+CHANNEL = "channel"
+#: optional outputs (``save_mask`` / ``save_noise``)
+MASK_VAR = "flicker_mask"
+STRIPES_VAR = "flicker_stripes"
+#: bytes of float32 ramp per task of the line-value pass (whole frames × all groups)
+STATS_BLOCK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Params:
+    """CleanFlickerNoiseStep parameters (official names and defaults).
+
+    Implemented: ``fit_method='median'``, ``background_method`` 'median' or None,
+    ``n_sigma``, ``fit_by_channel``, ``single_mask``, ``user_mask`` (FITS path, array or
+    DataArray ``(y, x)``, True = background), ``save_mask`` and ``save_noise`` (kept as the
+    Dataset variables ``flicker_mask`` and ``flicker_stripes``).  The other options raise
+    ``NotImplementedError`` when switched on.
+    """
+
+    autoparam: bool = False
+    fit_method: str = "median"
+    fit_by_channel: bool = False
+    background_method: str | None = "median"
+    background_box_size: tuple[int, int] | None = None
+    mask_science_regions: bool = False
+    apply_flat_field: bool = False
+    n_sigma: float = 2.0
+    fit_histogram: bool = False
+    single_mask: bool = True
+    user_mask: object = None
+    save_mask: bool = False
+    save_background: bool = False
+    save_noise: bool = False
+    skip: bool = True
+
+
+def _check(p: Params, ds: xr.Dataset) -> str | None:
+    """Standardised background method; raise for options that are not implemented."""
+    if str(p.fit_method).lower() == "fft":
+        raise NotImplementedError("clean_flicker_noise: fit_method='fft' (NIRSpec only) is not implemented")
+    if str(p.fit_method).lower() != "median":
+        raise ValueError(f"clean_flicker_noise: fit_method must be 'median' or 'fft', got {p.fit_method!r}")
+    bm = None if str(p.background_method).lower() == "none" else str(p.background_method).lower()
+    if bm in ("model", "median_image"):
+        raise NotImplementedError(f"clean_flicker_noise: background_method={bm!r} is not implemented")
+    if bm not in ("median", None):
+        raise ValueError(f"clean_flicker_noise: unknown background_method {p.background_method!r}")
+    for name in ("autoparam", "mask_science_regions", "apply_flat_field", "fit_histogram", "save_background"):
+        if getattr(p, name):
+            raise NotImplementedError(f"clean_flicker_noise: {name}=True is not implemented")
+    return bm
+
+
+def axis_to_correct(attrs: dict) -> int:
+    """``|SLOWAXIS|`` (1 → one value per column, NIRISS/NIRSpec; 2 → per row, NIRCam); MIRI → 1."""
+    if str(attrs.get("INSTRUME", "")).upper() == "MIRI":
+        return 1
+    return abs(int(attrs["SLOWAXIS"]))
+
+
+def read_user_mask(user_mask, ds: xr.Dataset) -> xr.DataArray:
+    """A user mask (FITS path, array or DataArray) as a bool ``(y, x)`` DataArray."""
+    if isinstance(user_mask, (str, bytes)) or hasattr(user_mask, "__fspath__"):
+        from astropy.io import fits
+
+        with fits.open(user_mask) as hdul:
+            arr = next(h.data for h in hdul if getattr(h, "data", None) is not None and h.data.ndim >= 2)
+            arr = np.asarray(arr)
+    elif isinstance(user_mask, xr.DataArray):
+        arr = user_mask.data
+    else:
+        arr = np.asarray(user_mask)
+    dims = IMAGE_DIMS if arr.ndim == 2 else CUBE_DIMS
+    shape = tuple(ds.sizes[d] for d in dims)
+    if arr.ndim not in (2, 3) or tuple(arr.shape) != shape:
+        raise ValueError(f"clean_flicker_noise: user_mask shape {arr.shape} does not match the data {shape}")
+    coords = {d: ds[d] for d in dims if d in ds.coords and d != INTEGRATION}
+    return xr.DataArray(arr.astype(bool), dims=dims, coords=coords, name=MASK_VAR)
+
+
+def draft_rate(ds: xr.Dataset, *, per_integration: bool = False) -> xr.DataArray:
+    """Lazy draft rate for the scene mask, DN/s: ``(y, x)`` or ``(integration, y, x)``.
+
+    Per integration, the slope between the first and last usable groups; the exposure rate is
+    their median over integrations (robust against a cosmic ray in one integration).
+    """
+    slopes = map_ramp_blocks(
+        kernel.draft_slopes,
+        ds[DATA],
+        ds[GROUPDQ],
+        ds[PIXELDQ],
+        dims_out=CUBE_DIMS,
+        dtype=FLOAT_DTYPE,
+        tgroup=float(ds.attrs["TGROUP"]),
+        name="draft_slopes",
+    )
+    if per_integration:
+        return slopes
+    return slopes.median(INTEGRATION, skipna=True)
+
+
+def make_scene_mask(rate: xr.DataArray, *, n_sigma: float) -> xr.DataArray:
+    """Scene mask (True = background) of a draft rate ``(..., y, x)``, lazily."""
+    if rate.chunks is not None:
+        rate = rate.chunk({Y: -1, X: -1})
+    return xr.apply_ufunc(
+        kernel.scene_mask,
+        rate,
+        input_core_dims=[[Y, X]],
+        output_core_dims=[[Y, X]],
+        vectorize=rate.ndim > 2,
+        dask="parallelized",
+        output_dtypes=[bool],
+        kwargs={"n_sigma": float(n_sigma)},
+    ).rename(MASK_VAR)
+
+
+def whole_frames(ds: xr.Dataset, names=(DATA, GROUPDQ)) -> xr.Dataset:
+    """``names`` of ``ds`` re-chunked to blocks of k integrations × all groups × whole frames."""
+    sub = ds[list(names)]
+    if not any(v.chunks is not None for v in sub.data_vars.values()):
+        return sub
+    frame_bytes = 4 * ds.sizes[GROUP] * ds.sizes[Y] * ds.sizes[X]
+    k = int(max(1, min(ds.sizes[INTEGRATION], STATS_BLOCK_BYTES // max(frame_bytes, 1))))
+    return chunk(sub, {INTEGRATION: k, GROUP: -1, Y: -1, X: -1})
+
+
+def fast_dim(axis: int) -> str:
+    """Array dim along which the line values are measured (the fast-read direction)."""
+    return Y if axis == 1 else X
+
+
+def line_dim(axis: int) -> str:
+    """Array dim indexing the lines (the slow axis)."""
+    return X if axis == 1 else Y
+
+
+def apply_line_values(ds: xr.Dataset, stripes: xr.DataArray, channel: np.ndarray, axis: int) -> xr.DataArray:
+    """``data − cumulative line values`` on the input's own chunks (lazy)."""
+    fd = fast_dim(axis)
+    chan = xr.DataArray(np.asarray(channel, np.int8), dims=(fd,), coords={fd: ds[fd]})
+    pieces = [stripes.isel({CHANNEL: c}, drop=True) for c in range(stripes.sizes[CHANNEL])]
+    data = ds[DATA] if ds[DATA].dtype == FLOAT_DTYPE else ds[DATA].astype(FLOAT_DTYPE)
+    return map_ramp_blocks(
+        kernel.apply_stripes, data, chan, *pieces, dtype=FLOAT_DTYPE, axis_to_correct=axis,
+        name="clean_flicker_noise",
+    )
+
+
+def clean_flicker_noise(ds: xr.Dataset, **params) -> xr.Dataset:
+    """Remove 1/f noise from every group difference (lazy).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Exposure (see :mod:`daskramp.dims`), float32 DN, after jump (JUMP_DET and DO_NOT_USE
+        groups are left out of the background).  Uses SLOWAXIS, TGROUP, SUBARRAY, INSTRUME.
+    **params
+        :class:`Params` fields (official names); unknown names raise TypeError.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``data`` corrected (float32 DN, same chunks as the input); ``attrs["S_CLNFNS"]``
+        ``COMPLETE`` or ``SKIPPED``; ``flicker_mask`` ``(y, x)`` with ``save_mask`` and
+        ``flicker_stripes`` ``(channel, integration, group, line)`` with ``save_noise``.
+    """
+    p = Params(**params)
+    validate(ds, source="clean_flicker_noise")
+    if p.skip:
+        return with_status(ds, STATUS, SKIPPED)
+    background_method = _check(p, ds)
+    a = ds.attrs
+    axis = axis_to_correct(a)
+    if ds.sizes[GROUP] < 2:
+        return with_status(ds, STATUS, COMPLETE)
+    by_channel = bool(p.fit_by_channel) and str(a.get("SUBARRAY", "FULL")).upper() == "FULL"
+
+    if p.user_mask is not None and str(p.user_mask).lower() != "none":
+        mask = read_user_mask(p.user_mask, ds)
+    else:
+        rate = draft_rate(ds, per_integration=not p.single_mask)
+        mask = make_scene_mask(rate, n_sigma=p.n_sigma)
+
+    frames = whole_frames(ds)
+    fast_size = ds.sizes[fast_dim(axis)]
+    channel = kernel.channel_index(fast_size, fit_by_channel=by_channel)
+    stripes = map_ramp_blocks(
+        kernel.flicker_stripes,
+        frames[DATA],
+        frames[GROUPDQ],
+        mask,
+        dims_out=(INTEGRATION, GROUP, line_dim(axis)),
+        new_axis=(CHANNEL, int(channel.max()) + 1),
+        dtype=np.float32,
+        axis_to_correct=axis,
+        n_sigma=float(p.n_sigma),
+        background_method=background_method,
+        fit_by_channel=by_channel,
+        name="flicker_stripes",
+    )
+    updates = {DATA: apply_line_values(ds, stripes, channel, axis)}
+    if p.save_mask:
+        updates[MASK_VAR] = mask
+    if p.save_noise:
+        updates[STRIPES_VAR] = stripes.assign_attrs(units="DN")
+    return with_status(ds, STATUS, COMPLETE, **updates)
