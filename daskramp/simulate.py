@@ -720,16 +720,19 @@ def _worker_init(state):
 
 
 def _worker_run(i):
-    out, jumps, sat, offs = _one_integration(_WORKER_STATE, i)
-    return out.tobytes(), jumps, sat, offs
+    # native uint16 words travel unchanged through pickle (a '>i2' view would be byte-swapped)
+    return _one_integration(_WORKER_STATE, i)
 
 
 def _generate(state, indices, workers: int) -> Iterator:
-    """Yield (encoded bytes, jumps, saturation, offsets) for the integrations in order."""
+    """Yield (SCI block (1, ngroups, ny, nx) ``>i2``, jumps, saturation, offsets) in order.
+
+    The block holds the stored FITS values (physical DN − 32768, big-endian).
+    """
     if workers <= 1:
         for i in indices:
             out, jumps, sat, offs = _one_integration(state, i)
-            yield out.tobytes(), jumps, sat, offs
+            yield out[None].view(">i2"), jumps, sat, offs
         return
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -747,7 +750,8 @@ def _generate(state, indices, workers: int) -> Iterator:
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(ex.submit(_worker_run, nxt))
-            yield fut.result()
+            out, jumps, sat, offs = fut.result()
+            yield out[None].view(">i2"), jumps, sat, offs
 
 
 # --------------------------------------------------------------------------------------------

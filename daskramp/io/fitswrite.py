@@ -203,20 +203,20 @@ class UncalWriter:
         self._fh.write(sci.tostring().encode("ascii"))
 
     def write(self, block) -> None:
-        """Append whole integrations (uint16 DN array or encoded ``>i2`` bytes)."""
+        """Append whole integrations: a uint16 DN array, an encoded ``>i2`` array, or its bytes."""
         if isinstance(block, np.ndarray):
-            if block.shape[1:] != self.shape[1:]:
+            if block.ndim != 4 or block.shape[1:] != self.shape[1:]:
                 raise ValueError(f"block shape {block.shape} does not match {self.shape}")
-            data = uint16_to_fits(block).tobytes() if block.dtype == np.uint16 else None
-            if data is None:
-                if block.dtype != np.dtype(">i2"):
-                    raise TypeError(f"expected uint16 or >i2 block, got {block.dtype}")
-                data = block.tobytes()
+            if block.dtype == np.uint16:
+                block = uint16_to_fits(block)
+            elif block.dtype != np.dtype(">i2"):
+                raise TypeError(f"expected uint16 or >i2 block, got {block.dtype}")
+            data = memoryview(np.ascontiguousarray(block)).cast("B")
         else:
-            data = bytes(block)
-        if len(data) % self._frame_bytes:
+            data = memoryview(block).cast("B")
+        if data.nbytes % self._frame_bytes:
             raise ValueError("block does not hold a whole number of integrations")
-        n = len(data) // self._frame_bytes
+        n = data.nbytes // self._frame_bytes
         if self._written + n > self.shape[0]:
             raise ValueError(f"too many integrations: {self._written + n} > {self.shape[0]}")
         self._fh.write(data)
