@@ -22,9 +22,11 @@ speeds.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,7 +132,8 @@ def uncal_files(nints: int, source: str) -> list[Path]:
         except Exception as err:  # the simulator is optional here; say why it was not used
             if source == "simulate":
                 raise
-            print(f"# simulator not usable ({type(err).__name__}: {err}); synthetic ramps instead")
+            msg = f"# simulator not usable ({type(err).__name__}: {err}); synthetic ramps instead"
+            print(msg, file=sys.stderr)
     out = CACHE / f"synthetic-soss-n{nints}" / "jw00001001001_01101_00001-seg001_nis_uncal.fits"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +152,8 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_conversion(files, workers: int, chunk_mb: float, codec: str, workdir: Path):
+def run_conversion(files, workers: int, chunk_mb: float, codec: str, workdir: Path, mmap_mb=None):
+    import dask
     from distributed import Client, LocalCluster
 
     from daskramp.io import ingest
@@ -157,7 +161,13 @@ def run_conversion(files, workers: int, chunk_mb: float, codec: str, workdir: Pa
 
     store = workdir / "exposure.zarr"
     total = sum(Path(f).stat().st_size for f in files)
-    with LocalCluster(
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    if mmap_mb:
+        # distributed sets MALLOC_TRIM_THRESHOLD_, which also freezes glibc's mmap threshold at
+        # 128 KiB: every multi-MB codec buffer is then a fresh mmap (page faults, zeroing)
+        environ["MALLOC_MMAP_THRESHOLD_"] = int(mmap_mb * 2**20)
+    print(f"worker environment   : {environ}")
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
@@ -307,12 +317,31 @@ def main(argv=None):
     p.add_argument("--read-methods", action="store_true", help="FITS int16 reading methods")
     p.add_argument("--sharding", action="store_true", help="sharded vs plain chunks")
     p.add_argument("--workdir", type=Path, default=None, help="where to write the store")
+    p.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--malloc-mmap-threshold-mb",
+        type=float,
+        default=None,
+        help="set MALLOC_MMAP_THRESHOLD_ in the workers (e.g. 32)",
+    )
     args = p.parse_args(argv)
 
     if args.codecs:
         bench_codecs()
         return
-    files = uncal_files(args.nints, args.source)
+    if args.generate_only:
+        print(json.dumps([str(f) for f in uncal_files(args.nints, args.source)]))
+        return
+    # generate (or find) the input in a child process, so that the simulator's memory is not
+    # counted in this process's RSS below
+    child = subprocess.run(
+        [sys.executable, __file__, "--generate-only", "--nints", str(args.nints),
+         "--source", args.source],
+        check=True, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = child.stdout.strip().splitlines()
+    print("\n".join(lines[:-1]))
+    files = [Path(f) for f in json.loads(lines[-1])]
     workdir = Path(tempfile.mkdtemp(prefix="daskramp-ingest-", dir=args.workdir))
     try:
         if args.read_methods:
@@ -320,7 +349,14 @@ def main(argv=None):
         elif args.sharding:
             bench_sharding(files, workdir)
         else:
-            run_conversion(files, args.workers, args.chunk_mb, args.codec, workdir)
+            run_conversion(
+                files,
+                args.workers,
+                args.chunk_mb,
+                args.codec,
+                workdir,
+                args.malloc_mmap_threshold_mb,
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
