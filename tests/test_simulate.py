@@ -165,7 +165,6 @@ def test_uint16_encoding_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="only 1 of 2"):
         with fitswrite.UncalWriter(tmp_path / "y.fits", {}, (2, 3, 4, 5)) as w:
             w.write(block[:1])
-        w.close()
     assert not (tmp_path / "y.fits").exists()
 
 
