@@ -1,0 +1,165 @@
+"""Parity of daskramp's Detector1 with the official jwst Detector1Pipeline on one SOSS segment.
+
+Simulates a NIRISS SOSS segment (default the real size: 158 integrations × 9 groups ×
+256 × 2048), runs daskramp and the official pipeline (spec 10, offline) on the same uncal file
+and reference files, and prints, for ``rateints`` and ``rate``:
+
+* data / err / var_poisson / var_rnoise: fraction of pixels finite in both that agree within
+  1e-4 relative or 1e-4 (DN/s or its square) absolute, max |diff|, NaN pattern identical?;
+* DQ: fraction of identical values and, per differing bit, how many pixels have it only in
+  one product;
+
+and the official per-step wall times.  Targets: rateints agree on ≥ 99.9 % of the finite
+pixels, NaN pattern identical, DQ identical on ≥ 99.9 %.  Needs an interpreter with both
+daskramp and jwst (e.g. ``/work/venv-jwst/bin/python``)::
+
+    python benchmarks/parity.py                          # 158 × 9 × 256 × 2048
+    python benchmarks/parity.py --nints 20 --nx 256      # two-point jump method (< 100 ints)
+    python benchmarks/parity.py --nints 120 --nx 256     # sigma-clip jump method (≥ 100 ints)
+    python benchmarks/parity.py --uncal F_uncal.fits --refs REFS_DIR   # given files
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import gib, run_official, simulated  # noqa: E402
+
+#: targets of the parity issue (rateints)
+TARGET_CLOSE = 0.999
+TARGET_DQ = 0.999
+FLOAT_VARS = ("data", "err", "var_poisson", "var_rnoise")
+
+
+def run_daskramp(uncal, refs_dir, *, memory_limit: int, tile_columns: int | None = None,
+                 workers: int = 2) -> tuple[dict, float]:
+    """daskramp Detector1 in this process (threads); returns numpy rate/rateints and wall time."""
+    import dask
+
+    from daskramp.io import open_exposure
+    from daskramp.pipeline import detector1
+
+    t0 = time.perf_counter()
+    res = detector1(open_exposure(uncal), refs_dir, memory_limit=memory_limit, tile_columns=tile_columns)
+    with dask.config.set(scheduler="threads", num_workers=workers):
+        rate, rateints = dask.compute(res.rate, res.rateints)
+    wall = time.perf_counter() - t0
+    out = {name: {v: np.asarray(prod[v].values) for v in (*FLOAT_VARS, "dq")}
+           for name, prod in (("rate", rate), ("rateints", rateints))}
+    return out, wall
+
+
+def read_official(path) -> dict:
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        return {v: np.asarray(hdul[ext].data) for v, ext in
+                (("data", "SCI"), ("err", "ERR"), ("var_poisson", "VAR_POISSON"),
+                 ("var_rnoise", "VAR_RNOISE"), ("dq", "DQ"))}
+
+
+def compare(ours: dict, theirs: dict) -> dict:
+    """Per variable: :func:`compare_arrays` / :func:`compare_dq` of one product."""
+    from daskramp.testing.parity import compare_arrays, compare_dq
+
+    out = {}
+    for v in FLOAT_VARS:
+        a, b = ours[v], np.asarray(theirs[v], np.float32)
+        out[v] = compare_arrays(a, b)
+        out[v]["not_bit_identical"] = int((~((a == b) | (np.isnan(a) & np.isnan(b)))).sum())
+    out["dq"] = compare_dq(ours["dq"], theirs["dq"])
+    out["dq"]["differing"] = int((ours["dq"] != theirs["dq"]).sum())
+    return out
+
+
+def table(results: dict) -> str:
+    lines = ["| product | var | finite compared | agree (1e-4) | max abs diff | not bit-identical | "
+             "NaN pattern identical | NaN only ours / only official |",
+             "|---|---|---|---|---|---|---|---|"]
+    for prod, res in results.items():
+        for v in FLOAT_VARS:
+            r = res[v]
+            lines.append(f"| {prod} | {v} | {r['finite_compared']} | {100 * r['fraction_close']:.4f} % | "
+                         f"{r['max_abs_diff']:.3g} | {r['not_bit_identical']} | {'yes' if r['nan_pattern_identical'] else 'NO'} | "
+                         f"{r['nan_only_ours']} / {r['nan_only_theirs']} |")
+    lines += ["", "| product | DQ identical | pixels differing | differing bits (only ours / only official) |",
+              "|---|---|---|---|"]
+    for prod, res in results.items():
+        d = res["dq"]
+        bits = ", ".join(f"{k} {b['only_ours']}/{b['only_theirs']}" for k, b in d["differing_bits"].items())
+        lines.append(f"| {prod} | {100 * d['fraction_identical']:.4f} % | {d['differing']} | {bits or '—'} |")
+    return "\n".join(lines)
+
+
+def verdict(results: dict) -> list[str]:
+    ri = results["rateints"]
+    fails = []
+    for v in FLOAT_VARS:
+        if ri[v]["fraction_close"] < TARGET_CLOSE:
+            fails.append(f"rateints {v}: {ri[v]['fraction_close']:.6f} < {TARGET_CLOSE}")
+        if not ri[v]["nan_pattern_identical"]:
+            fails.append(f"rateints {v}: NaN pattern differs")
+    if ri["dq"]["fraction_identical"] < TARGET_DQ:
+        fails.append(f"rateints dq: {ri['dq']['fraction_identical']:.6f} < {TARGET_DQ}")
+    return fails
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nints", type=int, default=158)
+    p.add_argument("--nx", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--uncal", help="use this uncal segment instead of simulating")
+    p.add_argument("--refs", help="reference directory for --uncal")
+    p.add_argument("--out", help="keep the official products here (default: a temporary folder)")
+    p.add_argument("--maximum-cores", default="1", help="official jump/ramp_fit maximum_cores")
+    p.add_argument("--memory-limit", type=float, default=1.0, help="daskramp tile budget, GB")
+    p.add_argument("--tile-columns", type=int, help="daskramp jump/ramp_fit tile width (default: planned)")
+    p.add_argument("--json", help="write the comparison as JSON here")
+    args = p.parse_args(argv)
+
+    if args.uncal:
+        if not args.refs:
+            p.error("--uncal needs --refs")
+        uncal, refs_dir = Path(args.uncal), Path(args.refs)
+    else:
+        sim = simulated("niriss-soss", args.nints, seed=args.seed, nx=args.nx)
+        uncal, refs_dir = sim.uncal_files[0], sim.refs_dir
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="daskramp-parity-"))
+    print(f"# uncal {uncal} ({os.path.getsize(uncal) / 1e6:.0f} MB), refs {refs_dir}", flush=True)
+
+    # the official pipeline first, alone on the machine (it is the memory-hungry one)
+    os.environ.setdefault("DASKRAMP_JWST_PYTHON", sys.executable)
+    rep = run_official(uncal, refs_dir, out / "official", args.maximum_cores)
+    print(f"# official: wall {rep['process_wall_s']:.1f} s, peak RSS {gib(rep['peak_rss_bytes'])}", flush=True)
+    print("# official per-step wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in rep["step_s"].items()),
+          flush=True)
+
+    ours, wall = run_daskramp(uncal, refs_dir, memory_limit=int(args.memory_limit * 1e9),
+                              tile_columns=args.tile_columns)
+    print(f"# daskramp: wall {wall:.1f} s (in process, 2 threads, graph build + compute)", flush=True)
+
+    results = {prod: compare(ours[prod], read_official(rep[prod])) for prod in ("rateints", "rate")}
+    print()
+    print(table(results))
+    fails = verdict(results)
+    print()
+    print("targets met (rateints ≥ 99.9 % within 1e-4, NaN pattern identical, DQ ≥ 99.9 %)" if not fails
+          else "targets NOT met: " + "; ".join(fails))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"uncal": str(uncal), "official": rep, "daskramp_wall_s": wall,
+                                               "results": results}, indent=1))
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
