@@ -25,6 +25,9 @@ STEP_OVERRIDES = {
     "ipc": {"ipc": None},
     "superbias": {"superbias": "superbias"},
     "refpix": {"refpix": None, "sirskernel": None},
+    # MIRI-only steps: the pipeline still prefetches their references for any instrument
+    "rscd": {"rscd": None},
+    "reset": {"reset": None},
     "linearity": {"linearity": "linearity"},
     "dark_current": {"dark": "dark"},
     "jump": {"gain": "gain", "readnoise": "readnoise"},
@@ -96,11 +99,14 @@ def run_official(uncal, refs: dict[str, str], outdir, *, steps: dict | None = No
 
         def emit(self, record):
             msg = record.getMessage()
-            name = record.name.rsplit(".", 1)[-1]
-            if msg.startswith("Step ") and " running with args" in msg:
+            if not msg.startswith("Step "):
+                return
+            name = msg.split()[1]
+            if " running with args" in msg:
                 self.start[name] = time.perf_counter()
-            elif msg.startswith("Step ") and " done" in msg and name in self.start:
-                timings[name] = time.perf_counter() - self.start[name]
+            elif msg.endswith(" done") and name in self.start:
+                # gain_scale runs twice (rate and rateints): add the runs up
+                timings[name] = timings.get(name, 0.0) + time.perf_counter() - self.start.pop(name)
 
     handler = _Timer()
     logging.getLogger("stpipe").addHandler(handler)
