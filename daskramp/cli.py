@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-steps", default="", help="comma-separated steps whose ramps are saved")
     r.add_argument("--stats-scope", choices=["segment", "exposure"])
     r.add_argument("--no-fits", action="store_true", help="write Zarr products only")
+    r.add_argument("--report", metavar="HTML", help="save dask's performance report of the run (HTML)")
+    r.add_argument("--no-progress", action="store_true", help="no progress line (it goes to stderr)")
+    r.add_argument("--tile-columns", type=int, help="columns per jump/ramp_fit tile (default: from worker memory)")
+    r.add_argument("--integration-chunk", type=int,
+                   help="integrations per block of the pixel-local steps (default: from worker memory)")
     for rt in REFTYPES:
         r.add_argument(f"--override-{rt}", metavar="FILE", help=f"use FILE as the {rt.upper()} reference ('N/A' to skip)")
     _add_cluster_args(r)
@@ -81,6 +86,17 @@ def _print_summary(summary: dict) -> None:
             print(f"{k}: [{', '.join(f'{x:.3g}' for x in v[:8])}{', …' if len(v) > 8 else ''}]")
         else:
             print(f"{k}: {v}")
+
+
+def _print_run_summary(summary: dict) -> None:
+    """The end-of-run screen: volumes, time, throughput, peak memory per worker, then the rest."""
+    from .progress import format_summary
+
+    print("-" * 60)
+    print(format_summary(summary))
+    print("-" * 60)
+    shown = {"uncal_MB", "pixel_groups", "wall_s", "throughput_MB_s", "tasks", "peak_memory_per_worker"}
+    _print_summary({k: v for k, v in summary.items() if k not in shown})
 
 
 def main(argv=None) -> int:
@@ -116,11 +132,16 @@ def main(argv=None) -> int:
             cfg = layered(workflow=args.config, cli=extra)
             if args.stats_scope:
                 cfg["stats_scope"] = args.stats_scope
+            if args.tile_columns:
+                cfg["tile_columns"] = args.tile_columns
+            if args.integration_chunk:
+                cfg["integration_chunk"] = args.integration_chunk
             overrides = {rt: getattr(args, f"override_{rt}") for rt in REFTYPES if getattr(args, f"override_{rt}")}
             save = [s for s in args.save_steps.split(",") if s]
             summary = run(args.inputs, args.out, refs=args.refs, config=cfg, overrides=overrides,
-                          save_steps=save, cluster=_cluster_profile(args), fits=not args.no_fits)
-            _print_summary(summary)
+                          save_steps=save, cluster=_cluster_profile(args), fits=not args.no_fits,
+                          progress=not args.no_progress, report=args.report)
+            _print_run_summary(summary)
             return 0
         if args.command == "demo":
             from .demo import demo
@@ -128,7 +149,7 @@ def main(argv=None) -> int:
             summary = demo(args.out, nints=args.nints, segments=args.segments, cluster=_cluster_profile(args))
             _print_summary(summary)
             return 0
-    except (ConfigError, FileNotFoundError, ValueError, MemoryError) as err:
+    except (ConfigError, OSError, ValueError, MemoryError) as err:
         print(f"daskramp {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 1

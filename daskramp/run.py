@@ -1,15 +1,43 @@
-"""Run Detector1 on a cluster and write the products: what ``daskramp run`` does."""
+"""Run Detector1 on a cluster and write the products: what ``daskramp run`` does.
+
+Before anything is submitted the run projects the memory of one task of every step for the
+chosen chunking and compares it with the smallest worker's limit (:mod:`daskramp.memory`):
+by default the integration chunks and tile widths are chosen to fit; a chunking given
+explicitly that cannot fit is refused with :class:`daskramp.memory.MemoryBudgetError`.
+While the graph runs a progress line and per-worker peak memory are collected
+(:class:`daskramp.progress.RunMonitor`); ``report=`` saves dask's performance report.
+
+Failures are reported plainly: an output location that cannot be written, a full disk
+(:class:`OutputError`) and an input file that disappears during the run
+(:class:`InputError`, naming the file).  Products are atomic (see
+:mod:`daskramp.io.products`): nothing is marked complete before it is, and a rerun of the
+same command skips the products already complete.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import xarray as xr
 
 from .cluster import ClusterProfile, connect, worker_memory_limit
 from .config import ConfigError
+
+WORKFLOW_SETTINGS = {"steps", "stats_scope", "save_steps", "tile_columns", "integration_chunk"}
+
+
+class OutputError(OSError):
+    """The output location cannot be written (read-only, missing permission, disk full)."""
+
+
+class InputError(FileNotFoundError):
+    """An input file could not be read during the run (e.g. it disappeared)."""
 
 
 def product_root(inputs: Sequence[Path | str]) -> str:
@@ -25,6 +53,95 @@ def product_root(inputs: Sequence[Path | str]) -> str:
     return re.sub(r"-seg\d{3}", "", name)
 
 
+def check_output_dir(outdir: Path) -> None:
+    """Create ``outdir`` and prove it writable with a probe file, or raise :class:`OutputError`."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        probe = outdir / f".daskramp-write-probe-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"x")
+        probe.unlink()
+    except OSError as err:
+        why = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        raise OutputError(err.errno, f"output location {outdir} is not writable: {why}") from None
+
+
+def _worker_threads(client) -> int:
+    ws = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    return max([int(w.get("nthreads") or 1) for w in ws] or [1])
+
+
+def _translate(err: BaseException, inputs: Sequence[Path], outdir: Path) -> BaseException | None:
+    """A clear error for a failure of the running graph, or None to re-raise it as is."""
+    if not isinstance(err, OSError):
+        return None
+    fname = getattr(err, "filename", None)
+    if err.errno == errno.ENOSPC:
+        import shutil
+
+        try:
+            free = shutil.disk_usage(outdir).free
+        except OSError:
+            free = -1
+        return OutputError(
+            errno.ENOSPC,
+            f"output disk full while writing products in {outdir} ({free / 2**20:.1f} MiB free); "
+            f"incomplete products were left as .partial and are not marked complete; rerun the same "
+            f"command once space is available")
+    if err.errno == errno.EROFS or err.errno == errno.EACCES and fname and str(outdir) in str(fname):
+        return OutputError(err.errno, f"output location {outdir} is not writable: {err.strerror}")
+    if isinstance(err, FileNotFoundError) or err.errno == errno.ENOENT:
+        names = {str(p) for p in inputs}
+        if fname and (str(fname) in names or any(str(fname).startswith(n) for n in names)):
+            return InputError(errno.ENOENT, f"input file disappeared during the run: {fname}; "
+                              f"products not yet complete were not marked complete", fname)
+    return None
+
+
+def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, steps=None,
+                  stats_scope: str = "segment", tile_columns: int | None = None,
+                  integration_chunk: int | None = None):
+    """Chunk ``ds`` for the run and check one task of every step fits the worker memory.
+
+    Without explicit sizes the integration chunks are shrunk (and the tile width chosen) so
+    every task fits; explicit ``tile_columns`` / ``integration_chunk`` that cannot fit are
+    refused.  Returns ``(ds, tile_columns, plan)``; raises
+    :class:`daskramp.memory.MemoryBudgetError`.
+    """
+    from . import dims
+    from .memory import (
+        MemoryBudgetError,
+        check_memory,
+        integrations_per_chunk,
+        step_factor,
+        task_budget,
+        tile_factor,
+    )
+    from .pipeline import STEP_ORDER, plan_tiles
+
+    budget = task_budget(memory_limit, threads_per_worker=threads_per_worker)
+    data = ds[dims.DATA]
+    if integration_chunk is not None:
+        ds = dims.chunk(ds, {dims.INTEGRATION: int(integration_chunk)})
+    elif budget is not None and data.chunks is not None:
+        frame = ds.sizes[dims.GROUP] * max(data.chunks[2]) * max(data.chunks[3])
+        local = [s for s in STEP_ORDER if s not in ("jump", "ramp_fit", "gain_scale")]
+        worst = max(step_factor(s) for s in local)
+        fit = integrations_per_chunk(frame, budget=budget, factor=worst)
+        if fit is not None and 1 <= fit < max(data.chunks[0]):
+            ds = dims.chunk(ds, {dims.INTEGRATION: fit})
+    try:
+        cols = plan_tiles(ds, memory_limit=budget, stats_scope=stats_scope, tile_columns=tile_columns,
+                          factor=tile_factor(steps))
+    except MemoryBudgetError:
+        raise
+    except MemoryError as err:
+        raise MemoryBudgetError(f"step jump/ramp_fit: {err}") from None
+    plan = check_memory(ds, memory_limit=memory_limit, threads_per_worker=threads_per_worker,
+                        steps=steps, stats_scope=stats_scope, tile_columns=cols)
+    return ds, cols, plan
+
+
 def run(
     inputs: Sequence[str | Path],
     outdir: str | Path,
@@ -37,62 +154,145 @@ def run(
     fits: bool = True,
     quiet: bool = False,
     client=None,
+    progress: bool | None = None,
+    report: str | Path | None = None,
 ) -> dict:
-    """Open the exposure, build the graph, execute it on a dask cluster, write the products.
+    """Open the exposure, check memory, execute the graph on a dask cluster, write the products.
 
-    Returns a summary dict (paths, wall time, throughput, figures from the products).
+    Parameters
+    ----------
+    inputs : sequence of path
+        The uncal FITS segments of one exposure, or one Zarr store.
+    outdir : path
+        Output directory (created; must be writable).
+    refs, overrides, save_steps, config
+        Reference files directory, per-reftype overrides, ramps to save, workflow settings
+        (``steps``, ``stats_scope``, ``save_steps``, ``tile_columns``, ``integration_chunk``).
+    cluster : ClusterProfile, optional
+        Where to run when no ``client`` is given.
+    fits : bool
+        Also write the FITS products.
+    quiet : bool
+        No cluster banner and no progress line.
+    client : distributed.Client, optional
+        Run on this client (left open).
+    progress : bool, optional
+        Show the progress line on stderr (default: ``not quiet``).
+    report : path, optional
+        Save dask's HTML performance report of the run there.
+
+    Returns
+    -------
+    dict
+        ``outputs`` (paths), ``steps`` (statuses), ``wall_s``, ``uncal_MB``, ``pixel_groups``,
+        ``throughput_MB_s``, ``tasks``, ``peak_memory_per_worker`` (bytes by worker name),
+        ``memory_plan`` (text), ``tile_columns``, ``integration_chunk`` and figures from the
+        products.
+
+    Raises
+    ------
+    daskramp.memory.MemoryBudgetError
+        A task is projected not to fit the worker memory (nothing was submitted).
+    OutputError
+        The output location is not writable or the disk filled up.
+    InputError
+        An input file disappeared (or could not be opened) while the graph ran.
     """
+    from . import dims
     from .io import open_exposure
     from .io.products import write_products
     from .pipeline import detector1, summarize
+    from .progress import RunMonitor
 
     config = dict(config or {})
-    unknown = set(config) - {"steps", "stats_scope", "save_steps", "tile_columns"}
+    unknown = set(config) - WORKFLOW_SETTINGS
     if unknown:
-        raise ConfigError(f"unknown workflow settings {sorted(unknown)}")
+        raise ConfigError(f"unknown workflow settings {sorted(unknown)}; known: {sorted(WORKFLOW_SETTINGS)}")
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(outdir)
     inputs = [Path(p) for p in inputs]
-    if len(inputs) == 1 and inputs[0].suffix != ".fits" and not inputs[0].exists():
-        raise FileNotFoundError(f"{inputs[0]}: input not found")
+    for p in inputs:
+        if not p.exists():
+            raise InputError(errno.ENOENT, f"{p}: input not found", str(p))
+    if report is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("bokeh") is None:
+            raise ConfigError("--report needs the bokeh package (pip install 'bokeh>=3.1')")
+    show = (not quiet) if progress is None else progress
+    stats_scope = config.get("stats_scope", "segment")
     t0 = time.perf_counter()
 
     def _go(client):
         mem = worker_memory_limit(client) if client is not None else None
+        threads = _worker_threads(client) if client is not None else 1
         ds = open_exposure(inputs if len(inputs) > 1 else inputs[0])
+        ds, cols, plan = plan_chunking(
+            ds, memory_limit=mem, threads_per_worker=threads, steps=config.get("steps"),
+            stats_scope=stats_scope, tile_columns=config.get("tile_columns"),
+            integration_chunk=config.get("integration_chunk"))
+        if show:
+            print(f"memory: {plan.describe()}", file=sys.stderr, flush=True)
         result = detector1(
             ds,
             refs,
             steps=config.get("steps"),
-            stats_scope=config.get("stats_scope", "segment"),
+            stats_scope=stats_scope,
             save_steps=list(save_steps) or list(config.get("save_steps", [])),
-            memory_limit=mem,
-            tile_columns=config.get("tile_columns"),
+            memory_limit=plan.budget,
+            tile_columns=cols,
             overrides=overrides,
         )
         provenance = dict(result.provenance)
         provenance["inputs"] = [str(p) for p in inputs]
         root = product_root(inputs)
-        paths = write_products(result.products(), outdir, root=root, provenance=provenance, fits=fits)
+        if report is not None:
+            from distributed import performance_report
+
+            rep = performance_report(filename=str(report))
+        else:
+            rep = nullcontext()
+        monitor = RunMonitor(client, stream=sys.stderr if show else None)
+        try:
+            with rep, monitor:
+                paths = write_products(result.products(), outdir, root=root, provenance=provenance,
+                                       fits=fits)
+        except OSError as err:
+            clear = _translate(err, inputs, outdir)
+            if clear is None:
+                raise
+            raise clear from err
         # figures from the written stores: summarising the lazy products would run the graph again
         opened = {k[: -len("_zarr")]: xr.open_zarr(v, consolidated=False)
                   for k, v in paths.items() if k.endswith("_zarr")}
         summary = summarize(opened.get("rate"), opened.get("rateints"))
-        nbytes = ds["data"].size * 2
-        return paths, summary, nbytes, provenance
+        sizes = ds.sizes
+        figures = {
+            "uncal_bytes": ds[dims.DATA].size * 2,
+            "pixel_groups": ds[dims.DATA].size,
+            **monitor.summary(),
+            "memory_plan": plan.describe(),
+            "tile_columns": cols,
+            "integration_chunk": max(ds[dims.DATA].chunks[0]) if ds[dims.DATA].chunks else sizes[dims.INTEGRATION],
+        }
+        return paths, summary, figures, provenance
 
     if client is not None:
-        paths, summary, nbytes, provenance = _go(client)
+        paths, summary, figures, provenance = _go(client)
     else:
         with connect(cluster, quiet=quiet) as c:
-            paths, summary, nbytes, provenance = _go(c)
+            paths, summary, figures, provenance = _go(c)
     wall = time.perf_counter() - t0
+    nbytes = figures.pop("uncal_bytes")
     out = {
         "outputs": {k: str(v) for k, v in paths.items()},
         "steps": {k: v["status"] for k, v in provenance["steps"].items()},
         "wall_s": wall,
         "uncal_MB": nbytes / 1e6,
         "throughput_MB_s": nbytes / 1e6 / wall,
+        **figures,
         **summary,
     }
+    if report is not None:
+        out["report"] = str(report)
     return out
