@@ -69,6 +69,7 @@ __all__ = [
     "USABLE_FRACTION",
     "MemoryBudgetError",
     "MemoryPlan",
+    "active_steps",
     "check_memory",
     "integrations_per_chunk",
     "step_factor",
@@ -92,7 +93,7 @@ def step_factor(step: str) -> float:
 
 def tile_factor(steps: Mapping[str, Mapping] | None = None) -> float:
     """Bytes per float32 tile byte of the most demanding active tile step."""
-    return max((step_factor(s) for s in TILE_STEPS if s in _active(steps)), default=INPUT_FACTOR)
+    return max((step_factor(s) for s in TILE_STEPS if s in active_steps(steps)), default=INPUT_FACTOR)
 
 
 def task_budget(memory_limit: int | None, *, threads_per_worker: int = 1,
@@ -132,7 +133,8 @@ class MemoryPlan:
                 f"{self.tile_integrations} integrations × {self.tile_columns} columns")
 
 
-def _active(steps: Mapping[str, Mapping] | None) -> list[str]:
+def active_steps(steps: Mapping[str, Mapping] | None = None) -> list[str]:
+    """Steps that run (not skipped) with the given step parameters, in pipeline order."""
     from .pipeline import STEP_ORDER, step_params
 
     return [s for s in STEP_ORDER if not step_params(s, (steps or {}).get(s)).skip]
@@ -204,38 +206,46 @@ def check_memory(
     frame = ngroups * ychunk * xchunk
     tile = tile_ints * ngroups * ny * tile_columns
     per_step = {}
-    for step in _active(steps):
+    for step in active_steps(steps):
         if step == "gain_scale":
             continue  # works on 2-D/3-D rate products, far below any ramp block
         f = step_factor(step)
-        elems = tile if step in TILE_STEPS else integration_chunk * frame
+        # pixel-local steps run on the exposure's chunks or, when the pipeline lays the whole
+        # chain out in tiles, on tiles: project the larger of the two
+        elems = tile if step in TILE_STEPS else max(integration_chunk * frame, tile)
         per_step[step] = int(f * 4 * elems)
     plan = MemoryPlan(budget=budget, integration_chunk=integration_chunk, tile_columns=tile_columns,
                       tile_integrations=tile_ints, per_step=per_step)
     if budget is None:
         return plan
-    for step, need in per_step.items():
-        if need <= budget:
-            continue
-        f = step_factor(step)
-        limit_txt = (f"{_mib(budget)} per task ({USABLE_FRACTION:.0%} of the {_mib(memory_limit)} "
-                     f"worker memory limit / {threads_per_worker} thread(s))")
-        if step in TILE_STEPS:
-            fit = int(budget // (f * 4 * tile_ints * ngroups * ny))
-            hint = (f"tile_columns={fit} would fit" if fit >= 1 else
-                    "even one column does not fit: use stats_scope='segment', shorter segments "
-                    "or workers with more memory")
-            shape = f"{tile_ints} × {ngroups} × {ny} × {tile_columns}"
-        else:
-            fit = integrations_per_chunk(frame, budget=budget, factor=f)
-            hint = (f"integration_chunk={fit} would fit" if fit >= 1 else
-                    "even one integration does not fit: use workers with more memory")
-            shape = f"{integration_chunk} × {ngroups} × {ychunk} × {xchunk}"
-        raise MemoryBudgetError(
-            f"step {step}: a task on a {shape} float32 block is projected to need {_mib(need)} "
-            f"(factor {f:.2f} × {_mib(need / f)}), above the budget of {limit_txt}; {hint}"
-        )
-    return plan
+    over = [s for s, need in per_step.items() if need > budget]
+    if not over:
+        return plan
+    # name the most demanding step of the first failing layout: a size that fits it fits all
+    on_tiles = {s for s in per_step if s in TILE_STEPS or tile >= integration_chunk * frame}
+    local = [s for s in over if s not in on_tiles]
+    step = max(local or over, key=per_step.get)
+    need = per_step[step]
+    f = step_factor(step)
+    limit_txt = (f"{_mib(budget)} per task ({USABLE_FRACTION:.0%} of the {_mib(memory_limit)} "
+                 f"worker memory limit / {threads_per_worker} thread(s))")
+    if step in on_tiles:
+        # every step that runs on tiles must fit the suggested width
+        worst = max(step_factor(s) for s in on_tiles)
+        fit = int(budget // (worst * 4 * tile_ints * ngroups * ny))
+        hint = (f"tile_columns={fit} would fit" if fit >= 1 else
+                "even one column does not fit: use stats_scope='segment', shorter segments "
+                "or workers with more memory")
+        shape = f"{tile_ints} × {ngroups} × {ny} × {tile_columns}"
+    else:
+        fit = integrations_per_chunk(frame, budget=budget, factor=f)
+        hint = (f"integration_chunk={fit} would fit" if fit >= 1 else
+                "even one integration does not fit: use workers with more memory")
+        shape = f"{integration_chunk} × {ngroups} × {ychunk} × {xchunk}"
+    raise MemoryBudgetError(
+        f"step {step}: a task on a {shape} float32 block is projected to need {_mib(need)} "
+        f"(factor {f:.2f} × {_mib(need / f)}), above the budget of {limit_txt}; {hint}"
+    )
 
 
 # ------------------------------------------------------------------ measurement

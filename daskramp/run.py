@@ -111,13 +111,14 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
     from . import dims
     from .memory import (
         MemoryBudgetError,
+        active_steps,
         check_memory,
         integrations_per_chunk,
         step_factor,
         task_budget,
         tile_factor,
     )
-    from .pipeline import STEP_ORDER, plan_tiles
+    from .pipeline import plan_tiles
 
     budget = task_budget(memory_limit, threads_per_worker=threads_per_worker)
     data = ds[dims.DATA]
@@ -125,14 +126,16 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
         ds = dims.chunk(ds, {dims.INTEGRATION: int(integration_chunk)})
     elif budget is not None and data.chunks is not None:
         frame = ds.sizes[dims.GROUP] * max(data.chunks[2]) * max(data.chunks[3])
-        local = [s for s in STEP_ORDER if s not in ("jump", "ramp_fit", "gain_scale")]
-        worst = max(step_factor(s) for s in local)
+        local = [s for s in active_steps(steps) if s not in ("jump", "ramp_fit", "gain_scale")]
+        worst = max([step_factor(s) for s in local] or [1.0])
         fit = integrations_per_chunk(frame, budget=budget, factor=worst)
         if fit is not None and 1 <= fit < max(data.chunks[0]):
             ds = dims.chunk(ds, {dims.INTEGRATION: fit})
     try:
+        # the tile width must fit the most demanding step that may run on tiles
+        factor = max([tile_factor(steps), *(step_factor(s) for s in active_steps(steps))])
         cols = plan_tiles(ds, memory_limit=budget, stats_scope=stats_scope, tile_columns=tile_columns,
-                          factor=tile_factor(steps))
+                          factor=factor)
     except MemoryBudgetError:
         raise
     except MemoryError as err:
