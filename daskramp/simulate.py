@@ -38,7 +38,7 @@ For pixel p, integration i, group g (read time t_g after the reset)::
   Reference pixels carry the same offsets, which is what refpix removes.
 * Read noise: ``σ_p = READNOISE_p / √2 / √NFRAMES`` (the READNOISE reference holds CDS noise
   in DN; one read has CDS/√2).
-* 1/f noise ``f``: a time series per output with one-sided PSD ``a²/f`` (``a`` =
+* 1/f noise ``f``: an independent time series per output with one-sided PSD ``a²/f`` (``a`` =
   ``one_over_f_amplitude`` in DN), sampled once per detector line (10 µs per pixel + 120 µs
   per line, lines counted along the detector slow axis) continuously through the frames of
   an integration and linearly interpolated to each pixel's read time.  Over the N line
