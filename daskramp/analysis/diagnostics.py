@@ -12,6 +12,7 @@ import xarray as xr
 
 from .. import dq as _dq
 from ..dims import DATA, GROUP, GROUPDQ, INTEGRATION, X, Y
+from ..steps.clean_flicker_noise import rechunk_data
 
 PIXEL = "pixel"
 FLUENCE_BIN = "fluence_bin"
@@ -130,8 +131,7 @@ def dark_fraction(before: xr.Dataset, after: xr.Dataset, *, group: int = -1) -> 
     b = before[DATA].isel({GROUP: group}, drop=True).astype(np.float32)
     a = after[DATA].isel({GROUP: group}, drop=True).astype(np.float32)
     pct = 100.0 * (b - a) / a.where(a != 0)
-    if pct.chunks is not None:
-        pct = pct.chunk({INTEGRATION: -1})
+    pct = rechunk_data(pct, {INTEGRATION: -1})
     return pct.median(INTEGRATION, skipna=True).rename("dark_percent").assign_attrs(units="%")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from ..dims import DATA, INTEGRATION, X, Y
+from ..steps.clean_flicker_noise import rechunk_data
 
 FIELD = "field"
 
@@ -106,19 +107,17 @@ def extract_aperture(
     ``npix`` (sum of weights); coordinate ``wavelength`` when given.
     """
     data, err = rateints[DATA], rateints["err"]
-    if data.chunks is not None:
-        data = data.chunk({Y: -1, X: -1})
-        err = err.chunk({Y: -1, X: -1})
+    data = rechunk_data(data, {Y: -1, X: -1})
+    err = rechunk_data(err, {Y: -1, X: -1})
     tr = trace.drop_vars([c for c in trace.coords if c not in trace.dims], errors="ignore")
     if X in data.coords:
         tr = tr.assign_coords({X: data[X]})
-    if tr.chunks is not None:
-        tr = tr.chunk({X: -1})
+    tr = rechunk_data(tr, {X: -1})
     args = [data, err, tr]
     core = [[Y, X], [Y, X], [X]]
     if bad is not None:
         b = bad if isinstance(bad, xr.DataArray) else xr.DataArray(np.asarray(bad, bool), dims=(Y, X))
-        b = b.chunk({Y: -1, X: -1}) if b.chunks is not None else b
+        b = rechunk_data(b, {Y: -1, X: -1})
 
         def fn(d, e, c, bb):
             return _extract_frame(d, e, c, radius=radius, background_radius=background_radius, bad=bb)
@@ -153,8 +152,7 @@ def extract_aperture(
             tr0 = tr.isel({INTEGRATION: 0}) if INTEGRATION in tr.dims else tr
             wm = xr.DataArray(warr, dims=(Y, X))
             wl = xr.apply_ufunc(
-                lambda m, c: _weighted_wavelength(m, c, radius=radius), wm, tr0.chunk({X: -1})
-                if tr0.chunks is not None else tr0,
+                lambda m, c: _weighted_wavelength(m, c, radius=radius), wm, rechunk_data(tr0, {X: -1}),
                 input_core_dims=[[Y, X], [X]], output_core_dims=[[X]], dask="parallelized",
                 output_dtypes=[np.float64],
             )

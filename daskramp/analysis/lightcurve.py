@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from ..dims import INTEGRATION, X
+from ..steps.clean_flicker_noise import nanmedian, rechunk_data
 
 BIN_SIZE = "bin_size"
 FREQUENCY = "frequency"
@@ -28,7 +29,7 @@ def _oot(obj, out_of_transit) -> xr.DataArray:
 
 
 def _whole_integration(a: xr.DataArray) -> xr.DataArray:
-    return a.chunk({INTEGRATION: -1}) if a.chunks is not None else a
+    return rechunk_data(a, {INTEGRATION: -1})
 
 
 def normalized_lightcurves(spec: xr.Dataset, *, out_of_transit=None) -> xr.Dataset:
@@ -43,7 +44,7 @@ def normalized_lightcurves(spec: xr.Dataset, *, out_of_transit=None) -> xr.Datas
     """
     oot = _oot(spec, out_of_transit)
     flux = _whole_integration(spec["flux"])
-    ref = flux.where(oot).median(INTEGRATION, skipna=True)
+    ref = nanmedian(flux.where(oot), INTEGRATION)
     lc = (flux / ref - 1.0) * 1e6
     err = spec["flux_err"] / ref * 1e6
     return xr.Dataset({"lc": lc.transpose(X, INTEGRATION).assign_attrs(units="ppm"),
@@ -59,13 +60,13 @@ def sensitivity(lightcurves: xr.Dataset, *, out_of_transit=None) -> xr.DataArray
     oot = _oot(lightcurves, out_of_transit)
     lc = _whole_integration(lightcurves["lc"]).where(oot)
     err = _whole_integration(lightcurves["lc_err"]).where(oot)
-    return (lc.std(INTEGRATION, skipna=True) / err.median(INTEGRATION, skipna=True)).rename("sensitivity")
+    return (lc.std(INTEGRATION, skipna=True) / nanmedian(err, INTEGRATION)).rename("sensitivity")
 
 
 def _median_filter_x(a: xr.DataArray, size: int) -> xr.DataArray:
     from scipy.ndimage import median_filter
 
-    a = a.chunk({X: -1}) if a.chunks is not None else a
+    a = rechunk_data(a, {X: -1})
     return xr.apply_ufunc(
         lambda v: median_filter(v, size=(1,) * (v.ndim - 1) + (size,), mode="nearest"),
         a, input_core_dims=[[X]], output_core_dims=[[X]], dask="parallelized",
@@ -97,18 +98,18 @@ def white_light(
     f = spec["flux"].astype(np.float64)
     e = spec["flux_err"].astype(np.float64)
     f_i, e_i = _whole_integration(f), _whole_integration(e)
-    master = _median_filter_x(f_i.where(oot).median(INTEGRATION, skipna=True), filter_size)
-    master_e = _median_filter_x(e_i.where(oot).median(INTEGRATION, skipna=True), filter_size)
+    master = _median_filter_x(nanmedian(f_i.where(oot), INTEGRATION), filter_size)
+    master_e = _median_filter_x(nanmedian(e_i.where(oot), INTEGRATION), filter_size)
     cmf = _median_filter_x(f, filter_size)
     cmf_e = _median_filter_x(e, filter_size)
-    model = master / (master / cmf).median(X, skipna=True)
-    model_e = master_e / (master_e / cmf_e).median(X, skipna=True)
+    model = master / nanmedian(master / cmf, X)
+    model_e = master_e / nanmedian(master_e / cmf_e, X)
     outlier = np.abs(f - model) / model_e > nsigma
     fc = xr.where(outlier, model, f)
     ec = xr.where(outlier, model_e, e)
     wl = fc.sum(X, skipna=True)
     wl_err = np.sqrt((ec**2).sum(X, skipna=True))
-    norm = _whole_integration(wl).where(oot).median(INTEGRATION, skipna=True)
+    norm = nanmedian(wl.where(oot), INTEGRATION)
     return xr.Dataset({
         "flux": wl / norm,
         "flux_err": wl_err / norm,

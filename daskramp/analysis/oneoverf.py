@@ -190,9 +190,8 @@ def correct_rateints_1overf(
     data = rateints[DATA]
     m = background_mask(rateints, mask, n_sigma=n_sigma)
     chan = amplifier_index(rateints, axis, by_amplifier=by_amplifier)
-    if data.chunks is not None:
-        data = data.chunk({Y: -1, X: -1})
-        m = m.chunk({Y: -1, X: -1})
+    data = _step.rechunk_data(data, {Y: -1, X: -1})
+    m = _step.rechunk_data(m, {Y: -1, X: -1})
     corrected = xr.apply_ufunc(
         _correct_frame,
         data,
@@ -306,8 +305,7 @@ def column_background_psd(
     if frequencies is None:
         frequencies = np.linspace(1.0 / (n_fast * pixel_time), 0.5 / pixel_time, n_frequencies)
     frequencies = np.asarray(frequencies, np.float64)
-    if image.chunks is not None:
-        image = image.chunk({Y: -1, X: -1})
+    image = _step.rechunk_data(image, {Y: -1, X: -1})
     kwargs = {"fast_axis_index": fast_index, "pixel_time": pixel_time, "line_gap": line_gap,
               "n_sigma": n_sigma, "combine": combine}
     if mask is not None:

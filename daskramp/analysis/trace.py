@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from ..dims import DATA, INTEGRATION, X, Y
+from ..steps.clean_flicker_noise import nanmedian, rechunk_data
 
 ORDER = "order"
 
@@ -173,20 +174,22 @@ def trace_order(
     y_guess = float(y_start) if follow else np.asarray(template, np.float64)[columns]
     r0, r1 = rows if rows is not None else (0, data.sizes[Y])
     img = data.isel({Y: slice(r0, r1)})
-    if img.chunks is not None:
-        img = img.chunk({Y: -1, X: -1})
+    img = rechunk_data(img, {Y: -1, X: -1})
     kw = dict(nx=data.sizes[X], columns=columns, y_guess=y_guess, follow=follow, n_knots=n_knots,
               row_offset=r0, profile_radius=profile_radius, gauss_filter_width=gauss_filter_width,
               nsigma=nsigma, y_tolerance=y_tolerance, recenter=recenter)
     both = xr.apply_ufunc(
         _trace_frame, img, input_core_dims=[[Y, X]], output_core_dims=[["field", X]],
-        exclude_dims={X}, vectorize=True, dask="parallelized", output_dtypes=[np.float64],
+        exclude_dims={X}, vectorize=True, dask="parallelized", output_dtypes=[np.float64], keep_attrs=False,
         dask_gufunc_kwargs={"output_sizes": {"field": 2, X: data.sizes[X]}}, kwargs=kw,
     )
     both = both.assign_coords({X: data[X]}) if X in data.coords else both
     ds = xr.Dataset({"centroid": both.isel(field=0, drop=True), "trace": both.isel(field=1, drop=True)})
     y0 = int(data[Y].values[0]) if Y in data.coords else 0
     ds["trace_y"] = ds["trace"] + y0
+    for v in ds.data_vars.values():
+        v.attrs["units"] = "pixel"
+
     ds.attrs.update(x_start=int(x_start), x_end=int(x_end))
     return ds
 
@@ -209,7 +212,7 @@ def trace_position(trace: xr.DataArray, *, x=None, relative: bool = True) -> xr.
         x = int(valid.values[valid.size // 2])
     pos = trace.sel({X: x})
     if relative:
-        pos = pos - pos.median()
+        pos = pos - nanmedian(pos, INTEGRATION)
     return pos.rename("trace_position")
 
 

@@ -101,6 +101,33 @@ def _check(p: Params, ds: xr.Dataset) -> str | None:
     return bm
 
 
+def rechunk_data(a: xr.DataArray, chunks: dict) -> xr.DataArray:
+    """``a`` with its dask data rechunked (``{dim: size}``); coordinates stay as they are.
+
+    ``DataArray.chunk`` would also turn per-integration coordinates (INT_TIMES, segment) into
+    dask arrays, which later comparisons would compute.
+    """
+    if a.chunks is None:
+        return a
+    return a.copy(data=a.data.rechunk({a.get_axis_num(d): c for d, c in chunks.items() if d in a.dims}))
+
+
+def nanmedian(a: xr.DataArray, dim: str) -> xr.DataArray:
+    """Median over ``dim`` ignoring NaN, lazily on dask (``dim`` gathered in one chunk).
+
+    Unlike ``DataArray.median`` this also works when ``dim`` is the only dim of a dask array.
+    """
+    import warnings
+
+    def _med(v):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
+            return np.nanmedian(v, axis=-1)
+
+    return xr.apply_ufunc(_med, rechunk_data(a, {dim: -1}), input_core_dims=[[dim]],
+                          dask="parallelized", output_dtypes=[np.float64 if a.dtype.kind != "f" else a.dtype])
+
+
 def axis_to_correct(attrs: dict) -> int:
     """``|SLOWAXIS|`` (1 → one value per column, NIRISS/NIRSpec; 2 → per row, NIRCam); MIRI → 1."""
     if str(attrs.get("INSTRUME", "")).upper() == "MIRI":
@@ -151,8 +178,7 @@ def draft_rate(ds: xr.Dataset, *, per_integration: bool = False) -> xr.DataArray
 
 def make_scene_mask(rate: xr.DataArray, *, n_sigma: float) -> xr.DataArray:
     """Scene mask (True = background) of a draft rate ``(..., y, x)``, lazily."""
-    if rate.chunks is not None:
-        rate = rate.chunk({Y: -1, X: -1})
+    rate = rechunk_data(rate, {Y: -1, X: -1})
     return xr.apply_ufunc(
         kernel.scene_mask,
         rate,
