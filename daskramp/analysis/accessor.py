@@ -60,7 +60,7 @@ class DaskrampAccessor:
         return oneoverf.subtract_group_1overf(self._ds, mask, **kw)
 
     def clean_flicker_noise(self, **params) -> xr.Dataset:
-        """The clean_flicker_noise step (official parameters; ``skip=False`` to run it)."""
+        """The clean_flicker_noise step on a ramp (official parameters)."""
         from ..steps.clean_flicker_noise import clean_flicker_noise
 
         return clean_flicker_noise(self._ds, **params)

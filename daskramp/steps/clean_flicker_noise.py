@@ -223,16 +223,21 @@ def apply_line_values(ds: xr.Dataset, stripes: xr.DataArray, channel: np.ndarray
     )
 
 
-def clean_flicker_noise(ds: xr.Dataset, **params) -> xr.Dataset:
+def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.Dataset:
     """Remove 1/f noise from every group difference (lazy).
+
+    As for every wrapper, calling it runs the step (``skip=False``); the pipeline default of
+    skipping it comes from :class:`Params` (``skip=True``), which the pipeline checks first.
 
     Parameters
     ----------
     ds : xarray.Dataset
         Exposure (see :mod:`daskramp.dims`), float32 DN, after jump (JUMP_DET and DO_NOT_USE
         groups are left out of the background).  Uses SLOWAXIS, TGROUP, SUBARRAY, INSTRUME.
+    skip : bool
+        Return ``ds`` unchanged with status SKIPPED.
     **params
-        :class:`Params` fields (official names); unknown names raise TypeError.
+        Other :class:`Params` fields (official names); unknown names raise TypeError.
 
     Returns
     -------
@@ -241,7 +246,7 @@ def clean_flicker_noise(ds: xr.Dataset, **params) -> xr.Dataset:
         ``COMPLETE`` or ``SKIPPED``; ``flicker_mask`` ``(y, x)`` with ``save_mask`` and
         ``flicker_stripes`` ``(channel, integration, group, line)`` with ``save_noise``.
     """
-    p = Params(**params)
+    p = Params(skip=skip, **params)
     validate(ds, source="clean_flicker_noise")
     if p.skip:
         return with_status(ds, STATUS, SKIPPED)

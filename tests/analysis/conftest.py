@@ -33,14 +33,13 @@ def make_tso(*, stripes: float = 0.0, shifts=None, seed: int = 7, background: fl
     depth = np.zeros(NINT)
     depth[IN_TRANSIT] = DEPTH
     shifts = np.zeros(NINT) if shifts is None else np.asarray(shifts, np.float64)
+    from scipy.special import erf
+
     model = np.empty((NINT, NY, NX))
     for i in range(NINT):
         c = trace_center(x, shifts[i])[None, :]
         # pixel-integrated Gaussian: each column sums to FLUX exactly (up to the far tails)
-        from scipy.special import erf
-
-        cdf = lambda v: 0.5 * (1 + erf((v - c) / (SIGMA * np.sqrt(2))))  # noqa: E731
-        prof = cdf(y + 0.5) - cdf(y - 0.5)
+        prof = 0.5 * (erf((y + 0.5 - c) / (SIGMA * np.sqrt(2))) - erf((y - 0.5 - c) / (SIGMA * np.sqrt(2))))
         model[i] = FLUX * (1 - depth[i]) * prof + background
     noise = rng.normal(0, ERR, model.shape)
     stripe = rng.normal(0, stripes, (NINT, 1, NX)) if stripes else np.zeros((NINT, 1, NX))

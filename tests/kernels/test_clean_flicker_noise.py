@@ -26,6 +26,7 @@ def _ramp_from_diffs(diffs, g0=None):
 # ------------------------------------------------------------------ statistics
 
 
+@pytest.mark.filterwarnings("ignore:Input data contains invalid values")
 def test_sigma_clipped_stats_matches_astropy():
     from astropy.stats import sigma_clipped_stats
 
@@ -199,17 +200,26 @@ def _striped_exposure(nint=3, ngroup=4, ny=32, nx=48, stripe_sigma=2.0, seed=1):
     return ds, clean
 
 
-def test_default_is_skip():
+def test_default_is_skip_in_the_pipeline():
+    from daskramp import pipeline
+
     ds, _ = _striped_exposure()
     assert Params().skip is True
-    out = clean_flicker_noise(ds)
+    assert pipeline.step_params("clean_flicker_noise").skip is True
+    out = clean_flicker_noise(ds, skip=True)
     assert out.attrs["S_CLNFNS"] == "SKIPPED"
-    assert out["data"] is not None and np.array_equal(out["data"].values, ds["data"].values)
+    assert np.array_equal(out["data"].values, ds["data"].values)
+    # the pipeline checks Params.skip and then calls the wrapper without ``skip``: it must run
+    p = pipeline.step_params("clean_flicker_noise", {"skip": False, "n_sigma": 2.5})
+    ran = pipeline._call_step("clean_flicker_noise", ds, None, p, stats_scope="segment")
+    assert ran.attrs["S_CLNFNS"] == "COMPLETE"
+    np.testing.assert_array_equal(ran["data"].values,
+                                  clean_flicker_noise(ds, n_sigma=2.5)["data"].values)
 
 
 def test_stripes_removed_and_source_kept():
     ds, clean = _striped_exposure()
-    out = clean_flicker_noise(ds, skip=False)
+    out = clean_flicker_noise(ds)
     assert out.attrs["S_CLNFNS"] == "COMPLETE"
     bg = np.r_[0:12, 20:32]
 
@@ -231,11 +241,11 @@ def test_stripes_removed_and_source_kept():
 
 def test_lazy_equals_eager_and_builds_nothing():
     ds, _ = _striped_exposure()
-    eager = clean_flicker_noise(ds, skip=False, save_mask=True)
+    eager = clean_flicker_noise(ds, save_mask=True)
     for chunks in ({"integration": 1}, {"integration": 2, "x": 16}, {"x": 8, "y": 16}):
         lazy_in = ds.chunk(chunks)
         with forbid_compute():
-            lazy = clean_flicker_noise(lazy_in, skip=False, save_mask=True)
+            lazy = clean_flicker_noise(lazy_in, save_mask=True)
         assert lazy["data"].chunks == lazy_in["data"].chunks  # layout kept for later steps
         with dask.config.set(scheduler="synchronous"):
             np.testing.assert_array_equal(lazy["data"].values, eager["data"].values)
@@ -246,10 +256,10 @@ def test_user_mask_array_and_per_integration_masks():
     ds, _ = _striped_exposure(nint=2)
     m = np.ones((32, 48), bool)
     m[12:20] = False
-    a = clean_flicker_noise(ds, skip=False, user_mask=m)
-    b = clean_flicker_noise(ds, skip=False, user_mask=xr.DataArray(m, dims=("y", "x")))
+    a = clean_flicker_noise(ds, user_mask=m)
+    b = clean_flicker_noise(ds, user_mask=xr.DataArray(m, dims=("y", "x")))
     np.testing.assert_array_equal(a["data"].values, b["data"].values)
-    c = clean_flicker_noise(ds.chunk({"integration": 1}), skip=False, single_mask=False, save_mask=True)
+    c = clean_flicker_noise(ds.chunk({"integration": 1}), single_mask=False, save_mask=True)
     assert c["flicker_mask"].dims == ("integration", "y", "x")
     with dask.config.set(scheduler="synchronous"):
         assert c["flicker_mask"].values[:, 15, :].sum() == 0  # the band is masked in both
@@ -259,7 +269,7 @@ def test_unimplemented_options_raise():
     ds, _ = _striped_exposure(nint=1)
     for kw in ({"fit_method": "fft"}, {"background_method": "model"}, {"fit_histogram": True}):
         with pytest.raises(NotImplementedError):
-            clean_flicker_noise(ds, skip=False, **kw)
+            clean_flicker_noise(ds, **kw)
 
 
 @pytest.mark.parity
@@ -272,8 +282,8 @@ def test_parity_with_official_user_mask(tmp_path):
 
     configure_offline(tmp_path / "crds")  # no network; every reference is N/A
     pytest.importorskip("jwst")
-    from stdatamodels.jwst import datamodels
     from jwst.clean_flicker_noise import CleanFlickerNoiseStep
+    from stdatamodels.jwst import datamodels
 
     ds, _ = _striped_exposure(nint=2, ngroup=5, ny=40, nx=64)
     d = ds["data"].values
@@ -287,5 +297,5 @@ def test_parity_with_official_user_mask(tmp_path):
     model.meta.subarray.slowaxis, model.meta.subarray.fastaxis = -1, -2
     theirs = CleanFlickerNoiseStep.call(model, skip=False, override_flat="N/A", override_pastasoss="N/A",
                                         user_mask=str(tmp_path / "mask.fits")).data
-    ours = clean_flicker_noise(ds, skip=False, user_mask=m)["data"].values
+    ours = clean_flicker_noise(ds, user_mask=m)["data"].values
     np.testing.assert_allclose(ours, theirs, atol=1e-3)
