@@ -132,7 +132,8 @@ def main(argv=None) -> int:
             p.error("--uncal needs --refs")
         uncal, refs_dir = Path(args.uncal), Path(args.refs)
     else:
-        sim = simulated("niriss-soss", args.nints, seed=args.seed, nx=args.nx)
+        geometry = {} if args.nx == 2048 else {"nx": args.nx}  # the real width shares the cache
+        sim = simulated("niriss-soss", args.nints, seed=args.seed, **geometry)
         uncal, refs_dir = sim.uncal_files[0], sim.refs_dir
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="daskramp-parity-"))
     print(f"# uncal {uncal} ({os.path.getsize(uncal) / 1e6:.0f} MB), refs {refs_dir}", flush=True)
