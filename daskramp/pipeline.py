@@ -101,6 +101,8 @@ class Detector1Result:
     rateints: xr.Dataset | None
     intermediates: dict[str, xr.Dataset] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    #: whole-frame statistics (lazy unless given): refpix offsets, jump's DO_NOT_USE planes
+    frame_stats: dict = field(default_factory=dict)
 
     def products(self) -> dict[str, xr.Dataset]:
         out = {k: v for k, v in (("rateints", self.rateints), ("rate", self.rate)) if v is not None}
@@ -160,11 +162,15 @@ def _image(ref, ext="SCI"):
     return None if ref is None else ref.arrays.get(ext)
 
 
-def _call_step(name: str, ds: xr.Dataset, refs, params, *, stats_scope: str):
+def _kwargs(params) -> dict:
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.name != "skip"}
+
+
+def _call_step(name: str, ds: xr.Dataset, refs, params, *, stats_scope: str, **extra):
     """Map reference files to the wrapper's keyword arguments and run one step lazily."""
     mod = step_module(name)
     fn = getattr(mod, name)
-    kw = {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.name != "skip"}
+    kw = {**_kwargs(params), **extra}
     missing = [rt for rt in STEP_REFTYPES.get(name, ()) if _ref(refs, rt) is None]
     if name == "dq_init":
         if missing:
@@ -232,6 +238,7 @@ def detector1(
     memory_limit: int | None = None,
     tile_columns: int | None = None,
     overrides: Mapping[str, str] | None = None,
+    frame_stats: Mapping | str | None = None,
 ) -> Detector1Result:
     """Build the calwebb_detector1 graph for an exposure; nothing is computed.
 
@@ -251,6 +258,15 @@ def detector1(
         Steps whose output ramp is returned in ``intermediates`` (like ``save_results``).
     memory_limit : int, optional
         Bytes per worker task budget used to size the pixel tiles of jump/ramp_fit.
+    frame_stats : mapping or "compute", optional
+        Whole-frame statistics that tile-local work cannot see: refpix's per-frame
+        reference-pixel offsets and jump's "every pixel DO_NOT_USE" planes.  By default they
+        are lazy reductions inside the one graph (``result.frame_stats``), which then has a
+        barrier: every tile must pass the early steps before the first tile can be corrected.
+        ``"compute"`` evaluates them first (a streaming pass that keeps only reference pixels
+        and flags, through the active dask scheduler) and builds the graph on the results,
+        so tiles then flow through independently with bounded memory; a mapping passes
+        results computed earlier.
 
     Returns
     -------
@@ -277,6 +293,19 @@ def detector1(
         # a missing reftype skips the steps that need it, as CRDS "N/A" does
         refs = RefSet.from_dir(refs, ds.attrs, overrides=overrides, required=())
 
+    if isinstance(frame_stats, str):
+        if frame_stats != "compute":
+            raise ConfigError(f"frame_stats must be a mapping or 'compute', got {frame_stats!r}")
+        import dask
+
+        first = detector1(ds, refs, steps=steps, stats_scope=stats_scope, memory_limit=memory_limit,
+                          tile_columns=tile_columns)
+        (computed,) = dask.compute(first.frame_stats)
+        return detector1(ds, refs, steps=steps, stats_scope=stats_scope, save_steps=save_steps,
+                         memory_limit=memory_limit, tile_columns=tile_columns, frame_stats=computed)
+    given_stats = dict(frame_stats or {})
+    lazy_stats: dict = {}
+
     params = {name: step_params(name, steps.get(name)) for name in STEP_ORDER}
     provenance: dict = {
         "pipeline": "calwebb_detector1",
@@ -287,18 +316,18 @@ def detector1(
     }
 
     ds = _as_float(ds)
-    cols = None
+    # the whole chain runs on pixel tiles (all integrations of a segment × a band of columns),
+    # so no step ever needs more than one tile (plus halos) in memory
+    cols = plan_tiles(ds, memory_limit=memory_limit, stats_scope=stats_scope,
+                      tile_columns=tile_columns)
+    ds = _tile(ds, cols, stats_scope)
+    provenance["tile_columns"] = cols
     rate = rateints = None
     intermediates: dict[str, xr.Dataset] = {}
     for name in STEP_ORDER:
         p = params[name]
         record = {"parameters": dataclasses.asdict(p)}
         provenance["steps"][name] = record
-        if name == "jump" or (name == "ramp_fit" and cols is None):
-            cols = plan_tiles(ds, memory_limit=memory_limit, stats_scope=stats_scope,
-                              tile_columns=tile_columns)
-            ds = _tile(ds, cols, stats_scope)
-            provenance["tile_columns"] = cols
         if p.skip:
             record["status"] = "SKIPPED"
             _set_status(ds, name, "SKIPPED")
@@ -323,7 +352,22 @@ def detector1(
             rateints = fn(rateints, **kw)
             record["status"] = rate.attrs.get("S_GANSCL", "COMPLETE")
             continue
-        out = _call_step(name, ds, refs, p, stats_scope=stats_scope)
+        extra = {}
+        if name == "refpix":
+            from .steps.refpix import refpix_offsets
+
+            off = given_stats.get("refpix_offsets")
+            if off is None:
+                off = lazy_stats["refpix_offsets"] = refpix_offsets(ds, **_kwargs(p))
+            extra["offsets"] = off
+        elif name == "jump":
+            planes = given_stats.get("plane_dnu")
+            if planes is None:
+                # groups in which every pixel of the whole frame is DO_NOT_USE
+                planes = lazy_stats["plane_dnu"] = (
+                    (ds[dims.GROUPDQ] & np.uint8(1)) != 0).all(dim=(dims.Y, dims.X))
+            extra["plane_dnu"] = planes.data if isinstance(planes, xr.DataArray) else planes
+        out = _call_step(name, ds, refs, p, stats_scope=stats_scope, **extra)
         if out is None:
             record["status"] = "SKIPPED"
             record["reason"] = f"no reference file for {STEP_REFTYPES.get(name)}"
@@ -339,7 +383,7 @@ def detector1(
         if prod is not None:
             prod.attrs.update(statuses)
     return Detector1Result(rate=rate, rateints=rateints, intermediates=intermediates,
-                           provenance=provenance)
+                           provenance=provenance, frame_stats={**lazy_stats, **given_stats})
 
 
 def _set_status(ds: xr.Dataset, name: str, status: str) -> None:
@@ -350,10 +394,34 @@ def _tile(ds: xr.Dataset, cols: int, stats_scope: str) -> xr.Dataset:
     """Lay the ramp out in pixel tiles: whole segments × all groups × all rows × ``cols`` columns."""
     from .steps._apply import chunk_by_segment
 
+    if not any(hasattr(v.data, "dask") for v in ds.data_vars.values()):
+        return ds
     ds = chunk_by_segment(ds, stats_scope=stats_scope)
-    if any(hasattr(v.data, "dask") for v in ds.data_vars.values()):
-        ds = dims.chunk(ds, {dims.Y: -1, dims.X: cols})
-    return ds
+    return dims.chunk(ds, {dims.Y: -1, dims.X: cols})
+
+
+def tile_chunks(ds: xr.Dataset, cols: int, stats_scope: str = "segment") -> dict:
+    """Dask chunks of the pixel-tile layout, to open an exposure directly in it."""
+    if stats_scope == "exposure":
+        ints = (ds.sizes[dims.INTEGRATION],)
+    else:
+        ints = tuple(b - a for a, b in dims.segment_bounds(ds))
+    return {dims.INTEGRATION: ints, dims.GROUP: -1, dims.Y: -1, dims.X: cols}
+
+
+def open_tiled(path_or_files, *, memory_limit: int | None = None, stats_scope: str = "segment",
+               tile_columns: int | None = None) -> xr.Dataset:
+    """Open an exposure directly in the pixel-tile layout sized for ``memory_limit``.
+
+    Each dask chunk then reads only its own tile from the store (the store's inner chunks are
+    column bands), so no task ever loads whole frames of every integration.
+    """
+    from .io import open_exposure
+
+    probe = open_exposure(path_or_files)
+    cols = plan_tiles(probe, memory_limit=memory_limit, stats_scope=stats_scope,
+                      tile_columns=tile_columns)
+    return open_exposure(path_or_files, chunks=tile_chunks(probe, cols, stats_scope))
 
 
 def summarize(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> dict:

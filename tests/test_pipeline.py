@@ -174,3 +174,19 @@ def test_rateints_carry_int_times(products, soss):
     assert np.all(np.diff(rateints["int_mid_MJD_UTC"].values) > 0)
     assert list(rateints["segment"].values) == [1] * 6 + [2] * 6
     assert isinstance(rateints, xr.Dataset)
+
+
+def test_two_pass_frame_statistics_give_identical_products(soss, products, tmp_path):
+    """Frame statistics computed first (streaming mode) change nothing in the products."""
+    from daskramp.pipeline import open_tiled
+
+    store = ingest(soss.uncal_files, tmp_path / "exp.zarr")
+    ds = open_tiled(store, tile_columns=64)
+    # opened straight in the tile layout: whole segments × 64 columns
+    assert ds["data"].data.chunks[0] == (6, 6) and set(ds["data"].data.chunks[3]) == {64}
+    with dask.config.set(scheduler="threads"):
+        res = detector1(ds, soss.refs_dir, frame_stats="compute", tile_columns=64)
+        assert not hasattr(res.frame_stats["refpix_offsets"].data, "dask")
+        ri = res.rateints.compute()
+    for var in ("data", "err", "dq"):
+        np.testing.assert_array_equal(ri[var].values, products[0][var].values, err_msg=var)

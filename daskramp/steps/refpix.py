@@ -81,25 +81,22 @@ def _gather(arr: xr.DataArray, layout: kernel.ReferenceLayout) -> xr.DataArray:
     return out.chunk({REFPIX_DIM: -1}) if out.chunks is not None else out
 
 
-def _correct(
+def _offsets(
     ramp: xr.DataArray, pixeldq: xr.DataArray, *, geometry: dict, params: Params
-) -> xr.DataArray:
-    """Lazily corrected float32 copy of a ``(integration, group, y, x)`` ramp."""
+) -> xr.DataArray | None:
+    """Lazy per-frame offsets ``(integration, group, refpix_term)`` (None: no reference pixel)."""
     ny, nx = ramp.sizes[Y], ramp.sizes[X]
     y0, x0 = geometry["y0"], geometry["x0"]
-    fast, slow = geometry["fastaxis"], geometry["slowaxis"]
     mode = kernel.correction_mode(ny, nx, noutputs=geometry["noutputs"])
     layout = kernel.reference_layout(
         ny, nx, substrt1=x0 + 1, substrt2=y0 + 1, subarray=geometry["subarray"]
     )
     if layout.size == 0:
-        # no reference pixel in the subarray: nothing to subtract
-        return ramp.astype(FLOAT_DTYPE) if ramp.dtype != FLOAT_DTYPE else ramp
-
+        return None
     ref = _gather(ramp, layout)
     ref_dq = _gather(pixeldq, layout) | xr.DataArray(layout.extra_dq, dims=REFPIX_DIM)
     nterms = kernel.offsets_size(mode, use_side_ref_pixels=params.use_side_ref_pixels)
-    offsets = xr.apply_ufunc(
+    return xr.apply_ufunc(
         kernel.refpix_offsets,
         ref,
         ref_dq,
@@ -111,8 +108,8 @@ def _correct(
         kwargs={
             "ref_y": layout.y,
             "ref_x": layout.x,
-            "fastaxis": fast,
-            "slowaxis": slow,
+            "fastaxis": geometry["fastaxis"],
+            "slowaxis": geometry["slowaxis"],
             "mode": mode,
             "odd_even_columns": params.odd_even_columns,
             "use_side_ref_pixels": params.use_side_ref_pixels,
@@ -121,6 +118,22 @@ def _correct(
             "siglimit": params.siglimit,
         },
     )
+
+
+def _correct(
+    ramp: xr.DataArray, pixeldq: xr.DataArray, *, geometry: dict, params: Params,
+    offsets: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Lazily corrected float32 copy of a ``(integration, group, y, x)`` ramp."""
+    ny, nx = ramp.sizes[Y], ramp.sizes[X]
+    y0, x0 = geometry["y0"], geometry["x0"]
+    fast, slow = geometry["fastaxis"], geometry["slowaxis"]
+    mode = kernel.correction_mode(ny, nx, noutputs=geometry["noutputs"])
+    if offsets is None:
+        offsets = _offsets(ramp, pixeldq, geometry=geometry, params=params)
+    if offsets is None:
+        # no reference pixel in the subarray: nothing to subtract
+        return ramp.astype(FLOAT_DTYPE) if ramp.dtype != FLOAT_DTYPE else ramp
     profiles = {}
     for dim, start, size in ((Y, y0, ny), (X, x0, nx)):
         profiles[dim] = xr.apply_ufunc(
@@ -150,7 +163,44 @@ def _correct(
     )
 
 
-def refpix(ds: xr.Dataset, **params) -> xr.Dataset:
+def _geometry(ds: xr.Dataset) -> dict | None:
+    """Detector placement of the subarray (None when it does not fit on the detector)."""
+    a = ds.attrs
+    ny, nx = ds.sizes[Y], ds.sizes[X]
+    # the detector position of the subarray: coordinates if present, else SUBSTRT1/2
+    y0 = int(ds[Y].values[0]) if Y in ds.coords and ny else int(a["SUBSTRT2"]) - 1
+    x0 = int(ds[X].values[0]) if X in ds.coords and nx else int(a["SUBSTRT1"]) - 1
+    if not kernel.subarray_fits(ny, nx, substrt1=x0 + 1, substrt2=y0 + 1):
+        return None
+    return {
+        "y0": y0,
+        "x0": x0,
+        "fastaxis": int(a["FASTAXIS"]),
+        "slowaxis": int(a["SLOWAXIS"]),
+        "noutputs": int(a["NOUTPUTS"]),
+        "subarray": str(a.get("SUBARRAY", "")),
+    }
+
+
+def refpix_offsets(ds: xr.Dataset, **params) -> xr.DataArray | None:
+    """The per-frame reference-pixel offsets of ``ds`` as a small lazy array.
+
+    Dims ``(integration, group, refpix_term)`` float64 DN: the amplifier × column-parity
+    offsets and, with side reference pixels, the per-detector-row side signal (see
+    :func:`daskramp.kernels.refpix.refpix_offsets`).  None when the subarray has no reference
+    pixels or does not fit on the detector.  Computing it reads every frame once but keeps
+    only the reference pixels; :func:`refpix` accepts the computed result (``offsets=``) so a
+    pipeline can evaluate these frame statistics in a first pass and then stream the
+    correction tile by tile without holding whole frames.
+    """
+    p = Params(**params)
+    geometry = _geometry(ds)
+    if geometry is None or p.skip:
+        return None
+    return _offsets(ds[DATA], ds[PIXELDQ], geometry=geometry, params=p)
+
+
+def refpix(ds: xr.Dataset, *, offsets: xr.DataArray | None = None, **params) -> xr.Dataset:
     """Reference-pixel correction of a near-IR exposure (lazy).
 
     Parameters
@@ -159,6 +209,9 @@ def refpix(ds: xr.Dataset, **params) -> xr.Dataset:
         Exposure (see :mod:`daskramp.dims`), ``data`` in DN; whole frames or pixel tiles.
         Geometry from the attrs SUBSTRT1/2 (and the ``y``/``x`` coordinates), FASTAXIS,
         SLOWAXIS, NOUTPUTS, SUBARRAY, INSTRUME.
+    offsets : xarray.DataArray, optional
+        Precomputed :func:`refpix_offsets` of this exposure (a pipeline's frame-statistics
+        pass); by default they are derived lazily from ``ds`` itself.
     **params
         Fields of :class:`Params` (official names); unknown names raise TypeError.
 
@@ -195,20 +248,10 @@ def refpix(ds: xr.Dataset, **params) -> xr.Dataset:
             return _with_status(ds, SKIPPED)
         raise NotImplementedError("refpix: MIRI reference-pixel correction is not implemented")
 
-    # the detector position of the subarray: coordinates if present, else SUBSTRT1/2
-    y0 = int(ds[Y].values[0]) if Y in ds.coords and ny else int(a["SUBSTRT2"]) - 1
-    x0 = int(ds[X].values[0]) if X in ds.coords and nx else int(a["SUBSTRT1"]) - 1
-    if not kernel.subarray_fits(ny, nx, substrt1=x0 + 1, substrt2=y0 + 1):
+    geometry = _geometry(ds)
+    if geometry is None:
         return _with_status(ds, SKIPPED)
-    geometry = {
-        "y0": y0,
-        "x0": x0,
-        "fastaxis": int(a["FASTAXIS"]),
-        "slowaxis": int(a["SLOWAXIS"]),
-        "noutputs": int(a["NOUTPUTS"]),
-        "subarray": str(a.get("SUBARRAY", "")),
-    }
-    updates = {DATA: _correct(ds[DATA], ds[PIXELDQ], geometry=geometry, params=p)}
+    updates = {DATA: _correct(ds[DATA], ds[PIXELDQ], geometry=geometry, params=p, offsets=offsets)}
     if ZEROFRAME in ds and a.get("ZEROFRAM", True):
         zf = ds[ZEROFRAME]
         corrected = _correct(
