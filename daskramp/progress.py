@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-__all__ = ["RunMonitor", "format_bytes", "format_summary"]
+__all__ = ["RunMonitor", "format_bytes", "format_summary", "scheduler_task_prefixes"]
 
 _DONE_STATES = ("memory", "released", "forgotten")
 
@@ -36,6 +36,13 @@ def _scheduler_counts(dask_scheduler, since: float) -> dict:
         for state, n in tg.states.items():
             counts[state] = counts.get(state, 0) + int(n)
     return counts
+
+
+def scheduler_task_prefixes(dask_scheduler, since: float) -> list[str]:
+    """Names of the task prefixes computed since ``since`` (runs on the scheduler: tells which
+    kinds of work a run submitted, e.g. that a rerun read no input)."""
+    return sorted({tg.prefix.name for comp in list(dask_scheduler.computations)
+                   if getattr(comp, "start", 0) >= since for tg in comp.groups})
 
 
 def format_bytes(n: float | None) -> str:

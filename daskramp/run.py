@@ -71,6 +71,16 @@ def _worker_threads(client) -> int:
     return max([int(w.get("nthreads") or 1) for w in ws] or [1])
 
 
+def _is_input(path: Path, inputs: Sequence[Path]) -> bool:
+    """``path`` is one of the inputs or inside one (a Zarr store)."""
+    path = path.resolve()
+    for p in inputs:
+        p = p.resolve()
+        if path == p or p in path.parents:
+            return True
+    return False
+
+
 def _translate(err: BaseException, inputs: Sequence[Path], outdir: Path) -> BaseException | None:
     """A clear error for a failure of the running graph, or None to re-raise it as is."""
     if not isinstance(err, OSError):
@@ -91,8 +101,7 @@ def _translate(err: BaseException, inputs: Sequence[Path], outdir: Path) -> Base
     if err.errno == errno.EROFS or err.errno == errno.EACCES and fname and str(outdir) in str(fname):
         return OutputError(err.errno, f"output location {outdir} is not writable: {err.strerror}")
     if isinstance(err, FileNotFoundError) or err.errno == errno.ENOENT:
-        names = {str(p) for p in inputs}
-        if fname and (str(fname) in names or any(str(fname).startswith(n) for n in names)):
+        if fname and _is_input(Path(fname), inputs):
             return InputError(errno.ENOENT, f"input file disappeared during the run: {fname}; "
                               f"products not yet complete were not marked complete", fname)
     return None
