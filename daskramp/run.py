@@ -29,7 +29,11 @@ import xarray as xr
 from .cluster import ClusterProfile, connect, worker_memory_limit
 from .config import ConfigError
 
-WORKFLOW_SETTINGS = {"steps", "stats_scope", "save_steps", "tile_columns", "integration_chunk"}
+#: ``frame_stats``: "compute" (default) evaluates the whole-frame statistics (refpix offsets,
+#: jump's DO_NOT_USE planes) in a first streaming pass so the tiles then run independently;
+#: "lazy" keeps them inside the one graph (see ``daskramp.pipeline.detector1``)
+WORKFLOW_SETTINGS = {"steps", "stats_scope", "save_steps", "tile_columns", "integration_chunk",
+                     "frame_stats"}
 
 
 class OutputError(OSError):
@@ -105,6 +109,14 @@ def _translate(err: BaseException, inputs: Sequence[Path], outdir: Path) -> Base
             return InputError(errno.ENOENT, f"input file disappeared during the run: {fname}; "
                               f"products not yet complete were not marked complete", fname)
     return None
+
+
+def _zarr_complete(outdir: Path, root: str, names: Sequence[str]) -> bool:
+    """Every Zarr product of a run is complete in ``outdir``: the graph has nothing to compute
+    (missing FITS files are exported from the stores)."""
+    from .io.products import is_complete
+
+    return all(is_complete(outdir / f"{root}_{n}.zarr") for n in names)
 
 
 def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, steps=None,
@@ -243,21 +255,22 @@ def run(
             ds, memory_limit=mem, threads_per_worker=threads, steps=config.get("steps"),
             stats_scope=stats_scope, tile_columns=config.get("tile_columns"),
             integration_chunk=config.get("integration_chunk"))
+        if len(inputs) == 1 and inputs[0].is_dir():
+            # a Zarr store is written in column bands: open it straight in the tile layout, so
+            # each task reads only its own tile (no task ever holds whole frames)
+            from .pipeline import tile_chunks
+
+            ds = open_exposure(inputs[0], chunks=tile_chunks(ds, cols, stats_scope))
         if show:
             print(f"memory: {plan.describe()}", file=sys.stderr, flush=True)
-        result = detector1(
-            ds,
-            refs,
-            steps=config.get("steps"),
-            stats_scope=stats_scope,
-            save_steps=list(save_steps) or list(config.get("save_steps", [])),
-            memory_limit=plan.budget,
-            tile_columns=cols,
-            overrides=overrides,
-        )
-        provenance = dict(result.provenance)
-        provenance["inputs"] = [str(p) for p in inputs]
+        frame_stats = config.get("frame_stats", "compute")
+        if frame_stats not in ("compute", "lazy"):
+            raise ConfigError(f"frame_stats must be 'compute' or 'lazy', got {frame_stats!r}")
+        saved = list(save_steps) or list(config.get("save_steps", []))
         root = product_root(inputs)
+        names = ["rateints", "rate", *(f"{s}_ramp" for s in saved)]
+        if _zarr_complete(outdir, root, names):
+            frame_stats = "lazy"  # nothing will be computed: no first pass either
         if report is not None:
             from distributed import performance_report
 
@@ -267,6 +280,19 @@ def run(
         monitor = RunMonitor(client, stream=sys.stderr if show else None)
         try:
             with rep, monitor:
+                result = detector1(
+                    ds,
+                    refs,
+                    steps=config.get("steps"),
+                    stats_scope=stats_scope,
+                    save_steps=saved,
+                    memory_limit=plan.budget,
+                    tile_columns=cols,
+                    overrides=overrides,
+                    frame_stats="compute" if frame_stats == "compute" else None,
+                )
+                provenance = dict(result.provenance)
+                provenance["inputs"] = [str(p) for p in inputs]
                 paths = write_products(result.products(), outdir, root=root, provenance=provenance,
                                        fits=fits)
         except OSError as err:
