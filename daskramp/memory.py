@@ -18,6 +18,13 @@ the ``tracemalloc`` peak (numpy allocations) and the peak RSS above the pre-call
 sampled every 2 ms in a thread (numba allocations are not seen by ``tracemalloc``).  The
 input ramp is *not* included in the peak but is counted by adding 1 (data) + 0.25 (uint8
 groupdq) to the scratch ratio, since a task holds its input while it runs.
+
+The pipeline runs every step on pixel tiles and dask fuses a tile's steps into one task, so
+the task that matters is the whole chain on one tile: its factor (:data:`CHAIN_FACTOR`) was
+measured by computing one tile alone through Detector1 from a Zarr store and is larger than
+any single step's.  The worker budget per task is :data:`USABLE_FRACTION` of the limit,
+divided among its threads; the rest covers the interpreter, finished blocks waiting to be
+stored, and allocator slack.
 """
 
 from __future__ import annotations
@@ -48,6 +55,14 @@ MEASURED_SCRATCH = {
     "gain_scale": 0.0,
 }
 
+#: the pipeline lays the whole chain out in tiles and dask fuses the per-tile steps into one
+#: task, which holds the store read, the intermediates still referenced and ramp_fit's
+#: outputs at once.  Measured peak RSS of one tile computed alone through the whole chain
+#: (synchronous scheduler, tile read from a Zarr store, whole-frame statistics given):
+#: 158 × 9 × 256 × 64 → 7.76 ×, × 128 → 7.28 × the tile's float32 bytes; 7.8 is used.
+CHAIN_STEP = "fused tile chain"
+CHAIN_FACTOR = 7.8
+
 #: assembling a pixel tile from integration chunks holds the pieces and the concatenated tile
 #: (data + groupdq twice); the tile steps are projected at least at this factor
 TILE_ASSEMBLY_FACTOR = 2.5
@@ -64,6 +79,7 @@ TILE_STEPS = ("jump", "ramp_fit")
 USABLE_FRACTION = 0.6
 
 __all__ = [
+    "CHAIN_FACTOR",
     "MEASURED_SCRATCH",
     "TILE_STEPS",
     "USABLE_FRACTION",
@@ -84,6 +100,8 @@ class MemoryBudgetError(MemoryError):
 
 def step_factor(step: str) -> float:
     """Peak task bytes per float32 ramp byte of ``step`` (input block included)."""
+    if step == CHAIN_STEP:
+        return CHAIN_FACTOR
     try:
         f = INPUT_FACTOR + MEASURED_SCRATCH[step]
     except KeyError:
@@ -91,9 +109,11 @@ def step_factor(step: str) -> float:
     return max(f, TILE_ASSEMBLY_FACTOR) if step in TILE_STEPS else f
 
 
-def tile_factor(steps: Mapping[str, Mapping] | None = None) -> float:
-    """Bytes per float32 tile byte of the most demanding active tile step."""
-    return max((step_factor(s) for s in TILE_STEPS if s in active_steps(steps)), default=INPUT_FACTOR)
+def tile_factor(steps: Mapping[str, Mapping] | None = None, *, fused_chain: bool = True) -> float:
+    """Bytes per float32 tile byte of the most demanding active tile step (or of the fused
+    chain of every step on one tile)."""
+    f = max((step_factor(s) for s in TILE_STEPS if s in active_steps(steps)), default=INPUT_FACTOR)
+    return max(f, CHAIN_FACTOR) if fused_chain else f
 
 
 def task_budget(memory_limit: int | None, *, threads_per_worker: int = 1,
@@ -156,6 +176,7 @@ def check_memory(
     stats_scope: str = "segment",
     tile_columns: int,
     integration_chunk: int | None = None,
+    fused_chain: bool = True,
 ) -> MemoryPlan:
     """Project the memory of one task of every active step and compare with the budget.
 
@@ -175,6 +196,9 @@ def check_memory(
         Columns per jump/ramp_fit tile (from :func:`daskramp.pipeline.plan_tiles`).
     integration_chunk : int, optional
         Integrations per pixel-local block (default: the largest chunk of ``ds``).
+    fused_chain : bool
+        The steps run on tiles fused into one task per tile (the pipeline's layout): also
+        project :data:`CHAIN_FACTOR` × the tile.
 
     Returns
     -------
@@ -214,6 +238,8 @@ def check_memory(
         # chain out in tiles, on tiles: project the larger of the two
         elems = tile if step in TILE_STEPS else max(integration_chunk * frame, tile)
         per_step[step] = int(f * 4 * elems)
+    if fused_chain:
+        per_step[CHAIN_STEP] = int(CHAIN_FACTOR * 4 * tile)
     plan = MemoryPlan(budget=budget, integration_chunk=integration_chunk, tile_columns=tile_columns,
                       tile_integrations=tile_ints, per_step=per_step)
     if budget is None:
@@ -222,7 +248,8 @@ def check_memory(
     if not over:
         return plan
     # name the most demanding step of the first failing layout: a size that fits it fits all
-    on_tiles = {s for s in per_step if s in TILE_STEPS or tile >= integration_chunk * frame}
+    on_tiles = {s for s in per_step
+                if s in TILE_STEPS or s == CHAIN_STEP or tile >= integration_chunk * frame}
     local = [s for s in over if s not in on_tiles]
     step = max(local or over, key=per_step.get)
     need = per_step[step]

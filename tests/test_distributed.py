@@ -194,8 +194,9 @@ def test_chunking_that_cannot_fit_is_refused(cluster, data, tmp_path):
 
     files, refs = data
     # a small worker joins: the smallest limit decides.  Budget 60 % × 20 MB = 12,000,000 B.
-    # A 128-column tile (6 ints × 5 groups × 256 rows) under ramp_fit: 4.49 × 4 B × 6 × 5 × 256 ×
-    # 128 = 17.66 MB: refused; widest that fits: floor(12e6 / (4.49 × 4 × 6 × 5 × 256)) = 86
+    # A 128-column tile (6 ints × 5 groups × 256 rows) through the fused chain: 7.8 × 4 B × 6 ×
+    # 5 × 256 × 128 = 30.67 MB (29 MiB): refused; widest that fits:
+    # floor(12e6 / (7.8 × 4 × 6 × 5 × 256)) = floor(50.08) = 50
     cluster.start_worker(3, memory_limit="20MB")
     cluster.wait_for_workers(3)
     with Client(cluster.address, timeout="30s") as client:
@@ -204,9 +205,9 @@ def test_chunking_that_cannot_fit_is_refused(cluster, data, tmp_path):
             run(files, tmp_path / "out", refs=refs, client=client, quiet=True,
                 config={"tile_columns": 128})
         msg = str(info.value)
-        assert msg.startswith("step ramp_fit:") and "6 × 5 × 256 × 128" in msg
-        assert "17 MiB" in msg and "11 MiB per task" in msg and "19 MiB worker memory limit" in msg
-        assert "tile_columns=86 would fit" in msg
+        assert msg.startswith("step fused tile chain:") and "6 × 5 × 256 × 128" in msg
+        assert "29 MiB" in msg and "11 MiB per task" in msg and "19 MiB worker memory limit" in msg
+        assert "tile_columns=50 would fit" in msg
         # refused before anything was submitted
         assert client.run_on_scheduler(_scheduler_counts, since=since) == {}
     assert not any((tmp_path / "out").glob("*.zarr*"))

@@ -11,6 +11,7 @@ import pytest
 
 from daskramp import dims
 from daskramp.memory import (
+    CHAIN_FACTOR,
     INPUT_FACTOR,
     MEASURED_SCRATCH,
     TILE_ASSEMBLY_FACTOR,
@@ -55,8 +56,8 @@ def test_every_step_declares_a_factor():
     for s in TILE_STEPS:
         assert step_factor(s) >= TILE_ASSEMBLY_FACTOR
     assert step_factor("ramp_fit") == pytest.approx(1.25 + 3.24)
-    # the pipeline sizes tiles with at least the largest measured tile factor
-    assert TILE_MEMORY_FACTOR >= max(step_factor(s) for s in TILE_STEPS)
+    # the pipeline sizes tiles with at least the measured factor of the fused chain
+    assert TILE_MEMORY_FACTOR >= max(CHAIN_FACTOR, *(step_factor(s) for s in TILE_STEPS))
     with pytest.raises(ValueError, match="no memory factor"):
         step_factor("persistence")
 
@@ -75,7 +76,7 @@ def test_tile_refusal_names_step_projection_limit_and_fit():
     # fits: floor(644245094 / (4.49 × 4 × 100 × 10 × 256)) = floor(140.12) = 140 columns
     with dask.config.set(scheduler=_raising_scheduler):
         with pytest.raises(MemoryBudgetError) as info:
-            check_memory(ds, memory_limit=GiB, tile_columns=256)
+            check_memory(ds, memory_limit=GiB, tile_columns=256, fused_chain=False)
     msg = str(info.value)
     assert isinstance(info.value, MemoryError)
     # jump (2.5 × 250 = 625 MiB) is over too; the most demanding step is named, so the
@@ -85,7 +86,7 @@ def test_tile_refusal_names_step_projection_limit_and_fit():
     assert "614 MiB per task" in msg and "1,024 MiB worker memory limit" in msg
     assert "tile_columns=140 would fit" in msg
     # and 140 columns does fit
-    plan = check_memory(ds, memory_limit=GiB, tile_columns=140)
+    plan = check_memory(ds, memory_limit=GiB, tile_columns=140, fused_chain=False)
     assert plan.peak <= plan.budget and plan.worst_step == "ramp_fit"
 
 
@@ -95,7 +96,7 @@ def test_pixel_local_refusal_comes_first():
     # tiles (ramp_fit 1122.5 MiB) are over: the earlier layout is reported first, by its worst
     # step (dark_current), with floor(644245094 / (2.42 × 4 × 5242880)) = 12 integrations
     with pytest.raises(MemoryBudgetError, match="step dark_current: .*integration_chunk=12 would fit"):
-        check_memory(ds, memory_limit=GiB, tile_columns=256)
+        check_memory(ds, memory_limit=GiB, tile_columns=256, fused_chain=False)
 
 
 def test_integration_chunk_refusal_and_fit():
@@ -105,11 +106,12 @@ def test_integration_chunk_refusal_and_fit():
     # = 968 MiB do not.  The worst is named, with floor(644245094 / (2.42 × 4 × 5242880))
     # = floor(12.69) = 12 integrations
     with pytest.raises(MemoryBudgetError) as info:
-        check_memory(ds, memory_limit=GiB, tile_columns=16)
+        check_memory(ds, memory_limit=GiB, tile_columns=16, fused_chain=False)
     msg = str(info.value)
     assert msg.startswith("step dark_current:") and "968 MiB" in msg
     assert "integration_chunk=12 would fit" in msg
-    ok = check_memory(dims.chunk(ds, {dims.INTEGRATION: 12}), memory_limit=GiB, tile_columns=16)
+    ok = check_memory(dims.chunk(ds, {dims.INTEGRATION: 12}), memory_limit=GiB, tile_columns=16,
+                      fused_chain=False)
     assert ok.peak <= ok.budget
 
 
@@ -118,8 +120,19 @@ def test_skipped_steps_are_not_checked():
     steps = {s: {"skip": True} for s in ("saturation", "superbias", "refpix", "linearity",
                                          "dark_current")}
     # only dq_init (612 MiB) remains among the pixel-local steps: it fits
-    plan = check_memory(ds, memory_limit=GiB, tile_columns=16, steps=steps)
+    plan = check_memory(ds, memory_limit=GiB, tile_columns=16, steps=steps, fused_chain=False)
     assert "saturation" not in plan.per_step and plan.per_step["dq_init"] <= plan.budget
+
+
+def test_fused_chain_projection():
+    ds = _exposure()
+    # the whole chain fused on one 64-column tile: 7.8 × 100 × 10 × 256 × 64 × 4 B = 487.5 MiB
+    # fits 614.4 MiB; 128 columns (975 MiB) do not.  Widest: floor(644245094 / (7.8 × 4 × 100 ×
+    # 10 × 256)) = floor(80.66) = 80 columns
+    plan = check_memory(ds, memory_limit=GiB, tile_columns=64, steps={})
+    assert plan.worst_step == "fused tile chain" and plan.peak == int(7.8 * 4 * 100 * 10 * 256 * 64)
+    with pytest.raises(MemoryBudgetError, match=r"step fused tile chain: .* 975 MiB .*tile_columns=80 would fit"):
+        check_memory(ds, memory_limit=GiB, tile_columns=128)
 
 
 def test_plan_chunking_default_fits_explicit_is_refused():
@@ -128,14 +141,14 @@ def test_plan_chunking_default_fits_explicit_is_refused():
         out, cols, plan = plan_chunking(ds, memory_limit=GiB)
     # chosen automatically: chunks shrink to what the worst pixel-local step fits
     # (dark_current, 2.42×: floor(644245094 / (2.42 × 4 × 5242880)) = 12) and the tile width
-    # to what ramp_fit fits (140, rounded down to a power of two dividing 2048: 128)
+    # to what the fused chain fits (80, rounded down to a power of two dividing 2048: 64)
     assert max(out["data"].chunks[0]) == 12
-    assert cols == 128 and plan.peak <= plan.budget
+    assert cols == 64 and plan.peak <= plan.budget
     with pytest.raises(MemoryBudgetError, match="integration_chunk=12 would fit"):
         plan_chunking(ds, memory_limit=GiB, integration_chunk=50)
-    # 512-column tiles: dark_current on the tile (2.42 × 500 MiB = 1210 MiB) is over, and the
-    # suggestion must also fit ramp_fit on the same tile: 140 columns
-    with pytest.raises(MemoryBudgetError, match="tile_columns=140 would fit"):
+    # 512-column tiles: the chain (7.8 × 500 MiB) is over; the suggestion fits every step on
+    # the same tile: 80 columns
+    with pytest.raises(MemoryBudgetError, match="step fused tile chain: .*tile_columns=80 would fit"):
         plan_chunking(ds, memory_limit=GiB, tile_columns=512)
     # no limit, no check
     _, cols, plan = plan_chunking(ds, memory_limit=None)

@@ -1,0 +1,223 @@
+"""Out-of-core Detector1: exposures of 1×, 4× and 16× one 158-integration SOSS segment.
+
+Each size is run end to end on a fresh local cluster (default 2 worker processes, 1 thread,
+2 GB each): uncal FITS → Zarr store (``daskramp.io.ingest``) → Detector1 → rate/rateints Zarr
+products (``daskramp.run.run``).  Printed per size, all measured in this run:
+
+* wall time of the conversion, of the Detector1 run and of both; throughput in uncal MB/s;
+* peak RSS of each worker process (sampled every 0.1 s) and of all processes together;
+* bytes read and written by all processes (``read_chars``/``write_chars``: through the page
+  cache too) per pixel-group (one pixel of one group of one integration = 2 uncal bytes).
+
+Targets: peak memory flat within 10 % across sizes; wall time linear in size within 15 %.
+Inputs are simulated once and cached (``benchmarks/_common.simulated``); free disk is checked
+first and the largest sizes dropped, with a message, if they do not fit.  Usage::
+
+    python benchmarks/out_of_core.py                    # 1× and 4×
+    python benchmarks/out_of_core.py --sizes 1,4,16     # 16× ≈ 24 GB of uncal
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CACHE, gib, simulated  # noqa: E402
+
+SEGMENT_NINTS = 158
+#: bytes of one 158 × 9 × 256 × 2048 uncal segment (uint16)
+SEGMENT_BYTES = SEGMENT_NINTS * 9 * 256 * 2048 * 2
+
+
+class ProcessSampler:
+    """Peak RSS of each of some processes and of a whole process tree, sampled in a thread."""
+
+    def __init__(self, pids: dict[str, int], root: int | None = None, interval: float = 0.1):
+        self.pids = dict(pids)
+        self.root = root or os.getpid()
+        self.interval = interval
+        self.peak = {k: 0 for k in self.pids}
+        self.peak_total = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _tree(self):
+        import psutil
+
+        root = psutil.Process(self.root)
+        return [root, *root.children(recursive=True)]
+
+    def sample(self):
+        import psutil
+
+        total = 0
+        for p in self._tree():
+            try:
+                total += p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        self.peak_total = max(self.peak_total, total)
+        for name, pid in self.pids.items():
+            try:
+                self.peak[name] = max(self.peak[name], psutil.Process(pid).memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self):
+        self.sample()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.sample()
+
+
+def io_chars(root: int | None = None) -> tuple[int, int]:
+    """(read, written) bytes so far by a process tree, page cache included."""
+    import psutil
+
+    r = w = 0
+    p0 = psutil.Process(root or os.getpid())
+    for p in [p0, *p0.children(recursive=True)]:
+        try:
+            c = p.io_counters()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        r += getattr(c, "read_chars", c.read_bytes)
+        w += getattr(c, "write_chars", c.write_bytes)
+    return r, w
+
+
+def worker_pids(client) -> dict[str, int]:
+    return {str(k): v for k, v in client.run(os.getpid).items()}
+
+
+def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: bool,
+             tile_columns: int | None = None) -> dict:
+    """Convert + run one exposure on a fresh local cluster; measured figures."""
+    from daskramp.cluster import ClusterProfile, connect
+    from daskramp.io import ingest
+    from daskramp.run import run
+
+    prof = ClusterProfile(workers=workers, threads_per_worker=1, memory_limit=memory_limit,
+                          dashboard_address=None)
+    store, out = work / "exposure.zarr", work / "products"
+    cfg = {"tile_columns": tile_columns} if tile_columns else {}
+    with connect(prof, quiet=True) as client:
+        pids = worker_pids(client)
+        r0, w0 = io_chars()
+        with ProcessSampler(pids) as mem:
+            t0 = time.perf_counter()
+            ingest(files, store, overwrite=True)
+            t1 = time.perf_counter()
+            summary = run([store], out, refs=refs, client=client, quiet=True, fits=fits, config=cfg)
+            t2 = time.perf_counter()
+        r1, w1 = io_chars()
+    uncal = sum(Path(f).stat().st_size for f in files)
+    return {
+        "uncal_bytes": uncal,
+        "pixel_groups": summary["pixel_groups"],
+        "ingest_s": t1 - t0,
+        "run_s": t2 - t1,
+        "wall_s": t2 - t0,
+        "peak_worker": mem.peak,
+        "peak_total": mem.peak_total,
+        "read_per_pg": (r1 - r0) / summary["pixel_groups"],
+        "written_per_pg": (w1 - w0) / summary["pixel_groups"],
+        "tile_columns": summary["tile_columns"],
+        "tasks": summary["tasks"],
+    }
+
+
+def fit_sizes(sizes: list[int], work: Path, fits: bool) -> list[int]:
+    """Sizes whose inputs (if not cached) and outputs fit on the disks; others dropped loudly."""
+    keep = []
+    free_cache = shutil.disk_usage(CACHE.parent if not CACHE.exists() else CACHE).free
+    free_work = shutil.disk_usage(work).free
+    for k in sorted(sizes):
+        need_in = 0 if _cached(k) else 1.1 * k * SEGMENT_BYTES
+        # store (compressed ≤ raw) + rateints (20 B per pixel and integration vs 18 B of uncal)
+        need_out = k * SEGMENT_BYTES * (1.0 + 1.2 * (2 if fits else 1))
+        same_disk = os.stat(work).st_dev == os.stat(CACHE if CACHE.exists() else CACHE.parent).st_dev
+        if same_disk:
+            ok = need_in + need_out < 0.9 * free_work
+        else:
+            ok = need_in < 0.9 * free_cache and need_out < 0.9 * free_work
+        if ok:
+            keep.append(k)
+            if same_disk:
+                free_work -= need_in
+        else:
+            print(f"# size {k}× dropped: needs {gib(need_in)} for inputs and {gib(need_out)} for "
+                  f"outputs, {gib(free_work)} free in {work}", flush=True)
+    return keep
+
+
+def _cached(k: int) -> bool:
+    return (CACHE / f"niriss-soss-n{SEGMENT_NINTS}-s{k}-gNone-seed1" / ".done").exists()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1,4", help="multiples of one 158-integration segment")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--memory-limit", default="2GB")
+    p.add_argument("--fits", action="store_true", help="also export FITS products")
+    p.add_argument("--workdir", default=None, help="where stores and products go (default: a temp dir)")
+    args = p.parse_args(argv)
+
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="daskramp-ooc-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = fit_sizes(sizes, work, args.fits)
+    print(f"# load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+          f"{args.workers} workers × 1 thread, memory limit {args.memory_limit} each", flush=True)
+    rows = {}
+    try:
+        for k in sizes:
+            sim = simulated("niriss-soss", SEGMENT_NINTS, segments=k)
+            d = work / f"x{k}"
+            res = run_size(sim.uncal_files, sim.refs_dir, d, workers=args.workers,
+                           memory_limit=args.memory_limit, fits=args.fits)
+            shutil.rmtree(d, ignore_errors=True)
+            rows[k] = res
+            peaks = ", ".join(f"{n}: {gib(b)}" for n, b in sorted(res["peak_worker"].items()))
+            print(f"{k:>3}×  uncal {gib(res['uncal_bytes'])}  ingest {res['ingest_s']:7.1f} s  "
+                  f"run {res['run_s']:7.1f} s  total {res['wall_s']:7.1f} s  "
+                  f"{res['uncal_bytes'] / 1e6 / res['wall_s']:6.1f} MB/s  "
+                  f"peak per worker [{peaks}]  all processes {gib(res['peak_total'])}  "
+                  f"read {res['read_per_pg']:.2f} B/pg  written {res['written_per_pg']:.2f} B/pg  "
+                  f"(tiles of {res['tile_columns']} columns, {res['tasks']} tasks)", flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if len(rows) >= 2:
+        ks = sorted(rows)
+        base = rows[ks[0]]
+        worker_peaks = {k: max(r["peak_worker"].values()) for k, r in rows.items()}
+        spread = max(worker_peaks.values()) / min(worker_peaks.values()) - 1
+        print(f"peak worker RSS spread across sizes: {spread:+.1%} (target within 10 %)")
+        spread_t = max(r["peak_total"] for r in rows.values()) / min(r["peak_total"] for r in rows.values()) - 1
+        print(f"peak all-process RSS spread across sizes: {spread_t:+.1%}")
+        for k in ks[1:]:
+            ratio = (rows[k]["wall_s"] / base["wall_s"]) / (k / ks[0])
+            print(f"wall time {k}× / {ks[0]}× per unit of size: {ratio:.3f} (target 0.85–1.15)")
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
