@@ -53,7 +53,6 @@ import dask
 import numpy as np
 import xarray as xr
 
-from . import dq as _dq
 from . import plots
 from .dims import INTEGRATION, X, Y
 
