@@ -121,8 +121,9 @@ def main(argv=None) -> int:
         if args.command == "ingest":
             from .cluster import connect
             from .io import ingest
+            from .progress import RunMonitor
 
-            with connect(_cluster_profile(args)):
+            with connect(_cluster_profile(args)) as client, RunMonitor(client):
                 out = ingest(args.uncal, args.out, chunk_mb=args.chunk_mb, overwrite=args.overwrite)
             print(out)
             return 0

@@ -29,7 +29,6 @@ stored, and allocator slack.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -350,7 +349,8 @@ def measure(uncal, refs_dir, *, nint: int, x0: int, nx: int, steps: Iterable[str
         if name in steps:
             small = _cut(ds, 0, min(2, nint), 0, nx)
             _call_step(name, small, refs, p, stats_scope="segment")  # warm-up
-            peak = _measure_call(lambda: _call_step(name, ds, refs, p, stats_scope="segment"))
+            peak = _measure_call(lambda name=name, ds=ds, p=p: _call_step(name, ds, refs, p,
+                                                                          stats_scope="segment"))
             out[name] = peak / ramp_bytes
         res = _call_step(name, ds, refs, p, stats_scope="segment")
         if res is None:
