@@ -354,6 +354,15 @@ def _open(item) -> xr.Dataset:
     return open_exposure(item)
 
 
+def _reopen_tiled(item, ds: xr.Dataset, cols: int) -> xr.Dataset:
+    from .io import open_exposure
+    from .pipeline import tile_chunks
+
+    if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+        return dims.validate(open_exposure(item, chunks=tile_chunks(ds, cols)))
+    return ds
+
+
 def _check_consistent(exposures: Sequence[xr.Dataset]) -> dict:
     first = exposures[0].attrs
     for k, ds in enumerate(exposures[1:], start=2):
@@ -495,6 +504,9 @@ def make_dark(
     cols = plan_dark_tiles(ntotal, ng, ny, nx, budget=budget, tile_columns=tile_columns)
     # the Detector1 part must fit too (a tile there holds one segment only)
     cols = min(cols, min(plan_tiles(ds, memory_limit=budget) for ds in exposures))
+    # Zarr stores are reopened in the tile layout, so each task reads only its own column
+    # band (uncal FITS holds whole integrations per read and is rechunked by dask instead)
+    exposures = [_reopen_tiled(it, ds, cols) for it, ds in zip(items, exposures)]
 
     # whole-frame statistics of every exposure in one streaming pass, then graphs that tile
     first = [detector1(ds, refs, steps=run_steps, tile_columns=cols) for ds in exposures]

@@ -332,16 +332,36 @@ def test_dark_reused_on_a_new_exposure_removes_the_dark(dark, sim, tmp_path):
     assert abs(np.nanmean(rates["ours"][normal])) < abs(np.nanmean(rates["zero"][normal]))
 
 
-def test_files_and_datasets_give_the_same_dark(sim, tmp_path):
-    # the uncal segments of one exposure (grouped by name) and the same integrations as
-    # separate exposures: jump runs per segment either way, so the statistics are identical
+def test_files_stores_and_datasets_give_the_same_dark(sim, tmp_path):
+    # the uncal segments of one exposure (grouped by name), its Zarr store (reopened in the
+    # tile layout) and the same integrations as separate exposures: jump runs per segment
+    # every time, so the statistics are identical whatever the tiles
+    from daskramp.io import ingest
+
     with dask.config.set(scheduler="synchronous"):
+        store = ingest(sim.uncal_files, tmp_path / "exp.zarr")
         a = make_dark(sim.uncal_files, tmp_path / "a.fits", refs=sim.refs_dir, tile_columns=32)
         b = make_dark(_exposures(sim), tmp_path / "b.fits", refs=sim.refs_dir, tile_columns=64)
+        c = make_dark([store], tmp_path / "c.fits", refs=sim.refs_dir, tile_columns=16)
     assert a.provenance["n_exposures"] == 1 and b.provenance["n_exposures"] == NSEG
     assert a.provenance["tile_columns"] == 32 and b.provenance["tile_columns"] == 64
-    np.testing.assert_array_equal(a.stats["sci"].values, b.stats["sci"].values)
-    np.testing.assert_array_equal(a.stats["std"].values, b.stats["std"].values)
+    for other in (b, c):
+        np.testing.assert_array_equal(a.stats["sci"].values, other.stats["sci"].values)
+        np.testing.assert_array_equal(a.stats["std"].values, other.stats["std"].values)
+    np.testing.assert_array_equal(fits.getdata(a.path, "SCI"), fits.getdata(c.path, "SCI"))
+
+
+def test_store_input_is_read_in_tiles(sim, tmp_path):
+    # each task of the reduction reads its own column band of the store: the input chunks
+    # of a 16-column plan are 16 columns wide
+    from daskramp.darks import _reopen_tiled
+    from daskramp.io import ingest
+
+    with dask.config.set(scheduler="synchronous"):
+        store = ingest(sim.uncal_files, tmp_path / "exp.zarr")
+    ds = _reopen_tiled(store, open_exposure(store), 16)
+    assert ds["data"].chunks[3] == (16,) * (NPIX // 16)
+    assert ds["data"].chunks[0] == (NINTS,) * NSEG
 
 
 def test_mismatched_inputs_and_dark_current_refused(sim, tmp_path):

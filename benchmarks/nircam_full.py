@@ -1,0 +1,156 @@
+"""Detector1 on a simulated NIRCam full-frame exposure, daskramp and the official pipeline side by side.
+
+A ``nircam-full`` exposure (NRCA1, 2048 × 2048, 4 outputs, BRIGHT1, 10 groups; 10
+integrations by default, 840 MB of uncal data) is simulated once and cached
+(``benchmarks/_common.simulated``).  Prints wall time and peak memory (all processes
+together, sampled) of
+
+  * daskramp (``daskramp.run.run``: read the uncal FITS, all steps, Zarr + FITS products
+    written) on a local cluster of worker processes;
+  * the official jwst Detector1Pipeline in its own process (``maximum_cores`` settings);
+
+and the ratios, and the agreement of the two rateints.  The official pipeline runs with the
+interpreter named by ``DASKRAMP_JWST_PYTHON`` (default: this one).  Usage::
+
+    DASKRAMP_JWST_PYTHON=/work/venv-jwst/bin/python python benchmarks/nircam_full.py
+    python benchmarks/nircam_full.py --nints 2 --no-jwst # a quick look
+
+From uncal FITS the 10-integration exposure needs more than 3 GB per worker (with 2 × 3 GB
+the workers were killed in the first, whole-frame statistics pass: every float32 integration
+is read and split into column tiles before any tile is complete), hence the 6 GB default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import gib, simulated  # noqa: E402
+
+
+def run_official(uncal, refs_dir, outdir, maximum_cores="1") -> dict:
+    """The official pipeline in its own process: its JSON report plus peak tree RSS, or
+    ``{"failed": returncode, ...}`` with the peak reached before it died (e.g. OOM-killed)."""
+    import json
+    import os
+    import subprocess
+
+    from daskramp.testing.memory import TreeMemorySampler
+
+    python = os.environ.get("DASKRAMP_JWST_PYTHON", sys.executable)
+    cmd = [python, "-m", "daskramp.testing.official", str(uncal), "--refs", str(refs_dir),
+           "--out", str(outdir), "--maximum-cores", str(maximum_cores)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    with TreeMemorySampler(proc.pid, interval=0.25) as mem:
+        stdout, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        return {"failed": proc.returncode, "process_wall_s": wall, "peak_rss_bytes": mem.peak}
+    report = json.loads(stdout.strip().splitlines()[-1])
+    report.update(process_wall_s=wall, peak_rss_bytes=mem.peak)
+    return report
+
+
+def run_daskramp(files, refs, workers, memory_limit, out):
+    from daskramp.cluster import ClusterProfile
+    from daskramp.run import run
+    from daskramp.testing.memory import TreeMemorySampler
+
+    prof = ClusterProfile(workers=workers, threads_per_worker=1, memory_limit=memory_limit,
+                          dashboard_address=None)
+    with TreeMemorySampler(interval=0.1) as mem:
+        t0 = time.perf_counter()
+        summary = run(files, out, refs=refs, cluster=prof, quiet=True)
+        wall = time.perf_counter() - t0
+    return wall, mem.peak, mem.peak_per_process, summary
+
+
+def agreement(ours_zarr, official_fits) -> str:
+    import numpy as np
+    import xarray as xr
+    from astropy.io import fits
+
+    from daskramp.testing.parity import compare_arrays, compare_dq
+
+    ours = xr.open_zarr(ours_zarr, consolidated=False)
+    with fits.open(official_fits) as h:
+        d = compare_arrays(np.asarray(ours["data"].values), h["SCI"].data)
+        q = compare_dq(np.asarray(ours["dq"].values), h["DQ"].data)
+    return (f"rateints within 1e-4: {100 * d['fraction_close']:.4f} % of {d['finite_compared']} "
+            f"finite values, NaN pattern identical {d['nan_pattern_identical']}, "
+            f"max |diff| {d['max_abs_diff']:.2e} DN/s; DQ identical {100 * q['fraction_identical']:.4f} %")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nints", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--memory-limit", default="6GB", help="per daskramp worker")
+    p.add_argument("--no-jwst", action="store_true", help="skip the official pipeline")
+    p.add_argument("--maximum-cores", default="1", help="comma-separated jwst settings, e.g. 1,all")
+    args = p.parse_args(argv)
+
+    import psutil
+
+    sim = simulated("nircam-full", args.nints)
+    size = sum(f.stat().st_size for f in sim.uncal_files)
+    print(f"# input: {args.nints} × 10 × 2048 × 2048 ({size / 1e6:.0f} MB uncal); "
+          f"{gib(psutil.virtual_memory().available)} available now", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="daskramp-nircam-"))
+    rows = []
+    try:
+        wall, peak, peak1, summary = run_daskramp(sim.uncal_files, sim.refs_dir, args.workers,
+                                                  args.memory_limit, tmp / "dr")
+        rows.append(("daskramp", f"{args.workers} workers × {args.memory_limit}", wall, peak))
+        print(f"daskramp  wall {wall:7.1f} s  {size / 1e6 / wall:6.1f} MB/s  peak all processes "
+              f"{gib(peak)}  largest process {gib(peak1)}  tile columns {summary.get('tile_columns')}"
+              f"\n          memory plan: {summary.get('memory_plan')}", flush=True)
+        official = None
+        if not args.no_jwst:
+            for cores in args.maximum_cores.split(","):
+                rep = run_official(sim.uncal_files[0], sim.refs_dir, tmp / f"jwst{cores}", cores)
+                if "failed" in rep:
+                    # -9: killed, normally by the kernel's out-of-memory killer
+                    print(f"jwst      FAILED (exit {rep['failed']}) after {rep['process_wall_s']:.1f} s, "
+                          f"peak {gib(rep['peak_rss_bytes'])} before it died  maximum_cores={cores}",
+                          flush=True)
+                    rows.append(("jwst (failed)", f"maximum_cores={cores}", rep["process_wall_s"],
+                                 rep["peak_rss_bytes"]))
+                    continue
+                official = official or rep
+                rows.append(("jwst", f"maximum_cores={cores}", rep["process_wall_s"],
+                             rep["peak_rss_bytes"]))
+                steps = ", ".join(f"{k} {v:.0f}s" for k, v in rep["step_s"].items()
+                                  if v > 1 and k != "Detector1Pipeline")
+                print(f"jwst      wall {rep['process_wall_s']:7.1f} s  peak {gib(rep['peak_rss_bytes'])}"
+                      f"  maximum_cores={cores}  ({steps})", flush=True)
+            zarr = summary["outputs"].get("rateints_zarr")
+            if zarr and official:
+                print(agreement(zarr, official["rateints"]), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print("\n| run | setting | wall s | MB/s | peak RSS (all processes) |")
+    print("|---|---|---|---|---|")
+    for who, setting, wall, peak in rows:
+        print(f"| {who} | {setting} | {wall:.1f} | {size / 1e6 / wall:.0f} | {gib(peak)} |")
+    ours = [r for r in rows if r[0] == "daskramp"][0]
+    theirs = [r for r in rows if r[0] == "jwst"]
+    failed = [r for r in rows if r[0] == "jwst (failed)"]
+    if failed and not theirs:
+        print(f"\njwst did not finish; peak-memory ratio jwst / daskramp ≥ {failed[0][3] / ours[3]:.2f} "
+              f"(jwst's peak when it died)")
+    if theirs:
+        best = min(theirs, key=lambda r: r[2])
+        print(f"\nwall-time ratio jwst ({best[1]}) / daskramp = {best[2] / ours[2]:.2f}")
+        print(f"peak-memory ratio jwst / daskramp = {best[3] / ours[3]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
