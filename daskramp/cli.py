@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nints", type=int, default=12, help="integrations per segment")
     d.add_argument("--segments", type=int, default=2)
     _add_cluster_args(d)
+    from .report import add_report_arguments
+
+    add_report_arguments(sub.add_parser("report", help="PNG figures and index.html of a products directory"))
     return p
 
 
@@ -143,6 +146,11 @@ def main(argv=None) -> int:
                           save_steps=save, cluster=_cluster_profile(args), fits=not args.no_fits,
                           progress=not args.no_progress, report=args.report)
             _print_run_summary(summary)
+            return 0
+        if args.command == "report":
+            from .report import run_from_args
+
+            print(run_from_args(args))
             return 0
         if args.command == "demo":
             from .demo import demo

@@ -53,8 +53,24 @@ import dask
 import numpy as np
 import xarray as xr
 
-from . import plots
 from .dims import INTEGRATION, X, Y
+
+
+class _Plots:
+    """:mod:`daskramp.plots` imported on first use: matplotlib is the ``plot`` extra, and the
+    CLI must start (and ``daskramp report --help`` answer) without it."""
+
+    def __getattr__(self, name):
+        try:
+            from . import plots as module
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "daskramp report needs matplotlib: pip install 'daskramp[plot]'"
+            ) from err
+        return getattr(module, name)
+
+
+plots = _Plots()
 
 #: flags whose maps are drawn
 MAP_FLAGS = ("DO_NOT_USE", "SATURATED", "JUMP_DET")

@@ -32,7 +32,7 @@ from .config import ConfigError
 #: ``frame_stats``: "compute" (default) evaluates the whole-frame statistics (refpix offsets,
 #: jump's DO_NOT_USE planes) in a first streaming pass so the tiles then run independently;
 #: "lazy" keeps them inside the one graph (see ``daskramp.pipeline.detector1``)
-WORKFLOW_SETTINGS = {"steps", "stats_scope", "save_steps", "tile_columns", "integration_chunk",
+WORKFLOW_SETTINGS = {"convert_fits", "steps", "stats_scope", "save_steps", "tile_columns", "integration_chunk",
                      "frame_stats"}
 
 
@@ -255,12 +255,29 @@ def run(
             ds, memory_limit=mem, threads_per_worker=threads, steps=config.get("steps"),
             stats_scope=stats_scope, tile_columns=config.get("tile_columns"),
             integration_chunk=config.get("integration_chunk"))
-        if len(inputs) == 1 and inputs[0].is_dir():
+        source = inputs
+        if any(p.is_file() for p in inputs) and config.get("convert_fits", True):
+            # uncal FITS arrive in whole frames; converting them to a store written in column
+            # bands is what lets every later task read just its tile (resumable, once)
+            from .io import ingest, is_complete
+
+            store = outdir / f"{product_root(inputs)}_uncal.zarr"
+            if show:
+                print(f"converting {len(inputs)} uncal file(s) to {store}", file=sys.stderr, flush=True)
+            # a store finished by an earlier run of the same command is reused (resume)
+            try:
+                source = [store if is_complete(store) else ingest(inputs, store)]
+            except OSError as err:
+                clear = _translate(err, inputs, outdir)
+                if clear is None:
+                    raise
+                raise clear from err
+        if len(source) == 1 and source[0].is_dir():
             # a Zarr store is written in column bands: open it straight in the tile layout, so
             # each task reads only its own tile (no task ever holds whole frames)
             from .pipeline import tile_chunks
 
-            ds = open_exposure(inputs[0], chunks=tile_chunks(ds, cols, stats_scope))
+            ds = open_exposure(source[0], chunks=tile_chunks(ds, cols, stats_scope))
         if show:
             print(f"memory: {plan.describe()}", file=sys.stderr, flush=True)
         frame_stats = config.get("frame_stats", "compute")

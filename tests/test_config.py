@@ -43,4 +43,6 @@ def test_workflow_files_parse():
     root = Path(__file__).resolve().parents[1] / "workflows"
     for f in root.glob("*.yaml"):
         cfg = config.load_yaml(f)
-        assert set(cfg) <= {"steps", "stats_scope", "save_steps", "tile_columns"}, f
+        from daskramp.run import WORKFLOW_SETTINGS
+
+        assert set(cfg) <= WORKFLOW_SETTINGS, f
