@@ -402,3 +402,29 @@ def test_official_dark_model_reads_the_file(dark):
         assert (m.meta.subarray.xstart, m.meta.subarray.xsize) == (1, NPIX)
         np.testing.assert_array_equal(m.data, fits.getdata(dark.path, "SCI"))
         assert m.average_dark_current.shape == (NPIX, NPIX)
+
+
+def test_command_entry_point(sim, tmp_path, capsys):
+    """``daskramp darks`` as the CLI will call it: argparse via add_arguments, then main()."""
+    import argparse
+
+    from daskramp.cluster import ClusterProfile
+    from daskramp.darks import add_arguments, main
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = tmp_path / "jwst_nircam_dark_cli.fits"
+    args = p.parse_args([*map(str, sim.uncal_files), "--out", str(out), "--refs", str(sim.refs_dir),
+                         "--sigma", "4", "--err", "std", "--tile-columns", "32",
+                         "--figures", str(tmp_path / "figs"), "--pedigree", "GROUND",
+                         "--useafter", "2023-01-01T00:00:00"])
+    cluster = ClusterProfile(workers=1, processes=False, dashboard_address=None)
+    assert main(args, cluster=cluster) == 0
+    text = capsys.readouterr().out
+    assert f"DARK: {out}" in text and "effective noise (DN) vs groups" in text
+    hdr = fits.getheader(out)
+    assert (hdr["PEDIGREE"], hdr["USEAFTER"], hdr["CLIPSIG"]) == ("GROUND", "2023-01-01T00:00:00", 4.0)
+    assert (tmp_path / "figs" / "effective_noise.png").exists()
+    # --err std: ERR is the scatter of one ramp, not the standard error
+    with fits.open(out) as h:
+        assert np.nanmedian(h["ERR"].data[-1]) > 5.0  # ~7 DN CDS, vs ~1.5 DN for std/√28
