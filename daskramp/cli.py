@@ -1,4 +1,4 @@
-"""Command line: ``daskramp {simulate,ingest,run,demo}``."""
+"""Command line: ``daskramp {simulate,ingest,run,demo,darks,report}``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nints", type=int, default=12, help="integrations per segment")
     d.add_argument("--segments", type=int, default=2)
     _add_cluster_args(d)
+    dk = sub.add_parser("darks", help="build a DARK reference file from dark exposures")
+    from .darks import add_arguments as _darks_args
+
+    _darks_args(dk)
+    _add_cluster_args(dk)
     from .report import add_report_arguments
 
     add_report_arguments(sub.add_parser("report", help="PNG figures and index.html of a products directory"))
@@ -147,6 +152,10 @@ def main(argv=None) -> int:
                           progress=not args.no_progress, report=args.report)
             _print_run_summary(summary)
             return 0
+        if args.command == "darks":
+            from .darks import main as darks_main
+
+            return darks_main(args, cluster=_cluster_profile(args))
         if args.command == "report":
             from .report import run_from_args
 
