@@ -32,9 +32,6 @@ from .config import ConfigError
 #: ``frame_stats``: "compute" (default) evaluates the whole-frame statistics (refpix offsets,
 #: jump's DO_NOT_USE planes) in a first streaming pass so the tiles then run independently;
 #: "lazy" keeps them inside the one graph (see ``daskramp.pipeline.detector1``)
-#: fraction of the per-task budget the default tile width is planned for (see plan_chunking)
-DEFAULT_TILE_HEADROOM = 0.5
-
 WORKFLOW_SETTINGS = {"convert_fits", "steps", "stats_scope", "save_steps", "tile_columns", "integration_chunk",
                      "frame_stats"}
 
@@ -158,12 +155,8 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
     try:
         # the tile width must fit the most demanding step that may run on tiles
         factor = max([tile_factor(steps), *(step_factor(s) for s in active_steps(steps))])
-        # the default width leaves headroom below the budget: measured on the 158-integration
-        # SOSS segment with 2 GB workers, 64-column tiles (at the budget) kept the workers at
-        # dask's pause threshold (126 s), 32-column tiles did not (89 s)
-        default_budget = None if budget is None else int(budget * DEFAULT_TILE_HEADROOM)
-        cols = plan_tiles(ds, memory_limit=budget if tile_columns is not None else default_budget,
-                          stats_scope=stats_scope, tile_columns=tile_columns, factor=factor)
+        cols = plan_tiles(ds, memory_limit=budget, stats_scope=stats_scope, tile_columns=tile_columns,
+                          factor=factor)
     except MemoryBudgetError:
         raise
     except MemoryError as err:

@@ -141,10 +141,9 @@ def test_plan_chunking_default_fits_explicit_is_refused():
         out, cols, plan = plan_chunking(ds, memory_limit=GiB)
     # chosen automatically: chunks shrink to what the worst pixel-local step fits
     # (dark_current, 2.42×: floor(644245094 / (2.42 × 4 × 5242880)) = 12) and the tile width
-    # to what the fused chain fits within half the budget (DEFAULT_TILE_HEADROOM: 40 columns,
-    # rounded down to a power of two dividing 2048: 32)
+    # to what the fused chain fits (80, rounded down to a power of two dividing 2048: 64)
     assert max(out["data"].chunks[0]) == 12
-    assert cols == 32 and plan.peak <= plan.budget
+    assert cols == 64 and plan.peak <= plan.budget
     with pytest.raises(MemoryBudgetError, match="integration_chunk=12 would fit"):
         plan_chunking(ds, memory_limit=GiB, integration_chunk=50)
     # 512-column tiles: the chain (7.8 × 500 MiB) is over; the suggestion fits every step on
