@@ -33,8 +33,12 @@ def simulated(preset: str, nints: int, segments: int = 1, ngroups: int | None = 
     return res
 
 
-def run_official(uncal, refs_dir, outdir, maximum_cores="1", python=None) -> dict:
-    """The official pipeline in its own process; returns its JSON report plus peak tree RSS."""
+def run_official(uncal, refs_dir, outdir, maximum_cores="1", python=None, *,
+                 allow_failure: bool = False) -> dict:
+    """The official pipeline in its own process; returns its JSON report plus peak tree RSS.
+
+    With ``allow_failure`` a failed run (e.g. killed for lack of memory) is reported as
+    ``{"failed": returncode, ...}`` instead of raising."""
     from daskramp.testing.memory import TreeMemorySampler
 
     python = python or os.environ.get("DASKRAMP_JWST_PYTHON", sys.executable)
@@ -45,11 +49,28 @@ def run_official(uncal, refs_dir, outdir, maximum_cores="1", python=None) -> dic
     with TreeMemorySampler(proc.pid, interval=0.25) as mem:
         stdout, _ = proc.communicate()
     wall = time.perf_counter() - t0
+    if proc.returncode and allow_failure:
+        return {"failed": proc.returncode, "process_wall_s": wall, "peak_rss_bytes": mem.peak}
     if proc.returncode:
         raise RuntimeError(f"official pipeline failed ({proc.returncode}): {' '.join(cmd)}")
     report = json.loads(stdout.strip().splitlines()[-1])
     report.update(process_wall_s=wall, peak_rss_bytes=mem.peak)
     return report
+
+
+def run_daskramp(files, refs, workers, memory_limit, out):
+    """``daskramp.run.run`` on a fresh local cluster; (wall s, peak all processes, largest process, summary)."""
+    from daskramp.cluster import ClusterProfile
+    from daskramp.run import run
+    from daskramp.testing.memory import TreeMemorySampler
+
+    prof = ClusterProfile(workers=workers, threads_per_worker=1, memory_limit=memory_limit,
+                          dashboard_address=None)
+    with TreeMemorySampler(interval=0.1) as mem:
+        t0 = time.perf_counter()
+        summary = run(files, out, refs=refs, cluster=prof, quiet=True)
+        wall = time.perf_counter() - t0
+    return wall, mem.peak, mem.peak_per_process, summary
 
 
 def gib(n: float) -> str:

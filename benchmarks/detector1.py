@@ -16,25 +16,10 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import gib, run_official, simulated  # noqa: E402
-
-
-def run_daskramp(files, refs, workers, memory_limit, out):
-    from daskramp.cluster import ClusterProfile
-    from daskramp.run import run
-    from daskramp.testing.memory import TreeMemorySampler
-
-    prof = ClusterProfile(workers=workers, threads_per_worker=1, memory_limit=memory_limit,
-                          dashboard_address=None)
-    with TreeMemorySampler(interval=0.1) as mem:
-        t0 = time.perf_counter()
-        summary = run(files, out, refs=refs, cluster=prof, quiet=True)
-        wall = time.perf_counter() - t0
-    return wall, mem.peak, mem.peak_per_process, summary
+from _common import gib, run_daskramp, run_official, simulated  # noqa: E402
 
 
 def main(argv=None):
