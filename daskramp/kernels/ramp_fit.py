@@ -203,6 +203,17 @@ def _rnoise_var_short(rn, gain, t):
     return (12.0 * r * r) / (6.0 * gain * gain)
 
 
+@numba.njit(cache=True, inline="always")
+def _one_group_time(suppress1g, only_group0, zero_frame, t1, tframe, tgroup):
+    """Time base of a 1-group segment: T1 for a lone group 0 or TFRAME for ZEROFRAME (only
+    when one-group ramps are not suppressed), else TGROUP (spec 08 §4)."""
+    if not suppress1g and only_group0:
+        return t1
+    if not suppress1g and zero_frame:
+        return tframe
+    return tgroup
+
+
 #: exponents of the optimal weights, by signal-to-noise class (spec 08 §4)
 _POWERS = np.array([0.0, 0.4, 1.0, 3.0, 6.0, 10.0], dtype=np.float32)
 
@@ -419,12 +430,7 @@ def _fit_block(
                         st = starts[s]
                         n = lens[s]
                         if n == 1:
-                            if (not suppress1g) and is0th[i]:
-                                t = t1
-                            elif (not suppress1g) and iszf[i]:
-                                t = tframe
-                            else:
-                                t = tgroup
+                            t = _one_group_time(suppress1g, is0th[i], iszf[i], t1, tframe, tgroup)
                             sl = d[i, st] / t
                             den_p = t * gain
                             vr = _rnoise_var_short(rn, gain, t)
@@ -543,12 +549,7 @@ def _fit_block(
                 for s in range(nseg):
                     n = lens[s]
                     if n == 1:
-                        if (not suppress1g) and is0th[i]:
-                            t = t1
-                        elif (not suppress1g) and iszf[i]:
-                            t = tframe
-                        else:
-                            t = tgroup
+                        t = _one_group_time(suppress1g, is0th[i], iszf[i], t1, tframe, tgroup)
                         vr = _rnoise_var_short(rn, gain, t)
                     elif n == 2:
                         vr = _rnoise_var_short(rn, gain, tgroup)
