@@ -30,37 +30,17 @@ from daskramp.io.products import (
     zarr_chunks,
 )
 from daskramp.io.store import partial_path
+from daskramp.testing.ramps import make_attrs
 
 NINT, NY, NX = 3, 4, 5
 #: DQ of a reference pixel whose gain is 0 (spec 00 §3): REFERENCE_PIXEL | NO_GAIN_VALUE | DO_NOT_USE
 REFPIX_DQ = 2148007937
 assert REFPIX_DQ == dq.PIXEL["REFERENCE_PIXEL"] | dq.NO_GAIN_VALUE | dq.DO_NOT_USE
 
-ATTRS = {
-    "TELESCOP": "JWST",
-    "INSTRUME": "NIRISS",
-    "DETECTOR": "NIS",
-    "EXP_TYPE": "NIS_SOSS",
-    "READPATT": "NISRAPID",
-    "SUBARRAY": "SUBSTRIP256",
-    "SUBSTRT1": 1,
-    "SUBSTRT2": 1793,
-    "SUBSIZE1": NX,
-    "SUBSIZE2": NY,
-    "FASTAXIS": -2,
-    "SLOWAXIS": -1,
-    "NOUTPUTS": 1,
-    "NINTS": 20,
-    "NGROUPS": 3,
-    "NFRAMES": 1,
-    "GROUPGAP": 0,
-    "TFRAME": 5.494,
-    "TGROUP": 5.494,
-    "ZEROFRAM": False,
-    "DATE-OBS": "2023-06-01",
-    "TIME-OBS": "12:00:00.000",
-    "S_RAMP": "COMPLETE",
-}
+# a SOSS SUBSTRIP256-like strip (the shared test keywords, placed and sized for these products)
+ATTRS = make_attrs(SUBSTRT2=1793, SUBSIZE1=NX, SUBSIZE2=NY, NINTS=20, NGROUPS=3, TFRAME=5.494,
+                   TGROUP=5.494, **{"DATE-OBS": "2023-06-01", "TIME-OBS": "12:00:00.000",
+                                    "S_RAMP": "COMPLETE"})
 
 PROVENANCE = {
     "pipeline": "calwebb_detector1",
