@@ -268,3 +268,22 @@ def segment_bounds(ds: xr.Dataset) -> list[tuple[int, int]]:
     starts = np.concatenate([[0], cuts])
     stops = np.concatenate([cuts, [seg.size]])
     return [(int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def window(ds: xr.Dataset, *, y: slice = slice(None), x: slice = slice(None)) -> xr.Dataset:
+    """A rectangular window of an exposure as an exposure of its own (a smaller subarray).
+
+    The window keeps its detector coordinates, and SUBSTRT1/2 and SUBSIZE1/2 are updated to
+    describe it, so that every pixel-local step treats it exactly as the same pixels of the
+    parent.  Steps that look at whole frames (refpix's reference pixels, jump's all-DO_NOT_USE
+    planes) are given their frame statistics from the parent instead (see
+    :mod:`daskramp.fused`).
+    """
+    out = ds.isel({Y: y, X: x})
+    a = dict(ds.attrs)
+    y0 = range(ds.sizes[Y])[y].start if ds.sizes[Y] else 0
+    x0 = range(ds.sizes[X])[x].start if ds.sizes[X] else 0
+    a.update(SUBSTRT2=int(a["SUBSTRT2"]) + y0, SUBSTRT1=int(a["SUBSTRT1"]) + x0,
+             SUBSIZE2=out.sizes[Y], SUBSIZE1=out.sizes[X])
+    out.attrs = a
+    return out

@@ -35,6 +35,7 @@ The dark SCI cube is read only up to the last frame the exposure needs (see
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
 from collections.abc import Mapping
@@ -625,6 +626,24 @@ class RefSet:
         if reftype not in self._files:
             raise ReferenceFileError(f"unknown reftype {reftype!r}; known: {REFTYPES}")
         return self._files[reftype]
+
+    def window(self, frame_shape: tuple[int, int], y: slice, x: slice) -> RefSet:
+        """The same files with every image of the science subarray cut to a window of it.
+
+        ``frame_shape`` is the science subarray ``(ny, nx)``; arrays whose trailing two axes
+        have that shape are sliced ``[..., y, x]`` (views, no copy), others are kept as they
+        are.  Headers, paths and checksums (provenance) are unchanged.
+        """
+        shape = tuple(frame_shape)
+        files = {}
+        for rt, f in self._files.items():
+            if f is None:
+                files[rt] = None
+                continue
+            arrays = {k: (a[..., y, x] if getattr(a, "ndim", 0) >= 2 and a.shape[-2:] == shape else a)
+                      for k, a in f.arrays.items()}
+            files[rt] = dataclasses.replace(f, arrays=arrays)
+        return RefSet(files)
 
     def provenance(self) -> dict:
         """``reftype → {"file": name, "path": str, "sha256": hex}`` ("N/A" files with sha256 None)."""

@@ -232,6 +232,11 @@ def _open_exposure_store(path: Path, chunks: Mapping | None):
     ds = make_exposure(
         data, attrs, segment=segment, int_times=int_times or None, zeroframe=zeroframe
     )
+    ds.encoding["daskramp_source"] = {
+        "kind": "zarr",
+        "path": str(path),
+        "names": {k: v.data.name for k, v in ds.data_vars.items() if hasattr(v.data, "dask")},
+    }
     return validate(ds, calibrated=False, source=str(path))
 
 

@@ -404,30 +404,55 @@ def read_frames(path, offset: int, frame_shape, i0: int, i1: int, out=None) -> n
     Returns a native ``uint16`` array ``(i1 - i0, *frame_shape)`` in DN (fills ``out`` when given).
     Only the bytes of those integrations are mapped, and unmapped before returning.
     """
+    return read_window(path, offset, frame_shape, i0, i1, out=out, block_bytes=None)
+
+
+#: bytes of the file mapped at a time by :func:`read_window` (bounds the mapped pages that
+#: count towards a worker's resident memory while a window is read)
+WINDOW_BLOCK_BYTES = 16 * 2**20
+
+
+def read_window(path, offset: int, frame_shape, i0: int, i1: int, ys: slice = slice(None),
+                xs: slice = slice(None), *, out=None, block_bytes: int | None = WINDOW_BLOCK_BYTES
+                ) -> np.ndarray:
+    """A window ``[i0:i1, ..., ys, xs]`` of a uint16 image stored as FITS int16, in DN.
+
+    ``frame_shape`` is the shape of one integration (``(ngroups, ny, nx)`` or ``(ny, nx)``);
+    ``ys``/``xs`` slice its last two axes (steps of 1).  The file is mapped
+    ``block_bytes`` at a time (whole integrations, at least one; None: all at once) and each
+    block is unmapped before the next, so reading a narrow column band touches only its own
+    bytes and never holds the whole file mapped.
+    """
     frame_shape = tuple(frame_shape)
+    lead, (ny, nx) = frame_shape[:-2], frame_shape[-2:]
+    ys, xs = slice(*ys.indices(ny)), slice(*xs.indices(nx))
+    wshape = (i1 - i0, *lead, len(range(ny)[ys]), len(range(nx)[xs]))
     if out is None:
-        out = np.empty((i1 - i0, *frame_shape), RAW_DTYPE)
-    n = out.size
-    if n == 0:
+        out = np.empty(wshape, RAW_DTYPE)
+    if out.size == 0:
         return out
-    start = offset + i0 * 2 * math.prod(frame_shape)
+    frame = math.prod(frame_shape)
+    start = offset + i0 * 2 * frame
+    stop = offset + i1 * 2 * frame
+    per = (i1 - i0) if block_bytes is None else max(1, int(block_bytes) // (2 * frame))
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if start + 2 * n > size:
+        if stop > size:
             raise UncalFileError(
-                f"{path}: truncated: integrations {i0}–{i1 - 1} need bytes {start}–{start + 2 * n} "
+                f"{path}: truncated: integrations {i0}–{i1 - 1} need bytes {start}–{stop} "
                 f"but the file has {size}"
             )
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        with mmap.mmap(
-            f.fileno(), start + 2 * n - base, offset=base, access=mmap.ACCESS_READ
-        ) as mm:
-            if hasattr(mm, "madvise"):
-                mm.madvise(mmap.MADV_SEQUENTIAL)
-            raw = np.frombuffer(mm, dtype=">u2", count=n, offset=start - base)
-            # one pass: byte order and the BZERO = 32768 offset (top-bit flip) together
-            np.bitwise_xor(raw.reshape(out.shape), np.uint16(0x8000), out=out)
-            del raw  # the mapping cannot close while an array still points into it
+        for a in range(i0, i1, per):
+            b = min(a + per, i1)
+            lo = offset + a * 2 * frame
+            base = lo - lo % mmap.ALLOCATIONGRANULARITY
+            with mmap.mmap(f.fileno(), offset + b * 2 * frame - base, offset=base,
+                           access=mmap.ACCESS_READ) as mm:
+                raw = np.frombuffer(mm, dtype=">u2", count=(b - a) * frame, offset=lo - base)
+                raw = raw.reshape((b - a, *frame_shape))[..., ys, xs]
+                # one pass: byte order and the BZERO = 32768 offset (top-bit flip) together
+                np.bitwise_xor(raw, np.uint16(0x8000), out=out[a - i0 : b - i0])
+                del raw  # the mapping cannot close while an array still points into it
     return out
 
 
@@ -501,4 +526,11 @@ def open_uncal(paths, *, chunks_integrations: int | None = None):
         int_times=exposure_int_times(segs),
         zeroframe=zeroframe,
     )
+    ds.encoding["daskramp_source"] = {
+        "kind": "fits",
+        "segments": [(s.path, s.offset, tuple(s.frame_shape), s.shape[0],
+                      None if s.zeroframe is None else (s.zeroframe[0], tuple(s.zeroframe[1][1:])))
+                     for s in segs],
+        "names": {k: v.data.name for k, v in ds.data_vars.items() if hasattr(v.data, "dask")},
+    }
     return validate(ds, calibrated=False, source=segs[0].path)
