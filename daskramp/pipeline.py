@@ -112,11 +112,13 @@ class Detector1Result:
 
 
 def plan_tiles(ds: xr.Dataset, *, memory_limit: int | None, stats_scope: str = "segment",
-               tile_columns: int | None = None, factor: float = TILE_MEMORY_FACTOR) -> int:
+               tile_columns: int | None = None, factor: float = TILE_MEMORY_FACTOR,
+               ghost: int = 0) -> int:
     """Columns per pixel tile for jump/ramp_fit so one task fits in ``memory_limit`` bytes.
 
     A tile holds every integration of the largest segment (or of the exposure), all groups and
-    rows; the projected task memory is ``factor × 4 bytes × nint × ngroups × ny × columns``.
+    rows; the projected task memory is ``factor × 4 bytes × nint × ngroups × ny × (columns +
+    2 × ghost)``, ``ghost`` being the margin read on each side of a tile by the fused layout.
     Raises :class:`MemoryError` naming the projection and the limit when even one column
     cannot fit.
     """
@@ -131,10 +133,11 @@ def plan_tiles(ds: xr.Dataset, *, memory_limit: int | None, stats_scope: str = "
     elif memory_limit is None:
         cols = nx
     else:
-        cols = int(memory_limit // per_column)
+        cols = int(memory_limit // per_column) - 2 * int(ghost)
         if cols < 1:
             raise MemoryError(
-                f"jump/ramp_fit tile of one column needs {per_column / 2**20:.0f} MiB "
+                f"jump/ramp_fit tile of one column (+{2 * int(ghost)} ghost columns) needs "
+                f"{per_column * (1 + 2 * int(ghost)) / 2**20:.0f} MiB "
                 f"(nint={nint}, ngroups={ds.sizes[dims.GROUP]}, ny={ds.sizes[dims.Y]}, factor {factor}) "
                 f"but the worker memory limit is {memory_limit / 2**20:.0f} MiB; use "
                 f"stats_scope='segment', fewer integrations per segment or larger workers"
@@ -212,6 +215,11 @@ def _call_step(name: str, ds: xr.Dataset, refs, params, *, stats_scope: str, **e
     if name == "ramp_fit":
         if missing:
             raise ConfigError(f"ramp_fit needs reference files {missing}; none was found or given")
+        if extra.get("fields_only"):
+            # per-integration fields; rate/rateints are made from them by finish()
+            return mod.ramp_fields(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
+                                   stats_scope=stats_scope, suppress_one_group=params.suppress_one_group,
+                                   firstgroup=params.firstgroup, lastgroup=params.lastgroup)
         return fn(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
                   stats_scope=stats_scope, **kw)
     return fn(ds, **kw)
@@ -240,6 +248,7 @@ def detector1(
     tile_columns: int | None = None,
     overrides: Mapping[str, str] | None = None,
     frame_stats: Mapping | str | None = None,
+    fused: bool | None = None,
 ) -> Detector1Result:
     """Build the calwebb_detector1 graph for an exposure; nothing is computed.
 
@@ -294,19 +303,6 @@ def detector1(
         # a missing reftype skips the steps that need it, as CRDS "N/A" does
         refs = RefSet.from_dir(refs, ds.attrs, overrides=overrides, required=())
 
-    if isinstance(frame_stats, str):
-        if frame_stats != "compute":
-            raise ConfigError(f"frame_stats must be a mapping or 'compute', got {frame_stats!r}")
-        import dask
-
-        first = detector1(ds, refs, steps=steps, stats_scope=stats_scope, memory_limit=memory_limit,
-                          tile_columns=tile_columns)
-        (computed,) = dask.compute(first.frame_stats)
-        return detector1(ds, refs, steps=steps, stats_scope=stats_scope, save_steps=save_steps,
-                         memory_limit=memory_limit, tile_columns=tile_columns, frame_stats=computed)
-    given_stats = dict(frame_stats or {})
-    lazy_stats: dict = {}
-
     params = {name: step_params(name, steps.get(name)) for name in STEP_ORDER}
     provenance: dict = {
         "pipeline": "calwebb_detector1",
@@ -316,6 +312,32 @@ def detector1(
         "versions": package_versions(),
     }
 
+    if fused is None:
+        fused = not save_steps
+    if fused:
+        from . import fused as _fused
+
+        why = _fused.unsupported(ds, params)
+        if why is None:
+            return _fused.detector1_fused(
+                ds, refs, params=params, provenance=provenance, stats_scope=stats_scope,
+                memory_limit=memory_limit, tile_columns=tile_columns, frame_stats=frame_stats)
+        provenance["fused"] = f"not used: {why}"
+
+    if isinstance(frame_stats, str):
+        if frame_stats != "compute":
+            raise ConfigError(f"frame_stats must be a mapping or 'compute', got {frame_stats!r}")
+        import dask
+
+        first = detector1(ds, refs, steps=steps, stats_scope=stats_scope, memory_limit=memory_limit,
+                          tile_columns=tile_columns, fused=False)
+        (computed,) = dask.compute(first.frame_stats)
+        return detector1(ds, refs, steps=steps, stats_scope=stats_scope, save_steps=save_steps,
+                         memory_limit=memory_limit, tile_columns=tile_columns, frame_stats=computed,
+                         fused=False)
+    given_stats = dict(frame_stats or {})
+    lazy_stats: dict = {}
+
     ds = _as_float(ds)
     # the whole chain runs on pixel tiles (all integrations of a segment × a band of columns),
     # so no step ever needs more than one tile (plus halos) in memory
@@ -323,44 +345,51 @@ def detector1(
                       tile_columns=tile_columns)
     ds = _tile(ds, cols, stats_scope)
     provenance["tile_columns"] = cols
-    rate = rateints = None
     intermediates: dict[str, xr.Dataset] = {}
-    for name in STEP_ORDER:
+    ds = ramp_steps(ds, refs, params, stats_scope=stats_scope, given_stats=given_stats,
+                    lazy_stats=lazy_stats, provenance=provenance, save_steps=save_steps,
+                    intermediates=intermediates)
+    fields = None
+    if not params["ramp_fit"].skip:
+        fields = _call_step("ramp_fit", ds, refs, params["ramp_fit"], stats_scope=stats_scope,
+                            fields_only=True)
+    rate, rateints = finish(fields, ds, refs, params, provenance)
+    return Detector1Result(rate=rate, rateints=rateints, intermediates=intermediates,
+                           provenance=provenance, frame_stats={**lazy_stats, **given_stats})
+
+
+def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given_stats: Mapping,
+               lazy_stats: dict | None = None, provenance: dict | None = None,
+               save_steps: Sequence[str] = (), intermediates: dict | None = None,
+               until: str = "ramp_fit", frame_shape: tuple[int, int] | None = None) -> xr.Dataset:
+    """Run the ramp steps of :data:`STEP_ORDER` before ``until`` on ``ds`` (lazy or numpy).
+
+    ``given_stats`` holds whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``,
+    ``plane_dnu``); those missing are derived from ``ds`` itself (lazily, recorded in
+    ``lazy_stats``).  ``frame_shape`` is the parent subarray size when ``ds`` is a window of it.
+    Step statuses and parameters are recorded in ``provenance["steps"]`` when given.
+    """
+    lazy_stats = {} if lazy_stats is None else lazy_stats
+    record_steps = None if provenance is None else provenance.setdefault("steps", {})
+    for name in STEP_ORDER[: STEP_ORDER.index(until)]:
         p = params[name]
         record = {"parameters": dataclasses.asdict(p)}
-        provenance["steps"][name] = record
+        if record_steps is not None:
+            record_steps[name] = record
         if p.skip:
             record["status"] = "SKIPPED"
             _set_status(ds, name, "SKIPPED")
-            continue
-        if name == "ramp_fit":
-            out = _call_step(name, ds, refs, p, stats_scope=stats_scope)
-            rate, rateints = out
-            record["status"] = "COMPLETE"
-            continue
-        if name == "gain_scale":
-            if rate is None:
-                record["status"] = "SKIPPED"
-                continue
-            gain = _ref(refs, "gain")
-            factor = None if gain is None else gain.header.get("GAINFACT")
-            fn = step_module(name).gain_scale
-            kw = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("skip",)}
-            kw.setdefault("gain_factor", None)
-            if kw.get("gain_factor") is None:
-                kw["gain_factor"] = ds.attrs.get("GAINFACT", factor)
-            rate = fn(rate, **kw)
-            rateints = fn(rateints, **kw)
-            record["status"] = rate.attrs.get("S_GANSCL", "COMPLETE")
             continue
         extra = {}
         if name == "refpix":
             from .steps.refpix import refpix_offsets
 
-            off = given_stats.get("refpix_offsets")
-            if off is None:
-                off = lazy_stats["refpix_offsets"] = refpix_offsets(ds, **_kwargs(p))
-            extra["offsets"] = off
+            for key, zf in (("refpix_offsets", False), ("refpix_zf_offsets", True)):
+                off = given_stats.get(key)
+                if off is None and key not in given_stats:
+                    off = lazy_stats[key] = refpix_offsets(ds, zeroframe=zf, **_kwargs(p))
+                extra["zeroframe_offsets" if zf else "offsets"] = off
+            extra["frame_shape"] = frame_shape
         elif name == "jump":
             planes = given_stats.get("plane_dnu")
             if planes is None:
@@ -376,15 +405,47 @@ def detector1(
         else:
             ds = out
             record["status"] = ds.attrs.get(STATUS_KEY[name], "COMPLETE")
-        if name in save_steps:
+        if name in save_steps and intermediates is not None:
             intermediates[name] = ds
+    return ds
 
-    statuses = {STATUS_KEY[n]: provenance["steps"][n]["status"] for n in STEP_ORDER}
+
+def finish(fields: xr.DataArray | None, ds: xr.Dataset, refs, params: Mapping, provenance: dict,
+           *, pixeldq: xr.DataArray | None = None):
+    """``(rate, rateints)`` from ramp_fit's per-integration fields, then gain_scale (lazy)."""
+    from .steps import ramp_fit as _ramp_fit
+
+    rate = rateints = None
+    steps = provenance.setdefault("steps", {})
+    for name in ("ramp_fit", "gain_scale"):
+        p = params[name]
+        record = steps[name] = {"parameters": dataclasses.asdict(p)}
+        if p.skip or (name == "gain_scale" and rate is None):
+            record["status"] = "SKIPPED"
+            if name == "ramp_fit":
+                _set_status(ds, name, "SKIPPED")
+            continue
+        if name == "ramp_fit":
+            rate, rateints = _ramp_fit.products(fields, ds, gain=_image(_ref(refs, "gain")),
+                                               save_intercepts=p.save_intercepts, pixeldq=pixeldq)
+            record["status"] = "COMPLETE"
+            continue
+        gain = _ref(refs, "gain")
+        factor = None if gain is None else gain.header.get("GAINFACT")
+        fn = step_module(name).gain_scale
+        kw = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("skip",)}
+        kw.setdefault("gain_factor", None)
+        if kw.get("gain_factor") is None:
+            kw["gain_factor"] = ds.attrs.get("GAINFACT", factor)
+        rate = fn(rate, **kw)
+        rateints = fn(rateints, **kw)
+        record["status"] = rate.attrs.get("S_GANSCL", "COMPLETE")
+
+    statuses = {STATUS_KEY[n]: steps[n]["status"] for n in STEP_ORDER if n in steps}
     for prod in (rate, rateints):
         if prod is not None:
             prod.attrs.update(statuses)
-    return Detector1Result(rate=rate, rateints=rateints, intermediates=intermediates,
-                           provenance=provenance, frame_stats={**lazy_stats, **given_stats})
+    return rate, rateints
 
 
 def _set_status(ds: xr.Dataset, name: str, status: str) -> None:

@@ -119,10 +119,25 @@ def _zarr_complete(outdir: Path, root: str, names: Sequence[str]) -> bool:
     return all(is_complete(outdir / f"{root}_{n}.zarr") for n in names)
 
 
+def _fused_layout(ds, steps, saved) -> int | None:
+    """The ghost margin of the fused tile layout :func:`daskramp.pipeline.detector1` will
+    use, or None when it uses the step-by-step graph."""
+    from . import fused
+    from .pipeline import STEP_ORDER, step_params
+
+    if saved:
+        return None
+    params = {n: step_params(n, (steps or {}).get(n)) for n in STEP_ORDER}
+    return fused.halo_width(params) if fused.unsupported(ds, params) is None else None
+
+
 def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, steps=None,
                   stats_scope: str = "segment", tile_columns: int | None = None,
-                  integration_chunk: int | None = None):
+                  integration_chunk: int | None = None, ghost: int = 0):
     """Chunk ``ds`` for the run and check one task of every step fits the worker memory.
+
+    ``ghost``: columns read on each side of a tile (the fused layout's margin, counted in the
+    tile width's memory).
 
     Without explicit sizes the integration chunks are shrunk (and the tile width chosen) so
     every task fits; explicit ``tile_columns`` / ``integration_chunk`` that cannot fit are
@@ -156,7 +171,7 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
         # the tile width must fit the most demanding step that may run on tiles
         factor = max([tile_factor(steps), *(step_factor(s) for s in active_steps(steps))])
         cols = plan_tiles(ds, memory_limit=budget, stats_scope=stats_scope, tile_columns=tile_columns,
-                          factor=factor)
+                          factor=factor, ghost=ghost)
     except MemoryBudgetError:
         raise
     except MemoryError as err:
@@ -250,13 +265,21 @@ def run(
     def _go(client):
         mem = worker_memory_limit(client) if client is not None else None
         threads = _worker_threads(client) if client is not None else 1
-        ds = open_exposure(inputs if len(inputs) > 1 else inputs[0])
+        ds = opened = open_exposure(inputs if len(inputs) > 1 else inputs[0])
+        saved = list(save_steps) or list(config.get("save_steps", []))
+        ghost = _fused_layout(opened, config.get("steps"), saved)
+        fused = ghost is not None
         ds, cols, plan = plan_chunking(
             ds, memory_limit=mem, threads_per_worker=threads, steps=config.get("steps"),
             stats_scope=stats_scope, tile_columns=config.get("tile_columns"),
-            integration_chunk=config.get("integration_chunk"))
+            integration_chunk=config.get("integration_chunk"), ghost=ghost or 0)
         source = inputs
-        if any(p.is_file() for p in inputs) and config.get("convert_fits", True):
+        convert = config.get("convert_fits")
+        if convert is None:
+            # the fused layout reads each tile's bytes straight from the uncal files; the
+            # step-by-step layout needs a store written in column bands to do the same
+            convert = not fused
+        if any(p.is_file() for p in inputs) and convert:
             # uncal FITS arrive in whole frames; converting them to a store written in column
             # bands is what lets every later task read just its tile (resumable, once)
             from .io import ingest, is_complete
@@ -272,7 +295,9 @@ def run(
                 if clear is None:
                     raise
                 raise clear from err
-        if len(source) == 1 and source[0].is_dir():
+        if fused:
+            ds = open_exposure(source if len(source) > 1 else source[0])
+        elif len(source) == 1 and source[0].is_dir():
             # a Zarr store is written in column bands: open it straight in the tile layout, so
             # each task reads only its own tile (no task ever holds whole frames)
             from .pipeline import tile_chunks
@@ -283,7 +308,6 @@ def run(
         frame_stats = config.get("frame_stats", "compute")
         if frame_stats not in ("compute", "lazy"):
             raise ConfigError(f"frame_stats must be 'compute' or 'lazy', got {frame_stats!r}")
-        saved = list(save_steps) or list(config.get("save_steps", []))
         root = product_root(inputs)
         names = ["rateints", "rate", *(f"{s}_ramp" for s in saved)]
         if _zarr_complete(outdir, root, names):

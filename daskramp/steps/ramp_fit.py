@@ -256,6 +256,16 @@ def ramp_fit(
         firstgroup=p.firstgroup,
         lastgroup=p.lastgroup,
     )
+    return products(fields, ds, gain=gain, save_intercepts=p.save_intercepts)
+
+
+def products(fields: xr.DataArray, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
+             pixeldq: xr.DataArray | None = None) -> tuple[xr.Dataset, xr.Dataset]:
+    """``(rate, rateints)`` from the per-integration fields of :func:`ramp_fields` (lazy).
+
+    ``ds`` supplies the attrs and coordinates (its data are not used when ``pixeldq`` is
+    given); ``pixeldq`` (y, x) defaults to ``ds["pixeldq"]``.
+    """
     attrs = dict(ds.attrs)
     gain_attrs = getattr(gain, "attrs", {}) or {}
     if gain_attrs.get("GAINFACT") is not None:
@@ -268,13 +278,13 @@ def ramp_fit(
         if units:
             v.attrs["units"] = units
         ints[var] = v
-    if p.save_intercepts:
+    if save_intercepts:
         v = fields.sel(field="intercept", drop=True).astype(np.float32)
         v.attrs["units"] = "DN"
         ints["intercept"] = v
     rateints = xr.Dataset(ints, attrs=dict(attrs))
 
-    rate = combine_rate(fields, ds[PIXELDQ], _image(gain, ds, "gain"))
+    rate = combine_rate(fields, ds[PIXELDQ] if pixeldq is None else pixeldq, _image(gain, ds, "gain"))
     rate = rate.assign_coords({d: ds[d] for d in IMAGE_DIMS if d in ds.coords})
     rate.attrs.update(attrs)
     return rate, rateints

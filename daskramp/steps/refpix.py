@@ -122,13 +122,13 @@ def _offsets(
 
 def _correct(
     ramp: xr.DataArray, pixeldq: xr.DataArray, *, geometry: dict, params: Params,
-    offsets: xr.DataArray | None = None,
+    offsets: xr.DataArray | None = None, frame_shape: tuple[int, int] | None = None,
 ) -> xr.DataArray:
     """Lazily corrected float32 copy of a ``(integration, group, y, x)`` ramp."""
     ny, nx = ramp.sizes[Y], ramp.sizes[X]
     y0, x0 = geometry["y0"], geometry["x0"]
     fast, slow = geometry["fastaxis"], geometry["slowaxis"]
-    mode = kernel.correction_mode(ny, nx, noutputs=geometry["noutputs"])
+    mode = kernel.correction_mode(*(frame_shape or (ny, nx)), noutputs=geometry["noutputs"])
     if offsets is None:
         offsets = _offsets(ramp, pixeldq, geometry=geometry, params=params)
     if offsets is None:
@@ -182,7 +182,7 @@ def _geometry(ds: xr.Dataset) -> dict | None:
     }
 
 
-def refpix_offsets(ds: xr.Dataset, **params) -> xr.DataArray | None:
+def refpix_offsets(ds: xr.Dataset, *, zeroframe: bool = False, **params) -> xr.DataArray | None:
     """The per-frame reference-pixel offsets of ``ds`` as a small lazy array.
 
     Dims ``(integration, group, refpix_term)`` float64 DN: the amplifier × column-parity
@@ -197,10 +197,17 @@ def refpix_offsets(ds: xr.Dataset, **params) -> xr.DataArray | None:
     geometry = _geometry(ds)
     if geometry is None or p.skip:
         return None
+    if zeroframe:
+        if ZEROFRAME not in ds:
+            return None
+        zf = ds[ZEROFRAME].expand_dims({GROUP: 1}, axis=1)
+        return _offsets(zf, ds[PIXELDQ], geometry=geometry, params=p)
     return _offsets(ds[DATA], ds[PIXELDQ], geometry=geometry, params=p)
 
 
-def refpix(ds: xr.Dataset, *, offsets: xr.DataArray | None = None, **params) -> xr.Dataset:
+def refpix(ds: xr.Dataset, *, offsets: xr.DataArray | None = None,
+           frame_shape: tuple[int, int] | None = None,
+           zeroframe_offsets: xr.DataArray | None = None, **params) -> xr.Dataset:
     """Reference-pixel correction of a near-IR exposure (lazy).
 
     Parameters
@@ -212,6 +219,11 @@ def refpix(ds: xr.Dataset, *, offsets: xr.DataArray | None = None, **params) -> 
     offsets : xarray.DataArray, optional
         Precomputed :func:`refpix_offsets` of this exposure (a pipeline's frame-statistics
         pass); by default they are derived lazily from ``ds`` itself.
+    zeroframe_offsets : xarray.DataArray, optional
+        The same for the zero frame (``refpix_offsets(ds, zeroframe=True)``).
+    frame_shape : (ny, nx), optional
+        Size of the subarray ``ds`` is a window of (:func:`daskramp.dims.window`); it decides
+        between per-amplifier and single-output correction.  Default: ``ds``'s own size.
     **params
         Fields of :class:`Params` (official names); unknown names raise TypeError.
 
@@ -251,11 +263,13 @@ def refpix(ds: xr.Dataset, *, offsets: xr.DataArray | None = None, **params) -> 
     geometry = _geometry(ds)
     if geometry is None:
         return _with_status(ds, SKIPPED)
-    updates = {DATA: _correct(ds[DATA], ds[PIXELDQ], geometry=geometry, params=p, offsets=offsets)}
+    updates = {DATA: _correct(ds[DATA], ds[PIXELDQ], geometry=geometry, params=p, offsets=offsets,
+                              frame_shape=frame_shape)}
     if ZEROFRAME in ds and a.get("ZEROFRAM", True):
         zf = ds[ZEROFRAME]
         corrected = _correct(
-            zf.expand_dims({GROUP: 1}, axis=1), ds[PIXELDQ], geometry=geometry, params=p
+            zf.expand_dims({GROUP: 1}, axis=1), ds[PIXELDQ], geometry=geometry, params=p,
+            offsets=zeroframe_offsets, frame_shape=frame_shape,
         ).isel({GROUP: 0}, drop=True)
         # a zero frame of 0 means "not recorded" and stays 0
         updates[ZEROFRAME] = corrected.where(zf != 0, np.float32(0)).astype(FLOAT_DTYPE)

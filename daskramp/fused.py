@@ -1,0 +1,533 @@
+"""Detector1 as one task per pixel tile: every step of the chain fused over a window.
+
+The step-by-step graph of :func:`daskramp.pipeline.detector1` (one dask layer per step) is
+exact, but on a pixel tile layout its halos (saturation growth, jump's neighbour flags) become
+dask overlaps: every tile then waits for slivers of its neighbours, which travel between
+workers, and the scheduler tracks several tasks per tile and step.  Here instead each task
+
+1. reads its own window straight from the source — every integration of one segment (or of
+   the exposure with ``stats_scope="exposure"``), all groups, all rows, a band of columns
+   widened by a *ghost* margin on each side (:func:`halo_width`: the sum of the halos of the
+   neighbour-looking steps) — from the uncal FITS files (only the band's bytes are mapped),
+   a Zarr store, or any array;
+2. runs the same step wrappers on it as numpy (:func:`daskramp.pipeline.ramp_steps`, the
+   window being a smaller subarray: :func:`daskramp.dims.window`);
+3. trims the ghost margin and returns ramp_fit's per-integration fields for its band.
+
+Tiles never exchange data, so the graph is one task per tile (plus small getters) and
+a worker's memory is one tile's chain.  The two whole-frame statistics a window cannot see
+are computed first, cheaply, by the same machinery on small windows:
+
+* refpix offsets from windows that cover only the reference pixels (the border strips), on a
+  box-aligned grid whose interior block is never computed (dask culls it);
+* jump's "every pixel DO_NOT_USE" planes: a probe window is run up to jump; a plane with one
+  usable pixel in the probe is not all DO_NOT_USE, which settles every plane in practice.
+  Only planes the probe cannot settle are evaluated over every tile.
+
+The results equal the step-by-step graph's exactly (``tests/test_fused.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from . import dims
+from .dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, ZEROFRAME, X, Y
+
+#: per-process cache of opened Zarr arrays (path → group)
+_ZARR: dict = {}
+
+
+def halo_width(params) -> int:
+    """Ghost columns/rows each window needs so that its interior equals the whole-frame result.
+
+    The sum of the halos of the steps that look at neighbours (their outputs then depend on
+    inputs up to that many pixels away): saturation growth ``2·n_pix_grow_sat``,
+    charge_migration 1, jump's neighbour flagging 1.
+    """
+    h = 0
+    if not params["saturation"].skip:
+        h += 2 * int(params["saturation"].n_pix_grow_sat)
+    if not params["charge_migration"].skip:
+        h += 1
+    if not params["jump"].skip and params["jump"].flag_4_neighbors:
+        h += 1
+    return h
+
+
+def unsupported(ds: xr.Dataset, params) -> str | None:
+    """Why the fused layout cannot run this configuration (None: it can)."""
+    if not params["clean_flicker_noise"].skip:
+        return "clean_flicker_noise fits whole frames"
+    if params["ramp_fit"].skip:
+        return "ramp_fit is skipped (no products)"
+    if not any(hasattr(v.data, "dask") for v in ds.data_vars.values()):
+        return "the exposure is in memory"
+    return None
+
+
+# ------------------------------------------------------------------------------- readers
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Where the raw ramp of an exposure lives; :meth:`read` returns numpy windows.
+
+    ``kind`` is ``"fits"`` (uncal segment files: ``segments`` = (path, byte offset,
+    frame shape, nints, zeroframe (offset, shape) or None)), ``"zarr"`` (a store at ``path``)
+    or ``"arrays"`` (``arrays``: variable → numpy or dask array, sliced and computed in the
+    task).
+    """
+
+    kind: str
+    segments: tuple = ()
+    path: str = ""
+    arrays: tuple = ()
+    has_zeroframe: bool = False
+
+    def read(self, i0: int, i1: int, ys: slice, xs: slice) -> dict[str, np.ndarray]:
+        """``data`` (uint16 or as stored), ``groupdq``/``pixeldq`` when the source has them,
+        ``zeroframe`` when present; integrations ``i0:i1`` of the exposure."""
+        if self.kind == "fits":
+            return self._read_fits(i0, i1, ys, xs)
+        if self.kind == "zarr":
+            grp = _ZARR.get(self.path)
+            if grp is None:
+                import zarr
+
+                grp = _ZARR[self.path] = zarr.open_group(self.path, mode="r", zarr_format=3)
+            out = {DATA: grp[DATA][i0:i1, :, ys, xs]}
+            if self.has_zeroframe:
+                out[ZEROFRAME] = grp[ZEROFRAME][i0:i1, ys, xs]
+            return out
+        out = {}
+        for name, arr in self.arrays:
+            key = {4: (slice(i0, i1), slice(None), ys, xs), 3: (slice(i0, i1), ys, xs), 2: (ys, xs)}[arr.ndim]
+            part = arr[key]
+            out[name] = np.asarray(part.compute(scheduler="sync") if hasattr(part, "dask") else part)
+        return out
+
+    def _read_fits(self, i0, i1, ys, xs):
+        from .io.uncal import read_window
+
+        data, zf = [], []
+        start = 0
+        for path, offset, frame, nint, zeroframe in self.segments:
+            a, b = max(i0, start), min(i1, start + nint)
+            if a < b:
+                data.append(read_window(path, offset, frame, a - start, b - start, ys, xs))
+                if self.has_zeroframe:
+                    zf.append(read_window(path, zeroframe[0], zeroframe[1], a - start, b - start, ys, xs))
+            start += nint
+        out = {DATA: data[0] if len(data) == 1 else np.concatenate(data)}
+        if self.has_zeroframe:
+            out[ZEROFRAME] = zf[0] if len(zf) == 1 else np.concatenate(zf)
+        return out
+
+
+def reader_for(ds: xr.Dataset) -> Reader:
+    """The cheapest :class:`Reader` for ``ds``: its source files when it is unchanged since
+    :func:`daskramp.io.open_exposure` opened it, else its own arrays."""
+    src = ds.encoding.get("daskramp_source")
+    names = {k: v.data.name for k, v in ds.data_vars.items() if hasattr(v.data, "dask")}
+    has_zf = ZEROFRAME in ds
+    if src and src.get("names") == names and not np.any(ds[PIXELDQ].values):
+        if src["kind"] == "fits" and (not has_zf or all(s[4] is not None for s in src["segments"])):
+            return Reader("fits", segments=tuple(src["segments"]), has_zeroframe=has_zf)
+        if src["kind"] == "zarr":
+            return Reader("zarr", path=src["path"], has_zeroframe=has_zf)
+    arrays = tuple((k, v.data) for k, v in ds.data_vars.items())
+    return Reader("arrays", arrays=arrays, has_zeroframe=has_zf)
+
+
+# ------------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a window task needs besides the pixels (small, shipped with each task)."""
+
+    skeleton: xr.Dataset  # the exposure's coords and attrs, no data variables
+    var_attrs: dict
+    params: dict
+    stats_scope: str
+    halo: int
+
+
+def _skeleton(ds: xr.Dataset) -> xr.Dataset:
+    sk = ds.drop_vars(list(ds.data_vars))
+    sk.attrs = dict(ds.attrs)
+    sk.encoding = {}
+    return sk
+
+
+def _window_exposure(plan: Plan, raw: dict, i0, i1, ys: slice, xs: slice) -> xr.Dataset:
+    """The raw window as an exposure of its own (float32 ``data``, as the pipeline converts)."""
+    sk = plan.skeleton
+    ny, nx = sk.sizes[Y], sk.sizes[X]
+    win = dims.window(sk.isel({INTEGRATION: slice(i0, i1)}), y=ys, x=xs)
+    shape4 = raw[DATA].shape
+    data = raw[DATA].astype(dims.FLOAT_DTYPE, copy=False)
+    groupdq = raw.get(GROUPDQ)
+    pixeldq = raw.get(PIXELDQ)
+    variables = {
+        DATA: (dims.RAMP_DIMS, data, plan.var_attrs.get(DATA, {})),
+        GROUPDQ: (dims.RAMP_DIMS, np.zeros(shape4, dims.GROUPDQ_DTYPE) if groupdq is None
+                  else np.array(groupdq, dims.GROUPDQ_DTYPE)),
+        PIXELDQ: (dims.IMAGE_DIMS, np.zeros(shape4[2:], dims.PIXELDQ_DTYPE) if pixeldq is None
+                  else np.array(pixeldq, dims.PIXELDQ_DTYPE)),
+    }
+    if ZEROFRAME in raw:
+        variables[ZEROFRAME] = (dims.CUBE_DIMS, raw[ZEROFRAME].astype(dims.FLOAT_DTYPE),
+                                plan.var_attrs.get(ZEROFRAME, {}))
+    out = win.assign(variables)
+    out.attrs["_frame_shape"] = (ny, nx)
+    return out
+
+
+#: step parameters that are (y, x) images of the whole subarray, with their FITS loaders
+_IMAGE_PARAMS = {("saturation", "user_threshold"): "daskramp.steps.saturation:_load_threshold",
+                 ("dq_init", "user_supplied_dq"): "daskramp.steps.dq_init:_load_user_dq"}
+
+
+def _loaded_params(params: Mapping) -> dict:
+    """``params`` with image parameters given as FITS paths loaded (once, by the client)."""
+    import importlib
+
+    out = dict(params)
+    for (step, field), where in _IMAGE_PARAMS.items():
+        value = getattr(out[step], field, None)
+        if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+            mod, fn = where.split(":")
+            loaded = getattr(importlib.import_module(mod), fn)(value)
+            out[step] = dataclasses.replace(out[step], **{field: loaded})
+    return out
+
+
+def _window_params(params: Mapping, frame_shape, ys: slice, xs: slice) -> dict:
+    """``params`` with the image parameters cut to the window (others unchanged)."""
+    out = dict(params)
+    for step, field in _IMAGE_PARAMS:
+        value = getattr(out[step], field, None)
+        if value is None:
+            continue
+        if tuple(np.shape(value)) != tuple(frame_shape):
+            continue  # left for the step to reject with its own message
+        part = value.isel({Y: ys, X: xs}) if isinstance(value, xr.DataArray) else value[ys, xs]
+        out[step] = dataclasses.replace(out[step], **{field: part})
+    return out
+
+
+def _given_stats(stats: dict, i0: int, i1: int) -> dict:
+    out = {}
+    for k, v in stats.items():
+        if v is None:
+            out[k] = None
+        elif isinstance(v, xr.DataArray):
+            out[k] = v.isel({INTEGRATION: slice(i0, i1)})
+        else:
+            out[k] = np.asarray(v)[i0:i1]
+    return out
+
+
+def _widen(s: slice, h: int, n: int) -> tuple[slice, slice]:
+    """The window ``s`` widened by ``h`` on each side (clipped), and ``s`` relative to it."""
+    a, b = max(0, s.start - h), min(n, s.stop + h)
+    return slice(a, b), slice(s.start - a, s.stop - a)
+
+
+def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, ys: slice,
+               xs: slice, until: str) -> dict[str, np.ndarray]:
+    """Read a window widened by the ghost margin, run the steps before ``until`` on it and
+    return its interior: ``data``/``groupdq``/``pixeldq`` (and ``zeroframe``), or for
+    ``until="ramp_fit"`` the ramp_fit ``fields`` (field, integration, y, x) and ``pixeldq``."""
+    from .pipeline import _call_step, ramp_steps
+
+    sk = plan.skeleton
+    ny, nx = sk.sizes[Y], sk.sizes[X]
+    wy, iy = _widen(ys, plan.halo, ny)
+    wx, ix = _widen(xs, plan.halo, nx)
+    raw = reader.read(i0, i1, wy, wx)
+    wds = _window_exposure(plan, raw, i0, i1, wy, wx)
+    del raw
+    wrefs = None if refs is None else refs.window((ny, nx), wy, wx)
+    params = _window_params(plan.params, (ny, nx), wy, wx)
+    out = ramp_steps(wds, wrefs, params, stats_scope=plan.stats_scope,
+                     given_stats=_given_stats(stats, i0, i1), until=until, frame_shape=(ny, nx))
+    res = {PIXELDQ: np.ascontiguousarray(out[PIXELDQ].values[iy, ix])}
+    if until == "ramp_fit":
+        del wds
+        fields = _call_step("ramp_fit", out, wrefs, plan.params["ramp_fit"],
+                            stats_scope=plan.stats_scope, fields_only=True)
+        del out
+        res["fields"] = np.ascontiguousarray(fields.values[..., iy, ix])
+        return res
+    for name in (DATA, GROUPDQ, ZEROFRAME):
+        if name in out:
+            res[name] = np.ascontiguousarray(out[name].values[..., iy, ix])
+    return res
+
+
+def _status(plan: Plan, reader: Reader, refs, stats: dict, until: str) -> tuple[dict, dict]:
+    """Step statuses and provenance records, from the chain run on a one-pixel window."""
+    from .pipeline import ramp_steps
+
+    sk = plan.skeleton
+    raw = reader.read(0, 1, slice(0, 1), slice(0, 1))
+    wds = _window_exposure(plan, raw, 0, 1, slice(0, 1), slice(0, 1))
+    wrefs = None if refs is None else refs.window((sk.sizes[Y], sk.sizes[X]), slice(0, 1), slice(0, 1))
+    prov: dict = {}
+    given = {}
+    for k, v in stats.items():
+        if v is None:
+            given[k] = None
+            continue
+        v = v.isel({INTEGRATION: slice(0, 1)}) if isinstance(v, xr.DataArray) else v[:1]
+        if dask.is_dask_collection(v):
+            # statuses do not depend on the values: a placeholder keeps this graph-free
+            zeros = np.zeros(v.shape, v.dtype)
+            v = v.copy(data=zeros) if isinstance(v, xr.DataArray) else zeros
+        given[k] = np.asarray(v) if not isinstance(v, xr.DataArray) else v
+    # statistics the caller has not computed yet only need the right shape here
+    given.setdefault("plane_dnu", np.zeros((1, sk.sizes[GROUP]), bool))
+    for key in ("refpix_offsets", "refpix_zf_offsets"):
+        given.setdefault(key, None)
+    params = _window_params(plan.params, (sk.sizes[Y], sk.sizes[X]), slice(0, 1), slice(0, 1))
+    out = ramp_steps(wds, wrefs, params, stats_scope=plan.stats_scope, given_stats=given,
+                     until=until, frame_shape=(sk.sizes[Y], sk.sizes[X]), provenance=prov)
+    attrs = {k: v for k, v in out.attrs.items() if k.startswith("S_")}
+    return attrs, prov.get("steps", {})
+
+
+def staged(plan: Plan, reader: Reader, refs_key, stats: dict, *, until: str,
+           int_bounds, y_bounds, x_bounds, names=(DATA, GROUPDQ, PIXELDQ)) -> dict[str, da.Array]:
+    """Lazy arrays of the chain run up to ``until`` on a grid of windows (one task each).
+
+    ``*_bounds`` are lists of (start, stop) along integration, y and x.  Returns dask arrays
+    for ``names`` (``fields`` for ``until="ramp_fit"``); ``pixeldq`` comes from the first
+    integration block.  Blocks that nothing asks for are never computed.
+    """
+    from dask.base import tokenize
+
+    sk = plan.skeleton
+    # the statistics (computed or lazy) travel as one key, like the reference files
+    stats_key = dask.delayed(dict(stats), pure=True)
+    token = tokenize(plan.params, plan.stats_scope, plan.halo, reader, until, int_bounds, y_bounds,
+                     x_bounds, refs_key, stats_key)
+    wname = f"window-{until}-{token}"
+    dsk: dict = {}
+    deps = [stats_key] if refs_key is None else [refs_key, stats_key]
+    refs_arg = None if refs_key is None else refs_key.key
+    for a, (i0, i1) in enumerate(int_bounds):
+        for b, (y0, y1) in enumerate(y_bounds):
+            for c, (x0, x1) in enumerate(x_bounds):
+                dsk[(wname, a, b, c)] = (run_window, plan, reader, refs_arg, stats_key.key, i0, i1,
+                                         slice(y0, y1), slice(x0, x1), until)
+    ichunks = tuple(b - a for a, b in int_bounds)
+    ychunks = tuple(b - a for a, b in y_bounds)
+    xchunks = tuple(b - a for a, b in x_bounds)
+    ngroup = sk.sizes[GROUP]
+    out = {}
+    for name in names:
+        lname = f"{name}-{wname}"
+        layer = {}
+        if name == PIXELDQ:
+            for b in range(len(y_bounds)):
+                for c in range(len(x_bounds)):
+                    layer[(lname, b, c)] = (dict.__getitem__, (wname, 0, b, c), name)
+            chunks, dtype = (ychunks, xchunks), dims.PIXELDQ_DTYPE
+        else:
+            for a in range(len(int_bounds)):
+                for b in range(len(y_bounds)):
+                    for c in range(len(x_bounds)):
+                        key = {"fields": (lname, 0, a, b, c), DATA: (lname, a, 0, b, c),
+                               GROUPDQ: (lname, a, 0, b, c), ZEROFRAME: (lname, a, b, c)}[name]
+                        layer[key] = (dict.__getitem__, (wname, a, b, c), name)
+            if name == "fields":
+                from .kernels.ramp_fit import NFIELDS
+
+                chunks, dtype = ((NFIELDS,), ichunks, ychunks, xchunks), np.float64
+            elif name == ZEROFRAME:
+                chunks, dtype = (ichunks, ychunks, xchunks), dims.FLOAT_DTYPE
+            else:
+                chunks = (ichunks, (ngroup,), ychunks, xchunks)
+                dtype = dims.FLOAT_DTYPE if name == DATA else dims.GROUPDQ_DTYPE
+        graph = {**dsk, **layer}
+        for d in deps:
+            graph.update(d.__dask_graph__())
+        out[name] = da.Array(graph, lname, chunks=chunks, dtype=dtype)
+    return out
+
+
+# ------------------------------------------------------------------------------- pipeline
+
+
+def _bounds(n: int, step: int) -> list[tuple[int, int]]:
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _int_bounds(ds: xr.Dataset, stats_scope: str) -> list[tuple[int, int]]:
+    if stats_scope == "exposure":
+        return [(0, ds.sizes[INTEGRATION])]
+    return dims.segment_bounds(ds)
+
+
+def _cuts(n: int, edges) -> list[tuple[int, int]]:
+    pts = sorted({0, n, *(int(e) for e in edges if 0 < e < n)})
+    return list(zip(pts[:-1], pts[1:]))
+
+
+def _settle_planes(probe: np.ndarray, plan: Plan, reader: Reader, refs, stats: dict,
+                   int_block: int, band: int = 64) -> np.ndarray:
+    """Jump's "every pixel DO_NOT_USE" planes (integration, group) from the probe's answer.
+
+    A plane with a usable pixel in the probe is settled (not all DO_NOT_USE).  The planes the
+    probe cannot settle are evaluated over every column band, one band at a time in this task
+    (memory: one band), which only happens for frames that are unusable almost everywhere.
+    """
+    planes = np.array(probe, bool)
+    if not planes.any():
+        return planes
+    ny, nx = plan.skeleton.sizes[Y], plan.skeleton.sizes[X]
+    for i0, i1 in _bounds(planes.shape[0], int_block):
+        todo = planes[i0:i1]
+        for x0, x1 in _bounds(nx, band):
+            if not todo.any():
+                break
+            gdq = run_window(plan, reader, refs, stats, i0, i1, slice(0, ny), slice(x0, x1),
+                             until="jump")[GROUPDQ]
+            todo &= ((gdq & np.uint8(1)) != 0).all(axis=(2, 3))
+        planes[i0:i1] = todo
+    return planes
+
+
+def _settled(probe: da.Array, plan: Plan, reader: Reader, refs_key, stats: dict,
+             int_block: int) -> da.Array:
+    """:func:`_settle_planes` as one task of a lazy (integration, group) array."""
+    from dask.base import tokenize
+
+    stats_key = dask.delayed(dict(stats), pure=True)
+    name = "plane-dnu-" + tokenize(probe, plan, reader, refs_key, stats_key, int_block)
+    refs_arg = None if refs_key is None else refs_key.key
+    graph = {(name, 0, 0): (_settle_planes, (probe.name, 0, 0), plan, reader, refs_arg,
+                            stats_key.key, int_block)}
+    graph.update(probe.__dask_graph__())
+    graph.update(stats_key.__dask_graph__())
+    if refs_key is not None:
+        graph.update(refs_key.__dask_graph__())
+    return da.Array(graph, name, chunks=tuple((n,) for n in probe.shape), dtype=bool)
+
+
+def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, compute: bool = True,
+                     int_block: int = 16) -> dict:
+    """The whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``, ``plane_dnu``)
+    from small windows (see the module docstring).
+
+    With ``compute`` they are computed here through the active dask scheduler (two small
+    passes: the probe runs refpix, so the offsets come first); otherwise they are returned
+    lazy and the product graph computes them.
+    """
+    from .kernels import refpix as refpix_kernel
+    from .pipeline import STEP_ORDER, _kwargs
+    from .steps.refpix import _geometry, refpix_offsets
+
+    sk = plan.skeleton
+    nint, ngroup, ny, nx = ds.sizes[INTEGRATION], ds.sizes[GROUP], ds.sizes[Y], ds.sizes[X]
+    ints = _bounds(nint, int_block)
+    rp = plan.params["refpix"]
+    stats: dict = {"refpix_offsets": None, "refpix_zf_offsets": None}
+    if not rp.skip and _geometry(ds) is not None:
+        g = _geometry(ds)
+        layout = refpix_kernel.reference_layout(ny, nx, substrt1=g["x0"] + 1, substrt2=g["y0"] + 1,
+                                                subarray=g["subarray"])
+        if layout.size:
+            # windows on a grid aligned with the reference-pixel boxes: the interior windows
+            # feed nothing and are culled
+            ycut = _cuts(ny, [e for box in layout.boxes for e in box[:2]])
+            xcut = _cuts(nx, [e for box in layout.boxes for e in box[2:]])
+            names = (DATA, PIXELDQ) + ((ZEROFRAME,) if ZEROFRAME in ds else ())
+            arrs = staged(plan, reader, refs_key, {}, until="refpix", int_bounds=ints,
+                          y_bounds=ycut, x_bounds=xcut, names=names)
+            pre = sk.assign({DATA: (dims.RAMP_DIMS, arrs[DATA]), PIXELDQ: (dims.IMAGE_DIMS, arrs[PIXELDQ])})
+            if ZEROFRAME in arrs:
+                pre = pre.assign({ZEROFRAME: (dims.CUBE_DIMS, arrs[ZEROFRAME])})
+            stats["refpix_offsets"] = refpix_offsets(pre, **_kwargs(rp))
+            stats["refpix_zf_offsets"] = refpix_offsets(pre, zeroframe=True, **_kwargs(rp))
+    if compute:
+        (stats,) = dask.compute(stats)
+    jp = plan.params["jump"]
+    if not jp.skip and "jump" in STEP_ORDER:
+        w = min(nx, 8)
+        x0 = max(0, nx // 2 - w // 2)
+        arrs = staged(plan, reader, refs_key, stats, until="jump", int_bounds=ints,
+                      y_bounds=[(0, ny)], x_bounds=[(x0, x0 + w)], names=(GROUPDQ,))
+        probe = ((arrs[GROUPDQ] & np.uint8(1)) != 0).all(axis=(2, 3)).rechunk((nint, ngroup))
+        stats["plane_dnu"] = _settled(probe, plan, reader, refs_key, stats, int_block)
+        if compute:
+            stats["plane_dnu"] = np.asarray(stats["plane_dnu"].compute())
+    else:
+        stats["plane_dnu"] = None
+    return stats
+
+
+def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_scope: str,
+                    memory_limit: int | None, tile_columns: int | None, frame_stats):
+    """:func:`daskramp.pipeline.detector1` in the fused tile layout (same arguments, same
+    products).  ``frame_stats``: "compute" computes the whole-frame statistics first (small
+    windows, see :func:`frame_statistics`), None leaves them lazy in the product graph, a
+    mapping gives them."""
+    from .config import ConfigError
+    from .pipeline import Detector1Result, finish, plan_tiles
+
+    p = _loaded_params(params)
+    h = halo_width(p)
+    plan = Plan(skeleton=_skeleton(ds), var_attrs={k: dict(v.attrs) for k, v in ds.data_vars.items()},
+                params=dict(p), stats_scope=stats_scope, halo=h)
+    reader = reader_for(ds)
+    # the reference files travel once per worker as one graph key, not inside every task
+    refs_key = None if refs is None else dask.delayed(refs, pure=True)
+    if isinstance(frame_stats, Mapping):
+        stats = {k: frame_stats.get(k) for k in ("refpix_offsets", "refpix_zf_offsets", "plane_dnu")}
+        if stats["plane_dnu"] is None and not p["jump"].skip:
+            stats = frame_statistics(ds, plan, reader, refs_key)
+    elif frame_stats in (None, "compute"):
+        stats = frame_statistics(ds, plan, reader, refs_key, compute=frame_stats == "compute")
+    else:
+        raise ConfigError(f"frame_stats must be a mapping or 'compute', got {frame_stats!r}")
+    if isinstance(stats.get("plane_dnu"), xr.DataArray):
+        stats["plane_dnu"] = stats["plane_dnu"].data
+
+    # the ghost margin is part of each task's memory too
+    cols = plan_tiles(ds, memory_limit=memory_limit, stats_scope=stats_scope, tile_columns=tile_columns,
+                      ghost=h)
+    nx, ny = ds.sizes[X], ds.sizes[Y]
+    ints = _int_bounds(ds, stats_scope)
+    arrs = staged(plan, reader, refs_key, stats, until="ramp_fit", int_bounds=ints,
+                  y_bounds=[(0, ny)], x_bounds=_bounds(nx, cols), names=("fields", PIXELDQ))
+    from .kernels.ramp_fit import FIELDS
+
+    coords = {k: v for k, v in plan.skeleton.coords.items()}
+    fields = xr.DataArray(arrs["fields"], dims=("field", *dims.CUBE_DIMS),
+                          coords={**{k: v for k, v in coords.items()
+                                     if set(v.dims) <= set(dims.CUBE_DIMS)}, "field": list(FIELDS)})
+    pixeldq = xr.DataArray(arrs[PIXELDQ], dims=dims.IMAGE_DIMS, coords={Y: ds[Y], X: ds[X]})
+    status_attrs, records = _status(plan, reader, refs, stats, until="ramp_fit")
+    provenance["steps"].update(records)
+    provenance["tile_columns"] = cols
+    provenance["layout"] = {"fused": True, "ghost_columns": h, "tiles": len(ints) * len(_bounds(nx, cols))}
+    meta = plan.skeleton.assign({PIXELDQ: pixeldq})
+    meta.attrs.update(status_attrs)
+    rate, rateints = finish(fields, meta, refs, p, provenance, pixeldq=pixeldq)
+    return Detector1Result(rate=rate, rateints=rateints, intermediates={}, provenance=provenance,
+                           frame_stats=stats)
+
+
+__all__ = ["Plan", "Reader", "detector1_fused", "frame_statistics", "halo_width", "reader_for",
+           "run_window", "staged", "unsupported"]

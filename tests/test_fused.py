@@ -1,0 +1,185 @@
+"""The fused tile layout (:mod:`daskramp.fused`) against the step-by-step graph.
+
+The fused layout runs the whole chain in one task per (segment × column band), reading each
+band widened by a ghost margin straight from the uncal files or the store, with the
+whole-frame statistics computed first from small windows.  These tests hold it to the
+step-by-step graph bit for bit, on narrow tiles (so most pixels sit near a tile edge),
+saturated pixels placed on the tile edges (so saturation growth, charge migration and jump's
+neighbour flags cross them), both statistics scopes and every reader.
+"""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.io import fits
+
+from daskramp import dims, dq, fused
+from daskramp.io import ingest, open_exposure
+from daskramp.io.refs import RefSet
+from daskramp.io.uncal import read_frames, read_window, scan_segment
+from daskramp.pipeline import STEP_ORDER, detector1, step_params
+from daskramp.simulate import simulate
+from daskramp.testing.ramps import forbid_compute
+
+TILE = 16
+PRODUCT_VARS = ("data", "dq", "err", "var_poisson", "var_rnoise")
+
+
+@pytest.fixture(scope="module")
+def soss(tmp_path_factory):
+    """2 segments × 5 integrations × 6 groups × 256 × 80 (SOSS-like, reference columns 0–3)."""
+    out = tmp_path_factory.mktemp("fused")
+    return simulate(out, preset="niriss-soss", nints=5, segments=2, ngroups=6, nx=80, seed=11)
+
+
+@pytest.fixture(scope="module")
+def edge_threshold(soss):
+    """A saturation threshold that saturates small blocks of pixels straddling every tile edge
+    from the fourth group on (the real threshold elsewhere)."""
+    ds = open_exposure(soss.uncal_files)
+    refs = RefSet.from_dir(soss.refs_dir, ds.attrs, required=())
+    thresh = np.array(refs.get("saturation").arrays["SCI"], np.float32)
+    g3 = ds["data"].isel(integration=0, group=3).values.astype(np.float32)
+    for edge in range(TILE, ds.sizes["x"], TILE):
+        for y0 in (40, 150):
+            block = (slice(y0, y0 + 3), slice(edge - 1, edge + 1))
+            thresh[block] = g3[block] - 1
+    return thresh
+
+
+def _compute(res):
+    with dask.config.set(scheduler="threads", num_workers=2):
+        return dask.compute(res.rateints, res.rate)
+
+
+def _assert_same(a: xr.Dataset, b: xr.Dataset):
+    for var in PRODUCT_VARS:
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+    assert {k: v for k, v in a.attrs.items() if k.startswith("S_")} == \
+        {k: v for k, v in b.attrs.items() if k.startswith("S_")}
+    for c in a.coords:
+        np.testing.assert_array_equal(a[c].values, b[c].values, err_msg=c)
+
+
+@pytest.mark.parametrize("stats_scope", ["segment", "exposure"])
+@pytest.mark.parametrize("threshold_as", ["array", "fits"])
+def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_as, tmp_path):
+    if threshold_as == "fits":
+        path = tmp_path / "thresh.fits"
+        fits.PrimaryHDU(edge_threshold).writeto(path)
+        user = str(path)
+    else:
+        user = edge_threshold
+    steps = {"saturation": {"n_pix_grow_sat": 2, "user_threshold": user},
+             "charge_migration": {"skip": False}}
+    ds = open_exposure(soss.uncal_files)
+    res = detector1(ds, soss.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=TILE)
+    assert res.provenance["layout"]["fused"] and res.provenance["layout"]["ghost_columns"] == 6
+    assert res.provenance["layout"]["tiles"] == (2 if stats_scope == "segment" else 1) * 5
+    ref = detector1(ds, soss.refs_dir, steps=steps, stats_scope=stats_scope, fused=False)
+    assert "layout" not in ref.provenance
+    (ri, r), (ri0, r0) = _compute(res), _compute(ref)
+    _assert_same(ri, ri0)
+    _assert_same(r, r0)
+    # the edges were exercised: saturated pixels on both sides of every tile edge
+    sat = (ri["dq"].values & dq.SATURATED) != 0
+    for edge in range(TILE, ds.sizes["x"], TILE):
+        assert sat[:, 40:43, edge - 1].all() and sat[:, 40:43, edge].all()
+    assert {k: v["status"] for k, v in res.provenance["steps"].items()} == \
+        {k: v["status"] for k, v in ref.provenance["steps"].items()}
+
+
+def test_readers_agree(soss, tmp_path):
+    """Uncal FITS, a Zarr store and plain dask arrays are read to the same products."""
+    fits_ds = open_exposure(soss.uncal_files)
+    store = ingest(soss.uncal_files, tmp_path / "exp.zarr")
+    zarr_ds = open_exposure(store)
+    # a changed dask graph (here a rechunk) is read through its own arrays
+    arr_ds = dims.chunk(fits_ds, {"integration": 3})
+    kinds = [fused.reader_for(d).kind for d in (fits_ds, zarr_ds, arr_ds)]
+    assert kinds == ["fits", "zarr", "arrays"]
+    out = [_compute(detector1(d, soss.refs_dir, tile_columns=32)) for d in (fits_ds, zarr_ds, arr_ds)]
+    for ri, r in out[1:]:
+        _assert_same(ri, out[0][0])
+        _assert_same(r, out[0][1])
+
+
+def test_default_is_fused_and_lazy(soss):
+    ds = open_exposure(soss.uncal_files)
+    with forbid_compute():
+        res = detector1(ds, soss.refs_dir)
+    assert res.provenance["layout"]["fused"]
+    assert dask.is_dask_collection(res.frame_stats["plane_dnu"])
+    # saving intermediates needs the step-by-step graph
+    res2 = detector1(ds, soss.refs_dir, save_steps=["jump"])
+    assert "layout" not in res2.provenance and "jump" in res2.intermediates
+    # so do whole-frame steps and in-memory exposures
+    res3 = detector1(ds, soss.refs_dir, steps={"clean_flicker_noise": {"skip": False}})
+    assert res3.provenance["fused"].startswith("not used: clean_flicker_noise")
+
+
+def test_all_do_not_use_planes_settled_past_the_probe(soss):
+    """A plane DO_NOT_USE in the probe columns only is found not to be all DO_NOT_USE; a
+    plane DO_NOT_USE everywhere is found to be; both as the step-by-step graph finds them."""
+    ds = open_exposure(soss.uncal_files).load()
+    gdq = ds["groupdq"].values.copy()
+    nx = ds.sizes["x"]
+    gdq[2, 3] |= dq.DO_NOT_USE  # every pixel
+    gdq[6, 2, :, nx // 2 - 8: nx // 2 + 8] |= dq.DO_NOT_USE  # the probe's columns only
+    ds["groupdq"] = (ds["groupdq"].dims, gdq)
+    lazy = dims.chunk(ds, {"integration": 5})
+    res = detector1(lazy, soss.refs_dir, tile_columns=TILE, frame_stats="compute")
+    planes = np.asarray(res.frame_stats["plane_dnu"])
+    assert planes[2, 3] and not planes[6, 2] and planes.sum() == 1
+    ref = detector1(lazy, soss.refs_dir, fused=False, frame_stats="compute")
+    np.testing.assert_array_equal(planes, np.asarray(ref.frame_stats["plane_dnu"]))
+    (ri, r), (ri0, r0) = _compute(res), _compute(ref)
+    _assert_same(ri, ri0)
+    _assert_same(r, r0)
+
+
+def test_halo_width_sums_the_neighbour_steps():
+    p = {n: step_params(n) for n in STEP_ORDER}
+    assert fused.halo_width(p) == 2 + 1  # n_pix_grow_sat 1 → 2, jump neighbours 1
+    p["charge_migration"] = step_params("charge_migration", {"skip": False})
+    p["saturation"] = step_params("saturation", {"n_pix_grow_sat": 3})
+    assert fused.halo_width(p) == 6 + 1 + 1
+    p["jump"] = step_params("jump", {"flag_4_neighbors": False})
+    p["saturation"] = step_params("saturation", {"skip": True})
+    assert fused.halo_width(p) == 1
+
+
+@pytest.mark.parametrize("i0,i1,ys,xs,block", [
+    (0, 5, slice(None), slice(None), None),
+    (1, 4, slice(10, 50), slice(3, 21), 1),
+    (2, 3, slice(0, 1), slice(79, 80), 4096),
+    (0, 5, slice(250, 256), slice(0, 80), 50_000),
+])
+def test_read_window_matches_read_frames(soss, i0, i1, ys, xs, block):
+    seg = scan_segment(soss.uncal_files[0])
+    whole = read_frames(seg.path, seg.offset, seg.frame_shape, 0, seg.shape[0])
+    got = read_window(seg.path, seg.offset, seg.frame_shape, i0, i1, ys, xs, block_bytes=block)
+    np.testing.assert_array_equal(got, whole[i0:i1, ..., ys, xs])
+    assert got.dtype == np.uint16 and got.flags.c_contiguous
+
+
+def test_window_describes_the_subarray(soss):
+    ds = open_exposure(soss.uncal_files)
+    w = dims.window(ds, y=slice(10, 20), x=slice(30, 45))
+    assert w.sizes["y"] == 10 and w.sizes["x"] == 15
+    assert w.attrs["SUBSTRT1"] == ds.attrs["SUBSTRT1"] + 30
+    assert w.attrs["SUBSTRT2"] == ds.attrs["SUBSTRT2"] + 10
+    assert (w.attrs["SUBSIZE1"], w.attrs["SUBSIZE2"]) == (15, 10)
+    np.testing.assert_array_equal(w["x"].values, ds["x"].values[30:45])
+    assert ds.attrs["SUBSIZE1"] == 80  # the parent is unchanged
+    refs = RefSet.from_dir(soss.refs_dir, ds.attrs, required=())
+    shape = (ds.sizes["y"], ds.sizes["x"])
+    wr = refs.window(shape, slice(10, 20), slice(30, 45))
+    for rt in ("mask", "saturation", "superbias", "gain", "readnoise"):
+        for k, a in refs.get(rt).arrays.items():
+            if a.ndim >= 2 and a.shape[-2:] == shape:
+                np.testing.assert_array_equal(wr.get(rt).arrays[k], a[..., 10:20, 30:45], err_msg=f"{rt} {k}")
+    assert wr.provenance() == refs.provenance()
