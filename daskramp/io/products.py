@@ -239,16 +239,22 @@ def zarr_chunks(var: xr.DataArray, *, target_bytes: int = ZARR_CHUNK_BYTES) -> t
     shape = var.shape
     if not shape:
         return ()
+    free = True  # no dask boundary inside the leading dim: any chunk length fits it
     if var.chunks is not None:
         sizes = []
         for n, ch in zip(shape, var.chunks):
             bounds = np.cumsum(ch)[:-1]
             sizes.append(int(np.gcd.reduce(bounds)) if len(bounds) else max(n, 1))
+        free = len(var.chunks[0]) == 1
     else:
         sizes = [max(n, 1) for n in shape]
     rest = var.dtype.itemsize * math.prod(sizes[1:])
-    if sizes[0] * rest > target_bytes:
-        sizes[0] = _divisor_at_most(sizes[0], max(1, target_bytes // max(rest, 1)))
+    # the FITS export reads whole frames, a slab at a time: a chunk spanning more leading
+    # entries than a slab holds would be decompressed once per slab
+    frame = var.dtype.itemsize * math.prod(shape[1:])
+    limit = max(1, min(target_bytes // max(rest, 1), DEFAULT_SLAB_BYTES // max(frame, 1)))
+    if sizes[0] > limit:
+        sizes[0] = limit if free else _divisor_at_most(sizes[0], limit)
     return tuple(sizes)
 
 
@@ -646,7 +652,9 @@ def write_products(
             out[f"{name}_zarr"] = zpath
         if fits:
             if want_fits:
-                with xr.open_zarr(zpath, consolidated=False) as src:
+                # the store is on a path this process sees: reading it here with local threads
+                # avoids shipping every slab from the cluster's workers to this process
+                with xr.open_zarr(zpath, consolidated=False) as src, dask.config.set(scheduler="threads"):
                     to_fits(src, fpath, kind=kind, slab_bytes=slab_bytes)
             out[f"{name}_fits"] = fpath
         if not zarr and zpath.exists():
