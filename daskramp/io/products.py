@@ -24,11 +24,15 @@ interrupted run leaves only the ``.partial`` directory, which the next run remov
 rewrites (products are cheap compared with the graph that feeds them, so no per-chunk
 resume).  A complete product is left alone unless ``overwrite``.
 
-FITS files are streamed: each image HDU's header is written with its final NAXIS values, then
-the data go out slab by slab (a few integrations, or rows, at a time) as raw big-endian bytes,
-so memory is bounded by one slab whatever the cube size.  A FITS file is written as
-``<name>.fits.partial`` and renamed when complete.  The FITS export reads the product back
-from its Zarr store, so the graph is computed once (all products in one ``dask.compute``).
+FITS files are written as ``<name>.fits.partial`` and renamed when complete.  When the
+products are computed, every header is written first (final NAXIS values, data areas
+allocated) and the tasks that compute each block write it in place, next to its Zarr chunks
+(:class:`FitsImageTarget`): the graph is computed once, all products in one
+``dask.array.store``, and the FITS file costs no second pass.  A FITS file missing beside a
+complete store (e.g. a run killed between the two renames) is exported from the store,
+streamed slab by slab (a few integrations, or rows, at a time) as raw big-endian bytes, so
+memory is bounded by one slab whatever the cube size (:func:`to_fits`); both ways give the
+same bytes.
 """
 
 from __future__ import annotations
@@ -526,6 +530,64 @@ def _check_layout(ds: xr.Dataset, kind: str) -> None:
             )
 
 
+class FitsImageTarget:
+    """One IMAGE HDU's data area of a FITS file being written, as a ``dask.array.store`` target.
+
+    ``target[region] = block`` converts the block to the stored representation and writes it
+    in place through a memory map, so the tasks that compute a product write its FITS file
+    themselves (any process that sees ``path``), instead of the file being copied from the
+    Zarr store afterwards.  Picklable: only the path and the layout travel.
+    """
+
+    def __init__(self, path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset = str(path), int(offset)
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __setitem__(self, key, block) -> None:
+        stored = _to_fits_bytes(np.asarray(block), self.dtype)
+        mm = np.memmap(self.path, dtype=stored.dtype, mode="r+", offset=self.offset, shape=self.shape)
+        try:
+            mm[key] = stored
+            mm.flush()
+        finally:
+            del mm
+
+
+def _start_fits(ds: xr.Dataset, path: Path, *, kind: str) -> list[tuple]:
+    """Create ``<path>.partial`` with every header in place and the data areas allocated
+    (sparse); return the pending writes as (dask array, :class:`FitsImageTarget`).
+
+    :func:`_finish_fits` appends the INT_TIMES table and renames the file into place.  The
+    file is byte for byte what :func:`to_fits` writes for the same Dataset.
+    """
+    partial = path.with_name(path.name + ".partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pending = []
+    with open(partial, "wb") as f:
+        f.write(primary_header(ds.attrs, kind=kind, filename=path.name).tostring().encode("ascii"))
+        for name, (extname, dtype, _, bunit) in LAYOUTS[kind].items():
+            if name not in ds:
+                continue
+            shape = tuple(ds[name].shape)
+            f.write(image_header(extname, shape, dtype, bunit=bunit).tostring().encode("ascii"))
+            nbytes = dtype.itemsize * math.prod(shape)
+            pending.append((ds[name].data, FitsImageTarget(partial, f.tell(), shape, dtype)))
+            f.seek(nbytes + (-nbytes) % FITS_BLOCK, os.SEEK_CUR)
+        f.truncate(f.tell())
+    return pending
+
+
+def _finish_fits(ds: xr.Dataset, path: Path, *, kind: str) -> Path:
+    partial = path.with_name(path.name + ".partial")
+    table = int_times_table(ds) if kind != "rate" else None
+    if table is not None:
+        with afits.open(partial, mode="append") as hdul:
+            hdul.append(table)
+    os.replace(partial, path)
+    return path
+
+
 def to_fits(ds: xr.Dataset, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_BYTES) -> Path:
     """Write a product Dataset as a JWST FITS file readable by ``jwst.datamodels.open``.
 
@@ -633,8 +695,8 @@ def write_products(
             want_zarr = want_fits
         plans.append((name, kind, ds, zpath, fpath, want_zarr, want_fits))
 
-    pending, to_finalize = [], []
-    for _name, kind, ds, zpath, _, want_zarr, _want_fits in plans:
+    pending, to_finalize, direct = [], [], {}
+    for name, kind, ds, zpath, fpath, want_zarr, want_fits in plans:
         if want_zarr:
             ds = ds.copy()  # new variables: the attrs below must not leak into the caller's
             ds.attrs = product_attrs(ds.attrs, provenance, kind=kind)
@@ -643,7 +705,17 @@ def write_products(
                     ds.variables[v].attrs.setdefault("units", unit)
             pending.extend(_start_zarr(ds, zpath))
             to_finalize.append(zpath)
-    _store_all(pending)
+            if want_fits and all(hasattr(ds[v].data, "dask") for v in LAYOUTS[kind] if v in ds):
+                # the same tasks write the FITS file (no second pass over the store)
+                pending.extend(_start_fits(ds, fpath, kind=kind))
+                direct[name] = ds
+    try:
+        _store_all(pending)
+    except BaseException:
+        for name, *_, fpath, _, _ in plans:
+            if name in direct:
+                fpath.with_name(fpath.name + ".partial").unlink(missing_ok=True)
+        raise
     for zpath in to_finalize:
         finalize_store(partial_path(zpath), zpath, overwrite=True)
 
@@ -651,7 +723,9 @@ def write_products(
         if zarr:
             out[f"{name}_zarr"] = zpath
         if fits:
-            if want_fits:
+            if name in direct:
+                _finish_fits(direct[name], fpath, kind=kind)
+            elif want_fits:
                 # the store is on a path this process sees: reading it here with local threads
                 # avoids shipping every slab from the cluster's workers to this process
                 with xr.open_zarr(zpath, consolidated=False) as src, dask.config.set(scheduler="threads"):

@@ -354,7 +354,7 @@ def _products(chunks):
 
 def test_write_products_computes_the_graph_once(tmp_path):
     """rate and rateints share one upstream (4 blocks): writing both, Zarr and FITS, runs
-    each upstream block exactly once (FITS is read back from the stores)."""
+    each upstream block exactly once (the same tasks write both formats)."""
     prods = _products({"integration": 1})
     _Counter.n = 0
     with dask.config.set(scheduler="sync"):
@@ -378,6 +378,29 @@ def test_write_products_computes_the_graph_once(tmp_path):
             _products({"integration": 1}), tmp_path, root="jw01_nis", provenance=PROVENANCE
         )
     assert again == paths
+
+
+@pytest.mark.parametrize("chunks", [{"integration": 1}, {"integration": 3, "x": 5}])
+def test_fits_written_by_the_tasks_equals_export_from_the_store(tmp_path, chunks):
+    """The products' tasks write the FITS files in place; byte for byte what :func:`to_fits`
+    makes from the finished store (same file name, so FILENAME agrees too)."""
+    paths = write_products(_products(chunks), tmp_path / "a", root="r", provenance=PROVENANCE)
+    for kind in ("rate", "rateints"):
+        with xr.open_zarr(paths[f"{kind}_zarr"], consolidated=False) as src:
+            ref = to_fits(src, tmp_path / "b" / paths[f"{kind}_fits"].name, kind=kind)
+        assert paths[f"{kind}_fits"].read_bytes() == ref.read_bytes(), kind
+
+
+def test_failed_products_leave_no_fits(tmp_path):
+    prods = _products({"integration": 1})
+    ints = prods["rateints"]
+    prods["rateints"] = ints.assign(err=ints["err"].copy(
+        data=ints["err"].data.map_blocks(_failing, dtype=np.float32)))
+    with pytest.raises(RuntimeError), dask.config.set(scheduler="sync"):
+        write_products(prods, tmp_path, root="r", provenance={})
+    # no FITS file, complete or partial (the Zarr .partial stores are rewritten by a rerun)
+    assert not [p for p in tmp_path.iterdir() if ".fits" in p.name]
+    assert not any(is_complete(p) for p in tmp_path.iterdir())
 
 
 def test_fits_only_leaves_no_store(tmp_path):
