@@ -12,7 +12,8 @@ workers, and the scheduler tracks several tasks per tile and step.  Here instead
    a Zarr store, or any array;
 2. runs the same step wrappers on it as numpy (:func:`daskramp.pipeline.ramp_steps`, the
    window being a smaller subarray: :func:`daskramp.dims.window`);
-3. trims the ghost margin and returns ramp_fit's per-integration fields for its band.
+3. trims the ghost margin and returns the products of its band: the rateints variables
+   and its sums of the rate terms over integrations (:func:`daskramp.steps.ramp_fit.block_products`).
 
 Tiles never exchange data, so the graph is one task per tile (plus small getters) and
 a worker's memory is one tile's chain.  The two whole-frame statistics a window cannot see
@@ -247,7 +248,8 @@ def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, 
                xs: slice, until: str) -> dict[str, np.ndarray]:
     """Read a window widened by the ghost margin, run the steps before ``until`` on it and
     return its interior: ``data``/``groupdq``/``pixeldq`` (and ``zeroframe``), or for
-    ``until="ramp_fit"`` the ramp_fit ``fields`` (field, integration, y, x) and ``pixeldq``."""
+    ``until="ramp_fit"`` the :func:`daskramp.steps.ramp_fit.block_products` of ramp_fit's
+    fields and ``pixeldq``."""
     from .pipeline import _call_step, ramp_steps
 
     sk = plan.skeleton
@@ -267,7 +269,12 @@ def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, 
         fields = _call_step("ramp_fit", out, wrefs, plan.params["ramp_fit"],
                             stats_scope=plan.stats_scope, fields_only=True)
         del out
-        res["fields"] = np.ascontiguousarray(fields.values[..., iy, ix])
+        # the products of the block, not the fields: 20 instead of 88 bytes per pixel and
+        # integration wait in worker memory for the stores
+        from .steps.ramp_fit import block_products
+
+        res.update(block_products(fields.values[..., iy, ix],
+                                  save_intercepts=plan.params["ramp_fit"].save_intercepts))
         return res
     for name in (DATA, GROUPDQ, ZEROFRAME):
         if name in out:
@@ -344,21 +351,24 @@ def staged(plan: Plan, reader: Reader, refs_key, stats: dict, *, until: str,
                     layer[(lname, b, c)] = (dict.__getitem__, (wname, 0, b, c), name)
             chunks, dtype = (ychunks, xchunks), dims.PIXELDQ_DTYPE
         else:
-            for a in range(len(int_bounds)):
-                for b in range(len(y_bounds)):
-                    for c in range(len(x_bounds)):
-                        key = {"fields": (lname, 0, a, b, c), DATA: (lname, a, 0, b, c),
-                               GROUPDQ: (lname, a, 0, b, c), ZEROFRAME: (lname, a, b, c)}[name]
-                        layer[key] = (dict.__getitem__, (wname, a, b, c), name)
-            if name == "fields":
-                from .kernels.ramp_fit import NFIELDS
+            if name == "rate_terms":
+                from .kernels.ramp_fit import RATE_TERMS
 
-                chunks, dtype = ((NFIELDS,), ichunks, ychunks, xchunks), np.float64
-            elif name == ZEROFRAME:
-                chunks, dtype = (ichunks, ychunks, xchunks), dims.FLOAT_DTYPE
+                chunks = ((1,) * len(int_bounds), (len(RATE_TERMS),), ychunks, xchunks)
+                dtype, zero_axis = np.float64, True
+            elif until == "ramp_fit" or name == ZEROFRAME:
+                # rateints variables (integration, y, x)
+                dtype = {ZEROFRAME: dims.FLOAT_DTYPE, "dq": np.uint32}.get(name, np.float32)
+                chunks, zero_axis = (ichunks, ychunks, xchunks), False
             else:
                 chunks = (ichunks, (ngroup,), ychunks, xchunks)
                 dtype = dims.FLOAT_DTYPE if name == DATA else dims.GROUPDQ_DTYPE
+                zero_axis = True  # the single group / term block
+            for a in range(len(int_bounds)):
+                for b in range(len(y_bounds)):
+                    for c in range(len(x_bounds)):
+                        key = (lname, a, 0, b, c) if zero_axis else (lname, a, b, c)
+                        layer[key] = (dict.__getitem__, (wname, a, b, c), name)
         graph = {**dsk, **layer}
         for d in deps:
             graph.update(d.__dask_graph__())
@@ -509,14 +519,16 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
                       ghost=h)
     nx, ny = ds.sizes[X], ds.sizes[Y]
     ints = _int_bounds(ds, stats_scope)
+    cube = ["data", "err", "var_poisson", "var_rnoise", "dq"]
+    if p["ramp_fit"].save_intercepts:
+        cube.append("intercept")
     arrs = staged(plan, reader, refs_key, stats, until="ramp_fit", int_bounds=ints,
-                  y_bounds=[(0, ny)], x_bounds=_bounds(nx, cols), names=("fields", PIXELDQ))
-    from .kernels.ramp_fit import FIELDS
-
-    coords = {k: v for k, v in plan.skeleton.coords.items()}
-    fields = xr.DataArray(arrs["fields"], dims=("field", *dims.CUBE_DIMS),
-                          coords={**{k: v for k, v in coords.items()
-                                     if set(v.dims) <= set(dims.CUBE_DIMS)}, "field": list(FIELDS)})
+                  y_bounds=[(0, ny)], x_bounds=_bounds(nx, cols), names=(*cube, "rate_terms", PIXELDQ))
+    cube_coords = {k: v for k, v in plan.skeleton.coords.items() if set(v.dims) <= set(dims.CUBE_DIMS)}
+    parts = {k: xr.DataArray(arrs[k], dims=dims.CUBE_DIMS, coords=cube_coords) for k in cube}
+    parts["rate_terms"] = xr.DataArray(arrs["rate_terms"], dims=("block", "term", *dims.IMAGE_DIMS),
+                                       coords={Y: ds[Y], X: ds[X]})
+    parts["nints"] = ds.sizes[INTEGRATION]
     pixeldq = xr.DataArray(arrs[PIXELDQ], dims=dims.IMAGE_DIMS, coords={Y: ds[Y], X: ds[X]})
     status_attrs, records = _status(plan, reader, refs, stats, until="ramp_fit")
     provenance["steps"].update(records)
@@ -524,7 +536,7 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     provenance["layout"] = {"fused": True, "ghost_columns": h, "tiles": len(ints) * len(_bounds(nx, cols))}
     meta = plan.skeleton.assign({PIXELDQ: pixeldq})
     meta.attrs.update(status_attrs)
-    rate, rateints = finish(fields, meta, refs, p, provenance, pixeldq=pixeldq)
+    rate, rateints = finish(parts, meta, refs, p, provenance, pixeldq=pixeldq)
     return Detector1Result(rate=rate, rateints=rateints, intermediates={}, provenance=provenance,
                            frame_stats=stats)
 

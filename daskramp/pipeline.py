@@ -410,9 +410,10 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
     return ds
 
 
-def finish(fields: xr.DataArray | None, ds: xr.Dataset, refs, params: Mapping, provenance: dict,
+def finish(fields, ds: xr.Dataset, refs, params: Mapping, provenance: dict,
            *, pixeldq: xr.DataArray | None = None):
-    """``(rate, rateints)`` from ramp_fit's per-integration fields, then gain_scale (lazy)."""
+    """``(rate, rateints)`` from ramp_fit's per-integration fields (or per-block products,
+    see :func:`daskramp.steps.ramp_fit.products`), then gain_scale (lazy)."""
     from .steps import ramp_fit as _ramp_fit
 
     rate = rateints = None
@@ -497,8 +498,11 @@ def summarize(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> di
         return {}
     r = da.asarray(rate["data"].data)
     rdq = da.asarray(rate["dq"].data)
+    # the rate image is small: gather it with plain tasks, not a distributed shuffle
+    with dask.config.set({"array.rechunk.method": "tasks"}):
+        flat = r.ravel().rechunk(-1)
     out = {
-        "rate_median_DN_s": da.nanmedian(r.ravel(), axis=0),
+        "rate_median_DN_s": da.nanmedian(flat, axis=0),
         "finite_fraction": da.isfinite(r).mean(),
         "jump_flagged_fraction": ((rdq & dq.JUMP_DET) != 0).mean(),
         "saturated_fraction": ((rdq & dq.SATURATED) != 0).mean(),

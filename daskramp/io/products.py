@@ -548,8 +548,10 @@ class FitsImageTarget:
         stored = _to_fits_bytes(np.asarray(block), self.dtype)
         mm = np.memmap(self.path, dtype=stored.dtype, mode="r+", offset=self.offset, shape=self.shape)
         try:
+            # no msync here: it would write back the whole mapping once per block (a column
+            # band touches every page of the HDU); the pages are in the shared page cache, so
+            # the file is complete for every reader once the last block is in
             mm[key] = stored
-            mm.flush()
         finally:
             del mm
 
@@ -564,8 +566,17 @@ def _start_fits(ds: xr.Dataset, path: Path, *, kind: str) -> list[tuple]:
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
     pending = []
+    try:
+        _allocate_fits(ds, partial, path.name, kind, pending)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return pending
+
+
+def _allocate_fits(ds: xr.Dataset, partial: Path, filename: str, kind: str, pending: list) -> None:
     with open(partial, "wb") as f:
-        f.write(primary_header(ds.attrs, kind=kind, filename=path.name).tostring().encode("ascii"))
+        f.write(primary_header(ds.attrs, kind=kind, filename=filename).tostring().encode("ascii"))
         for name, (extname, dtype, _, bunit) in LAYOUTS[kind].items():
             if name not in ds:
                 continue
@@ -574,8 +585,12 @@ def _start_fits(ds: xr.Dataset, path: Path, *, kind: str) -> list[tuple]:
             nbytes = dtype.itemsize * math.prod(shape)
             pending.append((ds[name].data, FitsImageTarget(partial, f.tell(), shape, dtype)))
             f.seek(nbytes + (-nbytes) % FITS_BLOCK, os.SEEK_CUR)
-        f.truncate(f.tell())
-    return pending
+        size = f.tell()
+        f.truncate(size)
+        f.flush()
+        # reserve every block now: a full disk is then an OSError here, not a SIGBUS in the
+        # task that first touches an unbacked page of the memory map
+        os.posix_fallocate(f.fileno(), 0, size)
 
 
 def _finish_fits(ds: xr.Dataset, path: Path, *, kind: str) -> Path:

@@ -12,6 +12,7 @@ median rate R̃ and the rate combines them all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +172,27 @@ def _finalize(*arrays, nints):
     return np.moveaxis(res, 0, -1)
 
 
+def block_products(fields: np.ndarray, *, save_intercepts: bool = False) -> dict[str, np.ndarray]:
+    """The products of one block of per-integration fields ``(field, integration, y, x)``
+    (numpy), so a task can keep these instead of the fields (88 bytes per pixel and
+    integration → 20): the rateints variables (``data``, ``err``, ``var_poisson``,
+    ``var_rnoise`` float32, ``dq`` uint32, ``intercept`` with ``save_intercepts``) and
+    ``rate_terms`` ``(1, term, y, x)`` float64, this block's sums over integrations of the
+    :data:`RATE_TERMS` (what :func:`combine_rate` sums per chunk).
+    """
+    out = {var: fields[_k.F[field]].astype(dtype) for var, field, dtype, _ in _OUTPUTS}
+    if save_intercepts:
+        out["intercept"] = fields[_k.F["intercept"]].astype(np.float32)
+    terms = []
+    for _, field, mask in _k.RATE_TERMS:
+        v = fields[_k.F[field]]
+        if mask is not None:
+            v = (v.astype(np.uint32) & np.uint32(mask)) != 0
+        terms.append(np.sum(v, axis=0, dtype=np.float64))
+    out["rate_terms"] = np.stack(terms)[np.newaxis]
+    return out
+
+
 def combine_rate(fields: xr.DataArray, pixeldq: xr.DataArray, gain: xr.DataArray) -> xr.Dataset:
     """Exposure ``rate`` (y, x) from per-integration fields of any number of blocks (lazy).
 
@@ -183,13 +205,23 @@ def combine_rate(fields: xr.DataArray, pixeldq: xr.DataArray, gain: xr.DataArray
         if mask is not None:
             v = (v.astype(np.uint32) & np.uint32(mask)) != 0
         sums.append(v.sum(INTEGRATION, skipna=False, dtype=np.float64))
+    return finalize_rate(sums, pixeldq, gain, nints=fields.sizes[INTEGRATION])
+
+
+def finalize_rate(sums, pixeldq: xr.DataArray, gain: xr.DataArray, *, nints: int) -> xr.Dataset:
+    """Exposure ``rate`` (y, x) from the :data:`RATE_TERMS` summed over all ``nints``
+    integrations (one (y, x) DataArray per term, in order)."""
+    chunks = sums[0].chunksizes
+    if chunks:
+        # in-memory images cut in the sums' chunks, not rechunked from one block
+        pixeldq, gain = (a if a.chunks is not None else a.chunk(chunks) for a in (pixeldq, gain))
     res = xr.apply_ufunc(
         _finalize,
         *sums,
         pixeldq,
         gain,
         output_core_dims=[["rate_field"]],
-        kwargs={"nints": fields.sizes[INTEGRATION]},
+        kwargs={"nints": nints},
         dask="parallelized",
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"rate_field": len(_k.RATE_FIELDS)}},
@@ -259,9 +291,13 @@ def ramp_fit(
     return products(fields, ds, gain=gain, save_intercepts=p.save_intercepts)
 
 
-def products(fields: xr.DataArray, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
+def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
              pixeldq: xr.DataArray | None = None) -> tuple[xr.Dataset, xr.Dataset]:
     """``(rate, rateints)`` from the per-integration fields of :func:`ramp_fields` (lazy).
+
+    ``fields`` is the fields DataArray, or a mapping of :func:`block_products` assembled as
+    lazy DataArrays (rateints variables on (integration, y, x), ``rate_terms`` on
+    (block, term, y, x)) plus ``nints``.
 
     ``ds`` supplies the attrs and coordinates (its data are not used when ``pixeldq`` is
     given); ``pixeldq`` (y, x) defaults to ``ds["pixeldq"]``.
@@ -272,19 +308,26 @@ def products(fields: xr.DataArray, ds: xr.Dataset, *, gain, save_intercepts: boo
         attrs["GAINFACT"] = gain_attrs["GAINFACT"]
     attrs.update(BUNIT="DN/s", S_RAMP="COMPLETE")
 
-    ints = {}
-    for var, field, dtype, units in _OUTPUTS:
-        v = fields.sel(field=field, drop=True).astype(dtype)
+    pdq = ds[PIXELDQ] if pixeldq is None else pixeldq
+    if isinstance(fields, Mapping):
+        # per-block products (block_products, assembled lazily): rateints variables as they
+        # are, the rate from the blocks' term sums summed over the blocks
+        ints = {k: v.copy() for k, v in fields.items() if k not in ("rate_terms", "nints")}
+        terms = fields["rate_terms"].sum("block", dtype=np.float64)
+        sums = [terms.isel(term=i, drop=True) for i in range(len(_k.RATE_TERMS))]
+        rate = finalize_rate(sums, pdq, _image(gain, ds, "gain"), nints=int(fields["nints"]))
+    else:
+        ints = {var: fields.sel(field=field, drop=True).astype(dtype) for var, field, dtype, _ in _OUTPUTS}
+        if save_intercepts:
+            ints["intercept"] = fields.sel(field="intercept", drop=True).astype(np.float32)
+        rate = combine_rate(fields, pdq, _image(gain, ds, "gain"))
+    for var, _, _, units in _OUTPUTS:
         if units:
-            v.attrs["units"] = units
-        ints[var] = v
-    if save_intercepts:
-        v = fields.sel(field="intercept", drop=True).astype(np.float32)
-        v.attrs["units"] = "DN"
-        ints["intercept"] = v
+            ints[var].attrs["units"] = units
+    if "intercept" in ints:
+        ints["intercept"].attrs["units"] = "DN"
     rateints = xr.Dataset(ints, attrs=dict(attrs))
 
-    rate = combine_rate(fields, ds[PIXELDQ] if pixeldq is None else pixeldq, _image(gain, ds, "gain"))
     rate = rate.assign_coords({d: ds[d] for d in IMAGE_DIMS if d in ds.coords})
     rate.attrs.update(attrs)
     return rate, rateints

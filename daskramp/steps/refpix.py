@@ -71,14 +71,18 @@ def _with_status(ds: xr.Dataset, status: str, **updates) -> xr.Dataset:
 
 def _gather(arr: xr.DataArray, layout: kernel.ReferenceLayout) -> xr.DataArray:
     """The layout's boxes sliced out of ``arr`` (``(..., y, x)``) and joined along ``refpix``."""
-    pieces = [
-        arr.isel({Y: slice(a, b), X: slice(c, d)})
-        .drop_vars([Y, X], errors="ignore")
-        .stack({REFPIX_DIM: (Y, X)}, create_index=False)
-        for a, b, c, d in layout.boxes
-    ]
-    out = pieces[0] if len(pieces) == 1 else xr.concat(pieces, dim=REFPIX_DIM)
-    return out.chunk({REFPIX_DIM: -1}) if out.chunks is not None else out
+    import dask
+
+    # reference strips are small: plain task rechunks (stacking reshapes), no distributed shuffle
+    with dask.config.set({"array.rechunk.method": "tasks"}):
+        pieces = [
+            arr.isel({Y: slice(a, b), X: slice(c, d)})
+            .drop_vars([Y, X], errors="ignore")
+            .stack({REFPIX_DIM: (Y, X)}, create_index=False)
+            for a, b, c, d in layout.boxes
+        ]
+        out = pieces[0] if len(pieces) == 1 else xr.concat(pieces, dim=REFPIX_DIM)
+        return out.chunk({REFPIX_DIM: -1}) if out.chunks is not None else out
 
 
 def _offsets(
