@@ -139,6 +139,8 @@ def reader_for(ds: xr.Dataset) -> Reader:
     src = ds.encoding.get("daskramp_source")
     names = {k: v.data.name for k, v in ds.data_vars.items() if hasattr(v.data, "dask")}
     has_zf = ZEROFRAME in ds
+    # the source files hold no DQ: reading them is right only while pixeldq is still zero
+    # (one (y, x) image, the size of a frame, is evaluated here)
     if src and src.get("names") == names and not np.any(ds[PIXELDQ].values):
         if src["kind"] == "fits" and (not has_zf or all(s[4] is not None for s in src["segments"])):
             return Reader("fits", segments=tuple(src["segments"]), has_zeroframe=has_zf)

@@ -296,7 +296,8 @@ def run(
                     raise
                 raise clear from err
         if fused:
-            ds = open_exposure(source if len(source) > 1 else source[0])
+            # the fused layout reads from the source itself, whatever its dask chunks
+            ds = opened if source == inputs else open_exposure(source if len(source) > 1 else source[0])
         elif len(source) == 1 and source[0].is_dir():
             # a Zarr store is written in column bands: open it straight in the tile layout, so
             # each task reads only its own tile (no task ever holds whole frames)
