@@ -173,9 +173,7 @@ def _skeleton(ds: xr.Dataset) -> xr.Dataset:
 
 def _window_exposure(plan: Plan, raw: dict, i0, i1, ys: slice, xs: slice) -> xr.Dataset:
     """The raw window as an exposure of its own (float32 ``data``, as the pipeline converts)."""
-    sk = plan.skeleton
-    ny, nx = sk.sizes[Y], sk.sizes[X]
-    win = dims.window(sk.isel({INTEGRATION: slice(i0, i1)}), y=ys, x=xs)
+    win = dims.window(plan.skeleton.isel({INTEGRATION: slice(i0, i1)}), y=ys, x=xs)
     shape4 = raw[DATA].shape
     data = raw[DATA].astype(dims.FLOAT_DTYPE, copy=False)
     groupdq = raw.get(GROUPDQ)
@@ -190,9 +188,7 @@ def _window_exposure(plan: Plan, raw: dict, i0, i1, ys: slice, xs: slice) -> xr.
     if ZEROFRAME in raw:
         variables[ZEROFRAME] = (dims.CUBE_DIMS, raw[ZEROFRAME].astype(dims.FLOAT_DTYPE),
                                 plan.var_attrs.get(ZEROFRAME, {}))
-    out = win.assign(variables)
-    out.attrs["_frame_shape"] = (ny, nx)
-    return out
+    return win.assign(variables)
 
 
 #: step parameters that are (y, x) images of the whole subarray, with their FITS loaders
@@ -229,6 +225,7 @@ def _window_params(params: Mapping, frame_shape, ys: slice, xs: slice) -> dict:
 
 
 def _given_stats(stats: dict, i0: int, i1: int) -> dict:
+    """The whole-frame statistics of integrations ``i0:i1`` (lazy ones stay lazy)."""
     out = {}
     for k, v in stats.items():
         if v is None:
@@ -236,7 +233,7 @@ def _given_stats(stats: dict, i0: int, i1: int) -> dict:
         elif isinstance(v, xr.DataArray):
             out[k] = v.isel({INTEGRATION: slice(i0, i1)})
         else:
-            out[k] = np.asarray(v)[i0:i1]
+            out[k] = (v if dask.is_dask_collection(v) else np.asarray(v))[i0:i1]
     return out
 
 
@@ -246,28 +243,36 @@ def _widen(s: slice, h: int, n: int) -> tuple[slice, slice]:
     return slice(a, b), slice(s.start - a, s.stop - a)
 
 
+def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: slice, wx: slice,
+           until: str, provenance: dict | None = None):
+    """Read the window ``[i0:i1, :, wy, wx]`` and run the steps before ``until`` on it as
+    numpy; returns the window's exposure after them and the reference files cut to it."""
+    from .pipeline import ramp_steps
+
+    frame = (plan.skeleton.sizes[Y], plan.skeleton.sizes[X])
+    wds = _window_exposure(plan, reader.read(i0, i1, wy, wx), i0, i1, wy, wx)
+    wrefs = None if refs is None else refs.window(frame, wy, wx)
+    out = ramp_steps(wds, wrefs, _window_params(plan.params, frame, wy, wx),
+                     stats_scope=plan.stats_scope, given_stats=given, until=until,
+                     frame_shape=frame, provenance=provenance)
+    return out, wrefs
+
+
 def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, ys: slice,
                xs: slice, until: str) -> dict[str, np.ndarray]:
     """Read a window widened by the ghost margin, run the steps before ``until`` on it and
     return its interior: ``data``/``groupdq``/``pixeldq`` (and ``zeroframe``), or for
     ``until="ramp_fit"`` the :func:`daskramp.steps.ramp_fit.block_products` of ramp_fit's
     fields and ``pixeldq``."""
-    from .pipeline import _call_step, ramp_steps
+    from .pipeline import _call_step
 
     sk = plan.skeleton
     ny, nx = sk.sizes[Y], sk.sizes[X]
     wy, iy = _widen(ys, plan.halo, ny)
     wx, ix = _widen(xs, plan.halo, nx)
-    raw = reader.read(i0, i1, wy, wx)
-    wds = _window_exposure(plan, raw, i0, i1, wy, wx)
-    del raw
-    wrefs = None if refs is None else refs.window((ny, nx), wy, wx)
-    params = _window_params(plan.params, (ny, nx), wy, wx)
-    out = ramp_steps(wds, wrefs, params, stats_scope=plan.stats_scope,
-                     given_stats=_given_stats(stats, i0, i1), until=until, frame_shape=(ny, nx))
+    out, wrefs = _chain(plan, reader, refs, _given_stats(stats, i0, i1), i0, i1, wy, wx, until)
     res = {PIXELDQ: np.ascontiguousarray(out[PIXELDQ].values[iy, ix])}
     if until == "ramp_fit":
-        del wds
         fields = _call_step("ramp_fit", out, wrefs, plan.params["ramp_fit"],
                             stats_scope=plan.stats_scope, fields_only=True)
         del out
@@ -286,31 +291,18 @@ def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, 
 
 def _status(plan: Plan, reader: Reader, refs, stats: dict, until: str) -> tuple[dict, dict]:
     """Step statuses and provenance records, from the chain run on a one-pixel window."""
-    from .pipeline import ramp_steps
-
-    sk = plan.skeleton
-    raw = reader.read(0, 1, slice(0, 1), slice(0, 1))
-    wds = _window_exposure(plan, raw, 0, 1, slice(0, 1), slice(0, 1))
-    wrefs = None if refs is None else refs.window((sk.sizes[Y], sk.sizes[X]), slice(0, 1), slice(0, 1))
-    prov: dict = {}
-    given = {}
-    for k, v in stats.items():
-        if v is None:
-            given[k] = None
-            continue
-        v = v.isel({INTEGRATION: slice(0, 1)}) if isinstance(v, xr.DataArray) else v[:1]
+    given = _given_stats(stats, 0, 1)
+    for k, v in given.items():
         if dask.is_dask_collection(v):
             # statuses do not depend on the values: a placeholder keeps this graph-free
             zeros = np.zeros(v.shape, v.dtype)
-            v = v.copy(data=zeros) if isinstance(v, xr.DataArray) else zeros
-        given[k] = np.asarray(v) if not isinstance(v, xr.DataArray) else v
+            given[k] = v.copy(data=zeros) if isinstance(v, xr.DataArray) else zeros
     # statistics the caller has not computed yet only need the right shape here
-    given.setdefault("plane_dnu", np.zeros((1, sk.sizes[GROUP]), bool))
+    given.setdefault("plane_dnu", np.zeros((1, plan.skeleton.sizes[GROUP]), bool))
     for key in ("refpix_offsets", "refpix_zf_offsets"):
         given.setdefault(key, None)
-    params = _window_params(plan.params, (sk.sizes[Y], sk.sizes[X]), slice(0, 1), slice(0, 1))
-    out = ramp_steps(wds, wrefs, params, stats_scope=plan.stats_scope, given_stats=given,
-                     until=until, frame_shape=(sk.sizes[Y], sk.sizes[X]), provenance=prov)
+    prov: dict = {}
+    out, _ = _chain(plan, reader, refs, given, 0, 1, slice(0, 1), slice(0, 1), until, provenance=prov)
     attrs = {k: v for k, v in out.attrs.items() if k.startswith("S_")}
     return attrs, prov.get("steps", {})
 

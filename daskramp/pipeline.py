@@ -277,6 +277,11 @@ def detector1(
         and flags, through the active dask scheduler) and builds the graph on the results,
         so tiles then flow through independently with bounded memory; a mapping passes
         results computed earlier.
+    fused : bool, optional
+        Run the chain as one task per tile (:mod:`daskramp.fused`; same products).  Default:
+        whenever no intermediate is saved and the configuration allows it (not with
+        clean_flicker_noise, nor for an exposure held in memory); ``False`` builds one
+        dask layer per step.
 
     Returns
     -------

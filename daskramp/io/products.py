@@ -565,16 +565,15 @@ def _start_fits(ds: xr.Dataset, path: Path, *, kind: str) -> list[tuple]:
     """
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
-    pending = []
     try:
-        _allocate_fits(ds, partial, path.name, kind, pending)
+        return _allocate_fits(ds, partial, path.name, kind)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return pending
 
 
-def _allocate_fits(ds: xr.Dataset, partial: Path, filename: str, kind: str, pending: list) -> None:
+def _allocate_fits(ds: xr.Dataset, partial: Path, filename: str, kind: str) -> list[tuple]:
+    pending = []
     with open(partial, "wb") as f:
         f.write(primary_header(ds.attrs, kind=kind, filename=filename).tostring().encode("ascii"))
         for name, (extname, dtype, _, bunit) in LAYOUTS[kind].items():
@@ -591,6 +590,7 @@ def _allocate_fits(ds: xr.Dataset, partial: Path, filename: str, kind: str, pend
         # reserve every block now: a full disk is then an OSError here, not a SIGBUS in the
         # task that first touches an unbacked page of the memory map
         os.posix_fallocate(f.fileno(), 0, size)
+    return pending
 
 
 def _finish_fits(ds: xr.Dataset, path: Path, *, kind: str) -> Path:
