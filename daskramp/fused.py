@@ -46,21 +46,28 @@ from .dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, ZEROFRAME, X, Y
 _ZARR: dict = {}
 
 
-def halo_width(params) -> int:
-    """Ghost columns/rows each window needs so that its interior equals the whole-frame result.
+def _shrinks(params) -> list[tuple[str, int]]:
+    """Where a window's exact region shrinks: ``(step, k)`` = the steps before ``step`` have
+    made the outermost ``k`` columns/rows on each side depend on pixels outside the window.
 
-    The sum of the halos of the steps that look at neighbours (their outputs then depend on
-    inputs up to that many pixels away): saturation growth ``2·n_pix_grow_sat``,
-    charge_migration 1, jump's neighbour flagging 1.
+    Saturation growth ``2·n_pix_grow_sat`` (after saturation), charge_migration 1, jump's
+    neighbour flagging 1 (after jump); the other steps are pixel-local.
     """
-    h = 0
-    if not params["saturation"].skip:
-        h += 2 * int(params["saturation"].n_pix_grow_sat)
+    out = []
+    n = 2 * int(params["saturation"].n_pix_grow_sat)
+    if not params["saturation"].skip and n:
+        out.append(("superbias", n))
     if not params["charge_migration"].skip:
-        h += 1
+        out.append(("jump", 1))
     if not params["jump"].skip and params["jump"].flag_4_neighbors:
-        h += 1
-    return h
+        out.append(("clean_flicker_noise", 1))
+    return out
+
+
+def halo_width(params) -> int:
+    """Ghost columns/rows each window needs so that its interior equals the whole-frame result:
+    the sum of the :func:`_shrinks` of the steps that look at neighbours."""
+    return sum(k for _, k in _shrinks(params))
 
 
 def unsupported(ds: xr.Dataset, params) -> str | None:
@@ -244,45 +251,65 @@ def _widen(s: slice, h: int, n: int) -> tuple[slice, slice]:
 
 
 def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: slice, wx: slice,
-           until: str, provenance: dict | None = None):
+           until: str, provenance: dict | None = None, keep: tuple[slice, slice] | None = None):
     """Read the window ``[i0:i1, :, wy, wx]`` and run the steps before ``until`` on it as
-    numpy; returns the window's exposure after them and the reference files cut to it."""
-    from .pipeline import ramp_steps
+    numpy; returns the window's exposure after them, the reference files cut to it and its
+    ``(y, x)`` slices of the frame.
+
+    With ``keep`` (the frame slices whose result is wanted; ``wy``/``wx`` being them widened
+    by ``plan.halo``) the window is cut down to ``keep`` widened by what the remaining steps
+    still need each time a step that looks at neighbours has run (:func:`_shrinks`), so the
+    later steps do not process ghost pixels whose results are not exact anyway.
+    """
+    from .pipeline import STEP_ORDER, ramp_steps
 
     frame = (plan.skeleton.sizes[Y], plan.skeleton.sizes[X])
-    wds = _window_exposure(plan, reader.read(i0, i1, wy, wx), i0, i1, wy, wx)
-    wrefs = None if refs is None else refs.window(frame, wy, wx)
-    out = ramp_steps(wds, wrefs, _window_params(plan.params, frame, wy, wx),
-                     stats_scope=plan.stats_scope, given_stats=given, until=until,
-                     frame_shape=frame, provenance=provenance)
-    return out, wrefs
+    ds = _window_exposure(plan, reader.read(i0, i1, wy, wx), i0, i1, wy, wx)
+    stops = []
+    if keep is not None:
+        stops = [(s, k) for s, k in _shrinks(plan.params) if STEP_ORDER.index(s) < STEP_ORDER.index(until)]
+    margin = plan.halo
+    start = None
+    for stop, k in [*stops, (until, 0)]:
+        wrefs = None if refs is None else refs.window(frame, wy, wx)
+        ds = ramp_steps(ds, wrefs, _window_params(plan.params, frame, wy, wx),
+                        stats_scope=plan.stats_scope, given_stats=given, until=stop, start=start,
+                        frame_shape=frame, provenance=provenance)
+        start = stop
+        if k:
+            margin -= k
+            ny_, nx_ = _widen(keep[0], margin, frame[0])[0], _widen(keep[1], margin, frame[1])[0]
+            ds = dims.window(ds, y=slice(ny_.start - wy.start, ny_.stop - wy.start),
+                             x=slice(nx_.start - wx.start, nx_.stop - wx.start))
+            wy, wx = ny_, nx_
+    return ds, wrefs, (wy, wx)
 
 
 def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, ys: slice,
                xs: slice, until: str) -> dict[str, np.ndarray]:
     """Read a window widened by the ghost margin, run the steps before ``until`` on it and
     return its interior: ``data``/``groupdq``/``pixeldq`` (and ``zeroframe``), or for
-    ``until="ramp_fit"`` the :func:`daskramp.steps.ramp_fit.block_products` of ramp_fit's
-    fields and ``pixeldq``."""
+    ``until="ramp_fit"`` the :func:`daskramp.steps.ramp_fit.block_products` of its ramps and
+    ``pixeldq``."""
     from .pipeline import _call_step
 
     sk = plan.skeleton
     ny, nx = sk.sizes[Y], sk.sizes[X]
-    wy, iy = _widen(ys, plan.halo, ny)
-    wx, ix = _widen(xs, plan.halo, nx)
-    out, wrefs = _chain(plan, reader, refs, _given_stats(stats, i0, i1), i0, i1, wy, wx, until)
-    res = {PIXELDQ: np.ascontiguousarray(out[PIXELDQ].values[iy, ix])}
+    wy, _ = _widen(ys, plan.halo, ny)
+    wx, _ = _widen(xs, plan.halo, nx)
+    out, wrefs, (wy, wx) = _chain(plan, reader, refs, _given_stats(stats, i0, i1), i0, i1, wy, wx,
+                                  until, keep=(ys, xs))
+    iy = slice(ys.start - wy.start, ys.stop - wy.start)
+    ix = slice(xs.start - wx.start, xs.stop - wx.start)
     if until == "ramp_fit":
-        fields = _call_step("ramp_fit", out, wrefs, plan.params["ramp_fit"],
-                            stats_scope=plan.stats_scope, fields_only=True)
-        del out
-        # the products of the block, not the fields: 20 instead of 88 bytes per pixel and
-        # integration wait in worker memory for the stores
-        from .steps.ramp_fit import block_products
-
-        res.update(block_products(fields.values[..., iy, ix],
-                                  save_intercepts=plan.params["ramp_fit"].save_intercepts))
+        # only the interior is fitted (ramp_fit is pixel-local), straight to its products:
+        # 20 instead of 88 bytes per pixel and integration wait in worker memory
+        out = dims.window(out, y=iy, x=ix)
+        res = _call_step("ramp_fit", out, wrefs, plan.params["ramp_fit"],
+                         stats_scope=plan.stats_scope, products_only=True)
+        res[PIXELDQ] = np.ascontiguousarray(out[PIXELDQ].values)
         return res
+    res = {PIXELDQ: np.ascontiguousarray(out[PIXELDQ].values[iy, ix])}
     for name in (DATA, GROUPDQ, ZEROFRAME):
         if name in out:
             res[name] = np.ascontiguousarray(out[name].values[..., iy, ix])
@@ -302,7 +329,7 @@ def _status(plan: Plan, reader: Reader, refs, stats: dict, until: str) -> tuple[
     for key in ("refpix_offsets", "refpix_zf_offsets"):
         given.setdefault(key, None)
     prov: dict = {}
-    out, _ = _chain(plan, reader, refs, given, 0, 1, slice(0, 1), slice(0, 1), until, provenance=prov)
+    out, _, _ = _chain(plan, reader, refs, given, 0, 1, slice(0, 1), slice(0, 1), until, provenance=prov)
     attrs = {k: v for k, v in out.attrs.items() if k.startswith("S_")}
     return attrs, prov.get("steps", {})
 

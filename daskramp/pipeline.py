@@ -215,6 +215,12 @@ def _call_step(name: str, ds: xr.Dataset, refs, params, *, stats_scope: str, **e
     if name == "ramp_fit":
         if missing:
             raise ConfigError(f"ramp_fit needs reference files {missing}; none was found or given")
+        if extra.get("products_only"):
+            # in-memory window of a fused tile task: its rateints blocks and rate-term sums
+            return mod.ramp_products(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
+                                     stats_scope=stats_scope, suppress_one_group=params.suppress_one_group,
+                                     firstgroup=params.firstgroup, lastgroup=params.lastgroup,
+                                     save_intercepts=params.save_intercepts)
         if extra.get("fields_only"):
             # per-integration fields; rate/rateints are made from them by finish()
             return mod.ramp_fields(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
@@ -366,8 +372,10 @@ def detector1(
 def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given_stats: Mapping,
                lazy_stats: dict | None = None, provenance: dict | None = None,
                save_steps: Sequence[str] = (), intermediates: dict | None = None,
-               until: str = "ramp_fit", frame_shape: tuple[int, int] | None = None) -> xr.Dataset:
-    """Run the ramp steps of :data:`STEP_ORDER` before ``until`` on ``ds`` (lazy or numpy).
+               until: str = "ramp_fit", frame_shape: tuple[int, int] | None = None,
+               start: str | None = None) -> xr.Dataset:
+    """Run the ramp steps of :data:`STEP_ORDER` from ``start`` (default: the first) up to,
+    not including, ``until`` on ``ds`` (lazy or numpy).
 
     ``given_stats`` holds whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``,
     ``plane_dnu``); those missing are derived from ``ds`` itself (lazily, recorded in
@@ -376,7 +384,8 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
     """
     lazy_stats = {} if lazy_stats is None else lazy_stats
     record_steps = None if provenance is None else provenance.setdefault("steps", {})
-    for name in STEP_ORDER[: STEP_ORDER.index(until)]:
+    first = 0 if start is None else STEP_ORDER.index(start)
+    for name in STEP_ORDER[first: STEP_ORDER.index(until)]:
         p = params[name]
         record = {"parameters": dataclasses.asdict(p)}
         if record_steps is not None:

@@ -652,6 +652,75 @@ def ramp_fit(
     return out
 
 
+#: rateints variables read from the fields: (variable, field, dtype)
+RATEINTS: tuple[tuple[str, str, type], ...] = (
+    ("data", "slope", np.float32),
+    ("err", "err", np.float32),
+    ("var_poisson", "var_poisson", np.float32),
+    ("var_rnoise", "var_rnoise", np.float32),
+    ("dq", "dq", np.uint32),
+)
+
+
+def _empty_products(nint: int, ny: int, nx: int, save_intercepts: bool) -> dict[str, np.ndarray]:
+    out = {var: np.empty((nint, ny, nx), dtype) for var, _, dtype in RATEINTS}
+    if save_intercepts:
+        out["intercept"] = np.empty((nint, ny, nx), np.float32)
+    out["rate_terms"] = np.empty((1, len(RATE_TERMS), ny, nx), np.float64)
+    return out
+
+
+def _fill_products(out: dict, fields: np.ndarray, ys: slice) -> None:
+    """Write the products of ``fields`` (``(NFIELDS, nint, rows, nx)``) into rows ``ys``."""
+    for var, field, _ in RATEINTS:
+        out[var][:, ys] = fields[F[field]]
+    if "intercept" in out:
+        out["intercept"][:, ys] = fields[F["intercept"]]
+    out["rate_terms"][0, :, ys] = rate_partials(fields)
+
+
+def products_of_fields(fields: np.ndarray, *, save_intercepts: bool = False) -> dict[str, np.ndarray]:
+    """The products of per-integration fields ``(NFIELDS, integration, y, x)``.
+
+    Returns the rateints variables of :data:`RATEINTS` (``(integration, y, x)``: float32, dq
+    uint32), ``intercept`` (float32) with ``save_intercepts``, and ``rate_terms``
+    ``(1, term, y, x)`` float64, the block's sums over integrations of the :data:`RATE_TERMS`
+    (the chunk step of the rate, see :func:`rate_partials`).
+    """
+    fields = np.asarray(fields)
+    out = _empty_products(fields.shape[1], fields.shape[2], fields.shape[3], save_intercepts)
+    _fill_products(out, fields, slice(None))
+    return out
+
+
+#: bytes of float64 fields held at a time by :func:`fit_products`
+PRODUCT_SLAB_BYTES = 8 * 2**20
+
+
+def fit_products(data, groupdq, pixeldq, gain, readnoise, average_dark_current, zeroframe=None, *,
+                 save_intercepts: bool = False, slab_bytes: int = PRODUCT_SLAB_BYTES,
+                 **params) -> dict[str, np.ndarray]:
+    """:func:`ramp_fit` of one block straight to its products (:func:`products_of_fields`).
+
+    Same inputs and keyword parameters as :func:`ramp_fit`.  The rows are fitted a slab at a
+    time, so the 88-byte-per-sample fields exist only for ``slab_bytes`` (each pixel's fit
+    depends on that pixel alone: the result equals fitting the block at once, bit for bit).
+    """
+    data = np.asarray(data)
+    nint, _, ny, nx = data.shape
+    out = _empty_products(nint, ny, nx, save_intercepts)
+    rows = max(1, int(slab_bytes) // max(1, NFIELDS * nint * nx * 8))
+    gain, readnoise, average_dark_current = (np.broadcast_to(np.asarray(a), (ny, nx))
+                                             for a in (gain, readnoise, average_dark_current))
+    for y0 in range(0, ny, rows):
+        ys = slice(y0, min(ny, y0 + rows))
+        fields = ramp_fit(data[:, :, ys], groupdq[:, :, ys], pixeldq[ys], gain[ys], readnoise[ys],
+                          average_dark_current[ys], None if zeroframe is None else zeroframe[:, ys],
+                          **params)
+        _fill_products(out, fields, ys)
+    return out
+
+
 def rate_partials(fields: np.ndarray) -> np.ndarray:
     """Chunk step of the rate: the :data:`RATE_TERMS` summed over ``integration``.
 

@@ -180,16 +180,40 @@ def block_products(fields: np.ndarray, *, save_intercepts: bool = False) -> dict
     ``rate_terms`` ``(1, term, y, x)`` float64, this block's sums over integrations of the
     :data:`RATE_TERMS` (what :func:`combine_rate` sums per chunk).
     """
-    out = {var: fields[_k.F[field]].astype(dtype) for var, field, dtype, _ in _OUTPUTS}
-    if save_intercepts:
-        out["intercept"] = fields[_k.F["intercept"]].astype(np.float32)
-    terms = []
-    for _, field, mask in _k.RATE_TERMS:
-        v = fields[_k.F[field]]
-        if mask is not None:
-            v = (v.astype(np.uint32) & np.uint32(mask)) != 0
-        terms.append(np.sum(v, axis=0, dtype=np.float64))
-    out["rate_terms"] = np.stack(terms)[np.newaxis]
+    return _k.products_of_fields(fields, save_intercepts=save_intercepts)
+
+
+def ramp_products(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment",
+                  suppress_one_group: bool = True, firstgroup: int | None = None,
+                  lastgroup: int | None = None, save_intercepts: bool = False) -> dict[str, np.ndarray]:
+    """:func:`block_products` of an in-memory (numpy) exposure, fitted without keeping its
+    fields (:func:`daskramp.kernels.ramp_fit.fit_products`): what one fused tile task needs.
+
+    With ``stats_scope="segment"`` each segment of ``ds`` is fitted on its own (its own R̃);
+    the cubes are joined along ``integration`` and the rate terms summed.
+    """
+    validate(ds, source="ramp_fit input")
+    a = ds.attrs
+    kwargs = dict(nframes=int(a["NFRAMES"]), tframe=float(a["TFRAME"]), tgroup=float(a["TGROUP"]),
+                  suppress_one_group=bool(suppress_one_group), firstgroup=firstgroup,
+                  lastgroup=lastgroup, save_intercepts=save_intercepts)
+    g = np.asarray(_image(gain, ds, "gain").values)
+    rn = np.asarray(_image(readnoise, ds, "readnoise").values)
+    if AVERAGE_DARK_CURRENT in ds:
+        dark = np.asarray(ds[AVERAGE_DARK_CURRENT].values)
+    else:
+        dark = np.zeros((ds.sizes[Y], ds.sizes[X]), np.float32)
+    bounds = (segment_bounds(ds) if stats_scope == "segment" else [(0, ds.sizes[INTEGRATION])])
+    parts = []
+    for lo, hi in bounds:
+        part = ds.isel({INTEGRATION: slice(lo, hi)}) if len(bounds) > 1 else ds
+        zf = np.asarray(part[ZEROFRAME].values) if _uses_zeroframe(part) else None
+        parts.append(_k.fit_products(np.asarray(part[DATA].values), np.asarray(part[GROUPDQ].values),
+                                     np.asarray(part[PIXELDQ].values), g, rn, dark, zf, **kwargs))
+    if len(parts) == 1:
+        return parts[0]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "rate_terms"}
+    out["rate_terms"] = sum(p["rate_terms"] for p in parts)
     return out
 
 

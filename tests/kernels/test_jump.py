@@ -360,3 +360,51 @@ def test_parity_with_stcal(seed, shape, params):
     assert np.count_nonzero(ours & JUMP) > 0
     np.testing.assert_array_equal(ours, official_gdq)
     np.testing.assert_array_equal(J.bad_gain_pixeldq(np.zeros(shape[2:], np.uint32), gain), official_pdq)
+
+
+def _first_clip_reference(v, nsig):
+    """Values outside median ± nsig·σ (population σ) of one sigma-clip iteration."""
+    med = np.median(v)
+    std = np.sqrt(np.mean((v - v.mean()) ** 2))
+    return (v < med - nsig * std) | (v > med + nsig * std)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n", [3, 4, 7, 100, 158, 333])
+def test_nothing_clipped_shortcut_is_sound(seed, n):
+    """Whenever the shortcut says the first clip iteration removes nothing, it removes nothing;
+    samples with outliers, heavy tails, ties and near-constant values included."""
+    from daskramp.kernels.jump import _nothing_clipped
+
+    rng = np.random.default_rng(seed * 1000 + n)
+    shown = 0
+    for trial in range(300):
+        kind = trial % 6
+        if kind == 0:
+            v = rng.normal(50.0, 7.0, n)
+        elif kind == 1:
+            v = rng.standard_t(2, n) * 5.0 + 1e4
+        elif kind == 2:
+            v = rng.normal(0.0, 1.0, n)
+            v[rng.integers(0, n, 1 + trial % 3)] += rng.uniform(2.0, 8.0) * rng.choice([-1, 1])
+        elif kind == 3:
+            v = rng.integers(0, 3, n).astype(float)  # heavy ties
+        elif kind == 4:
+            v = np.full(n, 0.1) + rng.normal(0, 1e-12, n) * (trial % 2)
+        else:
+            v = rng.exponential(3.0, n)
+        for nsig in (1.5, 3.0, 4.0):
+            buf = v.astype(np.float64).copy()
+            if _nothing_clipped(buf, n, nsig):
+                shown += 1
+                assert not _first_clip_reference(v, nsig).any(), (kind, nsig, v)
+    assert shown > 0
+
+
+def test_nothing_clipped_shortcut_is_taken_for_gaussian_samples():
+    """The shortcut decides most outlier-free TSO pixels (it is what makes sigma clipping fast)."""
+    from daskramp.kernels.jump import _nothing_clipped
+
+    rng = np.random.default_rng(3)
+    taken = sum(_nothing_clipped(rng.normal(10.0, 2.0, 158), 158, 4.0) for _ in range(500))
+    assert taken > 450

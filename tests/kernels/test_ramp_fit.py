@@ -384,6 +384,29 @@ def test_spatial_tiles_equal_whole(seed, cut, suppress):
     np.testing.assert_array_equal(np.concatenate([left, right], axis=-1), whole)
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31), rows=st.integers(1, 5), intercepts=st.booleans(),
+       use_zf=st.booleans())
+def test_fit_products_by_row_slabs_equal_products_of_whole_fields(seed, rows, intercepts, use_zf):
+    data, q, pdq, gain, rn, dark, zf = _random_block(seed, ny=6)
+    kw = dict(nframes=1, tframe=10.0, tgroup=10.0, suppress_one_group=not use_zf)
+    zf = zf if use_zf else None
+    whole = k.products_of_fields(k.ramp_fit(data, q, pdq, gain, rn, dark, zf, **kw),
+                                 save_intercepts=intercepts)
+    # slab_bytes sized to `rows` rows at a time
+    slab = rows * k.NFIELDS * data.shape[0] * data.shape[3] * 8
+    got = k.fit_products(data, q, pdq, gain, rn, dark, zf, save_intercepts=intercepts,
+                         slab_bytes=slab, **kw)
+    assert set(got) == set(whole) == ({"data", "err", "var_poisson", "var_rnoise", "dq", "rate_terms"}
+                                      | ({"intercept"} if intercepts else set()))
+    for name in whole:
+        assert got[name].dtype == whole[name].dtype
+        np.testing.assert_array_equal(got[name], whole[name])
+    assert got["rate_terms"].shape == (1, len(k.RATE_TERMS), *data.shape[2:])
+    np.testing.assert_array_equal(got["rate_terms"][0], k.rate_partials(
+        k.ramp_fit(data, q, pdq, gain, rn, dark, zf, **kw)))
+
+
 def test_rate_partials_combine_by_addition():
     # chunk → combine → finalize over integration chunks equals the whole-block rate
     data, q, pdq, gain, rn, dark, _ = _random_block(7, nint=4)
