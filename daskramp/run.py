@@ -343,7 +343,10 @@ def run(
                 raise
             raise clear from err
         # figures from the written stores: summarising the lazy products would run the graph again
-        opened = {k[: -len("_zarr")]: xr.open_zarr(v, consolidated=False)
+        # in column bands of a few tens of MB: a task per stored chunk would cost more in
+        # scheduling than the reading does
+        opened = {k[: -len("_zarr")]: xr.open_zarr(v, consolidated=False,
+                                                   chunks={dims.INTEGRATION: -1, dims.Y: -1, dims.X: 256})
                   for k, v in paths.items() if k.endswith("_zarr")}
         summary = summarize(opened.get("rate"), opened.get("rateints"))
         sizes = ds.sizes

@@ -66,7 +66,12 @@ def _assert_same(a: xr.Dataset, b: xr.Dataset):
 
 @pytest.mark.parametrize("stats_scope", ["segment", "exposure"])
 @pytest.mark.parametrize("threshold_as", ["array", "fits"])
-def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_as, tmp_path):
+def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_as, tmp_path,
+                                   monkeypatch):
+    # blocks of 2 integrations (a window is 4 B × 6 groups × 256 rows × 16 + 12 columns a
+    # integration) through the steps before jump: 3 (segment) or 5 (exposure) blocks per
+    # window are assembled for jump and ramp_fit
+    monkeypatch.setattr(fused, "BLOCK_BYTES", 2 * 4 * 6 * 256 * (TILE + 12))
     if threshold_as == "fits":
         path = tmp_path / "thresh.fits"
         fits.PrimaryHDU(edge_threshold).writeto(path)

@@ -545,15 +545,12 @@ class FitsImageTarget:
         self.ndim = len(self.shape)
 
     def __setitem__(self, key, block) -> None:
-        stored = _to_fits_bytes(np.asarray(block), self.dtype)
-        mm = np.memmap(self.path, dtype=stored.dtype, mode="r+", offset=self.offset, shape=self.shape)
-        try:
-            # no msync here: it would write back the whole mapping once per block (a column
-            # band touches every page of the HDU); the pages are in the shared page cache, so
-            # the file is complete for every reader once the last block is in
-            mm[key] = stored
-        finally:
-            del mm
+        from ._pwrite import write_region
+
+        key = key if isinstance(key, tuple) else (key,)
+        # no fsync per block: the pages are in the shared page cache, so the file is complete
+        # for every reader once the last block is in
+        write_region(self.path, self.offset, self.shape, key, _to_fits_bytes(np.asarray(block), self.dtype))
 
 
 def _start_fits(ds: xr.Dataset, path: Path, *, kind: str) -> list[tuple]:

@@ -551,6 +551,32 @@ class RefSet:
         if unknown:
             raise ReferenceFileError(f"unknown reftype(s) {sorted(unknown)}; known: {REFTYPES}")
         self._files = {rt: files.get(rt) for rt in REFTYPES}
+        #: how to read the same set again elsewhere (set by :meth:`from_dir`), see :meth:`recipe`
+        self._recipe: tuple | None = None
+
+    def recipe(self) -> tuple | None:
+        """``(files, exposure_attrs)`` from which :meth:`from_recipe` reads this set again
+        (in a dask worker, instead of the arrays travelling inside the task graph), or None
+        for a set not read by :meth:`from_dir`.  ``files`` maps reftype → (path, sha256) or
+        None."""
+        return self._recipe
+
+    @classmethod
+    def from_recipe(cls, files: Mapping, exposure_attrs: Mapping) -> RefSet:
+        """Read the files of a :meth:`recipe` again; a file changed since (another sha256) is
+        a :class:`ReferenceFileError`."""
+        out = {}
+        for rt, entry in files.items():
+            if entry is None:
+                out[rt] = None
+                continue
+            path, digest = entry
+            f = load_reffile(rt, path, exposure_attrs)
+            if f.sha256 != digest:
+                raise _err(rt, path, "changed on disk since the reference files were selected "
+                                     f"(sha256 {f.sha256} instead of {digest})")
+            out[rt] = f
+        return cls(out)
 
     @classmethod
     def from_dir(
@@ -619,7 +645,10 @@ class RefSet:
                 files[rt] = None
                 continue
             files[rt] = load_reffile(rt, path, exposure_attrs)
-        return cls(files)
+        out = cls(files)
+        out._recipe = ({rt: None if f is None else (str(f.path), f.sha256) for rt, f in files.items()},
+                       dict(exposure_attrs))
+        return out
 
     def get(self, reftype: str) -> RefFile | None:
         """The reference file of ``reftype``, or None when it is "N/A" (the step is skipped)."""

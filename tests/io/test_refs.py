@@ -116,6 +116,33 @@ def full_set(tmp_path):
     return d
 
 
+def test_recipe_reads_the_same_set_again(full_set):
+    """What a dask worker does with the recipe instead of receiving the arrays in the graph."""
+    import pickle
+
+    refs = RefSet.from_dir(full_set, SCI)
+    files, attrs = refs.recipe()
+    assert len(pickle.dumps((files, attrs))) < 10_000
+    again = RefSet.from_recipe(files, attrs)
+    assert again.provenance() == refs.provenance()
+    for rt in REFTYPES:
+        for ext, arr in refs.get(rt).arrays.items():
+            np.testing.assert_array_equal(again.get(rt).arrays[ext], arr, err_msg=f"{rt} {ext}")
+    # a window is a set of its own: arrays not as read from the files, no recipe
+    assert refs.window((4, 6), slice(0, 2), slice(0, 3)).recipe() is None
+
+
+def test_recipe_refuses_a_file_changed_since(full_set):
+    refs = RefSet.from_dir(full_set, SCI)
+    files, attrs = refs.recipe()
+    arrays = default_arrays("gain")
+    arrays["SCI"] = arrays["SCI"] + 1
+    (full_set / "gain.fits").unlink()
+    write_ref(full_set / "gain.fits", "gain", arrays)
+    with pytest.raises(ReferenceFileError, match="GAIN reference gain.fits: changed on disk"):
+        RefSet.from_recipe(files, attrs)
+
+
 # ---------------------------------------------------------------------------- cut-out numbers
 
 
