@@ -7,18 +7,16 @@ per run; ``pwrite`` copies the same bytes into the page cache without mapping an
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 import os
 
 import numba
 import numpy as np
+from numba import types
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_pwrite = _libc.pwrite
-_pwrite.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
-_pwrite.restype = ctypes.c_ssize_t
+# libc's pwrite, bound by symbol name (resolved when the code is linked in the process), so the
+# compiled kernel can be cached on disk like every other numba kernel
+_pwrite = types.ExternalFunction("pwrite", types.intp(types.int32, types.voidptr, types.uintp, types.int64))
 
 
 @numba.njit(cache=True)
@@ -27,11 +25,10 @@ def _scatter(fd, src, offsets, length):
 
     Returns the number of runs written completely (``offsets.size`` on success).
     """
-    base = src.ctypes.data
     for k in range(offsets.size):
         done = 0
         while done < length:
-            r = _pwrite(fd, base + k * length + done, length - done, offsets[k] + done)
+            r = _pwrite(fd, src[k * length + done:].ctypes, length - done, offsets[k] + done)
             if r <= 0:
                 return k
             done += r

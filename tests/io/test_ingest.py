@@ -102,6 +102,53 @@ def test_store_is_chunked_by_integration_with_inner_column_chunks(tmp_path, expo
     np.testing.assert_array_equal(tiles["data"].values, data)
 
 
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_shards_built_in_the_task_equal_zarrs_own(tmp_path, exposure, monkeypatch, codec):
+    """The shard files the ingest tasks build are byte for byte what zarr writes: partial last
+    shard (7 = 3 + 3 + 1 integrations), an inner chunk past the array edge (6 columns in
+    chunks of 4), (the fill-value-only case is the next test)."""
+    data, paths = exposure
+    built = []
+    real = ingest_module._shard_writer
+
+    def spy(arr):
+        enc = real(arr)
+        built.append(enc is not None)
+        return enc
+
+    kw = dict(codec=codec, chunk_mb=THREE_INTEGRATIONS_MB, x_inner=4)
+    monkeypatch.setattr(ingest_module, "_shard_writer", spy)
+    ours = ingest(paths, tmp_path / "ours.zarr", **kw)
+    assert built and all(built)
+    monkeypatch.setattr(ingest_module, "_shard_writer", lambda arr: None)
+    theirs = ingest(paths, tmp_path / "zarr.zarr", **kw)
+    a, b = _tree(ours), _tree(theirs)
+    assert a.keys() == b.keys() and any(k.startswith("data/c/2/") for k in a)
+    for k in a:
+        assert a[k] == b[k], k
+    np.testing.assert_array_equal(open_exposure(ours)["data"].values, data)
+
+
+def test_shard_writer_leaves_out_inner_chunks_of_fill_value_only(tmp_path):
+    from zarr.codecs import BloscCodec
+
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=(2, 1, 2, 6), dtype="u2", chunks=(2, 1, 2, 4),
+                            shards=(2, 1, 2, 8), fill_value=0,
+                            compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")])
+    block = np.zeros((2, 1, 2, 8), np.uint16)
+    block[..., 4:6] = 7  # first inner chunk all zero, second holds data (and padding)
+    encode = ingest_module._shard_writer(arr)
+    (tmp_path / "a.zarr" / "c" / "0" / "0" / "0").mkdir(parents=True)
+    (tmp_path / "a.zarr" / "c" / "0" / "0" / "0" / "0").write_bytes(encode(block))
+    np.testing.assert_array_equal(arr[...], block[..., :6])
+    ref = zarr.create_array(str(tmp_path / "b.zarr"), shape=(2, 1, 2, 6), dtype="u2", chunks=(2, 1, 2, 4),
+                            shards=(2, 1, 2, 8), fill_value=0,
+                            compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")])
+    ref[...] = block[..., :6]
+    assert (tmp_path / "b.zarr" / "c" / "0" / "0" / "0" / "0").read_bytes() == \
+        (tmp_path / "a.zarr" / "c" / "0" / "0" / "0" / "0").read_bytes()
+
+
 def test_unsharded_layout_and_other_codecs_are_lossless(tmp_path, exposure):
     data, paths = exposure
     for name in ("none", "zstd1", "blosc-lz4-bitshuffle"):
