@@ -236,8 +236,8 @@ def _given_stats(stats: dict, i0: int, i1: int) -> dict:
     """The whole-frame statistics of integrations ``i0:i1`` (lazy ones stay lazy)."""
     out = {}
     for k, v in stats.items():
-        if v is None:
-            out[k] = None
+        if v is None or np.ndim(v) == 0:
+            out[k] = v  # None, or a scalar of the whole exposure (gain_median)
         elif isinstance(v, xr.DataArray):
             out[k] = v.isel({INTEGRATION: slice(i0, i1)})
         else:
@@ -612,6 +612,10 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
         raise ConfigError(f"frame_stats must be a mapping or 'compute', got {frame_stats!r}")
     if isinstance(stats.get("plane_dnu"), xr.DataArray):
         stats["plane_dnu"] = stats["plane_dnu"].data
+    gain = None if refs is None else refs.get("gain")
+    if gain is not None:
+        # after-jump thresholds scale with the median gain of the whole subarray, not a window's
+        stats["gain_median"] = float(np.nanmedian(np.asarray(gain.arrays["SCI"], np.float32)))
 
     # the ghost margin is part of each task's memory too
     cols = plan_tiles(ds, memory_limit=memory_limit, stats_scope=stats_scope, tile_columns=tile_columns,

@@ -411,6 +411,11 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
                 planes = lazy_stats["plane_dnu"] = (
                     (ds[dims.GROUPDQ] & np.uint8(1)) != 0).all(dim=(dims.Y, dims.X))
             extra["plane_dnu"] = planes.data if isinstance(planes, xr.DataArray) else planes
+            if frame_shape is not None and (ds.sizes[dims.Y], ds.sizes[dims.X]) != tuple(frame_shape):
+                # a window of the subarray: whole-frame rules use the frame's values
+                extra["whole_frame"] = False
+                if given_stats.get("gain_median") is not None:
+                    extra["gain_median"] = given_stats["gain_median"]
         out = _call_step(name, ds, refs, p, stats_scope=stats_scope, **extra)
         if out is None:
             record["status"] = "SKIPPED"

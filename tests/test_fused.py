@@ -78,8 +78,10 @@ def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_
         user = str(path)
     else:
         user = edge_threshold
+    # after-jump flagging on: its DN threshold scales with the whole subarray's median gain
     steps = {"saturation": {"n_pix_grow_sat": 2, "user_threshold": user},
-             "charge_migration": {"skip": False}}
+             "charge_migration": {"skip": False},
+             "jump": {"after_jump_flag_dn1": 30.0, "after_jump_flag_time1": 12.0}}
     ds = open_exposure(soss.uncal_files)
     res = detector1(ds, soss.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=TILE)
     assert res.provenance["layout"]["fused"] and res.provenance["layout"]["ghost_columns"] == 6

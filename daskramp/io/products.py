@@ -534,9 +534,11 @@ class FitsImageTarget:
     """One IMAGE HDU's data area of a FITS file being written, as a ``dask.array.store`` target.
 
     ``target[region] = block`` converts the block to the stored representation and writes it
-    in place through a memory map, so the tasks that compute a product write its FITS file
-    themselves (any process that sees ``path``), instead of the file being copied from the
-    Zarr store afterwards.  Picklable: only the path and the layout travel.
+    in place (:func:`daskramp.io._pwrite.write_region`: one ``pwrite`` per contiguous run;
+    a memory map would hold a whole page of every run in the process's resident memory), so
+    the tasks that compute a product write its FITS file themselves (any process that sees
+    ``path``), instead of the file being copied from the Zarr store afterwards.  Picklable:
+    only the path and the layout travel.
     """
 
     def __init__(self, path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
@@ -584,8 +586,7 @@ def _allocate_fits(ds: xr.Dataset, partial: Path, filename: str, kind: str) -> l
         size = f.tell()
         f.truncate(size)
         f.flush()
-        # reserve every block now: a full disk is then an OSError here, not a SIGBUS in the
-        # task that first touches an unbacked page of the memory map
+        # reserve every block now: a full disk is then an OSError here, before any task ran
         os.posix_fallocate(f.fileno(), 0, size)
     return pending
 

@@ -136,6 +136,7 @@ def _is_lazy(*arrays) -> bool:
 
 
 def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane_dnu=None,
+         gain_median: float | None = None, whole_frame: bool | None = None,
          **params) -> xr.Dataset:
     """Flag cosmic-ray jumps (JUMP_DET in ``groupdq``) and bad-gain pixels (``pixeldq``).
 
@@ -155,6 +156,13 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
         them (e.g. from the raw store and the MASK).  By default they are reduced lazily from
         ``groupdq``; that reduction needs every tile of a segment before the first jump tile
         can run, so supplying them removes a synchronisation point from the graph.
+    gain_median : float, optional
+        nanmedian of the gain image of the whole subarray (after-jump thresholds), when ``ds``
+        is a window of it; by default taken from ``gain``.
+    whole_frame : bool, optional
+        Whether ``ds`` holds whole frames (the sigma-clip plane reset needs them); by default
+        True unless the data are split into spatial chunks.  A window of a larger subarray
+        passes False.
     **params
         :class:`Params` fields (official names).
 
@@ -220,13 +228,15 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
             planes = xr.DataArray(plane_dnu, dims=(INTEGRATION, GROUP)).astype(bool)
             planes = planes.isel({INTEGRATION: part_slices[len(gdq_parts)]})
         args = [part[DATA], gdq, g, rn, planes]
-        whole_frame = not lazy or all(
+        whole = whole_frame if whole_frame is not None else (not lazy or all(
             len(part[DATA].chunksizes.get(d, (0,))) <= 1 for d in (Y, X)
-        )
-        kw_part = dict(kw, sigclip_plane_reset=whole_frame)
+        ))
+        kw_part = dict(kw, sigclip_plane_reset=bool(whole))
         func = kernel.jump
         if after_jump:
-            if _is_lazy(g):
+            if gain_median is not None:
+                kw_part["gain_median"] = float(gain_median)
+            elif _is_lazy(g):
                 # nanmedian of the whole gain image, kept lazy and broadcast as an image
                 args.append(xr.apply_ufunc(_median_image, g.chunk({Y: -1, X: -1}),
                                            dask="parallelized", output_dtypes=[np.float32]))

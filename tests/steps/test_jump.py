@@ -206,3 +206,34 @@ def test_given_plane_dnu_is_used():
         assert list(np.flatnonzero(out.groupdq.values[0, :, 0, 0] & JUMP)) == [3, 5, 7, 9]
     with pytest.raises(ValueError, match="plane_dnu has shape"):
         jump(ds, gain=gain, readnoise=rn, plane_dnu=np.zeros((2, 11), bool))
+
+
+def test_window_uses_the_frames_gain_median_and_no_plane_reset():
+    """A window of a larger subarray (fused tasks) takes the after-jump gain median of the
+    whole subarray, and does not apply the sigma-clip whole-plane reset to itself."""
+    # flat ramps, gain 1, one jump of 150 DN at group 3 of pixel (1, 1)
+    data = np.zeros((1, 10, 3, 3), np.float32) + 1000
+    data[0, 3:, 1, 1] += 150
+    ds = exposure(data)
+    gain, rn = refs(3, 3)
+    kw = dict(gain=gain, readnoise=rn, after_jump_flag_dn1=100.0, after_jump_flag_time1=25.0,
+              flag_4_neighbors=False)
+    # own median 1 → threshold 100 e⁻ < 150: groups 4, 5 flagged after the jump
+    own = jump(ds, **kw).groupdq.values[0, :, 1, 1]
+    assert list(np.flatnonzero(own & JUMP)) == [3, 4, 5]
+    # the whole subarray's median gain 2 → threshold 200 e⁻ > 150: nothing after the jump
+    frame = jump(ds, gain_median=2.0, **kw).groupdq.values[0, :, 1, 1]
+    assert list(np.flatnonzero(frame & JUMP)) == [3]
+
+    # sigma clip (≥ 100 integrations) with every pixel jumping in the same group: the reset
+    # un-flags that plane on a whole frame, and leaves it on a window
+    rng = np.random.default_rng(0)
+    many = (1000 + 10 * np.arange(4)[None, :, None, None]
+            + rng.normal(0, 3, (120, 4, 2, 2))).astype(np.float32)
+    many[7, 2:] += 500
+    ds = exposure(many)
+    g2, rn2 = refs(2, 2, rn=3.0)
+    whole = jump(ds, gain=g2, readnoise=rn2, flag_4_neighbors=False).groupdq.values
+    window = jump(ds, gain=g2, readnoise=rn2, flag_4_neighbors=False, whole_frame=False).groupdq.values
+    assert not (whole[7, 2] & JUMP).any()
+    assert (window[7, 2] & JUMP).all()
