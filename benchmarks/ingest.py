@@ -321,8 +321,9 @@ def main(argv=None):
     p.add_argument(
         "--malloc-mmap-threshold-mb",
         type=float,
-        default=None,
-        help="set MALLOC_MMAP_THRESHOLD_ in the workers (e.g. 32)",
+        default=32,
+        help="MALLOC_MMAP_THRESHOLD_ in the workers; 32 (default) is what daskramp.cluster sets "
+             "for every daskramp run, 0 leaves dask's worker environment as it is",
     )
     args = p.parse_args(argv)
 
