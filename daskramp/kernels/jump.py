@@ -110,6 +110,19 @@ def _sigma(m, rn_var):
 
 
 @numba.njit(cache=True)
+def _mean_std(buf, n):
+    """Mean and population standard deviation of ``buf[:n]`` (two passes, in order)."""
+    mean = 0.0
+    for j in range(n):
+        mean += buf[j]
+    mean /= n
+    var = 0.0
+    for j in range(n):
+        var += (buf[j] - mean) * (buf[j] - mean)
+    return mean, math.sqrt(var / n)
+
+
+@numba.njit(cache=True)
 def _nothing_clipped(buf, n, nsig):
     """True when the first sigma-clip iteration over ``buf[:n]`` provably clips nothing.
 
@@ -124,14 +137,7 @@ def _nothing_clipped(buf, n, nsig):
     """
     if nsig <= 1.0 or n < 3:
         return False
-    mean = 0.0
-    for j in range(n):
-        mean += buf[j]
-    mean /= n
-    var = 0.0
-    for j in range(n):
-        var += (buf[j] - mean) * (buf[j] - mean)
-    std = math.sqrt(var / n)
+    mean, std = _mean_std(buf, n)
     scale = abs(mean) + std
     if not std > 1e-6 * scale:
         return False
@@ -181,14 +187,7 @@ def _sigclip_lohi(buf, n, nsig):
     it = 0
     while True:
         med = _median(buf, n)
-        mean = 0.0
-        for j in range(n):
-            mean += buf[j]
-        mean /= n
-        var = 0.0
-        for j in range(n):
-            var += (buf[j] - mean) * (buf[j] - mean)
-        std = math.sqrt(var / n)
+        _, std = _mean_std(buf, n)
         lo = med - nsig * std
         hi = med + nsig * std
         m = 0
