@@ -193,6 +193,10 @@ def ramp_products(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segmen
     the cubes are joined along ``integration`` and the rate terms summed.
     """
     validate(ds, source="ramp_fit input")
+    lazy = [k for k, v in ds.data_vars.items() if hasattr(v.data, "dask")]
+    if lazy:
+        raise TypeError(f"ramp_products fits in-memory windows; {lazy} are dask-backed "
+                        "(use ramp_fit or ramp_fields for lazy exposures)")
     a = ds.attrs
     kwargs = dict(nframes=int(a["NFRAMES"]), tframe=float(a["TFRAME"]), tgroup=float(a["TGROUP"]),
                   suppress_one_group=bool(suppress_one_group), firstgroup=firstgroup,

@@ -365,3 +365,11 @@ def test_ramp_products_equal_block_products_of_fields(scope):
     other = ramp_products(ds, gain=gain, readnoise=rn,
                           stats_scope="exposure" if scope == "segment" else "segment")
     assert not np.array_equal(other["var_poisson"], got["var_poisson"], equal_nan=True)
+
+
+def test_ramp_products_refuses_lazy_exposures():
+    from daskramp.steps.ramp_fit import ramp_products
+
+    ds, gain, rn = random_exposure(2)
+    with pytest.raises(TypeError, match="in-memory windows.*dask-backed"):
+        ramp_products(chunked(ds, integration=2), gain=gain, readnoise=rn)
