@@ -275,6 +275,97 @@ def _prepare_for_zarr(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
     return ds, encoding
 
 
+#: per-process cache of the Zarr arrays :class:`ZarrChunkTarget` writes into
+_OPEN_ARRAYS: dict = {}
+
+
+class ZarrChunkTarget:
+    """A Zarr v3 array of plain chunks as a ``dask.array.store`` target that encodes and writes
+    its chunk files itself.
+
+    zarr's general write path (event loop and thread pool per call) costs several times the
+    encoding inside a busy worker, as it did for ingest (``daskramp.io.ingest._shard_writer``).
+    Blocks are split into whole chunks (zarr pads edge chunks with the fill value and leaves
+    out chunks of fill value only: so does this), encoded with the array's own codecs; the
+    files are byte for byte zarr's (``tests/io/test_products.py``).  A region not on chunk
+    boundaries, or codecs other than bytes + zstd/blosc, go through zarr.  Picklable: only
+    the array's path travels.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        arr = self._array()
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), np.dtype(arr.dtype), arr.ndim
+
+    def _array(self):
+        # keyed by the metadata file's identity too: a rerun recreates the same path afresh
+        st = os.stat(Path(self.path) / "zarr.json")
+        ident = (self.path, st.st_ino, st.st_mtime_ns)
+        arr = _OPEN_ARRAYS.get(ident)
+        if arr is None:
+            import zarr
+
+            if len(_OPEN_ARRAYS) > 64:
+                _OPEN_ARRAYS.clear()
+            arr = _OPEN_ARRAYS[ident] = zarr.open_array(self.path, mode="r+", zarr_format=3)
+        return arr
+
+    @staticmethod
+    def supported(arr) -> bool:
+        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+        codecs = getattr(arr.metadata, "codecs", ())
+        return (
+            arr.shards is None
+            and len(codecs) >= 1
+            and isinstance(codecs[0], BytesCodec)
+            and (codecs[0].endian is None or getattr(codecs[0].endian, "value", None) == "little")
+            and all(isinstance(c, (BloscCodec, ZstdCodec)) for c in codecs[1:])
+            and np.dtype(arr.dtype).kind in "fiu"
+        )
+
+    def __setitem__(self, key, block) -> None:
+        from types import SimpleNamespace
+
+        from zarr.core.buffer import default_buffer_prototype
+
+        arr = self._array()
+        key = key if isinstance(key, tuple) else (key,)
+        block = np.asarray(block)
+        bounds = [k.indices(n) for k, n in zip(key, self.shape)]
+        chunks = tuple(arr.metadata.chunk_grid.chunk_shape)
+        aligned = all(st == 1 and a % c == 0 and (b % c == 0 or b == n)
+                      for (a, b, st), c, n in zip(bounds, chunks, self.shape))
+        if not aligned or block.shape != tuple(b - a for a, b, _ in bounds):
+            arr[key] = block
+            return
+        meta = arr.metadata
+        fill = np.array(meta.fill_value, self.dtype)
+        spec = SimpleNamespace(prototype=default_buffer_prototype())
+        little = self.dtype.newbyteorder("<")
+        ranges = [range(a // c, -(-b // c)) for (a, b, _), c in zip(bounds, chunks)]
+        root = Path(self.path)
+        for idx in np.ndindex(*(len(r) for r in ranges)):
+            cidx = tuple(r[i] for r, i in zip(ranges, idx))
+            sel = tuple(slice(ci * c - a, min((ci + 1) * c, b) - a)
+                        for ci, c, (a, b, _) in zip(cidx, chunks, bounds))
+            part = block[sel]
+            if part.shape != chunks:
+                padded = np.full(chunks, fill, self.dtype)
+                padded[tuple(slice(0, n) for n in part.shape)] = part
+                part = padded
+            target = root / meta.encode_chunk_key(cidx)
+            if np.array_equal(part, np.broadcast_to(fill, part.shape), equal_nan=self.dtype.kind == "f"):
+                target.unlink(missing_ok=True)  # zarr leaves out chunks of fill value only
+                continue
+            raw = np.ascontiguousarray(part, little).reshape(-1).view(np.uint8)
+            buf = spec.prototype.buffer.from_array_like(raw)
+            for c in meta.codecs[1:]:
+                buf = c._encode_sync(buf, spec)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(buf.to_bytes())
+
+
 def _start_zarr(ds: xr.Dataset, path: Path) -> list[tuple]:
     """Create ``<path>.partial`` afresh; return its pending writes as (dask array, zarr array).
 
@@ -304,6 +395,8 @@ def _start_zarr(ds: xr.Dataset, path: Path) -> list[tuple]:
                 f"{path.name}: variable {name!r} would be stored as {target.dtype}{target.shape}, "
                 f"not {var.dtype}{var.shape}; remove its encoding"
             )
+        if ZarrChunkTarget.supported(target):
+            target = ZarrChunkTarget(partial / name)
         pending.append((var.data, target))
     return pending
 

@@ -497,3 +497,37 @@ def test_products_open_with_jwst_datamodels(tmp_path):
     with datamodels.open(paths["jump_ramp_fits"]) as m:
         assert type(m).__name__ == "RampModel"
         assert m.groupdq.dtype == np.uint8 and m.groupdq[1, 2, 0, 0] == dq.JUMP_DET
+
+
+@pytest.mark.parametrize("chunks", [{"integration": 2, "x": 3}, {"integration": 1, "y": 2, "x": 4}])
+def test_chunks_written_by_the_tasks_equal_zarrs_own(tmp_path, monkeypatch, chunks):
+    """ZarrChunkTarget writes the same chunk files as zarr: float NaN fill (a chunk of NaN only
+    is left out), uint32 dq, edge chunks padded."""
+    import daskramp.io.products as P
+
+    ds = make_rateints(chunks=chunks)
+    ds["err"] = ds["err"].copy(data=ds["err"].data.map_blocks(lambda b: b * np.nan))  # all NaN
+    used = []
+    real = P.ZarrChunkTarget.__setitem__
+
+    def spy(self, key, block):
+        used.append(self.path)
+        return real(self, key, block)
+
+    monkeypatch.setattr(P.ZarrChunkTarget, "__setitem__", spy)
+    ours = write_zarr_atomic(ds, tmp_path / "ours_rateints.zarr")
+    assert used and any(u.endswith("data") for u in used) and any(u.endswith("dq") for u in used)
+    monkeypatch.setattr(P.ZarrChunkTarget, "supported", staticmethod(lambda arr: False))
+    theirs = write_zarr_atomic(ds, tmp_path / "zarr_rateints.zarr")
+
+    def tree(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != "zarr.json"}
+
+    a, b = tree(ours), tree(theirs)
+    assert a.keys() == b.keys() and any(k.startswith("data/c/") for k in a)
+    assert not any(k.startswith("err/c/") for k in a)  # NaN-only chunks left out by both
+    for k in a:
+        assert a[k] == b[k], k
+    with xr.open_zarr(ours, consolidated=False) as back:
+        assert_same_product(ds, back)
