@@ -27,7 +27,8 @@ resume).  A complete product is left alone unless ``overwrite``.
 FITS files are written as ``<name>.fits.partial`` and renamed when complete.  When the
 products are computed, every header is written first (final NAXIS values, data areas
 allocated) and the tasks that compute each block write it in place, next to its Zarr chunks
-(:class:`FitsImageTarget`): the graph is computed once, all products in one
+(:class:`FitsImageTarget`; the Zarr chunk files too are encoded and written by those tasks,
+:class:`ZarrChunkTarget`): the graph is computed once, all products in one
 ``dask.array.store``, and the FITS file costs no second pass.  A FITS file missing beside a
 complete store (e.g. a run killed between the two renames) is exported from the store,
 streamed slab by slab (a few integrations, or rows, at a time) as raw big-endian bytes, so
