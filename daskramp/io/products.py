@@ -313,58 +313,38 @@ class ZarrChunkTarget:
 
     @staticmethod
     def supported(arr) -> bool:
-        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+        from .store import plain_codecs
 
-        codecs = getattr(arr.metadata, "codecs", ())
-        return (
-            arr.shards is None
-            and len(codecs) >= 1
-            and isinstance(codecs[0], BytesCodec)
-            and (codecs[0].endian is None or getattr(codecs[0].endian, "value", None) == "little")
-            and all(isinstance(c, (BloscCodec, ZstdCodec)) for c in codecs[1:])
-            and np.dtype(arr.dtype).kind in "fiu"
-        )
+        return (arr.shards is None and plain_codecs(getattr(arr.metadata, "codecs", ()))
+                and np.dtype(arr.dtype).kind in "fiu")
 
     def __setitem__(self, key, block) -> None:
-        from types import SimpleNamespace
-
-        from zarr.core.buffer import default_buffer_prototype
+        from .store import encode_chunk
 
         arr = self._array()
         key = key if isinstance(key, tuple) else (key,)
         block = np.asarray(block)
         bounds = [k.indices(n) for k, n in zip(key, self.shape)]
-        chunks = tuple(arr.metadata.chunk_grid.chunk_shape)
+        meta = arr.metadata
+        chunks = tuple(meta.chunk_grid.chunk_shape)
         aligned = all(st == 1 and a % c == 0 and (b % c == 0 or b == n)
                       for (a, b, st), c, n in zip(bounds, chunks, self.shape))
         if not aligned or block.shape != tuple(b - a for a, b, _ in bounds):
             arr[key] = block
             return
-        meta = arr.metadata
-        fill = np.array(meta.fill_value, self.dtype)
-        spec = SimpleNamespace(prototype=default_buffer_prototype())
-        little = self.dtype.newbyteorder("<")
         ranges = [range(a // c, -(-b // c)) for (a, b, _), c in zip(bounds, chunks)]
         root = Path(self.path)
         for idx in np.ndindex(*(len(r) for r in ranges)):
             cidx = tuple(r[i] for r, i in zip(ranges, idx))
             sel = tuple(slice(ci * c - a, min((ci + 1) * c, b) - a)
                         for ci, c, (a, b, _) in zip(cidx, chunks, bounds))
-            part = block[sel]
-            if part.shape != chunks:
-                padded = np.full(chunks, fill, self.dtype)
-                padded[tuple(slice(0, n) for n in part.shape)] = part
-                part = padded
+            data = encode_chunk(block[sel].astype(self.dtype, copy=False), chunks, meta.fill_value, meta.codecs)
             target = root / meta.encode_chunk_key(cidx)
-            if np.array_equal(part, np.broadcast_to(fill, part.shape), equal_nan=self.dtype.kind == "f"):
-                target.unlink(missing_ok=True)  # zarr leaves out chunks of fill value only
+            if data is None:
+                target.unlink(missing_ok=True)
                 continue
-            raw = np.ascontiguousarray(part, little).reshape(-1).view(np.uint8)
-            buf = spec.prototype.buffer.from_array_like(raw)
-            for c in meta.codecs[1:]:
-                buf = c._encode_sync(buf, spec)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(buf.to_bytes())
+            target.write_bytes(data)
 
 
 def _start_zarr(ds: xr.Dataset, path: Path) -> list[tuple]:

@@ -157,6 +157,54 @@ def finalize_store(partial, store, *, overwrite: bool = False) -> Path:
         os.replace(partial, final)
     return final
 
+# ------------------------------------------------------------------ chunks written by tasks
+
+
+def plain_codecs(codecs) -> bool:
+    """True for a codec chain :func:`encode_chunk` reproduces: little-endian bytes, then
+    blosc/zstd compressors."""
+    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+    codecs = tuple(codecs)
+    return (
+        len(codecs) >= 1
+        and isinstance(codecs[0], BytesCodec)
+        and getattr(codecs[0].endian, "value", codecs[0].endian) in (None, "little")
+        and all(isinstance(c, (BloscCodec, ZstdCodec)) for c in codecs[1:])
+    )
+
+
+def encode_chunk(part, chunk_shape, fill, codecs) -> bytes | None:
+    """One chunk as zarr stores it with ``codecs`` (:func:`plain_codecs`), or None when it holds
+    only the fill value (zarr leaves such chunks out).
+
+    ``part`` may be smaller than ``chunk_shape`` at the array edge: it is padded with ``fill``,
+    as zarr pads.  Writers use this to store whole chunks from their own tasks, because zarr's
+    general write path (event loop and thread pool per call) costs several times the encoding
+    inside a busy worker.
+    """
+    from types import SimpleNamespace
+
+    import numpy as np
+    from zarr.core.buffer import default_buffer_prototype
+
+    part = np.asarray(part)
+    chunk_shape = tuple(chunk_shape)
+    fill = np.array(fill, part.dtype)
+    if part.shape != chunk_shape:
+        padded = np.full(chunk_shape, fill, part.dtype)
+        padded[tuple(slice(0, n) for n in part.shape)] = part
+        part = padded
+    if np.array_equal(part, np.broadcast_to(fill, part.shape), equal_nan=part.dtype.kind == "f"):
+        return None
+    raw = np.ascontiguousarray(part, part.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
+    spec = SimpleNamespace(prototype=default_buffer_prototype())
+    buf = spec.prototype.buffer.from_array_like(raw)
+    for c in tuple(codecs)[1:]:
+        buf = c._encode_sync(buf, spec)
+    return buf.to_bytes()
+
+
 
 def _read_group(path: Path):
     import zarr
