@@ -109,6 +109,64 @@ def electron_read_noise(readnoise, gain, *, nframes: int) -> np.ndarray:
     return (rn * (g / np.sqrt(2.0 * nframes))).astype(np.float32)
 
 
+def _batcher_pairs(n: int) -> np.ndarray:
+    """Comparators ``(i, j)`` (i < j) of Batcher's odd–even merge sort of ``n`` values."""
+    p2 = 1
+    while p2 < n:
+        p2 *= 2
+    pairs = []
+    p = 1
+    while p < p2:
+        k = p
+        while k >= 1:
+            for j in range(k % p, p2 - k, 2 * k):
+                for i in range(min(k, p2 - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p) and i + j + k < n:
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
+#: sorting networks for the few differences of one ramp: ``_NETS[n, :_NNET[n]]``
+_MAXNET = 32
+_NETS = np.zeros((_MAXNET + 1, len(_batcher_pairs(_MAXNET)), 2), np.int64)
+_NNET = np.zeros(_MAXNET + 1, np.int64)
+for _n in range(2, _MAXNET + 1):
+    _pairs = _batcher_pairs(_n)
+    _NETS[_n, : len(_pairs)] = _pairs
+    _NNET[_n] = len(_pairs)
+
+
+@numba.njit(cache=True, inline="always")
+def _sort8(buf):
+    """Sort ``buf[:8]`` in registers (Batcher's 19-comparator network): the 8 differences
+    of a 9-group ramp, the common TSO case."""
+    a0, a1, a2, a3 = buf[0], buf[1], buf[2], buf[3]
+    a4, a5, a6, a7 = buf[4], buf[5], buf[6], buf[7]
+    a0, a1 = min(a0, a1), max(a0, a1)
+    a2, a3 = min(a2, a3), max(a2, a3)
+    a4, a5 = min(a4, a5), max(a4, a5)
+    a6, a7 = min(a6, a7), max(a6, a7)
+    a0, a2 = min(a0, a2), max(a0, a2)
+    a1, a3 = min(a1, a3), max(a1, a3)
+    a4, a6 = min(a4, a6), max(a4, a6)
+    a5, a7 = min(a5, a7), max(a5, a7)
+    a1, a2 = min(a1, a2), max(a1, a2)
+    a5, a6 = min(a5, a6), max(a5, a6)
+    a0, a4 = min(a0, a4), max(a0, a4)
+    a1, a5 = min(a1, a5), max(a1, a5)
+    a2, a6 = min(a2, a6), max(a2, a6)
+    a3, a7 = min(a3, a7), max(a3, a7)
+    a2, a4 = min(a2, a4), max(a2, a4)
+    a3, a5 = min(a3, a5), max(a3, a5)
+    a1, a2 = min(a1, a2), max(a1, a2)
+    a3, a4 = min(a3, a4), max(a3, a4)
+    a5, a6 = min(a5, a6), max(a5, a6)
+    buf[0], buf[1], buf[2], buf[3] = a0, a1, a2, a3
+    buf[4], buf[5], buf[6], buf[7] = a4, a5, a6, a7
+
+
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _median_sorted_finite(buf, n):
     """Median of the first ``n`` entries of ``buf`` ignoring NaN (NaN if none); reorders ``buf``."""
@@ -119,9 +177,24 @@ def _median_sorted_finite(buf, n):
             m += 1
     if m == 0:
         return np.nan
-    # rank by counting (ties broken by position): branch-free, faster than sorting the
-    # few (≤ NGROUPS − 1) differences of one ramp
     h = m >> 1
+    if m <= _MAXNET:
+        # a sorting network (branch-free compare-exchanges); the median of the sorted values
+        # is the one ranking gives
+        if m == 8:
+            _sort8(buf)
+        else:
+            for c in range(_NNET[m]):
+                i = _NETS[m, c, 0]
+                j = _NETS[m, c, 1]
+                a = buf[i]
+                b = buf[j]
+                buf[i] = min(a, b)
+                buf[j] = max(a, b)
+        if m & 1:
+            return buf[h]
+        return (buf[h] + buf[h - 1]) / 2.0
+    # rank by counting (ties broken by position): branch-free
     hi = 0.0
     lo = 0.0
     for a in range(m):
@@ -291,8 +364,17 @@ def _fit_block(
     npers = ~_PERS
     invalid = _DNU | _SAT
     wtab = _weight_table(ng)
+    # one row of the block, pixel-major: each pixel's (integration, group) samples are
+    # contiguous (in the block they lie ny·nx apart, a cache line each)
+    drow = np.empty((nx, nint, ng), data.dtype)
+    qrow = np.empty((nx, nint, ng), np.uint8)
     any_cl_block = False
     for y in range(ny):
+        for i in range(nint):
+            for g in range(ng):
+                for x in range(nx):
+                    drow[x, i, g] = data[i, g, y, x]
+                    qrow[x, i, g] = groupdq[i, g, y, x]
         for x in range(nx):
             gain = np.float64(gain2d[y, x])
             rn = np.float64(rn2d[y, x])
@@ -304,7 +386,7 @@ def _fit_block(
             # -- read the ramp: group range, one-good-group suppression, statistics --------
             for i in range(nint):
                 for g in range(ng):
-                    v = groupdq[i, g, y, x]
+                    v = qrow[x, i, g]
                     if g < first or g > last:
                         v |= np.uint8(_DNU)
                     q[i, g] = v
@@ -345,7 +427,7 @@ def _fit_block(
                         d[i, g] = np.nan
                         cnt_sat[i] += 1
                     else:
-                        d[i, g] = np.float64(data[i, g, y, x])
+                        d[i, g] = np.float64(drow[x, i, g])
                 if has_cl[i]:
                     any_cl = True
                 if not suppress1g:
@@ -670,13 +752,53 @@ def _empty_products(nint: int, ny: int, nx: int, save_intercepts: bool) -> dict[
     return out
 
 
+#: :data:`RATE_TERMS` as arrays for the compiled fill: field index, and bit mask (0: the value)
+_TERM_FIELD = np.array([F[field] for _, field, _ in RATE_TERMS], np.int64)
+_TERM_MASK = np.array([0 if mask is None else int(mask) for _, _, mask in RATE_TERMS], np.int64)
+_F_SLOPE, _F_ERR, _F_VP, _F_VR, _F_DQ, _F_ICPT = (
+    F["slope"], F["err"], F["var_poisson"], F["var_rnoise"], F["dq"], F["intercept"])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _store_fields(fields, y0, slope, err, vp, vr, dq, icpt, has_icpt, terms, tfield, tmask):
+    """Rows ``y0 …`` of the products from ``fields`` ``(NFIELDS, nint, rows, nx)`` in one pass.
+
+    The rateints planes are cast as numpy casts them; ``terms`` ``(len(RATE_TERMS), y, x)``
+    gets the sums over integrations of :func:`rate_partials`, accumulated in integration
+    order as numpy's reduction along a leading axis does (bit-identical).
+    """
+    nint, rows, nx = fields.shape[1], fields.shape[2], fields.shape[3]
+    nterm = tfield.size
+    for k in range(nterm):
+        for r in range(rows):
+            for x in range(nx):
+                terms[k, y0 + r, x] = 0.0
+    for i in range(nint):
+        for r in range(rows):
+            y = y0 + r
+            for x in range(nx):
+                slope[i, y, x] = np.float32(fields[_F_SLOPE, i, r, x])
+                err[i, y, x] = np.float32(fields[_F_ERR, i, r, x])
+                vp[i, y, x] = np.float32(fields[_F_VP, i, r, x])
+                vr[i, y, x] = np.float32(fields[_F_VR, i, r, x])
+                dq[i, y, x] = np.uint32(fields[_F_DQ, i, r, x])
+                if has_icpt:
+                    icpt[i, y, x] = np.float32(fields[_F_ICPT, i, r, x])
+                for k in range(nterm):
+                    v = fields[tfield[k], i, r, x]
+                    if tmask[k] == 0:
+                        terms[k, y, x] += v
+                    elif np.uint32(v) & np.uint32(tmask[k]):
+                        terms[k, y, x] += 1.0
+
+
 def _fill_products(out: dict, fields: np.ndarray, ys: slice) -> None:
     """Write the products of ``fields`` (``(NFIELDS, nint, rows, nx)``) into rows ``ys``."""
-    for var, field, _ in RATEINTS:
-        out[var][:, ys] = fields[F[field]]
-    if "intercept" in out:
-        out["intercept"][:, ys] = fields[F["intercept"]]
-    out["rate_terms"][0, :, ys] = rate_partials(fields)
+    has_icpt = "intercept" in out
+    icpt = out["intercept"] if has_icpt else np.empty((0, 0, 0), np.float32)
+    _store_fields(fields, ys.start or 0, out["data"], out["err"], out["var_poisson"],
+                  out["var_rnoise"], out["dq"], icpt, has_icpt, out["rate_terms"][0],
+                  _TERM_FIELD, _TERM_MASK)
 
 
 def products_of_fields(fields: np.ndarray, *, save_intercepts: bool = False) -> dict[str, np.ndarray]:

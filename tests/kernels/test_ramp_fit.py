@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import inspect
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -458,3 +459,35 @@ def test_resolve_group_range():
     assert k.resolve_group_range(2, 7, 10) == (2, 7)
     assert k.resolve_group_range(8, 3, 10) == (0, 9)
     assert k.resolve_group_range(-1, 20, 10) == (0, 9)
+
+
+@numba.njit
+def _median_of(values):
+    buf = values.copy()
+    return k._median_sorted_finite(buf, buf.size)
+
+
+@pytest.mark.parametrize("n", list(range(0, 41)))
+def test_median_of_ramp_differences_matches_numpy(n):
+    """Sorting networks (≤ 32 values), the 8-value one and ranking all give numpy's median,
+    with NaN ignored, ties and negative values."""
+    rng = np.random.default_rng(n)
+    for trial in range(200):
+        v = rng.integers(-3, 4, n).astype(np.float64) if trial % 2 else rng.normal(0, 5, n)
+        v[rng.random(n) < 0.2] = np.nan
+        got = _median_of(v)
+        if np.isnan(v).all():
+            assert np.isnan(got)
+        else:
+            assert got == np.nanmedian(v)
+
+
+def test_sorting_networks_sort():
+    # 0-1 principle: a comparator network sorts every input iff it sorts every 0/1 input
+    for n in range(2, 13):
+        pairs = k._NETS[n, : k._NNET[n]]
+        for bits in range(2 ** n):
+            y = [(bits >> i) & 1 for i in range(n)]
+            for a, b in pairs:
+                y[a], y[b] = min(y[a], y[b]), max(y[a], y[b])
+            assert y == sorted(y), n
