@@ -151,23 +151,26 @@ def validate(ds: xr.Dataset, *, calibrated: bool | None = None, source: str = "e
     """
     if not isinstance(ds, xr.Dataset):
         raise ExposureError(f"{source}: expected an xarray.Dataset, got {type(ds).__name__}")
+    # the Variables, not DataArrays: each ``ds[name]`` would build its coordinates (this runs
+    # once per step and block)
+    v = ds.variables
     for var, dims in ((DATA, RAMP_DIMS), (GROUPDQ, RAMP_DIMS), (PIXELDQ, IMAGE_DIMS)):
-        if var not in ds:
+        if var not in ds.data_vars:
             raise ExposureError(f"{source}: variable {var!r} is missing")
-        if ds[var].dims != dims:
-            raise ExposureError(f"{source}: variable {var!r} has dims {ds[var].dims}, expected {dims}")
-    dt = ds[DATA].dtype
+        if v[var].dims != dims:
+            raise ExposureError(f"{source}: variable {var!r} has dims {v[var].dims}, expected {dims}")
+    dt = v[DATA].dtype
     allowed = {None: (RAW_DTYPE, FLOAT_DTYPE), True: (FLOAT_DTYPE,), False: (RAW_DTYPE,)}[calibrated]
     if dt not in allowed:
         raise ExposureError(
             f"{source}: data has dtype {dt}, expected {' or '.join(str(a) for a in allowed)}"
         )
-    if ds[GROUPDQ].dtype != GROUPDQ_DTYPE:
-        raise ExposureError(f"{source}: groupdq has dtype {ds[GROUPDQ].dtype}, expected uint8")
-    if ds[PIXELDQ].dtype != PIXELDQ_DTYPE:
-        raise ExposureError(f"{source}: pixeldq has dtype {ds[PIXELDQ].dtype}, expected uint32")
-    if ZEROFRAME in ds and ds[ZEROFRAME].dims != CUBE_DIMS:
-        raise ExposureError(f"{source}: zeroframe has dims {ds[ZEROFRAME].dims}, expected {CUBE_DIMS}")
+    if v[GROUPDQ].dtype != GROUPDQ_DTYPE:
+        raise ExposureError(f"{source}: groupdq has dtype {v[GROUPDQ].dtype}, expected uint8")
+    if v[PIXELDQ].dtype != PIXELDQ_DTYPE:
+        raise ExposureError(f"{source}: pixeldq has dtype {v[PIXELDQ].dtype}, expected uint32")
+    if ZEROFRAME in ds.data_vars and v[ZEROFRAME].dims != CUBE_DIMS:
+        raise ExposureError(f"{source}: zeroframe has dims {v[ZEROFRAME].dims}, expected {CUBE_DIMS}")
     check_keywords(ds.attrs, source=source)
     a = ds.attrs
     ny, nx = ds.sizes[Y], ds.sizes[X]

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from ..dims import (
@@ -412,6 +413,19 @@ def read_frames(path, offset: int, frame_shape, i0: int, i1: int, out=None) -> n
 WINDOW_BLOCK_BYTES = 16 * 2**20
 
 
+@numba.njit(cache=True, nogil=True)
+def _from_fits_int16(raw, out):
+    """``out = byteswap(raw) XOR 0x8000``: FITS big-endian int16 with BZERO = 32768 to uint16
+    DN in one pass (numpy's strided, byte-swapping ufunc path costs several times this)."""
+    n0, n1, n2, n3 = raw.shape
+    for i in range(n0):
+        for g in range(n1):
+            for y in range(n2):
+                for x in range(n3):
+                    v = raw[i, g, y, x]
+                    out[i, g, y, x] = ((v >> 8) | (v << 8)) ^ 0x8000
+
+
 def read_window(path, offset: int, frame_shape, i0: int, i1: int, ys: slice = slice(None),
                 xs: slice = slice(None), *, out=None, block_bytes: int | None = WINDOW_BLOCK_BYTES
                 ) -> np.ndarray:
@@ -446,13 +460,23 @@ def read_window(path, offset: int, frame_shape, i0: int, i1: int, ys: slice = sl
             b = min(a + per, i1)
             lo = offset + a * 2 * frame
             base = lo - lo % mmap.ALLOCATIONGRANULARITY
-            with mmap.mmap(f.fileno(), offset + b * 2 * frame - base, offset=base,
-                           access=mmap.ACCESS_READ) as mm:
-                raw = np.frombuffer(mm, dtype=">u2", count=(b - a) * frame, offset=lo - base)
-                raw = raw.reshape((b - a, *frame_shape))[..., ys, xs]
-                # one pass: byte order and the BZERO = 32768 offset (top-bit flip) together
-                np.bitwise_xor(raw, np.uint16(0x8000), out=out[a - i0 : b - i0])
+            mm = mmap.mmap(f.fileno(), offset + b * 2 * frame - base, offset=base,
+                           access=mmap.ACCESS_READ)
+            raw = None
+            try:
+                # the big-endian words viewed as native ones: the kernel swaps the bytes
+                raw = np.frombuffer(mm, dtype=np.uint16, count=(b - a) * frame, offset=lo - base)
+                raw = raw.reshape((b - a, -1, *frame_shape[-2:]))[..., ys, xs]
+                dst = out[a - i0 : b - i0]
+                _from_fits_int16(raw, dst[:, None] if dst.ndim == 3 else dst)
+            finally:
                 del raw  # the mapping cannot close while an array still points into it
+                try:
+                    mm.close()
+                except BufferError:
+                    # numba's first compilation of the kernel in a process may hold the view
+                    # until the next garbage collection; the map is then closed by it
+                    pass
     return out
 
 

@@ -76,6 +76,12 @@ def map_ramp_blocks(
 
     if not any(isinstance(a.data, da.Array) for a in args):
         out = kernel(*(np.asarray(a.data) for a in args), **kwargs)
+        if out_dims == template.dims and out.shape == template.shape:
+            # on the template's grid: share its coordinates and indexes (building them anew
+            # costs more than a small kernel call)
+            res = template.copy(data=out)
+            res.attrs, res.encoding, res.name = {}, {}, name
+            return res
         return xr.DataArray(out, dims=out_dims, coords=coords, name=name)
 
     tchunks = dict(zip(RAMP_DIMS, template.chunks or template.shape))

@@ -108,9 +108,25 @@ def apply_image(func, *images: xr.DataArray, **kwargs) -> xr.DataArray:
 
 
 def with_status(ds: xr.Dataset, key: str, status: str, **updates) -> xr.Dataset:
-    """A shallow copy of ``ds`` with variables replaced by ``updates`` and ``attrs[key] = status``."""
-    out = ds.copy()
+    """A shallow copy of ``ds`` with variables replaced by ``updates`` and ``attrs[key] = status``.
+
+    A replacement with the dims and shape of the variable it replaces keeps that variable's
+    attributes and takes only its array (``Dataset.copy(data=...)``: no alignment; the
+    wrappers make their outputs on the input's own grid); its encoding is dropped, since it
+    described the old array.  Other updates are assigned (aligned) as usual.
+    """
+    same = {name: value.data for name, value in updates.items()
+            if isinstance(value, xr.DataArray) and name in ds.data_vars
+            and value.dims == ds[name].dims and value.shape == ds[name].shape}
+    if same:
+        out = ds.copy(data={name: same.get(name, var.data) for name, var in ds.data_vars.items()})
+        for name in same:
+            out.variables[name].encoding = {}
+    else:
+        out = ds.copy()
     for name, value in updates.items():
+        if name in same:
+            continue
         if name in ds and isinstance(value, xr.DataArray):
             value = value.assign_attrs(ds[name].attrs)
         out[name] = value
