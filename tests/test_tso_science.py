@@ -14,10 +14,11 @@ from the products' ``err`` (photon + read noise, propagated through the aperture
     background of every group difference from pixels > 30 rows from the traces; the whole
     column level removed, ``keep_level=False``), and the ``clean_flicker_noise`` step
     (official algorithm, after jump; printed only, see below);
-(c) rateints level only: :func:`correct_rateints_1overf` with the same mask.
+(c) rateints level only: :func:`correct_rateints_1overf` with the same mask;
+(d) as (b), with jump's ``integration_scale`` (see "Depth" below).
 
 Measured on this exposure (seed 2024; printed by ``test_noise_budget``): (a) 1.78,
-(b) 1.07, clean_flicker_noise 1.85, (c) 1.11.  A standard deviation from 36 baseline points
+(b) 1.07, clean_flicker_noise 1.85, (c) 1.11, (d) 1.07.  A standard deviation from 36 baseline points
 is itself uncertain by ±12 %, so the acceptance target (≤ 1.1) is asserted on (b) and (c) is
 held to ≤ 1.2.  With 1/f switched off the same analysis gives 0.88–1.16 over six seeds, so
 the products' errors describe the white noise.  Most of the 1/f excess in the white light is
@@ -27,11 +28,40 @@ that keeps each group's overall level — the official clean_flicker_noise, or
 subtract_group_1overf with ``keep_level=True`` — removes the column stripes but not that
 offset, and the white light sums the same offset over the aperture.
 
-Depth: recovered 14950 ± 23 ppm for 15000 injected with (b) (−2.2σ).  Without 1/f, six seeds
-give pulls −1.7, −3.2, −2.3, −0.8, −0.2, +0.4: the depth comes out ~30 ppm (0.2 %) shallow
-on average, a bias not yet traced (pixel-level in/out ratios of the rates over all pixels
-above 50 DN/s agree with the truth to ~10 ppm).  The test therefore asserts 3σ and prints
-the pull; the 1σ target is not met.
+Depth: with the official jump comparison, (b) recovers 14950 ± 23 ppm for 15000 injected
+(−2.2σ): the depth comes out shallow by ≈ 30 ppm (0.2 %) because every group difference of a
+pixel is compared with the median difference pooled over *all integrations of the segment*
+(iterative and single-pass modes; sigma clipping pools across integrations too).  In full
+transit a bright pixel's differences sit ≈ 1.5 % below that median — 1.2σ at 700 DN/s — so a
+−2.8σ fluctuation already crosses the 4σ threshold; the low difference is dropped and that
+in-transit rate comes out high (:func:`test_jump_pooled_median_flags_dips_in_transit` shows
+it on hand-made ramps).  Evidence (no 1/f unless stated):
+
+* noiseless truth through the same aperture and white light: 15000.0 ppm (the extraction and
+  the white light are exact);
+* above 400 DN/s, false JUMP_DET (no cosmic ray within one pixel) hit 0.36–0.39 % of the
+  full-transit pixel-integrations against 0.12 % out of transit (seeds 1–3; 2024 with 1/f
+  and (b): 0.39 % against 0.12 %), checked by
+  :func:`test_false_jumps_do_not_follow_the_transit` (xfail for (b));
+* depth from the aperture-weighted in/out ratio per source-rate bin, minus the injected one,
+  mean of seeds 1–8: −31 ± 10 ppm (400–600 DN/s) and −44 ± 10 ppm (> 600 DN/s), consistent
+  with 0 below 400 DN/s; leaving out the pixels that saturate in any integration changes
+  nothing (−28 ppm overall either way);
+* the same CR-free exposures (8 seeds): depth − injected = −37 ± 6 ppm with the jump step,
+  −7 ± 6 ppm with it skipped;
+* jump run on the ramps divided by a per-integration flux scale (median over the bright
+  pixels, from the data) and its flags applied to the unscaled ramps: false jumps no longer
+  follow the transit and, for (b) over 11 seeds of this fixture (2024, 1–10), the pulls go
+  from −2.18, −2.25, −0.69, +0.11, −0.60, −1.19, −1.66, −0.84, −1.82, −1.67, −1.06 (mean
+  depth − injected −29 ± 5 ppm) to −0.78, −0.69, +0.91, +1.36, +0.73, +0.31, −0.28, +0.63,
+  −0.54, −0.38, +0.24 (+3 ± 5 ppm; the shift is 31.7 ppm, seed-to-seed rms 1.5 ppm);
+  ``rejection_threshold=6`` gives the same pulls within 0.1 here.
+
+(d) is the remedy built into the step: jump's ``integration_scale`` (not an official
+parameter) divides each integration by its relative flux before the pooled comparison, with
+the scale from the raw ramps (:func:`daskramp.analysis.integration_scale`, running median of
+5).  Measured: 14982 ± 23 ppm (−0.78σ), false jumps in transit as often as out of it, noise
+ratio 1.072.  The 1σ acceptance is asserted on (d); (b), the official behaviour, on 3σ.
 
 Run: ``python -m pytest tests/test_tso_science.py -q -s`` (``-s`` shows the printed table).
 """
@@ -44,10 +74,13 @@ import pytest
 import xarray as xr
 
 from daskramp import analysis as A
+from daskramp import dq
+from daskramp.dims import make_exposure
 from daskramp.io import open_exposure
 from daskramp.pipeline import STEP_ORDER, detector1
 from daskramp.simulate import load_truth, simulate
-from daskramp.testing.ramps import forbid_compute
+from daskramp.steps.jump import jump
+from daskramp.testing.ramps import forbid_compute, make_attrs
 
 SEED = 2024
 RADIUS = 15.0
@@ -106,16 +139,23 @@ def tso(tmp_path_factory):
 
     group = A.subtract_group_1overf(ramp, mask, keep_level=False).drop_vars("one_over_f_stripes")
     group_ri = _compute(detector1(group, sim.refs_dir, steps={s: {"skip": True} for s in EARLY}).rateints)
+    # each integration's flux level from the raw ramps, for jump's comparison
+    with dask.config.set(scheduler="threads", num_workers=2):
+        scale = A.integration_scale(ds, smooth=5)
+    scaled_steps = {s: {"skip": True} for s in EARLY}
+    scaled_steps["jump"] = {"integration_scale": scale.values}
+    scaled_ri = _compute(detector1(group, sim.refs_dir, steps=scaled_steps).rateints)
     cfn_ri = _compute(detector1(ds, sim.refs_dir, steps={"clean_flicker_noise": {"skip": False,
                                                                                    "user_mask": mask}}).rateints)
     rateints_ri = _compute(A.correct_rateints_1overf(raw, mask))
     variants = {"(a) no 1/f correction": raw,
                 "(b) group level, subtract_group_1overf": group_ri,
                 "(b') group level, clean_flicker_noise step": cfn_ri,
-                "(c) rateints level only": rateints_ri}
+                "(c) rateints level only": rateints_ri,
+                "(d) as (b), jump with integration_scale": scaled_ri}
     metrics = {k: white_light_metrics(v, trace1, truth) for k, v in variants.items()}
     return {"sim": sim, "truth": truth, "raw": raw, "mask": mask, "trace1": trace1, "metrics": metrics,
-            "variants": variants}
+            "variants": variants, "scale": scale}
 
 
 def test_noise_budget(tso):
@@ -135,17 +175,112 @@ def test_noise_budget(tso):
 def test_white_light_depth(tso):
     injected = tso["truth"].attrs["transit_depth"]
     assert injected == 0.015
-    m = tso["metrics"]["(b) group level, subtract_group_1overf"]
-    pull = (m["depth"] - injected) / m["depth_err"]
-    print(f"\ndepth (b): {m['depth'] * 1e6:.0f} ± {m['depth_err'] * 1e6:.0f} ppm, injected "
-          f"{injected * 1e6:.0f} ppm: pull {pull:+.2f}σ ({m['n_full']} integrations in full transit, "
-          f"{m['n_oot']} out)")
+    pulls = {}
+    for key in ("(b) group level, subtract_group_1overf", "(d) as (b), jump with integration_scale"):
+        m = tso["metrics"][key]
+        pulls[key] = (m["depth"] - injected) / m["depth_err"]
+        print(f"\ndepth {key[:3]}: {m['depth'] * 1e6:.0f} ± {m['depth_err'] * 1e6:.0f} ppm, injected "
+              f"{injected * 1e6:.0f} ppm: pull {pulls[key]:+.2f}σ ({m['n_full']} integrations in "
+              f"full transit, {m['n_oot']} out)")
     # σ: the in/out means' errors from err, scaled up by the measured scatter ratio when > 1.
-    # The target is 1σ; see the module docstring for why 3σ is asserted.
-    assert abs(pull) <= 3.0
+    # Acceptance (1σ) with jump's integration_scale; the official comparison (b) is ≈ 30 ppm
+    # shallow (module docstring) and held to 3σ
+    assert abs(pulls["(d) as (b), jump with integration_scale"]) <= 1.0
+    assert abs(pulls["(b) group level, subtract_group_1overf"]) <= 3.0
     # every variant recovers the depth: 1/f adds noise, not bias (3σ)
     for k, v in tso["metrics"].items():
         assert abs(v["depth"] - injected) <= 3 * v["depth_err"], (k, v)
+
+
+def test_integration_scale_follows_the_transit(tso):
+    """The scale from the raw ramps against the injected light curve (relative flux).
+
+    Measured (seed 2024): residual rms 5e-4; in full transit the scale drops by 1.45 % where
+    the flux drops by 1.5 % (the raw ramps are not linearity-corrected: M ≈ L + c₂L² compresses
+    the contrast).  Jump only needs the level to ≪ the depth: 5e-4 moves a 700 DN/s pixel's
+    differences by 0.04σ, against 1.2σ without the scale.
+    """
+    scale = tso["scale"].values
+    rf = tso["truth"]["relative_flux"].values
+    assert scale.shape == rf.shape and tso["scale"].attrs["pixels"] > 1000
+    oot, full = rf == 1.0, rf == rf.min()
+    contrast = 1.0 - scale[full].mean() / scale[oot].mean()
+    assert abs(contrast - 0.015) < 0.1 * 0.015, contrast
+    resid = scale / scale[oot].mean() - rf
+    assert np.sqrt(np.mean(resid ** 2)) < 1e-3
+
+
+def test_jump_pooled_median_flags_dips_in_transit():
+    """The cause of the shallow depth, on hand-made ramps (gain 1, no read noise).
+
+    30 integrations × 9 groups, differences of 10⁴ DN (σ = √10⁴ = 100 DN) and 1.5 % less in
+    integrations 10–19 (a transit); a small ±3 DN dither keeps the values distinct.  One
+    difference is 300 DN (3σ) low: in pixel 0 in transit, in pixel 1 out of transit.  The
+    median is pooled over every integration (≈ 10⁴ DN), so the in-transit dip deviates by
+    150 + 300 DN = 4.5σ > 4σ and is flagged, the same dip out of transit by 3σ and is not.
+    Measured against each integration's own level (ramps divided by the relative flux, or the
+    step's ``integration_scale``) the two dips are alike and neither is a jump.
+    """
+    nint, ng = 30, 9
+    level = np.ones(nint)
+    level[10:20] = 0.985
+    dither = (np.arange(nint * (ng - 1)).reshape(nint, ng - 1) % 7) - 3.0
+    diffs = np.repeat((1e4 * level[:, None] + dither)[..., None], 2, axis=-1)  # (int, diff, x)
+    diffs[15, 4, 0] -= 300.0
+    diffs[5, 4, 1] -= 300.0
+    ramps = np.zeros((nint, ng, 1, 2))
+    ramps[:, 1:, 0, :] = np.cumsum(diffs, axis=1)
+    attrs = make_attrs(NINTS=nint, NGROUPS=ng, SUBSIZE1=2, SUBSIZE2=1)
+    refs = dict(gain=np.ones((1, 2), np.float32), readnoise=np.zeros((1, 2), np.float32))
+    out = jump(make_exposure((1000.0 + ramps).astype(np.float32), attrs), **refs)
+    # (integration, group, y, x): group 5 = the difference between groups 4 and 5
+    assert np.argwhere(out["groupdq"].values & dq.JUMP_DET).tolist() == [[15, 5, 0, 0]]
+    scaled = 1000.0 + ramps / level[:, None, None, None]
+    out = jump(make_exposure(scaled.astype(np.float32), attrs), **refs)
+    assert not (out["groupdq"].values & dq.JUMP_DET).any()
+    # the same through the step's integration_scale (one value per integration of the exposure)
+    out = jump(make_exposure((1000.0 + ramps).astype(np.float32), attrs), integration_scale=level, **refs)
+    assert not (out["groupdq"].values & dq.JUMP_DET).any()
+    # and a real 20σ jump is still flagged with the scale (its neighbour, pixel 0, with it)
+    ramps[12, 6:, 0, 1] += 2000.0
+    out = jump(make_exposure((1000.0 + ramps).astype(np.float32), attrs), integration_scale=level, **refs)
+    assert np.argwhere(out["groupdq"].values & dq.JUMP_DET).tolist() == [[12, 6, 0, 0], [12, 6, 0, 1]]
+
+
+_OFFICIAL_JUMP = pytest.mark.xfail(
+    strict=True, reason="the official jump compares each difference with a median pooled over the "
+    "segment's integrations, so dips of in-transit ramps are flagged more often (module docstring)")
+
+
+@pytest.mark.parametrize("variant", [
+    pytest.param("(b) group level, subtract_group_1overf", marks=_OFFICIAL_JUMP),
+    "(d) as (b), jump with integration_scale"])
+def test_false_jumps_do_not_follow_the_transit(tso, variant):
+    """JUMP_DET without a cosmic ray within one pixel, pixels > 400 DN/s.
+
+    Out of transit the rate sets the expectation; in full transit the count must agree with it
+    within 3 Poisson σ.  Measured (seed 2024): 237 in full transit (0.39 %) where the
+    out-of-transit rate (163, 0.12 %) expects 72 ± 8; without 1/f, seeds 1–3 give 0.36–0.39 %
+    against 0.12 %.
+    """
+    truth = tso["truth"]
+    ri = tso["variants"][variant]
+    flagged = (ri["dq"].values & dq.JUMP_DET) != 0
+    ny, nx = flagged.shape[1:]
+    near_cr = np.zeros_like(flagged)
+    i, y, x = (truth[k].values for k in ("jump_integration", "jump_y", "jump_x"))
+    for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)):  # the hit and its 4 neighbours
+        near_cr[i, np.clip(y + dy, 0, ny - 1), np.clip(x + dx, 0, nx - 1)] = True
+    false = flagged & ~near_cr
+    rf = truth["relative_flux"].values
+    bright = truth["source_rate"].values > 400.0
+    n_oot, n_full = false[rf == 1.0][:, bright].sum(), false[rf == rf.min()][:, bright].sum()
+    tot_oot, tot_full = (rf == 1.0).sum() * bright.sum(), (rf == rf.min()).sum() * bright.sum()
+    expected = n_oot / tot_oot * tot_full
+    print(f"\nfalse jumps above 400 DN/s: out of transit {n_oot}/{tot_oot} "
+          f"({n_oot / tot_oot:.3%}), full transit {n_full}/{tot_full} ({n_full / tot_full:.3%}; "
+          f"{expected:.0f} expected)")
+    assert n_full <= expected + 3 * np.sqrt(expected)
 
 
 def test_trapezoid_fit_recovers_depth_and_timing(tso):

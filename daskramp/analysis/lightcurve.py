@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..dims import INTEGRATION, X
+from ..dims import DATA, GROUP, INTEGRATION, X, Y
 from ..steps.clean_flicker_noise import nanmedian, rechunk_data
 
 BIN_SIZE = "bin_size"
@@ -30,6 +30,53 @@ def _oot(obj, out_of_transit) -> xr.DataArray:
 
 def _whole_integration(a: xr.DataArray) -> xr.DataArray:
     return rechunk_data(a, {INTEGRATION: -1})
+
+
+def integration_scale(ramp, *, min_dn: float = 2000.0, max_dn: float = 40000.0,
+                      out_of_transit=None, smooth: int = 1) -> xr.DataArray:
+    """Relative flux of each integration from the ramps, for ``jump``'s ``integration_scale``.
+
+    ``S_i = Σ (last group − first group)`` over the pixels whose difference exceeds ``min_dn``
+    and whose last group stays below ``max_dn`` in **every** integration (a fixed set, so
+    pixels near either limit do not move in and out with the flux), divided by the median of
+    ``S`` over ``out_of_transit`` integrations (default: all).  Raw uncal ramps will do: a
+    bias cancels in the difference, and with bright pixels only, the frame-level offsets that
+    refpix would remove (≈ 1 DN per group) are a few 10⁻⁴ of the signal; cosmic rays, summed
+    over many pixels, are less.  ``smooth`` (a running median over integrations) averages
+    what is left, at the cost of rounding the ingress and egress.
+
+    Parameters
+    ----------
+    ramp : xarray.Dataset or DataArray, dims (integration, group, y, x)
+        Exposure (``data`` in DN), e.g. :func:`daskramp.io.open_exposure` of the uncal files.
+    min_dn : float
+        Last − first group difference (DN) a pixel must exceed in every integration.
+    max_dn : float
+        Last-group level (DN) a pixel must stay below in every integration.
+    out_of_transit : bool array over ``integration``, optional
+        Integrations that define 1.
+    smooth : int
+        Running-median width in integrations (1: none).
+
+    Returns
+    -------
+    xarray.DataArray, dims (integration,), float64
+        Computed (two passes over the ramps through dask: the pixel set, then the sums).
+    """
+    data = ramp[DATA] if isinstance(ramp, xr.Dataset) else ramp
+    first = data.isel({GROUP: 0}, drop=True).astype(np.float64)
+    last = data.isel({GROUP: -1}, drop=True).astype(np.float64)
+    diff = last - first
+    # the pixel set first (an image): one graph holding both reductions would keep every
+    # integration's difference image until the set is known
+    keep = ((last < max_dn) & (diff > min_dn)).all(INTEGRATION).compute()
+    signal = diff.where(keep).sum((Y, X)).compute()
+    oot = _oot(signal, out_of_transit)
+    scale = signal / float(np.median(signal.values[oot.values]))
+    if smooth > 1:
+        scale = scale.rolling({INTEGRATION: int(smooth)}, center=True, min_periods=1).median()
+    return scale.rename("integration_scale").assign_attrs(
+        units="1", pixels=int(keep.sum()), min_dn=float(min_dn), max_dn=float(max_dn))
 
 
 def normalized_lightcurves(spec: xr.Dataset, *, out_of_transit=None) -> xr.Dataset:

@@ -169,6 +169,56 @@ def _nothing_clipped(buf, n, nsig):
 
 
 @numba.njit(cache=True)
+def _columns_quiet(diffs, nsig, s1, s2, quiet):
+    """``quiet[k]``: column k of ``diffs`` (its finite values, in order) passes the
+    :func:`_nothing_clipped` test with no candidate at all, so its sigma clip clips nothing.
+
+    The same sums in the same order as :func:`_mean_std` on the gathered column, computed
+    for every column in one pass over the contiguous ``(integration, difference)`` array (a
+    NaN adds 0.0, which leaves a sum unchanged: it starts at +0.0 and never becomes −0.0).
+    Columns with a candidate, too few values or no spread are left to the exact path.
+    """
+    nint, nd = diffs.shape
+    for k in range(nd):
+        s1[k] = 0.0
+        s2[k] = 0.0
+        quiet[k] = 0
+    for i in range(nint):
+        for k in range(nd):
+            v = diffs[i, k]
+            fin = not math.isnan(v)
+            s1[k] += v if fin else 0.0
+            quiet[k] += fin
+    for k in range(nd):
+        if quiet[k] > 0:
+            s1[k] = s1[k] / quiet[k]
+    for i in range(nint):
+        for k in range(nd):
+            v = diffs[i, k]
+            d = v - s1[k]
+            s2[k] += d * d if not math.isnan(v) else 0.0
+    for k in range(nd):
+        n = quiet[k]
+        quiet[k] = 0
+        if nsig <= 1.0 or n < 3:
+            continue
+        mean = s1[k]
+        std = math.sqrt(s2[k] / n)
+        scale = abs(mean) + std
+        if not std > 1e-6 * scale:
+            continue
+        # below this distance from the mean a value is no candidate (see _nothing_clipped)
+        s2[k] = (nsig - 1.0) * std - 1e-7 * scale
+        quiet[k] = 1
+    for i in range(nint):
+        for k in range(nd):
+            v = diffs[i, k]
+            # NaN compares False: never a candidate
+            if abs(v - s1[k]) > s2[k]:
+                quiet[k] = 0
+
+
+@numba.njit(cache=True)
 def _sigclip_lohi(buf, n, nsig):
     """Final bounds of an iterated sigma clip of ``buf[:n]`` (reorders ``buf``).
 
@@ -203,17 +253,31 @@ def _sigclip_lohi(buf, n, nsig):
             return lo, hi
 
 
+@numba.njit(cache=True, inline="always")
+def _electrons(data, i, g, y, x, g_, isc, scaled):
+    """Sample (i, g) of pixel (y, x) in e⁻ (float32), divided by the integration's scale."""
+    if scaled:
+        return (data[i, g, y, x] / isc[i]) * g_
+    return data[i, g, y, x] * g_
+
+
 @numba.njit(cache=True)
-def _load_row(data, gdq, gain, y, row):
-    """Electrons ``row[x, i, g]`` of row ``y``; NaN where SATURATED or DO_NOT_USE."""
+def _load_row(data, gdq, gain, y, row, had_jump, isc, scaled):
+    """Electrons ``row[x, i, g]`` of row ``y``; NaN where SATURATED or DO_NOT_USE.
+    ``had_jump[x]``: some group of pixel x already carries JUMP_DET."""
     nint, ngroup, _, nx = data.shape
+    for x in range(nx):
+        had_jump[x] = False
     for i in range(nint):
         for g in range(ngroup):
             for x in range(nx):
-                if gdq[i, g, y, x] & _BAD:
+                q = gdq[i, g, y, x]
+                if q & _JUMP:
+                    had_jump[x] = True
+                if q & _BAD:
                     row[x, i, g] = np.float32(np.nan)
                 else:
-                    row[x, i, g] = data[i, g, y, x] * gain[y, x]
+                    row[x, i, g] = _electrons(data, i, g, y, x, gain[y, x], isc, scaled)
 
 
 @numba.njit(cache=True)
@@ -243,12 +307,14 @@ def _signed_median(diffs, buf):
 
 @numba.njit(cache=True)
 def _iterative_pixel(diffs, absd, buf, rn_var, thr, thr4, thr3, out, y, x):
-    """Iterative clipped-median two-point search of one pixel, flags written into ``out``."""
+    """Iterative clipped-median two-point search of one pixel, flags written into ``out``;
+    True when it flagged something."""
     nint, ndiff = diffs.shape
     ntot = nint * ndiff
     for i in range(nint):
         for k in range(ndiff):
             absd[i, k] = abs(diffs[i, k])
+    flagged = False
     for it in range(ntot):
         # clipped median of |Δ| pooled over every integration
         u = 0
@@ -285,7 +351,7 @@ def _iterative_pixel(diffs, absd, buf, rn_var, thr, thr4, thr3, out, y, x):
                     if not math.isnan(v) and v < m:
                         m = v
         else:
-            return
+            return flagged
         if u >= 4:
             t = thr
         elif u == 3:
@@ -305,7 +371,7 @@ def _iterative_pixel(diffs, absd, buf, rn_var, thr, thr4, thr3, out, y, x):
                     if r > rmax:
                         rmax = r
         if not rmax > t:
-            return
+            return flagged
         # flag every difference at the maximum (ties are flagged together), then drop them
         for i in range(nint):
             for k in range(ndiff):
@@ -315,22 +381,35 @@ def _iterative_pixel(diffs, absd, buf, rn_var, thr, thr4, thr3, out, y, x):
                     if r == rmax:
                         out[i, k + 1, y, x] |= _JUMP
                         absd[i, k] = np.nan
+                        flagged = True
+    return flagged
 
 
 @numba.njit(cache=True)
-def _detect(data, gdq, gain, rn_var, method, only_use_ints, thr, thr4, thr3, out, m0, have_m0):
-    """Detection pass over every pixel of the block (JUMP_DET OR-ed into ``out``)."""
+def _detect(data, gdq, gain, rn_var, method, only_use_ints, thr, thr4, thr3, out, m0, have_m0,
+            need_m0, isc, scaled):
+    """Detection pass over every pixel of the block (JUMP_DET OR-ed into ``out``).
+
+    With ``need_m0`` (the post-processing will look at the jumps), M₀ of every pixel that
+    carries a jump is computed here from the differences already in hand: :func:`_pixel_m0`
+    would gather them again, one cache line per sample.
+    """
     nint, ngroup, ny, nx = data.shape
     ndiff = ngroup - 1
     row = np.empty((nx, nint, ngroup), np.float32)
+    had_jump = np.empty(nx, np.bool_)
     diffs = np.empty((nint, ndiff), np.float64)
     absd = np.empty((nint, ndiff), np.float64)
     buf = np.empty(nint * ndiff, np.float64)
+    s1 = np.empty(ndiff, np.float64)
+    s2 = np.empty(ndiff, np.float64)
+    quiet = np.empty(ndiff, np.int64)
     for y in range(ny):
-        _load_row(data, gdq, gain, y, row)
+        _load_row(data, gdq, gain, y, row, had_jump, isc, scaled)
         for x in range(nx):
             _pixel_diffs(row, x, diffs)
             rv = rn_var[y, x]
+            flagged = False
             if method == SINGLE_PASS:
                 m = _signed_median(diffs, buf)
                 m0[y, x] = m
@@ -342,10 +421,14 @@ def _detect(data, gdq, gain, rn_var, method, only_use_ints, thr, thr4, thr3, out
                         if not math.isnan(v) and abs(v - m) / s > thr:
                             out[i, k + 1, y, x] |= _JUMP
             elif method == ITERATIVE:
-                _iterative_pixel(diffs, absd, buf, rv, thr, thr4, thr3, out, y, x)
+                flagged = _iterative_pixel(diffs, absd, buf, rv, thr, thr4, thr3, out, y, x)
             elif method == SIGMA_CLIP:
                 if only_use_ints:
+                    # most columns of a TSO pixel hold no outlier: shown for all at once
+                    _columns_quiet(diffs, thr, s1, s2, quiet)
                     for k in range(ndiff):
+                        if quiet[k]:
+                            continue
                         n = 0
                         for i in range(nint):
                             v = diffs[i, k]
@@ -358,6 +441,7 @@ def _detect(data, gdq, gain, rn_var, method, only_use_ints, thr, thr4, thr3, out
                             if (not math.isnan(v) and (v < lo or v > hi)
                                     and not gdq[i, k + 1, y, x] & _BAD):
                                 out[i, k + 1, y, x] |= _JUMP
+                                flagged = True
                 else:
                     n = 0
                     for i in range(nint):
@@ -373,6 +457,10 @@ def _detect(data, gdq, gain, rn_var, method, only_use_ints, thr, thr4, thr3, out
                             if (not math.isnan(v) and (v < lo or v > hi)
                                     and not gdq[i, k + 1, y, x] & _BAD):
                                 out[i, k + 1, y, x] |= _JUMP
+                                flagged = True
+            if need_m0 and (flagged or had_jump[x]) and not have_m0[y, x]:
+                m0[y, x] = _signed_median(diffs, buf)
+                have_m0[y, x] = True
 
 
 @numba.njit(cache=True)
@@ -402,7 +490,7 @@ def _reset_full_planes(out):
 
 
 @numba.njit(cache=True)
-def _pixel_m0(data, gdq, gain, y, x, m0, have_m0, diffs, buf):
+def _pixel_m0(data, gdq, gain, y, x, m0, have_m0, diffs, buf, isc, scaled):
     """M₀ = nanmedian of the signed differences of pixel (y, x), computed once on demand."""
     if have_m0[y, x]:
         return m0[y, x]
@@ -414,7 +502,7 @@ def _pixel_m0(data, gdq, gain, y, x, m0, have_m0, diffs, buf):
             if gdq[i, g, y, x] & _BAD:
                 cur = np.float32(np.nan)
             else:
-                cur = data[i, g, y, x] * g_
+                cur = _electrons(data, i, g, y, x, g_, isc, scaled)
             if g > 0:
                 diffs[i, g - 1] = np.float64(cur - prev)
             prev = cur
@@ -425,17 +513,18 @@ def _pixel_m0(data, gdq, gain, y, x, m0, have_m0, diffs, buf):
 
 
 @numba.njit(cache=True)
-def _diff_at(data, gdq, gain, i, k, y, x):
+def _diff_at(data, gdq, gain, i, k, y, x, isc, scaled):
     """Signed difference Δ[i, k] of pixel (y, x) in e⁻ (NaN when either group is unusable)."""
     if (gdq[i, k, y, x] | gdq[i, k + 1, y, x]) & _BAD:
         return np.nan
     g_ = gain[y, x]
-    return np.float64(data[i, k + 1, y, x] * g_ - data[i, k, y, x] * g_)
+    return np.float64(_electrons(data, i, k + 1, y, x, g_, isc, scaled)
+                      - _electrons(data, i, k, y, x, g_, isc, scaled))
 
 
 @numba.njit(cache=True)
 def _post(data, gdq, gain, rn_var, out, m0, have_m0, flag_4_neighbors, rmin, rmax,
-          n1, e1, n2, e2):
+          n1, e1, n2, e2, isc, scaled):
     nint, ngroup, ny, nx = data.shape
     ndiff = ngroup - 1
     diffs = np.empty((nint, ndiff), np.float64)
@@ -450,8 +539,8 @@ def _post(data, gdq, gain, rn_var, out, m0, have_m0, flag_4_neighbors, rmin, rma
                     for x in range(nx):
                         src[y, x] = False
                         if out[i, g, y, x] & _JUMP:
-                            m = _pixel_m0(data, gdq, gain, y, x, m0, have_m0, diffs, buf)
-                            r = abs(_diff_at(data, gdq, gain, i, k, y, x) - m) / _sigma(
+                            m = _pixel_m0(data, gdq, gain, y, x, m0, have_m0, diffs, buf, isc, scaled)
+                            r = abs(_diff_at(data, gdq, gain, i, k, y, x, isc, scaled) - m) / _sigma(
                                 m, rn_var[y, x])
                             if r < rmax and r > rmin:
                                 src[y, x] = True
@@ -479,13 +568,13 @@ def _post(data, gdq, gain, rn_var, out, m0, have_m0, flag_4_neighbors, rmin, rma
                             break
                     if not any_jump:
                         continue
-                    m = _pixel_m0(data, gdq, gain, y, x, m0, have_m0, diffs, buf)
+                    m = _pixel_m0(data, gdq, gain, y, x, m0, have_m0, diffs, buf, isc, scaled)
                     # how many later groups each jump flags (snapshot before propagation)
                     for g in range(ngroup):
                         big[g] = 0
                     for g in range(1, ngroup):
                         if out[i, g, y, x] & _JUMP:
-                            ej = _diff_at(data, gdq, gain, i, g - 1, y, x) - m
+                            ej = _diff_at(data, gdq, gain, i, g - 1, y, x, isc, scaled) - m
                             if ej >= e1 and n1 > big[g]:
                                 big[g] = n1
                             if ej >= e2 and n2 > big[g]:
@@ -567,6 +656,7 @@ def jump(
     only_use_ints=True,
     min_diffs_single_pass=10,
     sigclip_plane_reset=True,
+    integration_scale=None,
 ):
     """Flag cosmic-ray jumps (JUMP_DET) in the group DQ of one block.
 
@@ -605,6 +695,13 @@ def jump(
     sigclip_plane_reset : bool
         Apply the sigma-clip "whole plane is JUMP_DET or DO_NOT_USE" reset over this block;
         only exact when the block is the whole frame (see module notes).
+    integration_scale : ndarray, float, shape (nint,), optional
+        Relative flux level of each integration (e.g. a normalised, smoothed white-light
+        curve; positive, ≈ 1).  Each integration's samples are divided by its scale before
+        the differences are compared with the statistics pooled over integrations, so a
+        transit or eclipse (a few % less flux in some integrations) does not make their
+        differences look low.  None (default) is the official behaviour.  Not an official
+        parameter.
 
     Returns
     -------
@@ -627,6 +724,14 @@ def jump(
     plane_dnu = np.asarray(plane_dnu, bool)
     if plane_dnu.shape != (nint, ngroup):
         raise ValueError(f"plane_dnu has shape {plane_dnu.shape}, expected {(nint, ngroup)}")
+    scaled = integration_scale is not None
+    isc = np.ones(nint, np.float32)
+    if scaled:
+        isc = np.asarray(integration_scale, np.float32).reshape(-1)
+        if isc.shape != (nint,):
+            raise ValueError(f"integration_scale has {isc.size} values for {nint} integrations")
+        if not (np.isfinite(isc).all() and (isc > 0).all()):
+            raise ValueError("integration_scale must be finite and positive")
 
     method = choose_method(plane_dnu, ngroups=ngroup, minimum_groups=minimum_groups,
                            minimum_sigclip_groups=minimum_sigclip_groups,
@@ -638,20 +743,21 @@ def jump(
         rn_var = (rn * rn).astype(np.float64) / float(nframes)
         m0 = np.full((ny, nx), np.nan)
         have_m0 = np.zeros((ny, nx), bool)
-        _detect(data, gdq, gain, rn_var, method, bool(only_use_ints),
-                float(rejection_threshold), float(four_group_rejection_threshold),
-                float(three_group_rejection_threshold), out, m0, have_m0)
-        if method == SIGMA_CLIP and sigclip_plane_reset:
-            _reset_full_planes(out)
         n1 = int(after_jump_flag_time1 // tgroup) if after_jump_flag_time1 else 0
         n2 = int(after_jump_flag_time2 // tgroup) if after_jump_flag_time2 else 0
+        need_post = bool(flag_4_neighbors) or n1 > 0 or n2 > 0
+        _detect(data, gdq, gain, rn_var, method, bool(only_use_ints),
+                float(rejection_threshold), float(four_group_rejection_threshold),
+                float(three_group_rejection_threshold), out, m0, have_m0, need_post, isc, scaled)
+        if method == SIGMA_CLIP and sigclip_plane_reset:
+            _reset_full_planes(out)
         # DN → e⁻ with the float32 median gain, in float32 as the official step computes it
         e1 = float(np.float32(after_jump_flag_dn1) * np.float32(gain_median))
         e2 = float(np.float32(after_jump_flag_dn2) * np.float32(gain_median))
-        if flag_4_neighbors or n1 > 0 or n2 > 0:
+        if need_post:
             _post(data, gdq, gain, rn_var, out, m0, have_m0, bool(flag_4_neighbors),
                   float(min_jump_to_flag_neighbors), float(max_jump_to_flag_neighbors),
-                  n1, e1, n2, e2)
+                  n1, e1, n2, e2, isc, scaled)
     _clean_up(out)
     return out
 

@@ -19,6 +19,8 @@ snowball/shower flagging.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -84,6 +86,9 @@ class Params:
     minimum_groups: int = 3
     minimum_sigclip_groups: int = 100
     only_use_ints: bool = True
+    #: relative flux of each integration (sequence of NINTS floats, or a .npy/text file);
+    #: not an official parameter, None = official behaviour (see :func:`jump`)
+    integration_scale: Any = None
     skip: bool = False
 
 
@@ -120,10 +125,45 @@ def _image(arr, ds: xr.Dataset, name: str) -> xr.DataArray:
     return xr.DataArray(data, dims=IMAGE_DIMS).astype(np.float32)
 
 
-def _jump_block(data, groupdq, gain, readnoise, plane_dnu, gain_median_image, **kw):
-    """Kernel adapter for a lazily computed gain median (broadcast as a (y, x) image)."""
-    gmed = float(gain_median_image.flat[0]) if gain_median_image.size else np.nan
-    return kernel.jump(data, groupdq, gain, readnoise, plane_dnu, gain_median=gmed, **kw)
+def _jump_block(data, groupdq, gain, readnoise, plane_dnu, *extra, has_scale=False,
+                has_gain_median=False, **kw):
+    """Kernel adapter for the optional block arguments: the integration scale (integration,)
+    and a lazily computed gain median (broadcast as a (y, x) image), in that order."""
+    extra = list(extra)
+    if has_scale:
+        kw["integration_scale"] = extra.pop(0)
+    if has_gain_median:
+        image = extra.pop(0)
+        kw["gain_median"] = float(image.flat[0]) if image.size else np.nan
+    return kernel.jump(data, groupdq, gain, readnoise, plane_dnu, **kw)
+
+
+def _integration_scale(value, ds: xr.Dataset) -> np.ndarray | None:
+    """``integration_scale`` for the integrations of ``ds`` (float64), or None.
+
+    Given per integration of the exposure (NINTS values; ``ds`` may hold some of them, e.g. a
+    segment or a window, found by its ``integration`` coordinate), or per integration of ``ds``.
+    A path is read with ``numpy.load`` (``.npy``) or ``numpy.loadtxt``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+        path = Path(value)
+        try:
+            value = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"jump: integration_scale file {path}: {err}") from None
+    arr = np.asarray(value.values if isinstance(value, xr.DataArray) else value, np.float64).reshape(-1)
+    n = ds.sizes[INTEGRATION]
+    nints = int(ds.attrs.get("NINTS", n))
+    if arr.size == nints and INTEGRATION in ds.coords:
+        arr = arr[np.asarray(ds[INTEGRATION].values, np.int64)]
+    elif arr.size != n:
+        raise ValueError(f"jump: integration_scale has {arr.size} values; expected one per "
+                         f"integration of the exposure (NINTS = {nints})")
+    if not (np.isfinite(arr).all() and (arr > 0).all()):
+        raise ValueError("jump: integration_scale must be finite and positive")
+    return arr
 
 
 def _median_image(gain):
@@ -164,7 +204,14 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
         True unless the data are split into spatial chunks.  A window of a larger subarray
         passes False.
     **params
-        :class:`Params` fields (official names).
+        :class:`Params` fields (official names), and ``integration_scale``: the relative
+        flux of each integration (e.g. a normalised white-light curve, see
+        :func:`daskramp.analysis.integration_scale`).  The official step compares every group
+        difference with a median pooled over the integrations of the segment, so during a
+        transit a bright pixel's differences sit a depth below it and its low fluctuations
+        are flagged more often (the in-transit rates come out high, the depth shallow);
+        dividing each integration by its scale first removes that.  Default None: the
+        official behaviour.
 
     Returns
     -------
@@ -192,6 +239,7 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
     g = _image(gain, ds, "gain")
     rn = _image(readnoise, ds, "readnoise")
     kw = {name: getattr(p, name) for name in _KERNEL_PARAMS}
+    scale = _integration_scale(p.integration_scale, ds)
     kw["nframes"] = int(attrs["NFRAMES"])
     kw["tgroup"] = float(attrs["TGROUP"])
     after_jump = p.after_jump_flag_time1 // kw["tgroup"] > 0 or p.after_jump_flag_time2 // kw["tgroup"] > 0
@@ -228,11 +276,15 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
             planes = xr.DataArray(plane_dnu, dims=(INTEGRATION, GROUP)).astype(bool)
             planes = planes.isel({INTEGRATION: part_slices[len(gdq_parts)]})
         args = [part[DATA], gdq, g, rn, planes]
+        func = kernel.jump
         whole = whole_frame if whole_frame is not None else (not lazy or all(
             len(part[DATA].chunksizes.get(d, (0,))) <= 1 for d in (Y, X)
         ))
         kw_part = dict(kw, sigclip_plane_reset=bool(whole))
-        func = kernel.jump
+        if scale is not None:
+            sc = xr.DataArray(scale, dims=(INTEGRATION,)).isel({INTEGRATION: part_slices[len(gdq_parts)]})
+            args.append(sc.chunk() if lazy else sc)
+            func, kw_part["has_scale"] = _jump_block, True
         if after_jump:
             if gain_median is not None:
                 kw_part["gain_median"] = float(gain_median)
@@ -240,7 +292,7 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
                 # nanmedian of the whole gain image, kept lazy and broadcast as an image
                 args.append(xr.apply_ufunc(_median_image, g.chunk({Y: -1, X: -1}),
                                            dask="parallelized", output_dtypes=[np.float32]))
-                func = _jump_block
+                func, kw_part["has_gain_median"] = _jump_block, True
             else:
                 kw_part["gain_median"] = float(np.nanmedian(np.asarray(g.data)))
         new = map_ramp_blocks(func, *args, dtype=np.uint8, halo=halo, name="jump", **kw_part)

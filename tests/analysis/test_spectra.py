@@ -210,3 +210,25 @@ def test_accessor_extract_and_lightcurves(tso, synth):
     spec = ds.daskramp.extract(_true_trace(synth), radius=10.0)
     xr.testing.assert_identical(spec, ex.extract_aperture(ds, _true_trace(synth), radius=10.0))
     xr.testing.assert_identical(spec.daskramp.lightcurves(), lc.normalized_lightcurves(spec))
+
+
+def test_integration_scale_hand_case():
+    """Four pixels, five integrations, three groups: the fixed bright set gives the scale."""
+    flux = np.array([1.0, 1.0, 0.98, 0.98, 1.0])
+    # per-pixel last − first differences of 10000, 20000 DN (kept), 500 DN (below min_dn) and
+    # one pixel that passes max_dn in integration 0 only (out of the set in every integration)
+    per_pixel = np.array([10000.0, 20000.0, 500.0, 30000.0])
+    data = np.zeros((5, 3, 1, 4))
+    data[:, 0] = 1000.0
+    data[:, 2] = 1000.0 + flux[:, None, None] * per_pixel
+    data[:, 1] = (data[:, 0] + data[:, 2]) / 2
+    data[0, 2, 0, 3] = 45000.0
+    ramp = xr.DataArray(data.astype(np.float32), dims=("integration", "group", "y", "x"))
+    sc = lc.integration_scale(ramp, min_dn=2000.0, max_dn=40000.0)
+    np.testing.assert_allclose(sc.values, flux / np.median(flux), rtol=1e-6)
+    assert sc.attrs["pixels"] == 2
+    # baseline given: the out-of-transit integrations define 1; smoothing by a running median
+    oot = np.array([True, True, False, False, True])
+    np.testing.assert_allclose(lc.integration_scale(ramp, out_of_transit=oot).values, flux, rtol=1e-6)
+    lazy = lc.integration_scale(ramp.chunk({"integration": 2}), out_of_transit=oot, smooth=3)
+    np.testing.assert_allclose(lazy.values, [1.0, 1.0, 0.98, 0.98, 0.99], rtol=1e-6)

@@ -237,3 +237,55 @@ def test_window_uses_the_frames_gain_median_and_no_plane_reset():
     window = jump(ds, gain=g2, readnoise=rn2, flag_4_neighbors=False, whole_frame=False).groupdq.values
     assert not (whole[7, 2] & JUMP).any()
     assert (window[7, 2] & JUMP).all()
+
+
+# ------------------------------------------------------------------------- integration_scale
+
+
+def test_integration_scale_ones_is_the_official_result():
+    data, gdq, gain, rn = random_ramps(5, 6, 7, 4, 5)
+    ds = exposure(data, gdq)
+    ref = jump(ds, gain=gain, readnoise=rn).groupdq.values
+    for d in (ds, chunked(ds, integration=3, x=2)):
+        got = jump(d, gain=gain, readnoise=rn, integration_scale=np.ones(6)).groupdq.values
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_integration_scale_divides_each_integration():
+    """The scaled run equals the official run on ramps divided by the scale (by hand)."""
+    data, gdq, gain, rn = random_ramps(6, 6, 7, 4, 5)
+    scale = np.array([1.0, 0.9, 1.1, 0.8, 1.0, 1.2])
+    by_hand = jump(exposure(data / scale[:, None, None, None].astype(np.float32), gdq),
+                   gain=gain, readnoise=rn).groupdq.values
+    for d in (exposure(data, gdq), chunked(exposure(data, gdq), integration=2, y=2)):
+        got = jump(d, gain=gain, readnoise=rn, integration_scale=scale).groupdq.values
+        np.testing.assert_array_equal(got, by_hand)
+
+
+def test_integration_scale_per_exposure_selects_the_segment(tmp_path):
+    data, gdq, gain, rn = random_ramps(7, 6, 7, 4, 5)
+    scale = np.array([1.0, 0.9, 1.1, 0.8, 1.0, 1.2])
+    ds = exposure(data, gdq, segment=[1, 1, 1, 2, 2, 2])
+    whole = jump(ds, gain=gain, readnoise=rn, integration_scale=scale).groupdq.values
+    seg2 = ds.isel(integration=slice(3, 6))
+    for given in (scale, scale[3:], xr.DataArray(scale, dims="integration")):
+        got = jump(seg2, gain=gain, readnoise=rn, integration_scale=given).groupdq.values
+        np.testing.assert_array_equal(got, whole[3:])
+    # from a file, as on the command line
+    np.savetxt(tmp_path / "scale.txt", scale)
+    np.save(tmp_path / "scale.npy", scale)
+    for path in ("scale.txt", "scale.npy"):
+        got = jump(ds, gain=gain, readnoise=rn, integration_scale=str(tmp_path / path)).groupdq.values
+        np.testing.assert_array_equal(got, whole)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.ones(4), "integration_scale has 4 values"),
+    (np.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0]), "finite and positive"),
+    (np.array([1.0, np.nan, 1.0, 1.0, 1.0, 1.0]), "finite and positive"),
+    ("/nonexistent/scale.txt", "integration_scale file"),
+])
+def test_integration_scale_checked(bad, match):
+    data, gdq, gain, rn = random_ramps(8, 6, 4, 2, 2)
+    with pytest.raises(ValueError, match=match):
+        jump(exposure(data, gdq), gain=gain, readnoise=rn, integration_scale=bad)
