@@ -386,22 +386,31 @@ def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, 
     return res
 
 
-def _status(plan: Plan, reader: Reader, refs, stats: dict, until: str) -> tuple[dict, dict]:
-    """Step statuses and provenance records, from the chain run on a one-pixel window."""
+def _status_stats(plan: Plan, stats: dict) -> dict:
+    """Stand-ins for the statistics of a one-pixel window: statuses do not depend on their
+    values, so lazy ones become zeros of their shape (keeps the status graph-free)."""
     given = _given_stats(stats, 0, 1)
     for k, v in given.items():
         if dask.is_dask_collection(v):
-            # statuses do not depend on the values: a placeholder keeps this graph-free
             zeros = np.zeros(v.shape, v.dtype)
             given[k] = v.copy(data=zeros) if isinstance(v, xr.DataArray) else zeros
     # statistics the caller has not computed yet only need the right shape here
     given.setdefault("plane_dnu", np.zeros((1, plan.skeleton.sizes[GROUP]), bool))
     for key in ("refpix_offsets", "refpix_zf_offsets"):
         given.setdefault(key, None)
+    return given
+
+
+def _status_of(plan: Plan, reader: Reader, refs, given: dict, until: str) -> tuple[dict, dict]:
     prov: dict = {}
     out, _, _ = _chain(plan, reader, refs, given, 0, 1, slice(0, 1), slice(0, 1), until, provenance=prov)
     attrs = {k: v for k, v in out.attrs.items() if k.startswith("S_")}
     return attrs, prov.get("steps", {})
+
+
+def _status(plan: Plan, reader: Reader, refs, stats: dict, until: str) -> tuple[dict, dict]:
+    """Step statuses and provenance records, from the chain run on a one-pixel window."""
+    return _status_of(plan, reader, refs, _status_stats(plan, stats), until)
 
 
 def staged(plan: Plan, reader: Reader, refs_key, stats: dict, *, until: str,
@@ -531,9 +540,9 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     """The whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``, ``plane_dnu``)
     from small windows (see the module docstring).
 
-    With ``compute`` they are computed here through the active dask scheduler (two small
-    passes: the probe runs refpix, so the offsets come first); otherwise they are returned
-    lazy and the product graph computes them.
+    With ``compute`` they are computed here through the active dask scheduler (one graph:
+    the probe runs refpix on the offsets it depends on); otherwise they are returned lazy
+    and the product graph computes them (or the caller, see :func:`_computed`).
     """
     from .kernels import refpix as refpix_kernel
     from .pipeline import STEP_ORDER, _kwargs
@@ -561,8 +570,6 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
                 pre = pre.assign({ZEROFRAME: (dims.CUBE_DIMS, arrs[ZEROFRAME])})
             stats["refpix_offsets"] = refpix_offsets(pre, **_kwargs(rp))
             stats["refpix_zf_offsets"] = refpix_offsets(pre, zeroframe=True, **_kwargs(rp))
-    if compute:
-        (stats,) = dask.compute(stats)
     jp = plan.params["jump"]
     if not jp.skip and "jump" in STEP_ORDER:
         w = min(nx, 8)
@@ -571,11 +578,17 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
                       y_bounds=[(0, ny)], x_bounds=[(x0, x0 + w)], names=(GROUPDQ,))
         probe = ((arrs[GROUPDQ] & np.uint8(1)) != 0).all(axis=(2, 3)).rechunk((nint, ngroup))
         stats["plane_dnu"] = _settled(probe, plan, reader, refs_key, stats, int_block)
-        if compute:
-            stats["plane_dnu"] = np.asarray(stats["plane_dnu"].compute())
     else:
         stats["plane_dnu"] = None
-    return stats
+    return _computed(stats)[0] if compute else stats
+
+
+def _computed(stats: dict, *also):
+    """``stats`` (and the ``also`` collections) computed in one call of the active scheduler."""
+    stats, *rest = dask.compute(stats, *also)
+    if stats.get("plane_dnu") is not None:
+        stats["plane_dnu"] = np.asarray(stats["plane_dnu"])
+    return (stats, *rest)
 
 
 def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_scope: str,
@@ -606,8 +619,14 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
         stats = {k: frame_stats.get(k) for k in ("refpix_offsets", "refpix_zf_offsets", "plane_dnu")}
         if stats["plane_dnu"] is None and not p["jump"].skip:
             stats = frame_statistics(ds, plan, reader, refs_key)
-    elif frame_stats in (None, "compute"):
-        stats = frame_statistics(ds, plan, reader, refs_key, compute=frame_stats == "compute")
+    elif frame_stats == "compute":
+        stats = frame_statistics(ds, plan, reader, refs_key, compute=False)
+        # the statuses (the chain on a one-pixel window) are found by a worker meanwhile
+        status = dask.delayed(_status_of, pure=True)(plan, reader, refs_key,
+                                                     _status_stats(plan, stats), "ramp_fit")
+        stats, status = _computed(stats, status)
+    elif frame_stats is None:
+        stats = frame_statistics(ds, plan, reader, refs_key, compute=False)
     else:
         raise ConfigError(f"frame_stats must be a mapping or 'compute', got {frame_stats!r}")
     if isinstance(stats.get("plane_dnu"), xr.DataArray):
@@ -633,7 +652,9 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
                                        coords={Y: ds[Y], X: ds[X]})
     parts["nints"] = ds.sizes[INTEGRATION]
     pixeldq = xr.DataArray(arrs[PIXELDQ], dims=dims.IMAGE_DIMS, coords={Y: ds[Y], X: ds[X]})
-    status_attrs, records = _status(plan, reader, refs, stats, until="ramp_fit")
+    if frame_stats != "compute":
+        status = _status(plan, reader, refs, stats, until="ramp_fit")
+    status_attrs, records = status
     provenance["steps"].update(records)
     provenance["tile_columns"] = cols
     provenance["layout"] = {"fused": True, "ghost_columns": h, "tiles": len(ints) * len(_bounds(nx, cols))}

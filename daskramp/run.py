@@ -181,6 +181,28 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
     return ds, cols, plan
 
 
+#: bytes of one variable a summary task reads (whatever the exposure's size)
+SUMMARY_TASK_BYTES = 32 * 2**20
+
+
+def _open_for_summary(path) -> xr.Dataset:
+    """A product store in blocks of whole stored chunks: column bands of ≥ 256 columns and as
+    many integrations as keep a block near :data:`SUMMARY_TASK_BYTES` (a block of every
+    integration would grow with the exposure: 663 MB per block of 16 segments)."""
+    from . import dims
+
+    ds = xr.open_zarr(path, consolidated=False, chunks=None)
+    var = ds["dq"] if "dq" in ds else next(iter(ds.data_vars.values()))
+    stored = tuple(var.encoding.get("chunks") or var.shape)
+    width = max(1, -(-256 // stored[-1])) * stored[-1]
+    chunks = {dims.Y: -1, dims.X: width}
+    if dims.INTEGRATION in var.dims:
+        frame = var.dtype.itemsize * ds.sizes[dims.Y] * min(width, ds.sizes[dims.X])
+        n = max(1, SUMMARY_TASK_BYTES // (frame * stored[0])) * stored[0]
+        chunks[dims.INTEGRATION] = n
+    return ds.chunk({d: c for d, c in chunks.items() if d in ds.dims})
+
+
 def run(
     inputs: Sequence[str | Path],
     outdir: str | Path,
@@ -345,9 +367,7 @@ def run(
         # figures from the written stores: summarising the lazy products would run the graph again
         # in column bands of a few tens of MB: a task per stored chunk would cost more in
         # scheduling than the reading does
-        opened = {k[: -len("_zarr")]: xr.open_zarr(v, consolidated=False,
-                                                   chunks={dims.INTEGRATION: -1, dims.Y: -1, dims.X: 256})
-                  for k, v in paths.items() if k.endswith("_zarr")}
+        opened = {k[: -len("_zarr")]: _open_for_summary(v) for k, v in paths.items() if k.endswith("_zarr")}
         summary = summarize(opened.get("rate"), opened.get("rateints"))
         sizes = ds.sizes
         figures = {

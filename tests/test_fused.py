@@ -81,7 +81,9 @@ def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_
     # after-jump flagging on: its DN threshold scales with the whole subarray's median gain
     steps = {"saturation": {"n_pix_grow_sat": 2, "user_threshold": user},
              "charge_migration": {"skip": False},
-             "jump": {"after_jump_flag_dn1": 30.0, "after_jump_flag_time1": 12.0}}
+             "jump": {"after_jump_flag_dn1": 30.0, "after_jump_flag_time1": 12.0,
+                      # one value per exposure integration: each window picks its own
+                      "integration_scale": [1.0, 1.0, 0.97, 0.95, 0.95, 1.0, 0.96, 0.95, 1.0, 1.0]}}
     ds = open_exposure(soss.uncal_files)
     res = detector1(ds, soss.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=TILE)
     assert res.provenance["layout"]["fused"] and res.provenance["layout"]["ghost_columns"] == 6

@@ -178,3 +178,16 @@ def test_report_and_summary_figures(tmp_path, data, client):
     assert s["throughput_MB_s"] == pytest.approx(s["uncal_MB"] / s["wall_s"])
     assert s["tasks"] > 0
     assert s["peak_memory_per_worker"] and all(v > 10 * 2**20 for v in s["peak_memory_per_worker"].values())
+
+
+def test_summary_blocks_do_not_grow_with_the_exposure(tmp_path, monkeypatch):
+    """The summary reads whole stored chunks, a bounded number of integrations per block."""
+    import daskramp.run as R
+
+    ds = xr.Dataset({"dq": (("integration", "y", "x"), np.zeros((40, 8, 16), np.uint32))})
+    ds.to_zarr(tmp_path / "p.zarr", zarr_format=3, consolidated=False,
+               encoding={"dq": {"chunks": (4, 8, 16)}})
+    monkeypatch.setattr(R, "SUMMARY_TASK_BYTES", 8 * 16 * 4 * 10)  # 10 frames
+    opened = R._open_for_summary(tmp_path / "p.zarr")
+    # 10 frames rounded down to whole stored chunks of 4 integrations; all rows and columns
+    assert opened["dq"].chunks == ((8,) * 5, (8,), (16,))

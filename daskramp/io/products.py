@@ -24,16 +24,16 @@ interrupted run leaves only the ``.partial`` directory, which the next run remov
 rewrites (products are cheap compared with the graph that feeds them, so no per-chunk
 resume).  A complete product is left alone unless ``overwrite``.
 
-FITS files are written as ``<name>.fits.partial`` and renamed when complete.  When the
-products are computed, every header is written first (final NAXIS values, data areas
-allocated) and the tasks that compute each block write it in place, next to its Zarr chunks
-(:class:`FitsImageTarget`; the Zarr chunk files too are encoded and written by those tasks,
-:class:`ZarrChunkTarget`): the graph is computed once, all products in one
-``dask.array.store``, and the FITS file costs no second pass.  A FITS file missing beside a
-complete store (e.g. a run killed between the two renames) is exported from the store,
-streamed slab by slab (a few integrations, or rows, at a time) as raw big-endian bytes, so
-memory is bounded by one slab whatever the cube size (:func:`to_fits`); both ways give the
-same bytes.
+FITS files are written as ``<name>.fits.partial`` and renamed when complete.  They are
+exported from the complete Zarr store by the active scheduler's tasks (:func:`export_fits`):
+every header first (final NAXIS values, data areas reserved), then one task per slab of whole
+frames writes its bytes in place as one contiguous run (:class:`FitsImageTarget`).  The tasks
+that compute the products hold column bands, which in a row-major FITS image are one short
+run per (integration, row): writing those cost several times the export (measured in
+``benchmarks/README.md``).  The same export makes a FITS file missing beside a complete store
+(e.g. a run killed between the two renames).  :func:`to_fits` writes the same bytes from any
+Dataset in one process, streamed slab by slab, so memory is bounded by one slab whatever the
+cube size.
 """
 
 from __future__ import annotations
@@ -610,9 +610,8 @@ class FitsImageTarget:
     ``target[region] = block`` converts the block to the stored representation and writes it
     in place (:func:`daskramp.io._pwrite.write_region`: one ``pwrite`` per contiguous run;
     a memory map would hold a whole page of every run in the process's resident memory), so
-    the tasks that compute a product write its FITS file themselves (any process that sees
-    ``path``), instead of the file being copied from the Zarr store afterwards.  Picklable:
-    only the path and the layout travel.
+    any process that sees ``path`` writes its own slab.  Picklable: only the path and the
+    layout travel.
     """
 
     def __init__(self, path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
@@ -629,20 +628,63 @@ class FitsImageTarget:
         write_region(self.path, self.offset, self.shape, key, _to_fits_bytes(np.asarray(block), self.dtype))
 
 
-def _start_fits(ds: xr.Dataset, path: Path, *, kind: str) -> list[tuple]:
-    """Create ``<path>.partial`` with every header in place and the data areas allocated
-    (sparse); return the pending writes as (dask array, :class:`FitsImageTarget`).
+def _slab_chunks(var: xr.DataArray, zchunks: tuple[int, ...], slab_bytes: int) -> tuple[int, ...]:
+    """Dask chunks for exporting ``var``: whole trailing axes (one contiguous FITS run per
+    task) and as many Zarr chunks along the leading axis as fit in ``slab_bytes``."""
+    shape = tuple(var.shape)
+    if not shape:
+        return ()
+    row = var.dtype.itemsize * math.prod(shape[1:])
+    lead = max(1, zchunks[0])
+    n = max(1, slab_bytes // max(row * lead, 1)) * lead
+    return (min(n, shape[0]), *shape[1:])
 
-    :func:`_finish_fits` appends the INT_TIMES table and renames the file into place.  The
-    file is byte for byte what :func:`to_fits` writes for the same Dataset.
+
+def export_fits(store, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_BYTES) -> Path:
+    """Export a complete product store as its FITS file with the active dask scheduler.
+
+    Every header is written first (final NAXIS values, data areas reserved, so a full disk
+    fails here); then one task per slab of whole frames (a few integrations or rows, at most
+    ``slab_bytes``, aligned with the Zarr chunks) reads the slab from the store and writes it
+    into place as one contiguous run (:class:`FitsImageTarget`).  The file is
+    ``<path>.partial`` until the last table is appended and appears at ``path`` complete; the
+    bytes are those of :func:`to_fits`.  Each worker must see ``store`` and ``path``.
+
+    Row-major FITS images make this cheaper than writing them from the tasks that compute
+    the products: those hold column bands, i.e. one short run per (integration, row).
     """
-    partial = path.with_name(path.name + ".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return _allocate_fits(ds, partial, path.name, kind)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    store, path = Path(store), Path(path)
+    # opened unchunked, then chunked into slabs: each slab is one read of the store, and the
+    # coordinates (stored whole) are read whole
+    with xr.open_zarr(store, consolidated=False, chunks=None) as src:
+        _check_layout(src, kind)
+        # the product's variables share dims and chunking: one slab size for all
+        first = next(src[n] for n in LAYOUTS[kind] if n in src)
+        zchunks = tuple(first.encoding.get("chunks") or first.shape)
+        chunks = dict(zip(first.dims, _slab_chunks(first, zchunks, slab_bytes)))
+        # the coordinates (INT_TIMES) are read here, at once: as dask arrays each would be a
+        # round trip to the cluster
+        ds = src.assign({n: src[n].chunk({d: chunks[d] for d in src[n].dims})
+                         for n in LAYOUTS[kind] if n in src})
+        ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items()})
+        partial = path.with_name(path.name + ".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _store_all(_allocate_fits(ds, partial, path.name, kind))
+            _finish_fits(ds, partial, path, kind)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    return path
+
+
+def _finish_fits(ds: xr.Dataset, partial: Path, path: Path, kind: str) -> None:
+    """Append the INT_TIMES table (not for ``rate``) and rename the finished file into place."""
+    table = int_times_table(ds) if kind != "rate" else None
+    if table is not None:
+        with afits.open(partial, mode="append") as hdul:
+            hdul.append(table)
+    os.replace(partial, path)
 
 
 def _allocate_fits(ds: xr.Dataset, partial: Path, filename: str, kind: str) -> list[tuple]:
@@ -663,16 +705,6 @@ def _allocate_fits(ds: xr.Dataset, partial: Path, filename: str, kind: str) -> l
         # reserve every block now: a full disk is then an OSError here, before any task ran
         os.posix_fallocate(f.fileno(), 0, size)
     return pending
-
-
-def _finish_fits(ds: xr.Dataset, path: Path, *, kind: str) -> Path:
-    partial = path.with_name(path.name + ".partial")
-    table = int_times_table(ds) if kind != "rate" else None
-    if table is not None:
-        with afits.open(partial, mode="append") as hdul:
-            hdul.append(table)
-    os.replace(partial, path)
-    return path
 
 
 def to_fits(ds: xr.Dataset, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_BYTES) -> Path:
@@ -712,11 +744,7 @@ def to_fits(ds: xr.Dataset, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_B
             for name, (extname, dtype, _, bunit) in LAYOUTS[kind].items():
                 if name in ds:
                     _write_image(f, ds[name], extname, dtype, bunit, slab_bytes)
-        table = int_times_table(ds) if kind != "rate" else None
-        if table is not None:
-            with afits.open(partial, mode="append") as hdul:
-                hdul.append(table)
-        os.replace(partial, path)
+        _finish_fits(ds, partial, path, kind)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -782,7 +810,7 @@ def write_products(
             want_zarr = want_fits
         plans.append((name, kind, ds, zpath, fpath, want_zarr, want_fits))
 
-    pending, to_finalize, direct = [], [], {}
+    pending, to_finalize = [], []
     for name, kind, ds, zpath, fpath, want_zarr, want_fits in plans:
         if want_zarr:
             ds = ds.copy()  # new variables: the attrs below must not leak into the caller's
@@ -792,17 +820,7 @@ def write_products(
                     ds.variables[v].attrs.setdefault("units", unit)
             pending.extend(_start_zarr(ds, zpath))
             to_finalize.append(zpath)
-            if want_fits and all(hasattr(ds[v].data, "dask") for v in LAYOUTS[kind] if v in ds):
-                # the same tasks write the FITS file (no second pass over the store)
-                pending.extend(_start_fits(ds, fpath, kind=kind))
-                direct[name] = ds
-    try:
-        _store_all(pending)
-    except BaseException:
-        for name, *_, fpath, _, _ in plans:
-            if name in direct:
-                fpath.with_name(fpath.name + ".partial").unlink(missing_ok=True)
-        raise
+    _store_all(pending)
     for zpath in to_finalize:
         finalize_store(partial_path(zpath), zpath, overwrite=True)
 
@@ -810,13 +828,8 @@ def write_products(
         if zarr:
             out[f"{name}_zarr"] = zpath
         if fits:
-            if name in direct:
-                _finish_fits(direct[name], fpath, kind=kind)
-            elif want_fits:
-                # the store is on a path this process sees: reading it here with local threads
-                # avoids shipping every slab from the cluster's workers to this process
-                with xr.open_zarr(zpath, consolidated=False) as src, dask.config.set(scheduler="threads"):
-                    to_fits(src, fpath, kind=kind, slab_bytes=slab_bytes)
+            if want_fits:
+                export_fits(zpath, fpath, kind=kind, slab_bytes=slab_bytes)
             out[f"{name}_fits"] = fpath
         if not zarr and zpath.exists():
             shutil.rmtree(zpath)
@@ -828,6 +841,7 @@ __all__ = [
     "STATUS_KEYWORDS",
     "REFERENCE_KEYWORDS",
     "ProductError",
+    "export_fits",
     "int_times_table",
     "is_complete",
     "product_attrs",

@@ -21,6 +21,7 @@ from daskramp.dims import INT_TIMES_COLUMNS
 from daskramp.io.products import (
     LAYOUTS,
     ProductError,
+    _slab_chunks,
     is_complete,
     product_attrs,
     slabs,
@@ -380,15 +381,29 @@ def test_write_products_computes_the_graph_once(tmp_path):
     assert again == paths
 
 
+@pytest.mark.parametrize("slab_bytes", [1, 700, None])
 @pytest.mark.parametrize("chunks", [{"integration": 1}, {"integration": 3, "x": 5}])
-def test_fits_written_by_the_tasks_equals_export_from_the_store(tmp_path, chunks):
-    """The products' tasks write the FITS files in place; byte for byte what :func:`to_fits`
-    makes from the finished store (same file name, so FILENAME agrees too)."""
-    paths = write_products(_products(chunks), tmp_path / "a", root="r", provenance=PROVENANCE)
+def test_fits_exported_by_tasks_equals_to_fits(tmp_path, chunks, slab_bytes):
+    """The FITS files exported from the stores by slab tasks (one Zarr chunk row per task,
+    several, or the default) are byte for byte what :func:`to_fits` makes in one process
+    (same file name, so FILENAME agrees too)."""
+    kw = {} if slab_bytes is None else {"slab_bytes": slab_bytes}
+    paths = write_products(_products(chunks), tmp_path / "a", root="r", provenance=PROVENANCE, **kw)
     for kind in ("rate", "rateints"):
         with xr.open_zarr(paths[f"{kind}_zarr"], consolidated=False) as src:
             ref = to_fits(src, tmp_path / "b" / paths[f"{kind}_fits"].name, kind=kind)
         assert paths[f"{kind}_fits"].read_bytes() == ref.read_bytes(), kind
+
+
+def test_slab_chunks_whole_frames_aligned_with_zarr():
+    var = xr.DataArray(np.zeros((10, 4, 6), np.float32), dims=("integration", "y", "x"))
+    frame = 4 * 6 * 4
+    assert _slab_chunks(var, (2, 4, 3), 5 * frame) == (4, 4, 6)   # two Zarr chunks of 2
+    assert _slab_chunks(var, (2, 4, 3), 1) == (2, 4, 6)           # at least one
+    assert _slab_chunks(var, (3, 4, 6), 10**9) == (10, 4, 6)      # capped by the length
+    img = xr.DataArray(np.zeros((8, 6), np.uint32), dims=("y", "x"))
+    assert _slab_chunks(img, (8, 6), 3 * 24) == (8, 6)             # a Zarr chunk of rows
+    assert _slab_chunks(img, (1, 6), 3 * 24) == (3, 6)
 
 
 def test_failed_products_leave_no_fits(tmp_path):
