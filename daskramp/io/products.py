@@ -263,13 +263,26 @@ def zarr_chunks(var: xr.DataArray, *, target_bytes: int = ZARR_CHUNK_BYTES) -> t
     return tuple(sizes)
 
 
+def product_compressors() -> tuple:
+    """Compressors of the product variables: zstd at level 1.
+
+    zarr's default (zstd at its default level) encodes noisy float32 rates at ≈ 100–370 MB/s
+    here, level 1 at ≈ 350–740 MB/s with the same ratio (1.1–1.2 on rates, > 15 on the
+    variances and > 200 on DQ of a SOSS segment): the encoding runs inside the tile tasks,
+    so it is on the critical path of every run.
+    """
+    from zarr.codecs import ZstdCodec
+
+    return (ZstdCodec(level=1),)
+
+
 def _prepare_for_zarr(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
     ds = ds.copy()
     encoding = {}
     for name, var in ds.variables.items():
         var.encoding = {}
         if name in ds.data_vars:
-            encoding[name] = {"chunks": zarr_chunks(ds[name])}
+            encoding[name] = {"chunks": zarr_chunks(ds[name]), "compressors": product_compressors()}
     ds.attrs = {str(k): _attr_value(v) for k, v in ds.attrs.items()}
     for var in ds.variables.values():
         var.attrs = {str(k): _attr_value(v) for k, v in var.attrs.items()}

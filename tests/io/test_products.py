@@ -124,6 +124,17 @@ def test_zarr_round_trip(tmp_path):
         assert back["integration_number"].values.tolist() == [11, 12, 13]
 
 
+def test_product_variables_use_the_fast_compressor(tmp_path):
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    path = write_zarr_atomic(make_rateints(chunks={"integration": 2}), tmp_path / "p_rateints.zarr")
+    group = zarr.open_group(path, mode="r")
+    for name in ("data", "err", "var_poisson", "var_rnoise", "dq"):
+        codecs = group[name].metadata.codecs
+        assert [type(c) for c in codecs[1:]] == [ZstdCodec] and codecs[1].level == 1, name
+
+
 def test_zarr_chunks_follow_dask_chunks():
     """Dask chunks (2, 2, 1) along integration: boundaries 2, 4 → Zarr chunk gcd = 2;
     x chunks (3, 2): boundary 3 → 3.  A numpy variable gets one chunk."""
