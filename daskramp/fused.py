@@ -386,14 +386,38 @@ def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, 
     return res
 
 
-def _status_stats(plan: Plan, stats: dict) -> dict:
-    """Stand-ins for the statistics of a one-pixel window: statuses do not depend on their
-    values, so lazy ones become zeros of their shape (keeps the status graph-free)."""
-    given = _given_stats(stats, 0, 1)
+def _stand_ins(stats: dict) -> dict:
+    """``stats`` with the lazy statistics replaced by zeros of their shape and dtype."""
+    given = dict(stats)
     for k, v in given.items():
         if dask.is_dask_collection(v):
             zeros = np.zeros(v.shape, v.dtype)
             given[k] = v.copy(data=zeros) if isinstance(v, xr.DataArray) else zeros
+    return given
+
+
+#: steps between refpix and jump whose group DQ never depends on the data values
+_DQ_BLIND = ("linearity", "dark_current")
+
+
+def _probe_needs_offsets(params) -> bool:
+    """Whether the group DQ that jump sees depends on the refpix offsets' values.
+
+    refpix only shifts values; of the steps after it, linearity and dark_current read the
+    group DQ without changing it, while charge_migration flags groups by their level.  When
+    nothing value-dependent runs, the probe of all-DO_NOT_USE planes can run on stand-in
+    offsets, alongside the refpix statistics instead of after them.
+    """
+    from .pipeline import STEP_ORDER
+
+    between = STEP_ORDER[STEP_ORDER.index("refpix") + 1 : STEP_ORDER.index("jump")]
+    return any(not params[s].skip for s in between if s not in _DQ_BLIND and s in params)
+
+
+def _status_stats(plan: Plan, stats: dict) -> dict:
+    """Stand-ins for the statistics of a one-pixel window: statuses do not depend on their
+    values, so lazy ones become zeros of their shape (keeps the status graph-free)."""
+    given = _stand_ins(_given_stats(stats, 0, 1))
     # statistics the caller has not computed yet only need the right shape here
     given.setdefault("plane_dnu", np.zeros((1, plan.skeleton.sizes[GROUP]), bool))
     for key in ("refpix_offsets", "refpix_zf_offsets"):
@@ -574,10 +598,11 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     if not jp.skip and "jump" in STEP_ORDER:
         w = min(nx, 8)
         x0 = max(0, nx // 2 - w // 2)
-        arrs = staged(plan, reader, refs_key, stats, until="jump", int_bounds=ints,
+        given = stats if _probe_needs_offsets(plan.params) else _stand_ins(stats)
+        arrs = staged(plan, reader, refs_key, given, until="jump", int_bounds=ints,
                       y_bounds=[(0, ny)], x_bounds=[(x0, x0 + w)], names=(GROUPDQ,))
         probe = ((arrs[GROUPDQ] & np.uint8(1)) != 0).all(axis=(2, 3)).rechunk((nint, ngroup))
-        stats["plane_dnu"] = _settled(probe, plan, reader, refs_key, stats, int_block)
+        stats["plane_dnu"] = _settled(probe, plan, reader, refs_key, given, int_block)
     else:
         stats["plane_dnu"] = None
     return _computed(stats)[0] if compute else stats
@@ -620,6 +645,10 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
         if stats["plane_dnu"] is None and not p["jump"].skip:
             stats = frame_statistics(ds, plan, reader, refs_key)
     elif frame_stats == "compute":
+        if refs_key is not None:
+            # read once and kept for the products too: computed only for the statistics,
+            # the key would be released after them and read again by the product graph
+            (refs_key,) = dask.persist(refs_key)
         stats = frame_statistics(ds, plan, reader, refs_key, compute=False)
         # the statuses (the chain on a one-pixel window) are found by a worker meanwhile
         status = dask.delayed(_status_of, pure=True)(plan, reader, refs_key,

@@ -161,6 +161,13 @@ def test_halo_width_sums_the_neighbour_steps():
     assert fused.halo_width(p) == 1
 
 
+def test_probe_runs_on_stand_in_offsets_unless_a_step_flags_by_level():
+    p = {n: step_params(n) for n in STEP_ORDER}
+    assert not fused._probe_needs_offsets(p)  # default: charge_migration skipped
+    p["charge_migration"] = step_params("charge_migration", {"skip": False})
+    assert fused._probe_needs_offsets(p)
+
+
 @pytest.mark.parametrize("i0,i1,ys,xs,block", [
     (0, 5, slice(None), slice(None), None),
     (1, 4, slice(10, 50), slice(3, 21), 1),
