@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -319,6 +320,22 @@ def ramp_fit(
     return products(fields, ds, gain=gain, save_intercepts=p.save_intercepts)
 
 
+def _sum_blocks(terms: xr.DataArray) -> xr.DataArray:
+    """The rate terms (block, term, y, x) summed over their blocks (NaN skipped), float64.
+
+    Lazy blocks are added two at a time as they finish: one aggregation of every block
+    would keep each block's terms (1.3 MB per SOSS tile of 64 columns) in worker memory
+    until the last segment of the exposure is done, which grows with the exposure.
+    """
+    if not dask.is_dask_collection(terms.data):
+        return terms.sum("block", dtype=np.float64)
+    import dask.array as da
+
+    data = da.nansum(terms.data, axis=terms.get_axis_num("block"), dtype=np.float64, split_every=2)
+    coords = {k: v for k, v in terms.coords.items() if "block" not in v.dims}
+    return xr.DataArray(data, dims=[d for d in terms.dims if d != "block"], coords=coords)
+
+
 def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
              pixeldq: xr.DataArray | None = None) -> tuple[xr.Dataset, xr.Dataset]:
     """``(rate, rateints)`` from the per-integration fields of :func:`ramp_fields` (lazy).
@@ -341,7 +358,7 @@ def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
         # per-block products (block_products, assembled lazily): rateints variables as they
         # are, the rate from the blocks' term sums summed over the blocks
         ints = {k: v.copy() for k, v in fields.items() if k not in ("rate_terms", "nints")}
-        terms = fields["rate_terms"].sum("block", dtype=np.float64)
+        terms = _sum_blocks(fields["rate_terms"])
         sums = [terms.isel(term=i, drop=True) for i in range(len(_k.RATE_TERMS))]
         rate = finalize_rate(sums, pdq, _image(gain, ds, "gain"), nints=int(fields["nints"]))
     else:

@@ -373,3 +373,23 @@ def test_ramp_products_refuses_lazy_exposures():
     ds, gain, rn = random_exposure(2)
     with pytest.raises(TypeError, match="in-memory windows.*dask-backed"):
         ramp_products(chunked(ds, integration=2), gain=gain, readnoise=rn)
+
+
+def test_rate_terms_of_many_blocks_are_added_pairwise():
+    """Summing the rate terms over 16 blocks (segments) never waits for all of them in one
+    task, and gives the sum (NaN skipped) of the blocks."""
+    from daskramp.steps.ramp_fit import _sum_blocks
+
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 1000, (16, 3, 4, 5)).astype(np.float64)  # exact in any order
+    values[2, 1, 0, 0] = np.nan
+    terms = xr.DataArray(da.from_array(values, chunks=(1, 3, 4, 5)),
+                         dims=("block", "term", "y", "x"), coords={"x": np.arange(5)})
+    with forbid_compute():
+        total = _sum_blocks(terms)
+    assert total.dims == ("term", "y", "x") and "x" in total.coords
+    graph = dict(total.data.__dask_graph__())
+    widest = max(len(dask.core.get_dependencies(graph, k)) for k in graph)
+    assert widest <= 2
+    np.testing.assert_array_equal(total.values, np.nansum(values, axis=0))
+    np.testing.assert_array_equal(_sum_blocks(terms.compute()).values, np.nansum(values, axis=0))
