@@ -666,34 +666,59 @@ def export_fits(store, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_BYTES)
     Row-major FITS images make this cheaper than writing them from the tasks that compute
     the products: those hold column bands, i.e. one short run per (integration, row).
     """
-    store, path = Path(store), Path(path)
-    # opened unchunked, then chunked into slabs: each slab is one read of the store, and the
-    # coordinates (stored whole) are read whole
-    with xr.open_zarr(store, consolidated=False, chunks=None) as src:
-        _check_layout(src, kind)
-        # the product's variables share dims and chunking: one slab size for all
-        first = next(src[n] for n in LAYOUTS[kind] if n in src)
-        zchunks = tuple(first.encoding.get("chunks") or first.shape)
-        chunks = dict(zip(first.dims, _slab_chunks(first, zchunks, slab_bytes)))
-        # the coordinates (INT_TIMES) are read here, at once: as dask arrays each would be a
-        # round trip to the cluster
-        ds = src.assign({n: src[n].chunk({d: chunks[d] for d in src[n].dims})
-                         for n in LAYOUTS[kind] if n in src})
-        ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items()})
-        partial = path.with_name(path.name + ".partial")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            _store_all(_allocate_fits(ds, partial, path.name, kind))
-            _finish_fits(ds, partial, path, kind)
-        except BaseException:
+    export_all([(store, path, kind)], slab_bytes=slab_bytes)
+    return Path(path)
+
+
+def export_all(jobs, *, slab_bytes: int = DEFAULT_SLAB_BYTES) -> list[Path]:
+    """:func:`export_fits` of several ``(store, path, kind)`` in one computation.
+
+    One graph for every file saves a round trip to the cluster per file; the INT_TIMES
+    tables are built before it runs.  On failure no file appears and the partial files are
+    removed.
+    """
+    opened, done = [], []
+    try:
+        pending = []
+        for store, path, kind in jobs:
+            store, path = Path(store), Path(path)
+            # opened unchunked, then chunked into slabs: each slab is one read of the store,
+            # and the coordinates (stored whole) are read whole
+            src = xr.open_zarr(store, consolidated=False, chunks=None)
+            opened.append(src)
+            _check_layout(src, kind)
+            # the product's variables share dims and chunking: one slab size for all
+            first = next(src[n] for n in LAYOUTS[kind] if n in src)
+            zchunks = tuple(first.encoding.get("chunks") or first.shape)
+            chunks = dict(zip(first.dims, _slab_chunks(first, zchunks, slab_bytes)))
+            # the coordinates (INT_TIMES) are read here, at once: as dask arrays each would
+            # be a round trip to the cluster
+            ds = src.assign({n: src[n].chunk({d: chunks[d] for d in src[n].dims})
+                             for n in LAYOUTS[kind] if n in src})
+            ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items()})
+            partial = path.with_name(path.name + ".partial")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            done.append((partial, path, int_times_table(ds) if kind != "rate" else None))
+            pending.extend(_allocate_fits(ds, partial, path.name, kind))
+        _store_all(pending)
+        for partial, path, table in done:
+            _append_and_rename(partial, path, table)
+    except BaseException:
+        for partial, _, _ in done:
             partial.unlink(missing_ok=True)
-            raise
-    return path
+        raise
+    finally:
+        for src in opened:
+            src.close()
+    return [path for _, path, _ in done]
 
 
 def _finish_fits(ds: xr.Dataset, partial: Path, path: Path, kind: str) -> None:
     """Append the INT_TIMES table (not for ``rate``) and rename the finished file into place."""
-    table = int_times_table(ds) if kind != "rate" else None
+    _append_and_rename(partial, path, int_times_table(ds) if kind != "rate" else None)
+
+
+def _append_and_rename(partial: Path, path: Path, table) -> None:
     if table is not None:
         with afits.open(partial, mode="append") as hdul:
             hdul.append(table)
@@ -837,12 +862,12 @@ def write_products(
     for zpath in to_finalize:
         finalize_store(partial_path(zpath), zpath, overwrite=True)
 
+    export_all([(zpath, fpath, kind) for _, kind, _, zpath, fpath, _, want_fits in plans
+                if fits and want_fits], slab_bytes=slab_bytes)
     for name, kind, _, zpath, fpath, _, want_fits in plans:
         if zarr:
             out[f"{name}_zarr"] = zpath
         if fits:
-            if want_fits:
-                export_fits(zpath, fpath, kind=kind, slab_bytes=slab_bytes)
             out[f"{name}_fits"] = fpath
         if not zarr and zpath.exists():
             shutil.rmtree(zpath)
@@ -854,6 +879,7 @@ __all__ = [
     "STATUS_KEYWORDS",
     "REFERENCE_KEYWORDS",
     "ProductError",
+    "export_all",
     "export_fits",
     "int_times_table",
     "is_complete",

@@ -392,6 +392,20 @@ def test_write_products_computes_the_graph_once(tmp_path):
     assert again == paths
 
 
+def test_products_stored_in_one_computation_and_exported_in_another(tmp_path, monkeypatch):
+    """Zarr stores of rate and rateints in one computation, both FITS files in one more
+    (a round trip to the cluster each, whatever the number of products)."""
+    import daskramp.io.products as P
+
+    calls = []
+    real = P._store_all
+    monkeypatch.setattr(P, "_store_all", lambda pending: calls.append(len(pending)) or real(pending))
+    paths = write_products(_products({"integration": 2}), tmp_path, root="r", provenance=PROVENANCE)
+    assert len(calls) == 2 and all(n > 0 for n in calls)
+    assert all(is_complete(p) for p in paths.values()) and len(paths) == 4
+    assert not list(tmp_path.glob("*.partial"))
+
+
 @pytest.mark.parametrize("slab_bytes", [1, 700, None])
 @pytest.mark.parametrize("chunks", [{"integration": 1}, {"integration": 3, "x": 5}])
 def test_fits_exported_by_tasks_equals_to_fits(tmp_path, chunks, slab_bytes):
