@@ -564,9 +564,10 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     """The whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``, ``plane_dnu``)
     from small windows (see the module docstring).
 
-    With ``compute`` they are computed here through the active dask scheduler (one graph:
-    the probe runs refpix on the offsets it depends on); otherwise they are returned lazy
-    and the product graph computes them (or the caller, see :func:`_computed`).
+    With ``compute`` they are computed here through the active dask scheduler (one graph;
+    the probe runs beside the refpix windows on stand-in offsets unless a step after refpix
+    flags by level, see :func:`_probe_needs_offsets`); otherwise they are returned lazy and
+    the product graph computes them (or the caller, see :func:`_computed`).
     """
     from .kernels import refpix as refpix_kernel
     from .pipeline import STEP_ORDER, _kwargs

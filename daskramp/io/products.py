@@ -713,12 +713,8 @@ def export_all(jobs, *, slab_bytes: int = DEFAULT_SLAB_BYTES) -> list[Path]:
     return [path for _, path, _ in done]
 
 
-def _finish_fits(ds: xr.Dataset, partial: Path, path: Path, kind: str) -> None:
-    """Append the INT_TIMES table (not for ``rate``) and rename the finished file into place."""
-    _append_and_rename(partial, path, int_times_table(ds) if kind != "rate" else None)
-
-
 def _append_and_rename(partial: Path, path: Path, table) -> None:
+    """Append the INT_TIMES ``table`` (None for ``rate``) and rename the finished file into place."""
     if table is not None:
         with afits.open(partial, mode="append") as hdul:
             hdul.append(table)
@@ -782,7 +778,7 @@ def to_fits(ds: xr.Dataset, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_B
             for name, (extname, dtype, _, bunit) in LAYOUTS[kind].items():
                 if name in ds:
                     _write_image(f, ds[name], extname, dtype, bunit, slab_bytes)
-        _finish_fits(ds, partial, path, kind)
+        _append_and_rename(partial, path, int_times_table(ds) if kind != "rate" else None)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
