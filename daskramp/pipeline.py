@@ -506,8 +506,9 @@ def open_tiled(path_or_files, *, memory_limit: int | None = None, stats_scope: s
     return open_exposure(path_or_files, chunks=tile_chunks(probe, cols, stats_scope))
 
 
-def summarize(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> dict:
-    """A few figures describing written (or lazy) products, computed through dask reductions."""
+def summary_figures(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> dict:
+    """The figures of :func:`summarize` as lazy dask values (nothing computed): computed in
+    the graph that writes the products, they cost no second pass over the data."""
     import dask
     import dask.array as da
 
@@ -529,5 +530,17 @@ def summarize(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> di
     if rateints is not None:
         idq = da.asarray(rateints["dq"].data)
         out["jump_fraction_per_integration"] = ((idq & dq.JUMP_DET) != 0).mean(axis=(1, 2))
-    (vals,) = dask.compute(out)
-    return {k: (v.tolist() if np.ndim(v) else float(v)) for k, v in vals.items()}
+    return out
+
+
+def figures_of(values: dict) -> dict:
+    """Computed :func:`summary_figures` as plain floats and lists."""
+    return {k: (v.tolist() if np.ndim(v) else float(v)) for k, v in values.items()}
+
+
+def summarize(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> dict:
+    """A few figures describing written (or lazy) products, computed through dask reductions."""
+    import dask
+
+    (vals,) = dask.compute(summary_figures(rate, rateints))
+    return figures_of(vals)

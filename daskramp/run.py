@@ -262,7 +262,7 @@ def run(
     from . import dims
     from .io import open_exposure
     from .io.products import write_products
-    from .pipeline import detector1, summarize
+    from .pipeline import detector1, figures_of, summarize, summary_figures
     from .progress import RunMonitor
 
     config = dict(config or {})
@@ -357,18 +357,26 @@ def run(
                 )
                 provenance = dict(result.provenance)
                 provenance["inputs"] = [str(p) for p in inputs]
-                paths = write_products(result.products(), outdir, root=root, provenance=provenance,
-                                       fits=fits)
+                products = result.products()
+                # the figures are reduced by the same graph that writes the stores
+                paths, values = write_products(
+                    products, outdir, root=root, provenance=provenance, fits=fits,
+                    also=summary_figures(products.get("rate"), products.get("rateints")))
         except OSError as err:
             clear = _translate(err, inputs, outdir)
             if clear is None:
                 raise
             raise clear from err
-        # figures from the written stores: summarising the lazy products would run the graph again
-        # in column bands of a few tens of MB: a task per stored chunk would cost more in
-        # scheduling than the reading does
-        opened = {k[: -len("_zarr")]: _open_for_summary(v) for k, v in paths.items() if k.endswith("_zarr")}
-        summary = summarize(opened.get("rate"), opened.get("rateints"))
+        if values is not None:
+            summary = figures_of(values)
+        else:
+            # products found complete (a resumed run): figures from the written stores, as
+            # summarising the lazy products would run the graph again; in column bands of a
+            # few tens of MB, as a task per stored chunk would cost more in scheduling than
+            # the reading does
+            opened = {k[: -len("_zarr")]: _open_for_summary(v) for k, v in paths.items()
+                      if k.endswith("_zarr")}
+            summary = summarize(opened.get("rate"), opened.get("rateints"))
         sizes = ds.sizes
         figures = {
             "uncal_bytes": ds[dims.DATA].size * 2,

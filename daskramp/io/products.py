@@ -38,6 +38,7 @@ cube size.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -263,16 +264,25 @@ def zarr_chunks(var: xr.DataArray, *, target_bytes: int = ZARR_CHUNK_BYTES) -> t
     return tuple(sizes)
 
 
-def product_compressors() -> tuple:
-    """Compressors of the product variables: zstd at level 1.
+#: product variables stored uncompressed: noisy float32 rates compress by only ≈ 1.1 (zstd
+#: level 1 on a SOSS segment), for ≈ 0.7 s of encoding in the tile tasks and ≈ 0.6 s of
+#: decoding in the FITS export per 330 MB
+UNCOMPRESSED = ("data", "intercept")
+
+
+def product_compressors(name: str | None = None) -> tuple:
+    """Compressors of the product variable ``name``: zstd at level 1, none for
+    :data:`UNCOMPRESSED` (the rates).
 
     zarr's default (zstd at its default level) encodes noisy float32 rates at ≈ 100–370 MB/s
-    here, level 1 at ≈ 350–740 MB/s with the same ratio (1.1–1.2 on rates, > 15 on the
+    here, level 1 at ≈ 350–740 MB/s with the same ratio (1.1–1.2 on rates, > 7 on the
     variances and > 200 on DQ of a SOSS segment): the encoding runs inside the tile tasks,
     so it is on the critical path of every run.
     """
     from zarr.codecs import ZstdCodec
 
+    if name in UNCOMPRESSED:
+        return ()
     return (ZstdCodec(level=1),)
 
 
@@ -282,15 +292,81 @@ def _prepare_for_zarr(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
     for name, var in ds.variables.items():
         var.encoding = {}
         if name in ds.data_vars:
-            encoding[name] = {"chunks": zarr_chunks(ds[name]), "compressors": product_compressors()}
+            encoding[name] = {"chunks": zarr_chunks(ds[name]),
+                              "compressors": product_compressors(name) or None}
     ds.attrs = {str(k): _attr_value(v) for k, v in ds.attrs.items()}
     for var in ds.variables.values():
         var.attrs = {str(k): _attr_value(v) for k, v in var.attrs.items()}
     return ds, encoding
 
 
-#: per-process cache of the Zarr arrays :class:`ZarrChunkTarget` writes into
+#: per-process cache of the Zarr arrays :class:`ZarrChunkTarget` writes into and
+#: :class:`ZarrChunkSource` reads from
 _OPEN_ARRAYS: dict = {}
+
+
+def _open_array(path: str, mode: str):
+    # keyed by the metadata file's identity too: a rerun recreates the same path afresh
+    st = os.stat(Path(path) / "zarr.json")
+    ident = (path, mode, st.st_ino, st.st_mtime_ns)
+    arr = _OPEN_ARRAYS.get(ident)
+    if arr is None:
+        import zarr
+
+        if len(_OPEN_ARRAYS) > 64:
+            _OPEN_ARRAYS.clear()
+        arr = _OPEN_ARRAYS[ident] = zarr.open_array(path, mode=mode, zarr_format=3)
+    return arr
+
+
+class ZarrChunkSource:
+    """A Zarr v3 array of plain chunks (see :class:`ZarrChunkTarget`) as a source for
+    ``dask.array.from_array`` that reads and decodes its chunk files itself.
+
+    zarr's read path runs an event loop and a thread pool per call; in a worker that already
+    keeps its cores busy that costs more than the decoding.  ``source[key]`` (one slice of
+    step 1 per axis) returns a new numpy array; chunks left out of the store (fill value only)
+    read as the fill value.  Picklable: only the path travels.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        arr = _open_array(self.path, "r")
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), np.dtype(arr.dtype), arr.ndim
+
+    @staticmethod
+    def supported(arr) -> bool:
+        return ZarrChunkTarget.supported(arr)
+
+    def __getitem__(self, key) -> np.ndarray:
+        from .store import decode_chunk
+
+        arr = _open_array(self.path, "r")
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        bounds = [k.indices(n) for k, n in zip(key, self.shape)]
+        if any(st != 1 for _, _, st in bounds):
+            return arr[key]
+        meta = arr.metadata
+        chunks = tuple(meta.chunk_grid.chunk_shape)
+        out = np.empty(tuple(max(0, b - a) for a, b, _ in bounds), self.dtype)
+        if out.size == 0:
+            return out
+        root = Path(self.path)
+        ranges = [range(a // c, -(-b // c)) for (a, b, _), c in zip(bounds, chunks)]
+        for cidx in itertools.product(*ranges):
+            # the chunk's part inside the region, in chunk and in output coordinates
+            lo = [max(a, ci * c) for ci, c, (a, _, _) in zip(cidx, chunks, bounds)]
+            hi = [min(b, (ci + 1) * c) for ci, c, (_, b, _) in zip(cidx, chunks, bounds)]
+            dst = tuple(slice(l - a, h - a) for l, h, (a, _, _) in zip(lo, hi, bounds))
+            try:
+                data = (root / meta.encode_chunk_key(cidx)).read_bytes()
+            except FileNotFoundError:
+                out[dst] = meta.fill_value
+                continue
+            chunk = decode_chunk(data, chunks, self.dtype, meta.codecs)
+            out[dst] = chunk[tuple(slice(l - ci * c, h - ci * c) for l, h, ci, c in zip(lo, hi, cidx, chunks))]
+        return out
 
 
 class ZarrChunkTarget:
@@ -312,17 +388,7 @@ class ZarrChunkTarget:
         self.shape, self.dtype, self.ndim = tuple(arr.shape), np.dtype(arr.dtype), arr.ndim
 
     def _array(self):
-        # keyed by the metadata file's identity too: a rerun recreates the same path afresh
-        st = os.stat(Path(self.path) / "zarr.json")
-        ident = (self.path, st.st_ino, st.st_mtime_ns)
-        arr = _OPEN_ARRAYS.get(ident)
-        if arr is None:
-            import zarr
-
-            if len(_OPEN_ARRAYS) > 64:
-                _OPEN_ARRAYS.clear()
-            arr = _OPEN_ARRAYS[ident] = zarr.open_array(self.path, mode="r+", zarr_format=3)
-        return arr
+        return _open_array(self.path, "r+")
 
     @staticmethod
     def supported(arr) -> bool:
@@ -395,11 +461,23 @@ def _start_zarr(ds: xr.Dataset, path: Path) -> list[tuple]:
     return pending
 
 
-def _store_all(pending: list[tuple]) -> None:
-    """Compute and store every pending write in one graph with the active scheduler."""
+def _store_all(pending: list[tuple], also=None):
+    """Compute and store every pending write in one graph with the active scheduler.
+
+    ``also`` (dask collections, or None) is computed in the same graph, so the tasks it
+    shares with the stored arrays run once; its computed value is returned.
+    """
+    stored = ()
     if pending:
         sources, targets = zip(*pending)
-        da.store(list(sources), list(targets), lock=False, compute=True)
+        stored = da.store(list(sources), list(targets), lock=False, compute=False)
+    if also is None:
+        if pending:
+            dask.compute(stored)
+        return None
+    # arrays only on both sides: optimised as one graph, the shared keys keep their names
+    _, value = dask.compute(stored, also)
+    return value
 
 
 def write_zarr_atomic(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
@@ -653,6 +731,21 @@ def _slab_chunks(var: xr.DataArray, zchunks: tuple[int, ...], slab_bytes: int) -
     return (min(n, shape[0]), *shape[1:])
 
 
+def _slab_source(store: Path, var: xr.DataArray, chunks: tuple[int, ...]) -> xr.DataArray:
+    """``var`` of ``store`` as a dask array of slabs read by :class:`ZarrChunkSource` (or by
+    zarr itself for codecs that class does not decode)."""
+    from dask.base import tokenize
+
+    path = store / var.name
+    if not ZarrChunkSource.supported(_open_array(str(path), "r")):
+        return var.chunk(dict(zip(var.dims, chunks)))
+    st = os.stat(path / "zarr.json")
+    name = "fits-slab-" + tokenize(str(path), st.st_ino, st.st_mtime_ns, chunks)
+    data = da.from_array(ZarrChunkSource(path), chunks=chunks, name=name, lock=False,
+                         asarray=False, fancy=False)
+    return var.copy(data=data)
+
+
 def export_fits(store, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_BYTES) -> Path:
     """Export a complete product store as its FITS file with the active dask scheduler.
 
@@ -693,7 +786,7 @@ def export_all(jobs, *, slab_bytes: int = DEFAULT_SLAB_BYTES) -> list[Path]:
             chunks = dict(zip(first.dims, _slab_chunks(first, zchunks, slab_bytes)))
             # the coordinates (INT_TIMES) are read here, at once: as dask arrays each would
             # be a round trip to the cluster
-            ds = src.assign({n: src[n].chunk({d: chunks[d] for d in src[n].dims})
+            ds = src.assign({n: _slab_source(store, src[n], tuple(chunks[d] for d in src[n].dims))
                              for n in LAYOUTS[kind] if n in src})
             ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items()})
             partial = path.with_name(path.name + ".partial")
@@ -798,7 +891,8 @@ def write_products(
     zarr: bool = True,
     overwrite: bool = False,
     slab_bytes: int = DEFAULT_SLAB_BYTES,
-) -> dict[str, Path]:
+    also=None,
+):
     """Write the products of one exposure; compute their graph once.
 
     Parameters
@@ -818,11 +912,18 @@ def write_products(
         Zarr stores in ``outdir`` (removed afterwards) so the graph is still computed once.
     overwrite : bool
         Rewrite complete products; otherwise they are kept (a rerun is a no-op).
+    also : dask collections, optional
+        Figures of the lazy products (e.g. :func:`daskramp.pipeline.summarize` with
+        ``compute=False``), computed in the same graph as the stores: they cost no second
+        pass over the data.  They are computed only when every product is being written;
+        when some were found complete, computing them would run the pipeline again, so
+        their value is None (read them from the stores instead).
 
     Returns
     -------
     dict
-        ``"<name>_zarr"`` / ``"<name>_fits"`` → path of each product written or found complete.
+        ``"<name>_zarr"`` / ``"<name>_fits"`` → path of each product written or found complete;
+        with ``also``, the tuple ``(paths, computed also or None)``.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -854,7 +955,8 @@ def write_products(
                     ds.variables[v].attrs.setdefault("units", unit)
             pending.extend(_start_zarr(ds, zpath))
             to_finalize.append(zpath)
-    _store_all(pending)
+    with_also = also is not None and all(plan[5] for plan in plans)
+    value = _store_all(pending, also if with_also else None)
     for zpath in to_finalize:
         finalize_store(partial_path(zpath), zpath, overwrite=True)
 
@@ -867,7 +969,7 @@ def write_products(
             out[f"{name}_fits"] = fpath
         if not zarr and zpath.exists():
             shutil.rmtree(zpath)
-    return out
+    return out if also is None else (out, value)
 
 
 __all__ = [

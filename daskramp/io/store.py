@@ -206,6 +206,22 @@ def encode_chunk(part, chunk_shape, fill, codecs) -> bytes | None:
 
 
 
+def decode_chunk(data: bytes, chunk_shape, dtype, codecs):
+    """The inverse of :func:`encode_chunk`: one stored chunk's bytes as a numpy array of
+    ``chunk_shape`` (read-only; copy it to modify)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from zarr.core.buffer import default_buffer_prototype
+
+    spec = SimpleNamespace(prototype=default_buffer_prototype())
+    buf = spec.prototype.buffer.from_bytes(data)
+    for c in reversed(tuple(codecs)[1:]):
+        buf = c._decode_sync(buf, spec)
+    raw = buf.as_numpy_array()
+    return np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).reshape(tuple(chunk_shape))
+
+
 def _read_group(path: Path):
     import zarr
 

@@ -124,15 +124,17 @@ def test_zarr_round_trip(tmp_path):
         assert back["integration_number"].values.tolist() == [11, 12, 13]
 
 
-def test_product_variables_use_the_fast_compressor(tmp_path):
+def test_product_variables_use_the_fast_compressor_or_none(tmp_path):
     import zarr
     from zarr.codecs import ZstdCodec
 
     path = write_zarr_atomic(make_rateints(chunks={"integration": 2}), tmp_path / "p_rateints.zarr")
     group = zarr.open_group(path, mode="r")
-    for name in ("data", "err", "var_poisson", "var_rnoise", "dq"):
+    for name in ("err", "var_poisson", "var_rnoise", "dq"):
         codecs = group[name].metadata.codecs
         assert [type(c) for c in codecs[1:]] == [ZstdCodec] and codecs[1].level == 1, name
+    # the rates barely compress: stored as plain bytes
+    assert len(group["data"].metadata.codecs) == 1
 
 
 def test_zarr_chunks_follow_dask_chunks():
@@ -392,6 +394,26 @@ def test_write_products_computes_the_graph_once(tmp_path):
     assert again == paths
 
 
+def test_figures_computed_with_the_stores_share_their_tasks(tmp_path):
+    """``also``: figures of the lazy products come out of the graph that writes the stores,
+    each upstream block still computed once; on a rerun (products complete) they are not
+    computed (None) and nothing runs."""
+    prods = _products({"integration": 1})
+    also = {"mean": prods["rate"]["data"].data.mean(), "per_int": prods["rateints"]["data"].data.max(axis=(1, 2))}
+    _Counter.n = 0
+    with dask.config.set(scheduler="sync"):
+        paths, values = write_products(prods, tmp_path, root="r", provenance=PROVENANCE, also=also)
+    assert _Counter.n == 4
+    cube = cube_values(4)
+    np.testing.assert_allclose(values["mean"], cube.mean(axis=0).mean(), rtol=1e-6)
+    np.testing.assert_array_equal(values["per_int"], cube.max(axis=(1, 2)))
+    with dask.config.set(scheduler=_no_compute):
+        prods = _products({"integration": 1})
+        again, none = write_products(prods, tmp_path, root="r", provenance=PROVENANCE,
+                                     also={"mean": prods["rate"]["data"].data.mean()})
+    assert again == paths and none is None
+
+
 def test_products_stored_in_one_computation_and_exported_in_another(tmp_path, monkeypatch):
     """Zarr stores of rate and rateints in one computation, both FITS files in one more
     (a round trip to the cluster each, whatever the number of products)."""
@@ -399,7 +421,8 @@ def test_products_stored_in_one_computation_and_exported_in_another(tmp_path, mo
 
     calls = []
     real = P._store_all
-    monkeypatch.setattr(P, "_store_all", lambda pending: calls.append(len(pending)) or real(pending))
+    monkeypatch.setattr(P, "_store_all",
+                        lambda pending, also=None: calls.append(len(pending)) or real(pending, also))
     paths = write_products(_products({"integration": 2}), tmp_path, root="r", provenance=PROVENANCE)
     assert len(calls) == 2 and all(n > 0 for n in calls)
     assert all(is_complete(p) for p in paths.values()) and len(paths) == 4
@@ -537,6 +560,28 @@ def test_products_open_with_jwst_datamodels(tmp_path):
     with datamodels.open(paths["jump_ramp_fits"]) as m:
         assert type(m).__name__ == "RampModel"
         assert m.groupdq.dtype == np.uint8 and m.groupdq[1, 2, 0, 0] == dq.JUMP_DET
+
+
+@pytest.mark.parametrize("key", [(slice(0, 3),), (slice(1, 3), slice(1, 4), slice(2, 7)),
+                                 (slice(2, 3), slice(0, 4), slice(6, 7))])
+def test_chunk_source_reads_what_zarr_reads(tmp_path, key):
+    """ZarrChunkSource (the FITS export's reader) returns zarr's own values for regions across
+    chunk edges, edge chunks and chunks left out (NaN only), compressed or not."""
+    import daskramp.io.products as P
+
+    ds = make_rateints(chunks={"integration": 2, "x": 3})
+    ds["err"] = ds["err"].where(ds["integration"] >= ds["integration"][2])  # first chunk row: NaN
+    path = write_zarr_atomic(ds, tmp_path / "p_rateints.zarr")
+    assert not (path / "err" / "c" / "0").exists() and (path / "err" / "c" / "1").exists()
+    for name in ("data", "err", "dq"):
+        src = P.ZarrChunkSource(path / name)
+        zarr_arr = P._open_array(str(path / name), "r")
+        assert P.ZarrChunkSource.supported(zarr_arr)
+        got = src[key]
+        want = zarr_arr[key]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(P.ZarrChunkSource(path / "err")[0:2], np.nan)
 
 
 @pytest.mark.parametrize("chunks", [{"integration": 2, "x": 3}, {"integration": 1, "y": 2, "x": 4}])
