@@ -237,24 +237,52 @@ def combine_rate(fields: xr.DataArray, pixeldq: xr.DataArray, gain: xr.DataArray
     return finalize_rate(sums, pixeldq, gain, nints=fields.sizes[INTEGRATION])
 
 
+def _finalize_located(*blocks, nints, nsums, pixeldq=None, gain=None, block_info=None):
+    """:func:`_finalize` of one (y, x) block: ``blocks`` are the sums' blocks, then those of
+    the images given lazily; an image given whole (``pixeldq``/``gain``) is cut here."""
+    loc = block_info[0]["array-location"]
+    cut = (slice(*loc[0]), slice(*loc[1]))
+    rest = list(blocks[nsums:])
+    pdq = rest.pop(0) if pixeldq is None else pixeldq[cut]
+    g = rest.pop(0) if gain is None else gain[cut]
+    return _finalize(*blocks[:nsums], pdq, g, nints=nints)
+
+
+def _finalize_lazy(sums, pixeldq: xr.DataArray, gain: xr.DataArray, *, nints: int) -> xr.DataArray:
+    """:func:`_finalize` over the sums' (y, x) chunks.
+
+    An image held in memory travels as **one** key that each task cuts: chunked into tasks
+    of their own, its pieces would be root tasks, which the distributed scheduler queues
+    behind the tile tasks; every rate block would then wait for the last tile.
+    """
+    import dask.array as da
+
+    first = sums[0].transpose(*IMAGE_DIMS)
+    arrays = [s.transpose(*IMAGE_DIMS).data for s in sums]
+    whole = {}
+    for name, img in (("pixeldq", pixeldq), ("gain", gain)):
+        img = img.transpose(*IMAGE_DIMS)
+        if img.chunks is not None:
+            arrays.append(img.data.rechunk(arrays[0].chunks))
+        else:
+            whole[name] = dask.delayed(np.asarray(img.values), pure=True)
+    data = da.map_blocks(_finalize_located, *arrays, nints=nints, nsums=len(sums), **whole,
+                         new_axis=2, chunks=(*arrays[0].chunks, (len(_k.RATE_FIELDS),)),
+                         dtype=np.float64, meta=np.empty((0, 0, 0), np.float64))
+    coords = {k: v for k, v in first.coords.items() if set(v.dims) <= set(IMAGE_DIMS)}
+    return xr.DataArray(data, dims=(*IMAGE_DIMS, "rate_field"), coords=coords)
+
+
 def finalize_rate(sums, pixeldq: xr.DataArray, gain: xr.DataArray, *, nints: int) -> xr.Dataset:
     """Exposure ``rate`` (y, x) from the :data:`RATE_TERMS` summed over all ``nints``
     integrations (one (y, x) DataArray per term, in order)."""
-    chunks = sums[0].chunksizes
-    if chunks:
-        # in-memory images cut in the sums' chunks, not rechunked from one block
-        pixeldq, gain = (a if a.chunks is not None else a.chunk(chunks) for a in (pixeldq, gain))
-    res = xr.apply_ufunc(
-        _finalize,
-        *sums,
-        pixeldq,
-        gain,
-        output_core_dims=[["rate_field"]],
-        kwargs={"nints": nints},
-        dask="parallelized",
-        output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"rate_field": len(_k.RATE_FIELDS)}},
-    )
+    if sums[0].chunks is not None:
+        res = _finalize_lazy(sums, pixeldq, gain, nints=nints)
+    else:
+        res = xr.apply_ufunc(
+            _finalize, *sums, pixeldq, gain, output_core_dims=[["rate_field"]],
+            kwargs={"nints": nints}, dask="parallelized", output_dtypes=[np.float64],
+            dask_gufunc_kwargs={"output_sizes": {"rate_field": len(_k.RATE_FIELDS)}})
     res = res.assign_coords(rate_field=list(_k.RATE_FIELDS))
     out = {}
     for var, field, dtype, units in _OUTPUTS:
