@@ -378,12 +378,38 @@ def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, 
         res = _call_step("ramp_fit", out, wrefs, plan.params["ramp_fit"],
                          stats_scope=plan.stats_scope, products_only=True)
         res[PIXELDQ] = np.ascontiguousarray(out[PIXELDQ].values)
-        return res
-    res = {PIXELDQ: np.ascontiguousarray(out[PIXELDQ].values[iy, ix])}
-    for name in (DATA, GROUPDQ, ZEROFRAME):
-        if name in out:
-            res[name] = np.ascontiguousarray(out[name].values[..., iy, ix])
+    else:
+        res = {PIXELDQ: np.ascontiguousarray(out[PIXELDQ].values[iy, ix])}
+        for name in (DATA, GROUPDQ, ZEROFRAME):
+            if name in out:
+                res[name] = np.ascontiguousarray(out[name].values[..., iy, ix])
+    del out, wrefs
+    release_free_memory()
     return res
+
+
+_TRIM = None
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim``; elsewhere a no-op).
+
+    A window's temporaries are hundreds of MB of arrays below the workers' mmap threshold
+    (:mod:`daskramp.cluster`), so they come from the heap; freed, they stay in the process
+    as fragments that the next window's different sizes do not fill exactly, and the
+    worker's resident memory creeps up over a run of many segments.  Trimming after each
+    window costs the next window a page fault per page it touches again (tens of ms).
+    """
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
 
 
 def _stand_ins(stats: dict) -> dict:
