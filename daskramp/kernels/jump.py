@@ -168,15 +168,24 @@ def _nothing_clipped(buf, n, nsig):
     return True
 
 
-@numba.njit(cache=True)
-def _columns_quiet(diffs, nsig, s1, s2, quiet):
-    """``quiet[k]``: column k of ``diffs`` (its finite values, in order) passes the
-    :func:`_nothing_clipped` test with no candidate at all, so its sigma clip clips nothing.
+#: half-width, in standard deviations, of the interval around the mean in which
+#: :func:`_columns_quiet` shows the median to lie (by counting the values on either side)
+_MEDIAN_BOX = 0.25
 
-    The same sums in the same order as :func:`_mean_std` on the gathered column, computed
-    for every column in one pass over the contiguous ``(integration, difference)`` array (a
-    NaN adds 0.0, which leaves a sum unchanged: it starts at +0.0 and never becomes −0.0).
-    Columns with a candidate, too few values or no spread are left to the exact path.
+
+@numba.njit(cache=True)
+def _columns_quiet(diffs, nsig, s1, s2, quiet, lo, hi, dev, below, above):
+    """``quiet[k]``: a sigma clip of column k of ``diffs`` (its finite values, in order)
+    provably clips nothing, so it flags nothing.
+
+    The mean and standard deviation σ are the same sums in the same order as
+    :func:`_mean_std` on the gathered column (a NaN adds 0.0, which leaves a sum unchanged:
+    it starts at +0.0 and never becomes −0.0), so σ is the clip's own.  The median is
+    bracketed without selecting it: when at most ⌊(n−1)/2⌋ values lie below
+    mean − b·σ, both middle values (hence the median) lie at or above it, and symmetrically
+    above (b = :data:`_MEDIAN_BOX`).  Every value within nsig·σ − b·σ of the mean (less a
+    relative rounding margin) is then inside the clip's closed bounds around the median.
+    Columns not shown quiet (an outlier, too few values, no spread) take the exact path.
     """
     nint, nd = diffs.shape
     for k in range(nd):
@@ -199,23 +208,37 @@ def _columns_quiet(diffs, nsig, s1, s2, quiet):
             s2[k] += d * d if not math.isnan(v) else 0.0
     for k in range(nd):
         n = quiet[k]
-        quiet[k] = 0
-        if nsig <= 1.0 or n < 3:
-            continue
         mean = s1[k]
-        std = math.sqrt(s2[k] / n)
-        scale = abs(mean) + std
-        if not std > 1e-6 * scale:
-            continue
-        # below this distance from the mean a value is no candidate (see _nothing_clipped)
-        s2[k] = (nsig - 1.0) * std - 1e-7 * scale
-        quiet[k] = 1
+        std = math.sqrt(s2[k] / n) if n > 0 else 0.0
+        s2[k] = std
+        lo[k] = mean - _MEDIAN_BOX * std
+        hi[k] = mean + _MEDIAN_BOX * std
+        dev[k] = 0.0
+        below[k] = 0
+        above[k] = 0
     for i in range(nint):
         for k in range(nd):
             v = diffs[i, k]
-            # NaN compares False: never a candidate
-            if abs(v - s1[k]) > s2[k]:
-                quiet[k] = 0
+            # NaN compares False everywhere: it counts nowhere and deviates nothing
+            below[k] += v < lo[k]
+            above[k] += v > hi[k]
+            a = abs(v - s1[k])
+            if a > dev[k]:
+                dev[k] = a
+    for k in range(nd):
+        n = quiet[k]
+        quiet[k] = 0
+        std = s2[k]
+        if nsig <= 1.0 or n < 3:
+            continue
+        scale = abs(s1[k]) + std
+        if not std > 1e-6 * scale:
+            continue
+        half = (n - 1) // 2
+        if below[k] > half or above[k] > half:
+            continue
+        if dev[k] <= (nsig - _MEDIAN_BOX) * std - 4e-7 * scale:
+            quiet[k] = 1
 
 
 @numba.njit(cache=True)
@@ -404,6 +427,11 @@ def _detect(data, gdq, gain, rn_var, method, only_use_ints, thr, thr4, thr3, out
     s1 = np.empty(ndiff, np.float64)
     s2 = np.empty(ndiff, np.float64)
     quiet = np.empty(ndiff, np.int64)
+    qlo = np.empty(ndiff, np.float64)
+    qhi = np.empty(ndiff, np.float64)
+    qdev = np.empty(ndiff, np.float64)
+    qbelow = np.empty(ndiff, np.int64)
+    qabove = np.empty(ndiff, np.int64)
     for y in range(ny):
         _load_row(data, gdq, gain, y, row, had_jump, isc, scaled)
         for x in range(nx):
@@ -425,7 +453,7 @@ def _detect(data, gdq, gain, rn_var, method, only_use_ints, thr, thr4, thr3, out
             elif method == SIGMA_CLIP:
                 if only_use_ints:
                     # most columns of a TSO pixel hold no outlier: shown for all at once
-                    _columns_quiet(diffs, thr, s1, s2, quiet)
+                    _columns_quiet(diffs, thr, s1, s2, quiet, qlo, qhi, qdev, qbelow, qabove)
                     for k in range(ndiff):
                         if quiet[k]:
                             continue

@@ -71,6 +71,12 @@ RATE_PARTIALS: tuple[str, ...] = tuple(t[0] for t in RATE_TERMS)
 #: names of the planes returned by :func:`combine_rate`
 RATE_FIELDS: tuple[str, ...] = ("slope", "err", "var_poisson", "var_rnoise", "dq")
 
+#: :data:`RATE_TERMS` as arrays for the compiled fill: field index, and bit mask (0: the value)
+_TERM_FIELD = np.array([F[field] for _, field, _ in RATE_TERMS], np.int64)
+_TERM_MASK = np.array([0 if mask is None else int(mask) for _, _, mask in RATE_TERMS], np.int64)
+_F_SLOPE, _F_ERR, _F_VP, _F_VR, _F_DQ, _F_ICPT = (
+    F["slope"], F["err"], F["var_poisson"], F["var_rnoise"], F["dq"], F["intercept"])
+
 #: variances at or above this are reported as 0 (official LARGE_VARIANCE_THRESHOLD)
 LARGE_VARIANCE_THRESHOLD = 1.0e6
 
@@ -326,6 +332,189 @@ def _weight_table(ng):
     return table
 
 
+@numba.njit(cache=True, inline="always")
+def _all_zero(qx):
+    """Whether every group DQ value of one pixel ``(integration, group)`` is 0."""
+    acc = np.uint8(0)
+    for i in range(qx.shape[0]):
+        for g in range(qx.shape[1]):
+            acc |= qx[i, g]
+    return acc == 0
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _clean_constants(rn, gain, dc, mrate_pix, tgroup, ng, wtab, wpix, sums, cst):
+    """What every unflagged integration of a pixel shares (one segment of all ``ng`` ≥ 3
+    groups), computed as the general path computes it: ``wpix[c, j]`` the weights of class c,
+    ``sums[c]`` their Σw, Σwx, Σwx², 1/det; ``cst`` = (vr, s_r, s_p, s_e, var_poisson,
+    var_rnoise, err, 1/var_rnoise) of such an integration."""
+    n = ng
+    den_p = tgroup * gain * (n - 1.0)
+    vr = _rnoise_var(rn, gain, tgroup, np.float64(n))
+    if mrate_pix > 0.0:
+        vp = (mrate_pix + dc) / den_p
+    else:
+        vp = dc / den_p
+    s_r = 0.0 + 1.0 / vr
+    s_p = 0.0
+    if vp > 0.0:
+        s_p += 1.0 / vp
+    s_e = 0.0 + 1.0 / (vp + vr)
+    vp_i = 0.0
+    if s_p > 0.0:
+        vp_i = 1.0 / s_p
+    if vp_i >= LARGE_VARIANCE_THRESHOLD:
+        vp_i = 0.0
+    vr_i = 1.0 / s_r
+    if vr_i >= LARGE_VARIANCE_THRESHOLD:
+        vr_i = 0.0
+    ve = 1.0 / s_e
+    cst[0] = vr
+    cst[1] = s_r
+    cst[2] = s_p
+    cst[3] = s_e
+    cst[4] = vp_i
+    cst[5] = vr_i
+    cst[6] = 0.0 if ve > LARGE_VARIANCE_THRESHOLD else np.sqrt(ve)
+    cst[7] = 1.0 / vr_i if vr_i > 0.0 else 0.0
+    invrn2 = 1.0 / (rn * rn)
+    for c in range(wtab.shape[0]):
+        sw = 0.0
+        sx = 0.0
+        sxx = 0.0
+        for j in range(n):
+            w = wtab[c, n, j] * invrn2
+            wpix[c, j] = w
+            xv = np.float64(j)
+            xw = xv * w
+            sw += w
+            sx += xw
+            sxx += xv * xw
+        sums[c, 0] = sw
+        sums[c, 1] = sx
+        sums[c, 2] = sxx
+        sums[c, 3] = 1.0 / (sw * sxx - sx * sx)
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _fit_clean_ramp(di, rn2, gain, tgroup, wpix, sums, cst, dqv, orow, x, i):
+    """Fit integration ``i`` (samples ``di``, DN) of a pixel as one segment of all groups
+    and write its fields into ``orow[x, :, i]`` (the general path's arithmetic, in order)."""
+    n = di.size
+    delta = di[n - 1] - di[0]
+    den = rn2 + delta * gain
+    if den <= 0.0 or gain == 0.0:
+        snr = 0.0
+    else:
+        snr = delta * gain / np.sqrt(den)
+        snr = 0.0 if snr < 0.0 else snr
+    c = _snr_class(snr)
+    sy = 0.0
+    sxy = 0.0
+    for j in range(n):
+        w = wpix[c, j]
+        dv = di[j]
+        if np.isnan(dv):
+            dv = 0.0
+        xw = np.float64(j) * w
+        sy += dv * w
+        sxy += dv * xw
+    sw = sums[c, 0]
+    sx = sums[c, 1]
+    sxx = sums[c, 2]
+    invden = sums[c, 3]
+    sl = ((sw * sxy - sx * sy) * invden) / tgroup
+    s_num = 0.0 + sl / cst[0]
+    orow[x, 0, i] = s_num * cst[5]
+    orow[x, 1, i] = cst[6]
+    orow[x, 2, i] = cst[4]
+    orow[x, 3, i] = cst[5]
+    orow[x, 4, i] = dqv
+    orow[x, 5, i] = (sxx * sy - sx * sxy) * invden
+    orow[x, 6, i] = cst[1]
+    orow[x, 7, i] = s_num
+    orow[x, 8, i] = cst[2]
+    orow[x, 9, i] = 0.0
+    orow[x, 10, i] = 0.0
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _fit_clean_pixel(dx, rn, gain, dc, pdq, tgroup, wtab, buf, d, wpix, sums, cst, orow, x):
+    """:func:`_fit_block` for a pixel whose ramps carry no flag at all (same arithmetic, in
+    the same order, so the results are bit-identical to the general path).
+
+    Every integration is one segment of all ``ng`` (≥ 3) groups, so everything but the
+    slope, intercept and signal-to-noise class is a constant of the pixel
+    (:func:`_clean_constants`).
+    """
+    nint, ng = dx.shape
+    # -- per-pixel median rate R̃ ---------------------------------------------------------
+    acc = 0.0
+    for i in range(nint):
+        prev = np.nan
+        v0 = np.nan
+        nfin = 0
+        for g in range(ng):
+            dv = np.float64(dx[i, g])
+            d[i, g] = dv
+            cur = dv / tgroup
+            if g == 0:
+                v0 = cur
+            else:
+                buf[g - 1] = cur - prev
+                if not np.isnan(buf[g - 1]):
+                    nfin += 1
+            prev = cur
+        if nfin == 0 and not np.isnan(v0):
+            buf[0] = v0
+        mrate = _median_sorted_finite(buf, ng - 1)
+        if np.isnan(mrate):
+            mrate = 0.0
+        acc += mrate
+    mrate_pix = acc / nint
+    _clean_constants(rn, gain, dc, mrate_pix, tgroup, ng, wtab, wpix, sums, cst)
+    dqv = np.float64(pdq)
+    rn2 = rn * rn
+    for i in range(nint):
+        _fit_clean_ramp(d[i], rn2, gain, tgroup, wpix, sums, cst, dqv, orow, x, i)
+        orow[x, 9, i] = cst[7]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _scatter_products(orow, y, slope, err, vp, vr, dq, icpt, has_icpt, terms, tfield, tmask):
+    """Row ``y`` of the products from one row of fields ``orow`` ``(x, field, integration)``.
+
+    The rateints planes are cast as numpy casts them; ``terms`` ``(len(RATE_TERMS), y, x)``
+    gets the sums over integrations of :func:`rate_partials`, accumulated in integration
+    order as numpy's reduction along a leading axis does (bit-identical).
+    """
+    nx, _, nint = orow.shape
+    nterm = tfield.size
+    for x in range(nx):
+        o = orow[x]
+        for k in range(nterm):
+            acc = 0.0
+            f = tfield[k]
+            m = tmask[k]
+            if m == 0:
+                for i in range(nint):
+                    acc += o[f, i]
+            else:
+                for i in range(nint):
+                    if np.uint32(o[f, i]) & np.uint32(m):
+                        acc += 1.0
+            terms[k, y, x] = acc
+    for i in range(nint):
+        for x in range(nx):
+            slope[i, y, x] = np.float32(orow[x, _F_SLOPE, i])
+            err[i, y, x] = np.float32(orow[x, _F_ERR, i])
+            vp[i, y, x] = np.float32(orow[x, _F_VP, i])
+            vr[i, y, x] = np.float32(orow[x, _F_VR, i])
+            dq[i, y, x] = np.uint32(orow[x, _F_DQ, i])
+            if has_icpt:
+                icpt[i, y, x] = np.float32(orow[x, _F_ICPT, i])
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _fit_block(
     data,
@@ -342,9 +531,28 @@ def _fit_block(
     suppress1g,
     first,
     last,
+    clean_path,
     out,
+    to_products,
+    p_slope,
+    p_err,
+    p_vp,
+    p_vr,
+    p_dq,
+    p_icpt,
+    has_icpt,
+    p_terms,
+    tfield,
+    tmask,
 ):
+    """Fit every pixel of the block.  The results of one row are made in ``orow``
+    ``(x, field, integration)`` — contiguous per pixel: written in place, the planes of
+    ``out`` would put each pixel's 11 × nint values on as many pages — then scattered row by
+    row into ``out`` (the :data:`FIELDS` planes) or, with ``to_products``, straight into the
+    products (``p_*``, see :func:`_scatter_products`).  Returns whether a CHARGELOSS group
+    was met.  ``clean_path`` False sends every pixel through the general path (for tests)."""
     nint, ng, ny, nx = data.shape
+    orow = np.empty((nx, NFIELDS, nint), np.float64)
     d = np.empty((nint, ng), np.float64)
     q = np.empty((nint, ng), np.uint8)
     oq = np.empty((nint, ng), np.uint8)
@@ -364,11 +572,17 @@ def _fit_block(
     npers = ~_PERS
     invalid = _DNU | _SAT
     wtab = _weight_table(ng)
+    wpix = np.empty((wtab.shape[0], ng), np.float64)
+    sums = np.empty((wtab.shape[0], 4), np.float64)
+    cst = np.empty(8, np.float64)
     # one row of the block, pixel-major: each pixel's (integration, group) samples are
     # contiguous (in the block they lie ny·nx apart, a cache line each)
     drow = np.empty((nx, nint, ng), data.dtype)
     qrow = np.empty((nx, nint, ng), np.uint8)
     any_cl_block = False
+    # every group fitted, ≥ 3 of them: a pixel with no flag anywhere is one segment per
+    # integration and takes the short path (most pixels of a TSO)
+    whole = clean_path and first == 0 and last == ng - 1 and ng >= 3
     for y in range(ny):
         for i in range(nint):
             for g in range(ng):
@@ -382,6 +596,10 @@ def _fit_block(
             pdq = np.uint32(pixeldq[y, x])
             if gain <= 0.0 or np.isnan(gain):
                 pdq |= _DNU | _NGV
+            if whole and (pdq & invalid) == 0 and _all_zero(qrow[x]):
+                _fit_clean_pixel(drow[x], rn, gain, dc, pdq, tgroup, wtab, buf, d, wpix, sums, cst,
+                                 orow, x)
+                continue
             any_cl = False
             # -- read the ramp: group range, one-good-group suppression, statistics --------
             for i in range(nint):
@@ -486,8 +704,17 @@ def _fit_block(
                         mrate = 0.0
                     acc += mrate
             mrate_pix = acc / nint
+            have_cst = False
             # -- per-integration fits ------------------------------------------------------
             for i in range(nint):
+                if whole and cnt_good[i] == ng and (idq[i] & invalid) == 0:
+                    # an unflagged integration: one segment of every group
+                    if not have_cst:
+                        _clean_constants(rn, gain, dc, mrate_pix, tgroup, ng, wtab, wpix, sums, cst)
+                        have_cst = True
+                    _fit_clean_ramp(d[i], rn * rn, gain, tgroup, wpix, sums, cst,
+                                    np.float64(idq[i]), orow, x, i)
+                    continue
                 slope_i = 0.0
                 vp_i = 0.0
                 vr_i = 0.0
@@ -592,15 +819,15 @@ def _fit_block(
                 # a ramp saturating later keeps its slope
                 if cnt_sat[i] > 0:
                     idq[i] |= _SAT
-                out[0, i, y, x] = slope_i
-                out[1, i, y, x] = err_i
-                out[2, i, y, x] = vp_i
-                out[3, i, y, x] = vr_i
-                out[4, i, y, x] = np.float64(idq[i])
-                out[5, i, y, x] = icpt
-                out[6, i, y, x] = s_r
-                out[7, i, y, x] = s_num
-                out[8, i, y, x] = s_p
+                orow[x, 0, i] = slope_i
+                orow[x, 1, i] = err_i
+                orow[x, 2, i] = vp_i
+                orow[x, 3, i] = vr_i
+                orow[x, 4, i] = np.float64(idq[i])
+                orow[x, 5, i] = icpt
+                orow[x, 6, i] = s_r
+                orow[x, 7, i] = s_num
+                orow[x, 8, i] = s_p
                 fl = 0.0
                 if is_sat:
                     fl += FLAG_SAT
@@ -608,19 +835,19 @@ def _fit_block(
                     fl += FLAG_ANYSAT
                 if has_cl[i]:
                     fl += FLAG_CHARGELOSS
-                out[9, i, y, x] = 0.0
-                out[10, i, y, x] = fl
+                orow[x, 9, i] = 0.0
+                orow[x, 10, i] = fl
             if not any_cl:
                 for i in range(nint):
-                    if out[3, i, y, x] > 0.0:
-                        out[9, i, y, x] = 1.0 / out[3, i, y, x]
+                    if orow[x, 3, i] > 0.0:
+                        orow[x, 9, i] = 1.0 / orow[x, 3, i]
                 continue
             any_cl_block = True
             # -- CHARGELOSS: read noise of the ramp as if those groups had been clean --------
             for i in range(nint):
                 if not has_cl[i]:
-                    if out[3, i, y, x] > 0.0:
-                        out[9, i, y, x] = 1.0 / out[3, i, y, x]
+                    if orow[x, 3, i] > 0.0:
+                        orow[x, 9, i] = 1.0 / orow[x, 3, i]
                     continue
                 for g in range(ng):
                     if np.uint32(oq[i, g]) & _CL:
@@ -640,9 +867,63 @@ def _fit_block(
                     if vr > 0.0:
                         s_r += 1.0 / vr
                 vr_i = 1.0 / s_r if s_r != 0.0 else np.inf
-                out[3, i, y, x] = 0.0 if vr_i >= LARGE_VARIANCE_THRESHOLD else vr_i
-                out[9, i, y, x] = s_r
+                orow[x, 3, i] = 0.0 if vr_i >= LARGE_VARIANCE_THRESHOLD else vr_i
+                orow[x, 9, i] = s_r
+        if to_products:
+            _scatter_products(orow, y, p_slope, p_err, p_vp, p_vr, p_dq, p_icpt, has_icpt,
+                              p_terms, tfield, tmask)
+        else:
+            for f in range(NFIELDS):
+                for i in range(nint):
+                    for x in range(nx):
+                        out[f, i, y, x] = orow[x, f, i]
     return any_cl_block
+
+
+def _block_args(data, groupdq, pixeldq, gain, readnoise, average_dark_current, zeroframe, *,
+                nframes, tframe, tgroup, suppress_one_group=True, firstgroup=None,
+                lastgroup=None) -> tuple:
+    """The inputs of :func:`ramp_fit` checked and converted to the leading arguments of
+    :func:`_fit_block` (see :func:`ramp_fit` for their meaning)."""
+    data = np.asarray(data, dtype=np.float32)
+    nint, ng, ny, nx = data.shape
+    groupdq = np.asarray(groupdq, dtype=np.uint8)
+    if groupdq.shape != data.shape:
+        raise ValueError(f"groupdq shape {groupdq.shape} differs from data shape {data.shape}")
+    pixeldq = np.asarray(pixeldq, dtype=np.uint32)
+    gain32 = np.asarray(gain, dtype=np.float32)
+    for name, arr in (("pixeldq", pixeldq), ("gain", gain32)):
+        if arr.shape != (ny, nx):
+            raise ValueError(f"{name} shape {arr.shape} differs from the image shape {(ny, nx)}")
+    rn = electron_read_noise(readnoise, gain32, nframes=nframes)
+    dark = np.ascontiguousarray(
+        np.broadcast_to(np.asarray(average_dark_current, dtype=np.float32), (ny, nx))
+    )
+    if zeroframe is None:
+        zf = np.zeros((1, 1, 1), np.float32)
+        has_zf = False
+    else:
+        zf = np.asarray(zeroframe, dtype=np.float32)
+        if zf.shape != (nint, ny, nx):
+            raise ValueError(f"zeroframe shape {zf.shape} differs from {(nint, ny, nx)}")
+        has_zf = True
+    # the official fitter receives the times as single precision
+    tg = float(np.float32(tgroup))
+    tf = float(np.float32(tframe))
+    t1 = (float(nframes) + 1.0) * tf / 2.0
+    suppress = bool(suppress_one_group) and ng > 1
+    if firstgroup is None and lastgroup is None:
+        first, last = 0, ng - 1
+    else:
+        first, last = resolve_group_range(firstgroup, lastgroup, ng)
+    return data, groupdq, pixeldq, gain32, rn, dark, zf, has_zf, tg, tf, t1, suppress, first, last
+
+
+#: stand-ins for the arguments of :func:`_fit_block` that a call does not use
+_NO_FIELDS = np.empty((NFIELDS, 0, 0, 0), np.float64)
+_NO_PRODUCTS = (*(np.empty((0, 0, 0), np.float32),) * 4, np.empty((0, 0, 0), np.uint32),
+                np.empty((0, 0, 0), np.float32), False, np.empty((0, 0, 0), np.float64),
+                np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 def ramp_fit(
@@ -694,43 +975,15 @@ def ramp_fit(
     ndarray, (NFIELDS, integration, y, x), float64
         Planes named by :data:`FIELDS` (rateints values, rate partial sums and counts).
     """
-    data = np.asarray(data, dtype=np.float32)
-    nint, ng, ny, nx = data.shape
-    groupdq = np.asarray(groupdq, dtype=np.uint8)
-    if groupdq.shape != data.shape:
-        raise ValueError(f"groupdq shape {groupdq.shape} differs from data shape {data.shape}")
-    pixeldq = np.asarray(pixeldq, dtype=np.uint32)
-    gain32 = np.asarray(gain, dtype=np.float32)
-    for name, arr in (("pixeldq", pixeldq), ("gain", gain32)):
-        if arr.shape != (ny, nx):
-            raise ValueError(f"{name} shape {arr.shape} differs from the image shape {(ny, nx)}")
-    rn = electron_read_noise(readnoise, gain32, nframes=nframes)
-    dark = np.ascontiguousarray(
-        np.broadcast_to(np.asarray(average_dark_current, dtype=np.float32), (ny, nx))
-    )
-    if zeroframe is None:
-        zf = np.zeros((1, 1, 1), np.float32)
-        has_zf = False
-    else:
-        zf = np.asarray(zeroframe, dtype=np.float32)
-        if zf.shape != (nint, ny, nx):
-            raise ValueError(f"zeroframe shape {zf.shape} differs from {(nint, ny, nx)}")
-        has_zf = True
-    # the official fitter receives the times as single precision
-    tg = float(np.float32(tgroup))
-    tf = float(np.float32(tframe))
-    t1 = (float(nframes) + 1.0) * tf / 2.0
-    suppress = bool(suppress_one_group) and ng > 1
-    if firstgroup is None and lastgroup is None:
-        first, last = 0, ng - 1
-    else:
-        first, last = resolve_group_range(firstgroup, lastgroup, ng)
+    args = _block_args(data, groupdq, pixeldq, gain, readnoise, average_dark_current, zeroframe,
+                       nframes=nframes, tframe=tframe, tgroup=tgroup,
+                       suppress_one_group=suppress_one_group, firstgroup=firstgroup,
+                       lastgroup=lastgroup)
+    nint, _, ny, nx = args[0].shape
     out = np.empty((NFIELDS, nint, ny, nx), np.float64)
     if nint == 0 or ny == 0 or nx == 0:
         return out
-    _fit_block(
-        data, groupdq, pixeldq, gain32, rn, dark, zf, has_zf, tg, tf, t1, suppress, first, last, out
-    )
+    _fit_block(*args, True, out, False, *_NO_PRODUCTS)
     return out
 
 
@@ -752,11 +1005,6 @@ def _empty_products(nint: int, ny: int, nx: int, save_intercepts: bool) -> dict[
     return out
 
 
-#: :data:`RATE_TERMS` as arrays for the compiled fill: field index, and bit mask (0: the value)
-_TERM_FIELD = np.array([F[field] for _, field, _ in RATE_TERMS], np.int64)
-_TERM_MASK = np.array([0 if mask is None else int(mask) for _, _, mask in RATE_TERMS], np.int64)
-_F_SLOPE, _F_ERR, _F_VP, _F_VR, _F_DQ, _F_ICPT = (
-    F["slope"], F["err"], F["var_poisson"], F["var_rnoise"], F["dq"], F["intercept"])
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -820,26 +1068,28 @@ PRODUCT_SLAB_BYTES = 8 * 2**20
 
 
 def fit_products(data, groupdq, pixeldq, gain, readnoise, average_dark_current, zeroframe=None, *,
-                 save_intercepts: bool = False, slab_bytes: int = PRODUCT_SLAB_BYTES,
-                 **params) -> dict[str, np.ndarray]:
+                 save_intercepts: bool = False, **params) -> dict[str, np.ndarray]:
     """:func:`ramp_fit` of one block straight to its products (:func:`products_of_fields`).
 
-    Same inputs and keyword parameters as :func:`ramp_fit`.  The rows are fitted a slab at a
-    time, so the 88-byte-per-sample fields exist only for ``slab_bytes`` (each pixel's fit
-    depends on that pixel alone: the result equals fitting the block at once, bit for bit).
+    Same inputs and keyword parameters as :func:`ramp_fit`.  The 88-byte-per-sample fields
+    exist for one row of the block at a time; the result equals
+    ``products_of_fields(ramp_fit(...))`` bit for bit.
     """
-    data = np.asarray(data)
-    nint, _, ny, nx = data.shape
-    out = _empty_products(nint, ny, nx, save_intercepts)
-    rows = max(1, int(slab_bytes) // max(1, NFIELDS * nint * nx * 8))
-    gain, readnoise, average_dark_current = (np.broadcast_to(np.asarray(a), (ny, nx))
+    shape = np.shape(data)[2:]
+    gain, readnoise, average_dark_current = (np.broadcast_to(np.asarray(a), shape)
                                              for a in (gain, readnoise, average_dark_current))
-    for y0 in range(0, ny, rows):
-        ys = slice(y0, min(ny, y0 + rows))
-        fields = ramp_fit(data[:, :, ys], groupdq[:, :, ys], pixeldq[ys], gain[ys], readnoise[ys],
-                          average_dark_current[ys], None if zeroframe is None else zeroframe[:, ys],
-                          **params)
-        _fill_products(out, fields, ys)
+    args = _block_args(data, groupdq, pixeldq, gain, readnoise, average_dark_current, zeroframe,
+                       **params)
+    nint, _, ny, nx = args[0].shape
+    out = _empty_products(nint, ny, nx, save_intercepts)
+    if nint == 0 or ny == 0 or nx == 0:
+        out["rate_terms"][...] = 0.0
+        return out
+    has_icpt = "intercept" in out
+    icpt = out["intercept"] if has_icpt else _NO_PRODUCTS[5]
+    _fit_block(*args, True, _NO_FIELDS, True, out["data"], out["err"], out["var_poisson"],
+               out["var_rnoise"], out["dq"], icpt, has_icpt, out["rate_terms"][0], _TERM_FIELD,
+               _TERM_MASK)
     return out
 
 

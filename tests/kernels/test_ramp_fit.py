@@ -386,18 +386,14 @@ def test_spatial_tiles_equal_whole(seed, cut, suppress):
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**31), rows=st.integers(1, 5), intercepts=st.booleans(),
-       use_zf=st.booleans())
-def test_fit_products_by_row_slabs_equal_products_of_whole_fields(seed, rows, intercepts, use_zf):
+@given(seed=st.integers(0, 2**31), intercepts=st.booleans(), use_zf=st.booleans())
+def test_fit_products_equal_products_of_fields(seed, intercepts, use_zf):
     data, q, pdq, gain, rn, dark, zf = _random_block(seed, ny=6)
     kw = dict(nframes=1, tframe=10.0, tgroup=10.0, suppress_one_group=not use_zf)
     zf = zf if use_zf else None
     whole = k.products_of_fields(k.ramp_fit(data, q, pdq, gain, rn, dark, zf, **kw),
                                  save_intercepts=intercepts)
-    # slab_bytes sized to `rows` rows at a time
-    slab = rows * k.NFIELDS * data.shape[0] * data.shape[3] * 8
-    got = k.fit_products(data, q, pdq, gain, rn, dark, zf, save_intercepts=intercepts,
-                         slab_bytes=slab, **kw)
+    got = k.fit_products(data, q, pdq, gain, rn, dark, zf, save_intercepts=intercepts, **kw)
     assert set(got) == set(whole) == ({"data", "err", "var_poisson", "var_rnoise", "dq", "rate_terms"}
                                       | ({"intercept"} if intercepts else set()))
     for name in whole:
@@ -406,6 +402,47 @@ def test_fit_products_by_row_slabs_equal_products_of_whole_fields(seed, rows, in
     assert got["rate_terms"].shape == (1, len(k.RATE_TERMS), *data.shape[2:])
     np.testing.assert_array_equal(got["rate_terms"][0], k.rate_partials(
         k.ramp_fit(data, q, pdq, gain, rn, dark, zf, **kw)))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31), flagged=st.floats(0.0, 0.05), pixbad=st.booleans(),
+       ng=st.integers(3, 12), save=st.booleans())
+def test_unflagged_ramp_path_equals_general_path(seed, flagged, pixbad, ng, save):
+    """The short path for unflagged integrations and pixels gives, bit for bit, what the
+    general path gives (each pixel mixes both when some of its integrations are flagged)."""
+    rng = np.random.default_rng(seed)
+    nint, ny, nx = 7, 5, 6
+    rate = rng.uniform(-5, 400, (ny, nx))
+    data = (rng.normal(1000, 50, (1, 1, ny, nx)) + rate * 10.0 * np.arange(ng)[None, :, None, None]
+            + rng.normal(0, 12, (nint, ng, ny, nx))).astype(np.float32)
+    q = np.zeros(data.shape, np.uint8)
+    hit = rng.random(data.shape) < flagged
+    q[hit] = rng.choice(np.array([dq.JUMP_DET, dq.SATURATED, dq.DO_NOT_USE, dq.PERSISTENCE], np.uint8),
+                        hit.sum())
+    pdq = np.zeros((ny, nx), np.uint32)
+    if pixbad:
+        pdq[0, :2] = [dq.DO_NOT_USE, dq.HOT]
+    gain = rng.uniform(1.0, 2.0, (ny, nx)).astype(np.float32)
+    gain[1, 1] = 0.0
+    rn = rng.uniform(5, 15, (ny, nx)).astype(np.float32)
+    dark = rng.uniform(0, 0.1, (ny, nx)).astype(np.float32)
+    args = k._block_args(data, q, pdq, gain, rn, dark, None, nframes=1, tframe=10.0, tgroup=10.0)
+    outs = []
+    for clean_path in (True, False):
+        if save:
+            out = np.empty((k.NFIELDS, nint, ny, nx))
+            k._fit_block(*args, clean_path, out, False, *k._NO_PRODUCTS)
+        else:
+            out = k._empty_products(nint, ny, nx, True)
+            k._fit_block(*args, clean_path, k._NO_FIELDS, True, out["data"], out["err"],
+                         out["var_poisson"], out["var_rnoise"], out["dq"], out["intercept"], True,
+                         out["rate_terms"][0], k._TERM_FIELD, k._TERM_MASK)
+            out = np.concatenate([out[n].reshape(-1).astype(np.float64) for n in sorted(out)])
+        outs.append(out)
+    assert np.isfinite(outs[0]).any()
+    np.testing.assert_array_equal(outs[0], outs[1])
+    # identical down to the sign of zeros and the NaN pattern
+    assert np.array_equal(np.signbit(outs[0]), np.signbit(outs[1]))
 
 
 def test_rate_partials_combine_by_addition():
