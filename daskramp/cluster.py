@@ -27,6 +27,11 @@ class ClusterProfile:
     memory_limit: str | int = "auto"
     processes: bool = True
     dashboard_address: str | None = ":0"
+    #: dask's statistical profiler in each worker (the dashboard's "Profile" page).  Off by
+    #: default: it keeps a call tree per second of run for up to 1000 s, ≈ 0.12 MB per second
+    #: of a SOSS run measured here (≈ 65 MB per worker by the end of a 9-minute run), memory
+    #: that grows with the run's length, not with its chunks; and it samples every 10 ms.
+    worker_profiling: bool = False
 
     @classmethod
     def from_yaml(cls, path) -> ClusterProfile:
@@ -79,7 +84,8 @@ def connect(profile: ClusterProfile | None = None, *, quiet: bool = False, **ove
         # conversion in workers (benchmarks/ingest.py) for ~100 MiB more RSS per worker
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
         environ.setdefault("MALLOC_MMAP_THRESHOLD_", 32 * 2**20)
-        dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
+                         "distributed.worker.profile.enabled": bool(profile.worker_profiling)})
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=profile.threads_per_worker,

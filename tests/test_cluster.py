@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import dask
 import pytest
 import yaml
 
@@ -36,6 +37,10 @@ def test_compose_file_matches_cli():
     # workers reach the scheduler by its service name and share one volume at the same path
     assert worker["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
     assert worker["environment"][ENV_SCHEDULER] == "tcp://scheduler:8786"
+    # the workers' statistical profiler is off there as in the local clusters (the variable
+    # is one dask reads: DASK_ + the config path)
+    env = {k: v for k, v in worker["environment"].items() if k.startswith("DASK_")}
+    assert dask.config.collect_env(env)["distributed"]["worker"]["profile"]["enabled"] is False
     mounts = {v.split(":")[1] for v in sched["volumes"]} | {v.split(":")[1] for v in worker["volumes"]}
     assert mounts == {"/data"}
     assert "data" in compose["volumes"]
@@ -61,3 +66,26 @@ def test_connect_to_real_scheduler(real_cluster, monkeypatch):
         pids = set(client.run(lambda: __import__("os").getpid()).values())
         assert len(pids) == 2 and __import__("os").getpid() not in pids
         assert float(da.ones((100, 100), chunks=10).sum().compute()) == 10000.0
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("profiling", [False, True])
+def test_local_cluster_worker_profiler_setting(profiling):
+    """The workers of a local cluster run dask's statistical profiler only when asked: its
+    call trees, one per second of run, are worker memory that grows with the run's length."""
+    import time
+
+    def busy():
+        time.sleep(1.6)  # longer than one profiler cycle (1 s)
+        return 1
+
+    def history(dask_worker):
+        return dask.config.get("distributed.worker.profile.enabled"), len(dask_worker.profile_history)
+
+    prof = ClusterProfile(workers=1, memory_limit="1GB", dashboard_address=None,
+                          worker_profiling=profiling)
+    with connect(prof, quiet=True) as client:
+        assert client.submit(busy, pure=False).result() == 1
+        (enabled, cycles), = client.run(history).values()
+    assert enabled is profiling
+    assert (cycles > 0) is profiling
