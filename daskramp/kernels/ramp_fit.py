@@ -342,6 +342,32 @@ def _all_zero(qx):
     return acc == 0
 
 
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _median_rate(di, qi, tgroup, buf):
+    """Median of one integration's group-to-group rate differences (DN/s), skipping groups
+    that are DO_NOT_USE and differences ending on a JUMP_DET group; group 0 alone (as a
+    rate) when no difference is left; NaN when nothing is (spec 08 §3)."""
+    ng = di.size
+    prev = np.nan
+    v0 = np.nan
+    nfin = 0
+    for g in range(ng):
+        cur = np.nan if (np.uint32(qi[g]) & _DNU) else di[g] / tgroup
+        if g == 0:
+            v0 = cur
+        else:
+            if np.uint32(qi[g]) & _JUMP:
+                buf[g - 1] = np.nan
+            else:
+                buf[g - 1] = cur - prev
+            if not np.isnan(buf[g - 1]):
+                nfin += 1
+        prev = cur
+    if nfin == 0 and not np.isnan(v0):
+        buf[0] = v0
+    return _median_sorted_finite(buf, ng - 1)
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _clean_constants(rn, gain, dc, mrate_pix, tgroup, ng, wtab, wpix, sums, cst):
     """What every unflagged integration of a pixel shares (one segment of all ``ng`` ≥ 3
@@ -439,7 +465,7 @@ def _fit_clean_ramp(di, rn2, gain, tgroup, wpix, sums, cst, dqv, orow, x, i):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _fit_clean_pixel(dx, rn, gain, dc, pdq, tgroup, wtab, buf, d, wpix, sums, cst, orow, x):
+def _fit_clean_pixel(dx, qx, rn, gain, dc, pdq, tgroup, wtab, buf, d, wpix, sums, cst, orow, x):
     """:func:`_fit_block` for a pixel whose ramps carry no flag at all (same arithmetic, in
     the same order, so the results are bit-identical to the general path).
 
@@ -451,23 +477,9 @@ def _fit_clean_pixel(dx, rn, gain, dc, pdq, tgroup, wtab, buf, d, wpix, sums, cs
     # -- per-pixel median rate R̃ ---------------------------------------------------------
     acc = 0.0
     for i in range(nint):
-        prev = np.nan
-        v0 = np.nan
-        nfin = 0
         for g in range(ng):
-            dv = np.float64(dx[i, g])
-            d[i, g] = dv
-            cur = dv / tgroup
-            if g == 0:
-                v0 = cur
-            else:
-                buf[g - 1] = cur - prev
-                if not np.isnan(buf[g - 1]):
-                    nfin += 1
-            prev = cur
-        if nfin == 0 and not np.isnan(v0):
-            buf[0] = v0
-        mrate = _median_sorted_finite(buf, ng - 1)
+            d[i, g] = np.float64(dx[i, g])
+        mrate = _median_rate(d[i], qx[i], tgroup, buf)
         if np.isnan(mrate):
             mrate = 0.0
         acc += mrate
@@ -597,8 +609,8 @@ def _fit_block(
             if gain <= 0.0 or np.isnan(gain):
                 pdq |= _DNU | _NGV
             if whole and (pdq & invalid) == 0 and _all_zero(qrow[x]):
-                _fit_clean_pixel(drow[x], rn, gain, dc, pdq, tgroup, wtab, buf, d, wpix, sums, cst,
-                                 orow, x)
+                _fit_clean_pixel(drow[x], qrow[x], rn, gain, dc, pdq, tgroup, wtab, buf, d, wpix,
+                                 sums, cst, orow, x)
                 continue
             any_cl = False
             # -- read the ramp: group range, one-good-group suppression, statistics --------
@@ -682,24 +694,7 @@ def _fit_block(
                     elif iszf[i]:
                         mrate = d[i, 0] / tframe
                     else:
-                        prev = np.nan
-                        v0 = np.nan
-                        nfin = 0
-                        for g in range(ng):
-                            cur = np.nan if (np.uint32(q[i, g]) & _DNU) else d[i, g] / tgroup
-                            if g == 0:
-                                v0 = cur
-                            else:
-                                if np.uint32(q[i, g]) & _JUMP:
-                                    buf[g - 1] = np.nan
-                                else:
-                                    buf[g - 1] = cur - prev
-                                if not np.isnan(buf[g - 1]):
-                                    nfin += 1
-                            prev = cur
-                        if nfin == 0 and not np.isnan(v0):
-                            buf[0] = v0
-                        mrate = _median_sorted_finite(buf, ng - 1)
+                        mrate = _median_rate(d[i], q[i], tgroup, buf)
                     if np.isnan(mrate):
                         mrate = 0.0
                     acc += mrate

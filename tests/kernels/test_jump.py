@@ -437,7 +437,8 @@ def test_quiet_columns_are_never_clipped(seed, nint):
             v = rng.standard_t(2, shape) * 5.0 + 1e4
         elif kind == 2:
             v = rng.normal(0.0, 1.0, shape)
-            v[rng.integers(0, nint, 1 + trial % 3), rng.integers(0, 8)] += rng.uniform(2, 8) * rng.choice([-1, 1])
+            hit = rng.integers(0, nint, 1 + trial % 3), rng.integers(0, 8)
+            v[hit] += rng.uniform(2, 8) * rng.choice([-1, 1])
         elif kind == 3:
             v = rng.integers(0, 3, shape).astype(float)
         elif kind == 4:
@@ -458,5 +459,6 @@ def test_quiet_columns_decide_most_gaussian_columns():
     """Nearly every outlier-free TSO column (158 integrations) is shown quiet at 4 σ: only
     those go without the exact clip (what makes the sigma-clip mode fast)."""
     rng = np.random.default_rng(5)
-    quiet = np.concatenate([_quiet_columns(rng.normal(10.0, 2.0, (158, 8)), 4.0) for _ in range(200)])
+    quiet = np.concatenate([_quiet_columns(rng.normal(10.0, 2.0, (158, 8)), 4.0)
+                            for _ in range(200)])
     assert quiet.mean() > 0.9

@@ -417,8 +417,8 @@ def test_unflagged_ramp_path_equals_general_path(seed, flagged, pixbad, ng, save
             + rng.normal(0, 12, (nint, ng, ny, nx))).astype(np.float32)
     q = np.zeros(data.shape, np.uint8)
     hit = rng.random(data.shape) < flagged
-    q[hit] = rng.choice(np.array([dq.JUMP_DET, dq.SATURATED, dq.DO_NOT_USE, dq.PERSISTENCE], np.uint8),
-                        hit.sum())
+    flags = np.array([dq.JUMP_DET, dq.SATURATED, dq.DO_NOT_USE, dq.PERSISTENCE], np.uint8)
+    q[hit] = rng.choice(flags, hit.sum())
     pdq = np.zeros((ny, nx), np.uint32)
     if pixbad:
         pdq[0, :2] = [dq.DO_NOT_USE, dq.HOT]
