@@ -368,6 +368,27 @@ def _median_rate(di, qi, tgroup, buf):
     return _median_sorted_finite(buf, ng - 1)
 
 
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _poisson_var(mrate_pix, dc, den_p):
+    """Poisson variance of one segment, (R̃ + dark)/den_p, R̃ left out when not positive."""
+    if mrate_pix > 0.0:
+        return (mrate_pix + dc) / den_p
+    return dc / den_p
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _integration_variances(s_p, s_r):
+    """An integration's Poisson and read-noise variances from its segments' inverse sums,
+    each reported as 0 at or above :data:`LARGE_VARIANCE_THRESHOLD`."""
+    vp_i = 1.0 / s_p if s_p > 0.0 else 0.0
+    if vp_i >= LARGE_VARIANCE_THRESHOLD:
+        vp_i = 0.0
+    vr_i = 1.0 / s_r
+    if vr_i >= LARGE_VARIANCE_THRESHOLD:
+        vr_i = 0.0
+    return vp_i, vr_i
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _clean_constants(rn, gain, dc, mrate_pix, tgroup, ng, wtab, wpix, sums, cst):
     """What every unflagged integration of a pixel shares (one segment of all ``ng`` ≥ 3
@@ -377,23 +398,13 @@ def _clean_constants(rn, gain, dc, mrate_pix, tgroup, ng, wtab, wpix, sums, cst)
     n = ng
     den_p = tgroup * gain * (n - 1.0)
     vr = _rnoise_var(rn, gain, tgroup, np.float64(n))
-    if mrate_pix > 0.0:
-        vp = (mrate_pix + dc) / den_p
-    else:
-        vp = dc / den_p
+    vp = _poisson_var(mrate_pix, dc, den_p)
     s_r = 0.0 + 1.0 / vr
     s_p = 0.0
     if vp > 0.0:
         s_p += 1.0 / vp
     s_e = 0.0 + 1.0 / (vp + vr)
-    vp_i = 0.0
-    if s_p > 0.0:
-        vp_i = 1.0 / s_p
-    if vp_i >= LARGE_VARIANCE_THRESHOLD:
-        vp_i = 0.0
-    vr_i = 1.0 / s_r
-    if vr_i >= LARGE_VARIANCE_THRESHOLD:
-        vr_i = 0.0
+    vp_i, vr_i = _integration_variances(s_p, s_r)
     ve = 1.0 / s_e
     cst[0] = vr
     cst[1] = s_r
@@ -780,22 +791,13 @@ def _fit_block(
                                 icpt = (sxx * sy - sx * sxy) * invden
                             den_p = tgroup * gain * (n - 1.0)
                             vr = _rnoise_var(rn, gain, tgroup, np.float64(n))
-                        if mrate_pix > 0.0:
-                            vp = (mrate_pix + dc) / den_p
-                        else:
-                            vp = dc / den_p
+                        vp = _poisson_var(mrate_pix, dc, den_p)
                         s_r += 1.0 / vr
                         if vp > 0.0:
                             s_p += 1.0 / vp
                         s_e += 1.0 / (vp + vr)
                         s_num += sl / vr
-                    if s_p > 0.0:
-                        vp_i = 1.0 / s_p
-                    if vp_i >= LARGE_VARIANCE_THRESHOLD:
-                        vp_i = 0.0
-                    vr_i = 1.0 / s_r
-                    if vr_i >= LARGE_VARIANCE_THRESHOLD:
-                        vr_i = 0.0
+                    vp_i, vr_i = _integration_variances(s_p, s_r)
                     if idq[i] & invalid:
                         slope_i = np.nan
                         vp_i = 0.0
