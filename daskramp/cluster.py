@@ -32,6 +32,13 @@ class ClusterProfile:
     #: of a SOSS run measured here (≈ 65 MB per worker by the end of a 9-minute run), memory
     #: that grows with the run's length, not with its chunks; and it samples every 10 ms.
     worker_profiling: bool = False
+    #: root tasks the scheduler hands a worker per thread (dask's
+    #: ``distributed.scheduler.worker-saturation``) in clusters daskramp starts.  dask's 1.1
+    #: gives a one-thread worker its next tile task while one runs: a tile that finishes
+    #: starts the next at once, and its products wait in memory for their store tasks until
+    #: that next tile is done.  At 1.0 the stores run first (≈ 50 MB less per worker for a
+    #: SOSS tile, and the peak no longer grows with the run: benchmarks/out_of_core.py).
+    worker_saturation: float = 1.0
 
     @classmethod
     def from_yaml(cls, path) -> ClusterProfile:
@@ -85,7 +92,8 @@ def connect(profile: ClusterProfile | None = None, *, quiet: bool = False, **ove
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
         environ.setdefault("MALLOC_MMAP_THRESHOLD_", 32 * 2**20)
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
-                         "distributed.worker.profile.enabled": bool(profile.worker_profiling)})
+                         "distributed.worker.profile.enabled": bool(profile.worker_profiling),
+                         "distributed.scheduler.worker-saturation": float(profile.worker_saturation)})
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=profile.threads_per_worker,

@@ -26,3 +26,24 @@ def test_benchmark_runs_at_toy_size(tmp_path, script, args, expect):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert expect in r.stdout, r.stdout[-2000:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_high_water_mark_is_at_least_the_largest_rss_seen():
+    import numpy as np
+    import psutil
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from out_of_core import high_water_marks
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    me = os.getpid()
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB touched, then freed
+    seen = psutil.Process(me).memory_info().rss
+    del block
+    hwm = high_water_marks({"me": me, "gone": 2**22 + 12345})
+    assert hwm["gone"] is None
+    # the kernel's RSS counters lag by up to 64 pages per thread (split RSS counting)
+    assert hwm["me"] >= seen - 2**20
+    assert seen > 64 * 2**20

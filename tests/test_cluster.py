@@ -41,6 +41,11 @@ def test_compose_file_matches_cli():
     # is one dask reads: DASK_ + the config path)
     env = {k: v for k, v in worker["environment"].items() if k.startswith("DASK_")}
     assert dask.config.collect_env(env)["distributed"]["worker"]["profile"]["enabled"] is False
+    # and its scheduler hands out one root task per worker thread, as theirs does
+    env = {k: v for k, v in sched["environment"].items() if k.startswith("DASK_")}
+    sched_env = dask.config.collect_env(env)["distributed"]["scheduler"]
+    saturation = sched_env.get("worker-saturation", sched_env.get("worker_saturation"))
+    assert saturation == ClusterProfile().worker_saturation == 1.0
     mounts = {v.split(":")[1] for v in sched["volumes"]} | {v.split(":")[1] for v in worker["volumes"]}
     assert mounts == {"/data"}
     assert "data" in compose["volumes"]
@@ -89,3 +94,27 @@ def test_local_cluster_worker_profiler_setting(profiling):
         (enabled, cycles), = client.run(history).values()
     assert enabled is profiling
     assert (cycles > 0) is profiling
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("saturation, held", [(1.0, 1), (1.1, 2)])
+def test_local_cluster_worker_saturation(saturation, held):
+    """How many root tasks a one-thread worker holds at once: the default 1.0 hands it the
+    next tile only when one finishes (so a tile's products are stored before the next tile
+    runs); dask's own 1.1 queues one more on the worker."""
+
+    def held_now(i):
+        import time
+
+        from distributed import get_worker
+
+        time.sleep(0.3)  # the scheduler has filled the worker's slots by now
+        state = get_worker().state
+        return sum(ts.state in ("ready", "executing", "constrained") for ts in state.tasks.values())
+
+    prof = ClusterProfile(workers=1, memory_limit="1GB", dashboard_address=None,
+                          worker_saturation=saturation)
+    with connect(prof, quiet=True) as client:
+        assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == saturation
+        counts = client.gather(client.map(held_now, range(6), pure=False))
+    assert max(counts) == held
