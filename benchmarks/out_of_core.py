@@ -106,8 +106,9 @@ def high_water_marks(pids: dict[str, int]) -> dict[str, int | None]:
     """Each process's exact peak RSS so far (Linux ``VmHWM``; None where unavailable).
 
     The kernel keeps this high-water mark itself (to within its per-thread counter batching,
-    well under 1 MiB), so unlike the 0.1 s samples it cannot miss a short peak: a longer run takes more samples and so finds a higher sampled peak for the
-    same working set, which biases a sampled comparison across sizes."""
+    well under 1 MiB), so unlike the 0.1 s samples it cannot miss a short peak: a longer run
+    takes more samples and so finds a higher sampled peak for the same working set, which
+    biases a sampled comparison across sizes."""
     out: dict[str, int | None] = {}
     for name, pid in pids.items():
         try:

@@ -37,7 +37,7 @@ class ClusterProfile:
     #: gives a one-thread worker its next tile task while one runs: a tile that finishes
     #: starts the next at once, and its products wait in memory for their store tasks until
     #: that next tile is done.  At 1.0 the stores run first (≈ 50 MB less per worker for a
-    #: SOSS tile, and the peak no longer grows with the run: benchmarks/out_of_core.py).
+    #: SOSS tile, and the peak grows less with the run's length: benchmarks/out_of_core.py).
     worker_saturation: float = 1.0
 
     @classmethod
