@@ -94,12 +94,20 @@ def connect(profile: ClusterProfile | None = None, *, quiet: bool = False, **ove
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                          "distributed.worker.profile.enabled": bool(profile.worker_profiling),
                          "distributed.scheduler.worker-saturation": float(profile.worker_saturation)})
+        extra = {}
+        if profile.processes:
+            # zarr decodes the inner chunks of a read in a thread pool of its own, as many
+            # threads as the machine has cores: a one-thread worker would use every core while
+            # it reads, and the workers would contend for them.  Set in the worker process
+            # (not in this one's environment, which the next cluster would inherit).
+            extra["env"] = {"ZARR_THREADING__MAX_WORKERS": str(profile.threads_per_worker or 1)}
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=profile.threads_per_worker,
             memory_limit=profile.memory_limit,
             processes=profile.processes,
             dashboard_address=profile.dashboard_address,
+            **extra,
         )
         client = Client(cluster)
     try:

@@ -46,6 +46,9 @@ def test_compose_file_matches_cli():
     sched_env = dask.config.collect_env(env)["distributed"]["scheduler"]
     saturation = sched_env.get("worker-saturation", sched_env.get("worker_saturation"))
     assert saturation == ClusterProfile().worker_saturation == 1.0
+    # zarr's decoding pool is capped at the worker's threads (ZARR_ + the config path)
+    nthreads = worker["command"][worker["command"].index("--nthreads") + 1]
+    assert worker["environment"]["ZARR_THREADING__MAX_WORKERS"] == nthreads
     mounts = {v.split(":")[1] for v in sched["volumes"]} | {v.split(":")[1] for v in worker["volumes"]}
     assert mounts == {"/data"}
     assert "data" in compose["volumes"]
@@ -118,3 +121,22 @@ def test_local_cluster_worker_saturation(saturation, held):
         assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == saturation
         counts = client.gather(client.map(held_now, range(6), pure=False))
     assert max(counts) == held
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("threads", [1, 2])
+def test_local_cluster_caps_zarr_threads(threads):
+    """zarr decodes in a thread pool of its own, sized to the machine: in the workers of a
+    local cluster it gets as many threads as the worker, so workers do not contend for the
+    cores while they read."""
+
+    def pool_size():
+        import zarr
+
+        return zarr.config.get("threading.max_workers")
+
+    prof = ClusterProfile(workers=1, threads_per_worker=threads, memory_limit="1GB",
+                          dashboard_address=None)
+    with connect(prof, quiet=True) as client:
+        sizes = set(client.run(pool_size).values())
+    assert sizes == {threads}
