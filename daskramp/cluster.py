@@ -91,6 +91,16 @@ def connect(profile: ClusterProfile | None = None, *, quiet: bool = False, **ove
         # conversion in workers (benchmarks/ingest.py) for ~100 MiB more RSS per worker
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
         environ.setdefault("MALLOC_MMAP_THRESHOLD_", 32 * 2**20)
+        # one malloc arena per worker: with one per thread (glibc's default) the tile task's
+        # temporaries and the other threads' buffers land in separate arenas, whose free
+        # space the next tile cannot reuse; measured on a 4-segment SOSS run, the per-worker
+        # peak rose by 17 % from the first tenth of the run to the last with them and by 4 %
+        # with one arena, and the peak was 70 MB lower, at the same speed
+        environ.setdefault("MALLOC_ARENA_MAX", 1)
+        # the nanny puts these in this process's environment before it spawns a worker; they
+        # are meant for the workers, so this process gets its own back (a program started
+        # from here later must not inherit single-threaded BLAS and the workers' malloc)
+        saved = {k: os.environ.get(k) for k in environ}
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                          "distributed.worker.profile.enabled": bool(profile.worker_profiling),
                          "distributed.scheduler.worker-saturation": float(profile.worker_saturation)})
@@ -110,6 +120,7 @@ def connect(profile: ClusterProfile | None = None, *, quiet: bool = False, **ove
             **extra,
         )
         client = Client(cluster)
+        _restore_environ(saved)
     try:
         if not quiet:
             info = client.scheduler_info()
@@ -122,6 +133,15 @@ def connect(profile: ClusterProfile | None = None, *, quiet: bool = False, **ove
         client.close()
         if cluster is not None:
             cluster.close()
+            _restore_environ(saved)
+
+
+def _restore_environ(saved: dict) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def worker_memory_limit(client) -> int | None:

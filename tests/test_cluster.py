@@ -49,6 +49,7 @@ def test_compose_file_matches_cli():
     # zarr's decoding pool is capped at the worker's threads (ZARR_ + the config path)
     nthreads = worker["command"][worker["command"].index("--nthreads") + 1]
     assert worker["environment"]["ZARR_THREADING__MAX_WORKERS"] == nthreads
+    assert worker["environment"]["MALLOC_ARENA_MAX"] == "1"
     mounts = {v.split(":")[1] for v in sched["volumes"]} | {v.split(":")[1] for v in worker["volumes"]}
     assert mounts == {"/data"}
     assert "data" in compose["volumes"]
@@ -140,3 +141,21 @@ def test_local_cluster_caps_zarr_threads(threads):
     with connect(prof, quiet=True) as client:
         sizes = set(client.run(pool_size).values())
     assert sizes == {threads}
+
+
+@pytest.mark.distributed
+def test_local_cluster_sets_worker_environment_only(monkeypatch):
+    """The workers get one malloc arena and single-threaded BLAS (dask's nanny settings); this
+    process keeps its own environment, so programs it starts later do not inherit them."""
+    import os
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    names = ("MALLOC_ARENA_MAX", "OMP_NUM_THREADS")
+    prof = ClusterProfile(workers=1, memory_limit="1GB", dashboard_address=None)
+    with connect(prof, quiet=True) as client:
+        inside = {k: os.environ.get(k) for k in names}
+        (seen,) = client.run(lambda: {k: os.environ.get(k) for k in names}).values()
+    assert seen == {"MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}
+    assert inside == {"MALLOC_ARENA_MAX": None, "OMP_NUM_THREADS": None}
+    assert {k: os.environ.get(k) for k in names} == inside
