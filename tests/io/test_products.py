@@ -616,3 +616,32 @@ def test_chunks_written_by_the_tasks_equal_zarrs_own(tmp_path, monkeypatch, chun
         assert a[k] == b[k], k
     with xr.open_zarr(ours, consolidated=False) as back:
         assert_same_product(ds, back)
+
+
+def test_store_counts_every_block_and_refuses_a_missing_one(tmp_path, monkeypatch):
+    """Each block written is counted (the counts are added two at a time in the graph); a
+    block whose write is not counted makes the store fail instead of being marked complete."""
+    import dask.array as da
+
+    import daskramp.io.products as P
+
+    src = da.arange(60, dtype=np.float32, chunks=7).reshape(3, 20).rechunk((2, 6))
+    out = np.zeros((3, 20), np.float32)
+    assert P._store_all([(src, out)]) is None
+    np.testing.assert_array_equal(out, np.arange(60, dtype=np.float32).reshape(3, 20))
+    assert P._stored_counts(src, out).compute() == src.npartitions == 8
+
+    real = P.store_block
+
+    def loses_one(block, target, block_info=None):
+        n = real(block, target, block_info)
+        return n * 0 if not any(block_info[0]["chunk-location"]) else n
+
+    monkeypatch.setattr(P, "store_block", loses_one)
+    with pytest.raises(P.ProductError, match="7 of 8 blocks were stored"):
+        P._store_all([(src, np.zeros((3, 20), np.float32))])
+    # a failed store is never finalized
+    prods = _products({"integration": 1})
+    with pytest.raises(P.ProductError):
+        write_products(prods, tmp_path, root="r", provenance=PROVENANCE)
+    assert not any(is_complete(p) for p in tmp_path.iterdir())
