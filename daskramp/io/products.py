@@ -476,7 +476,7 @@ def _stored_counts(source: da.Array, target) -> da.Array:
     every block's result in one final task, so a worker keeps the state of every store task
     it ran until the end, ≈ 5.7 KB each: tens of MB per worker on a run of many segments.)
     """
-    flags = source.map_blocks(store_block, target, dtype=np.int64,
+    flags = source.map_blocks(store_block, target, dtype=np.int64, token="store",
                               chunks=tuple((1,) * len(c) for c in source.chunks))
     return flags.sum(split_every=2) if flags.ndim else flags
 
