@@ -491,9 +491,10 @@ def _store_all(pending: list[tuple], also=None):
     counts = [_stored_counts(src, tgt) for src, tgt in pending]
     # arrays only on both sides: optimised as one graph, the shared keys keep their names
     done, value = dask.compute(counts, also)
+    stored = sum(int(n) for n in done)
     expected = sum(math.prod(src.numblocks) for src, _ in pending)
-    if int(sum(int(n) for n in done)) != expected:
-        raise ProductError(f"{int(sum(int(n) for n in done))} of {expected} blocks were stored")
+    if stored != expected:
+        raise ProductError(f"{stored} of {expected} blocks were stored")
     return value
 
 
