@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report", metavar="HTML", help="save dask's performance report of the run (HTML)")
     r.add_argument("--no-progress", action="store_true", help="no progress line (it goes to stderr)")
     r.add_argument("--tile-columns", type=int, help="columns per jump/ramp_fit tile (default: from worker memory)")
+    r.add_argument("--tile-rows", type=int,
+                   help="rows per tile (default: the tile of --tile-columns × all rows reshaped to read fewer rows)")
     r.add_argument("--integration-chunk", type=int,
                    help="integrations per block of the pixel-local steps (default: from worker memory)")
     for rt in REFTYPES:
@@ -143,6 +145,8 @@ def main(argv=None) -> int:
                 cfg["stats_scope"] = args.stats_scope
             if args.tile_columns:
                 cfg["tile_columns"] = args.tile_columns
+            if args.tile_rows:
+                cfg["tile_rows"] = args.tile_rows
             if args.integration_chunk:
                 cfg["integration_chunk"] = args.integration_chunk
             overrides = {rt: getattr(args, f"override_{rt}") for rt in REFTYPES if getattr(args, f"override_{rt}")}

@@ -643,14 +643,30 @@ def _computed(stats: dict, *also):
     return (stats, *rest)
 
 
+def _row_align(reader: Reader, ds: xr.Dataset) -> int:
+    """Rows a tile keeps together so that it reads whole chunks of its source: a Zarr store's
+    chunk length along ``y`` (its chunks are decoded whole), a dask array's largest ``y``
+    chunk (computed whole before being sliced), 1 for the uncal files (read row by row)."""
+    if reader.kind == "fits":
+        return 1
+    if reader.kind == "zarr":
+        import zarr
+
+        grp = _ZARR.get(reader.path) or zarr.open_group(reader.path, mode="r", zarr_format=3)
+        return int(grp[DATA].chunks[2])
+    chunks = ds[DATA].chunks
+    return max(chunks[2]) if chunks is not None else ds.sizes[Y]
+
+
 def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_scope: str,
-                    memory_limit: int | None, tile_columns: int | None, frame_stats):
+                    memory_limit: int | None, tile_columns: int | None, frame_stats,
+                    tile_rows: int | None = None):
     """:func:`daskramp.pipeline.detector1` in the fused tile layout (same arguments, same
     products).  ``frame_stats``: "compute" computes the whole-frame statistics first (small
     windows, see :func:`frame_statistics`), None leaves them lazy in the product graph, a
     mapping gives them."""
     from .config import ConfigError
-    from .pipeline import Detector1Result, finish, plan_tiles
+    from .pipeline import TILE_MEMORY_FACTOR, Detector1Result, finish, plan_tiles, tile_shape
 
     p = _loaded_params(params)
     h = halo_width(p)
@@ -697,11 +713,19 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
                       ghost=h)
     nx, ny = ds.sizes[X], ds.sizes[Y]
     ints = _int_bounds(ds, stats_scope)
+    # the same pixels in a shorter, wider tile: fewer rows of each frame to read
+    budget = None
+    if memory_limit is not None:
+        nint = max(b - a for a, b in ints)
+        budget = int(memory_limit // (TILE_MEMORY_FACTOR * 4 * nint * ds.sizes[GROUP]))
+    rows, cols = tile_shape(ny, nx, columns=cols, ghost=h, pixel_budget=budget,
+                            row_align=_row_align(reader, ds), tile_rows=tile_rows)
     cube = ["data", "err", "var_poisson", "var_rnoise", "dq"]
     if p["ramp_fit"].save_intercepts:
         cube.append("intercept")
     arrs = staged(plan, reader, refs_key, stats, until="ramp_fit", int_bounds=ints,
-                  y_bounds=[(0, ny)], x_bounds=_bounds(nx, cols), names=(*cube, "rate_terms", PIXELDQ))
+                  y_bounds=_bounds(ny, rows), x_bounds=_bounds(nx, cols),
+                  names=(*cube, "rate_terms", PIXELDQ))
     cube_coords = {k: v for k, v in plan.skeleton.coords.items() if set(v.dims) <= set(dims.CUBE_DIMS)}
     parts = {k: xr.DataArray(arrs[k], dims=dims.CUBE_DIMS, coords=cube_coords) for k in cube}
     parts["rate_terms"] = xr.DataArray(arrs["rate_terms"], dims=("block", "term", *dims.IMAGE_DIMS),
@@ -713,7 +737,9 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     status_attrs, records = status
     provenance["steps"].update(records)
     provenance["tile_columns"] = cols
-    provenance["layout"] = {"fused": True, "ghost_columns": h, "tiles": len(ints) * len(_bounds(nx, cols))}
+    provenance["tile_rows"] = rows
+    provenance["layout"] = {"fused": True, "ghost_columns": h,
+                            "tiles": len(ints) * len(_bounds(ny, rows)) * len(_bounds(nx, cols))}
     meta = plan.skeleton.assign({PIXELDQ: pixeldq})
     meta.attrs.update(status_attrs)
     rate, rateints = finish(parts, meta, refs, p, provenance, pixeldq=pixeldq)

@@ -150,6 +150,69 @@ def plan_tiles(ds: xr.Dataset, *, memory_limit: int | None, stats_scope: str = "
     return p if p >= max(1, cols // 2) else cols
 
 
+#: cost of a fused tile task in units of one pixel taken through the whole chain (all
+#: integrations and groups), measured on 158-integration SOSS windows read from the uncal file:
+#: reading one row of the window in every frame costs about as much as 15 pixels (the file is
+#: mapped page by page, and a row of a narrow window still costs a page per frame: a 70-column
+#: band of 256 rows took 0.26 s to read, a 70 × 262 tile 0.09 s), and a task's fixed cost
+#: (opening, the steps' per-call overhead) about as much as 700 (an 8 × 8 window: 0.067 s)
+READ_ROW_PIXELS = 15
+TASK_PIXELS = 700
+
+
+def _pow2_divisors(n: int, align: int = 1) -> list[int]:
+    """Powers of two that divide ``n`` and are multiples of ``align``, and ``n`` itself."""
+    out = {n}
+    p = 1
+    while p < n:
+        if n % p == 0 and p % align == 0:
+            out.add(p)
+        p *= 2
+    return sorted(out)
+
+
+def tile_shape(ny: int, nx: int, *, columns: int, ghost: int = 0, pixel_budget: int | None = None,
+               row_align: int = 1, tile_rows: int | None = None) -> tuple[int, int]:
+    """Rows and columns of a tile of the fused layout (:mod:`daskramp.fused`).
+
+    :func:`plan_tiles` sizes a band of all ``ny`` rows × ``columns``; the same number of
+    pixels laid out as a shorter, wider tile costs less to read: the uncal file stores whole
+    frames row by row, so a task pays for every row of its window in every frame, however
+    narrow the window (:data:`READ_ROW_PIXELS`).  Among tiles of powers of two (or the whole
+    axis) with no more interior pixels than the band (``ny × columns``) and whose ghost-widened
+    window fits ``pixel_budget`` (pixels a task may hold, from the worker memory; default the
+    band's own window, ``ny × (columns + 2 ghost)``), the one of least cost per pixel is taken
+    — ghost pixels, rows read and the task's fixed cost (:data:`TASK_PIXELS`) counted.
+
+    ``row_align``: the source's chunk length along ``y`` (a Zarr store's chunks are decoded
+    whole, so tiles keep to them); ``tile_rows``: the rows asked for (``columns`` is then
+    kept as given).  Returns ``(rows, columns)``.
+    """
+    columns = max(1, min(int(columns), nx))
+    if tile_rows is not None:
+        rows = int(tile_rows)
+        if not 1 <= rows <= ny:
+            raise ConfigError(f"tile_rows must be between 1 and the {ny} rows of the subarray, got {tile_rows}")
+        return rows, columns
+    g = int(ghost)
+    area = ny * columns
+    budget = max(ny * (columns + 2 * g), int(pixel_budget or 0))
+    best = None
+    for h in _pow2_divisors(ny, max(1, int(row_align))):
+        gy = g if h < ny else 0
+        for w in sorted({columns, *_pow2_divisors(nx)}):
+            gx = g if w < nx else 0
+            window = (h + 2 * gy) * (w + 2 * gx)
+            if h * w > area or window > budget:
+                continue
+            pages = 1 + (2 * (w + 2 * gx)) // 4096
+            cost = (window + READ_ROW_PIXELS * pages * (h + 2 * gy) + TASK_PIXELS) / (h * w)
+            key = (cost, -h)
+            if best is None or key < best[0]:
+                best = (key, h, w)
+    return (ny, columns) if best is None else (best[1], best[2])
+
+
 def _as_float(ds: xr.Dataset) -> xr.Dataset:
     if ds[dims.DATA].dtype != dims.FLOAT_DTYPE:
         ds = ds.assign({dims.DATA: ds[dims.DATA].astype(dims.FLOAT_DTYPE)})
@@ -255,6 +318,7 @@ def detector1(
     overrides: Mapping[str, str] | None = None,
     frame_stats: Mapping | str | None = None,
     fused: bool | None = None,
+    tile_rows: int | None = None,
 ) -> Detector1Result:
     """Build the calwebb_detector1 graph for an exposure; nothing is computed.
 
@@ -274,6 +338,12 @@ def detector1(
         Steps whose output ramp is returned in ``intermediates`` (like ``save_results``).
     memory_limit : int, optional
         Bytes per worker task budget used to size the pixel tiles of jump/ramp_fit.
+    tile_columns : int, optional
+        Columns of a pixel tile (default: from ``memory_limit``, :func:`plan_tiles`).
+    tile_rows : int, optional
+        Rows of a tile in the fused layout.  By default the pixels of an all-rows ×
+        ``tile_columns`` band are laid out as the shorter, wider tile that costs least to read
+        and compute (:func:`tile_shape`); the step-by-step layout always uses all rows.
     frame_stats : mapping or "compute", optional
         Whole-frame statistics that tile-local work cannot see: refpix's per-frame
         reference-pixel offsets and jump's "every pixel DO_NOT_USE" planes.  By default they
@@ -332,7 +402,8 @@ def detector1(
         if why is None:
             return _fused.detector1_fused(
                 ds, refs, params=params, provenance=provenance, stats_scope=stats_scope,
-                memory_limit=memory_limit, tile_columns=tile_columns, frame_stats=frame_stats)
+                memory_limit=memory_limit, tile_columns=tile_columns, frame_stats=frame_stats,
+                tile_rows=tile_rows)
         provenance["fused"] = f"not used: {why}"
 
     if isinstance(frame_stats, str):

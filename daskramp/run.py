@@ -32,8 +32,8 @@ from .config import ConfigError
 #: ``frame_stats``: "compute" (default) evaluates the whole-frame statistics (refpix offsets,
 #: jump's DO_NOT_USE planes) in a first streaming pass so the tiles then run independently;
 #: "lazy" keeps them inside the one graph (see ``daskramp.pipeline.detector1``)
-WORKFLOW_SETTINGS = {"convert_fits", "steps", "stats_scope", "save_steps", "tile_columns", "integration_chunk",
-                     "frame_stats"}
+WORKFLOW_SETTINGS = {"convert_fits", "steps", "stats_scope", "save_steps", "tile_columns", "tile_rows",
+                     "integration_chunk", "frame_stats"}
 
 
 class OutputError(OSError):
@@ -228,7 +228,8 @@ def run(
         Output directory (created; must be writable).
     refs, overrides, save_steps, config
         Reference files directory, per-reftype overrides, ramps to save, workflow settings
-        (``steps``, ``stats_scope``, ``save_steps``, ``tile_columns``, ``integration_chunk``).
+        (``steps``, ``stats_scope``, ``save_steps``, ``tile_columns``, ``tile_rows``,
+        ``integration_chunk``).
     cluster : ClusterProfile, optional
         Where to run when no ``client`` is given.
     fits : bool
@@ -247,8 +248,8 @@ def run(
     dict
         ``outputs`` (paths), ``steps`` (statuses), ``wall_s``, ``uncal_MB``, ``pixel_groups``,
         ``throughput_MB_s``, ``tasks``, ``peak_memory_per_worker`` (bytes by worker name),
-        ``memory_plan`` (text), ``tile_columns``, ``integration_chunk`` and figures from the
-        products.
+        ``memory_plan`` (text), ``tile_columns`` and ``tile_rows`` (the tiles the products were
+        computed in), ``integration_chunk`` and figures from the products.
 
     Raises
     ------
@@ -352,6 +353,7 @@ def run(
                     save_steps=saved,
                     memory_limit=plan.budget,
                     tile_columns=cols,
+                    tile_rows=config.get("tile_rows"),
                     overrides=overrides,
                     frame_stats="compute" if frame_stats == "compute" else None,
                 )
@@ -383,7 +385,8 @@ def run(
             "pixel_groups": ds[dims.DATA].size,
             **monitor.summary(),
             "memory_plan": plan.describe(),
-            "tile_columns": cols,
+            "tile_columns": provenance.get("tile_columns", cols),
+            "tile_rows": provenance.get("tile_rows", sizes[dims.Y]),
             "integration_chunk": max(ds[dims.DATA].chunks[0]) if ds[dims.DATA].chunks else sizes[dims.INTEGRATION],
         }
         return paths, summary, figures, provenance

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import xarray as xr
 from astropy.io import fits
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daskramp import dims, dq, fused
 from daskramp.io import ingest, open_exposure
@@ -29,6 +31,10 @@ from daskramp.simulate import simulate
 from daskramp.testing.ramps import forbid_compute
 
 TILE = 16
+#: rows of the 2-D tiles tested (the 256 rows of the fixture in 8 tiles)
+TILE_ROWS = 32
+#: rows where the saturated blocks straddle the edge between two 2-D tiles
+Y_EDGES = (64, 160)
 PRODUCT_VARS = ("data", "dq", "err", "var_poisson", "var_rnoise")
 
 
@@ -42,7 +48,8 @@ def soss(tmp_path_factory):
 @pytest.fixture(scope="module")
 def edge_threshold(soss):
     """A saturation threshold that saturates small blocks of pixels straddling every tile edge
-    from the fourth group on (the real threshold elsewhere)."""
+    (between column bands, and between rows of :data:`TILE_ROWS`-row tiles) from the fourth
+    group on (the real threshold elsewhere)."""
     ds = open_exposure(soss.uncal_files)
     refs = RefSet.from_dir(soss.refs_dir, ds.attrs, required=())
     thresh = np.array(refs.get("saturation").arrays["SCI"], np.float32)
@@ -51,6 +58,9 @@ def edge_threshold(soss):
         for y0 in (40, 150):
             block = (slice(y0, y0 + 3), slice(edge - 1, edge + 1))
             thresh[block] = g3[block] - 1
+    for edge in Y_EDGES:
+        block = (slice(edge - 1, edge + 1), slice(20, 23))
+        thresh[block] = g3[block] - 1
     return thresh
 
 
@@ -69,9 +79,9 @@ def _assert_same(a: xr.Dataset, b: xr.Dataset):
 
 
 @pytest.mark.parametrize("stats_scope", ["segment", "exposure"])
-@pytest.mark.parametrize("threshold_as", ["array", "fits"])
-def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_as, tmp_path,
-                                   monkeypatch):
+@pytest.mark.parametrize("threshold_as,tile_rows", [("array", 256), ("fits", 256), ("array", TILE_ROWS)])
+def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_as, tile_rows,
+                                   tmp_path, monkeypatch):
     # blocks of 2 integrations (a window is 4 B × 6 groups × 256 rows × 16 + 12 columns a
     # integration) through the steps before jump: 3 (segment) or 5 (exposure) blocks per
     # window are assembled for jump and ramp_fit
@@ -89,9 +99,11 @@ def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_
                       # one value per exposure integration: each window picks its own
                       "integration_scale": [1.0, 1.0, 0.97, 0.95, 0.95, 1.0, 0.96, 0.95, 1.0, 1.0]}}
     ds = open_exposure(soss.uncal_files)
-    res = detector1(ds, soss.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=TILE)
+    res = detector1(ds, soss.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=TILE,
+                    tile_rows=tile_rows)
     assert res.provenance["layout"]["fused"] and res.provenance["layout"]["ghost_columns"] == 6
-    assert res.provenance["layout"]["tiles"] == (2 if stats_scope == "segment" else 1) * 5
+    assert (res.provenance["tile_rows"], res.provenance["tile_columns"]) == (tile_rows, TILE)
+    assert res.provenance["layout"]["tiles"] == (2 if stats_scope == "segment" else 1) * 5 * (256 // tile_rows)
     ref = detector1(ds, soss.refs_dir, steps=steps, stats_scope=stats_scope, fused=False)
     assert "layout" not in ref.provenance
     (ri, r), (ri0, r0) = _compute(res), _compute(ref)
@@ -101,6 +113,8 @@ def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_
     sat = (ri["dq"].values & dq.SATURATED) != 0
     for edge in range(TILE, ds.sizes["x"], TILE):
         assert sat[:, 40:43, edge - 1].all() and sat[:, 40:43, edge].all()
+    for edge in Y_EDGES:
+        assert sat[:, edge - 1, 20:23].all() and sat[:, edge, 20:23].all()
     assert {k: v["status"] for k, v in res.provenance["steps"].items()} == \
         {k: v["status"] for k, v in ref.provenance["steps"].items()}
 
@@ -114,7 +128,12 @@ def test_readers_agree(soss, tmp_path):
     arr_ds = dims.chunk(fits_ds, {"integration": 3})
     kinds = [fused.reader_for(d).kind for d in (fits_ds, zarr_ds, arr_ds)]
     assert kinds == ["fits", "zarr", "arrays"]
-    out = [_compute(detector1(d, soss.refs_dir, tile_columns=32)) for d in (fits_ds, zarr_ds, arr_ds)]
+    results = [detector1(d, soss.refs_dir, tile_columns=32) for d in (fits_ds, zarr_ds, arr_ds)]
+    # tiles keep to the chunks of a store or dask array (all 256 rows here); the uncal file
+    # is read row by row, so its tiles may be shorter
+    rows = [r.provenance["tile_rows"] for r in results]
+    assert rows[0] < 256 and rows[1:] == [256, 256]
+    out = [_compute(r) for r in results]
     for ri, r in out[1:]:
         _assert_same(ri, out[0][0])
         _assert_same(r, out[0][1])
@@ -152,6 +171,51 @@ def test_all_do_not_use_planes_settled_past_the_probe(soss):
     (ri, r), (ri0, r0) = _compute(res), _compute(ref)
     _assert_same(ri, ri0)
     _assert_same(r, r0)
+
+
+@pytest.mark.parametrize("ny,nx,columns,ghost,budget,align,expected", [
+    (256, 2048, 64, 3, 27047, 1, (64, 256)),     # a SOSS band's pixels as a 64 × 256 tile
+    (256, 2048, 64, 3, None, 1, (64, 128)),      # ... whose window must not exceed the band's
+    (256, 2048, 64, 3, 27047, 256, (256, 64)),   # a store chunked in full-height bands
+    (256, 2048, 64, 3, 27047, 32, (64, 256)),    # ... or in 32 rows
+    (256, 2048, 2048, 3, None, 1, (256, 2048)),  # the whole frame fits: one tile
+    (2048, 2048, 8, 3, 40000, 1, (64, 256)),     # a full frame's 8-column bands (75 % ghost)
+    (256, 80, 80, 6, None, 1, (256, 80)),
+])
+def test_tile_shape_cases(ny, nx, columns, ghost, budget, align, expected):
+    from daskramp.pipeline import tile_shape
+
+    assert tile_shape(ny, nx, columns=columns, ghost=ghost, pixel_budget=budget,
+                      row_align=align) == expected
+
+
+@given(ny=st.sampled_from([16, 80, 96, 256, 2048]), nx=st.sampled_from([16, 80, 2048]),
+       columns=st.integers(1, 2048), ghost=st.integers(0, 6), extra=st.integers(0, 50000),
+       align=st.sampled_from([1, 16, 32, 256]))
+@settings(max_examples=200, deadline=None)
+def test_tile_shape_never_holds_more_than_the_band(ny, nx, columns, ghost, extra, align):
+    """The tile never has more interior pixels than the band it replaces, its window fits the
+    budget (or the band's window), and its rows keep to the source's chunks."""
+    from daskramp.pipeline import tile_shape
+
+    columns = min(columns, nx)
+    band = ny * (columns + 2 * ghost)
+    budget = band + extra
+    h, w = tile_shape(ny, nx, columns=columns, ghost=ghost, pixel_budget=budget, row_align=align)
+    assert 1 <= h <= ny and 1 <= w <= nx
+    assert h * w <= ny * columns
+    gy, gx = (ghost if h < ny else 0), (ghost if w < nx else 0)
+    assert (h + 2 * gy) * (w + 2 * gx) <= budget
+    assert h == ny or (h % align == 0 and ny % h == 0)
+
+
+def test_tile_rows_given_are_kept_and_checked():
+    from daskramp.config import ConfigError
+    from daskramp.pipeline import tile_shape
+
+    assert tile_shape(256, 2048, columns=64, ghost=3, tile_rows=16) == (16, 64)
+    with pytest.raises(ConfigError, match="tile_rows must be between 1 and the 256 rows"):
+        tile_shape(256, 2048, columns=64, tile_rows=300)
 
 
 def test_halo_width_sums_the_neighbour_steps():

@@ -73,14 +73,17 @@ def test_full_frame_geometry_and_tiles(products4, full4):
     a = full4.attrs
     assert (a["SUBARRAY"], a["NOUTPUTS"], a["SUBSIZE1"], a["SUBSIZE2"]) == ("FULL", 4, FULL, FULL)
     assert rateints.sizes == {"integration": 2, "y": FULL, "x": FULL}
-    cols = res.provenance["tile_columns"]
-    projected = TILE_MEMORY_FACTOR * 4 * 2 * 4 * FULL * cols
-    print(f"tile columns {cols}: projected tile-stage task {projected / 2**20:.0f} MiB "
-          f"of a {BUDGET / 2**20:.0f} MiB budget")
+    rows, cols = res.provenance["tile_rows"], res.provenance["tile_columns"]
+    band = plan_tiles(open_exposure(full4.uncal_files), memory_limit=BUDGET)
+    projected = TILE_MEMORY_FACTOR * 4 * 2 * 4 * FULL * band
+    print(f"band of {band} columns: projected tile-stage task {projected / 2**20:.0f} MiB "
+          f"of a {BUDGET / 2**20:.0f} MiB budget; laid out as {rows} × {cols} tiles")
     # TILE_MEMORY_FACTOR × 4 B × 2 integrations × 4 groups × 2048 rows per column: the widest
     # power of two that fits the budget, so the frame is cut into several tiles
-    assert cols == plan_tiles(open_exposure(full4.uncal_files), memory_limit=BUDGET)
-    assert projected <= BUDGET < 2 * projected and FULL // cols >= 4
+    assert projected <= BUDGET < 2 * projected and FULL // band >= 4
+    # the band's pixels as shorter, wider tiles (the frame is read row by row)
+    assert rows * cols == FULL * band and rows < FULL
+    assert res.provenance["layout"]["tiles"] == (FULL // rows) * (FULL // cols)
     for name in ("dq_init", "saturation", "superbias", "refpix", "linearity", "dark_current",
                  "jump", "ramp_fit"):
         assert res.provenance["steps"][name]["status"] == "COMPLETE", name
@@ -159,8 +162,8 @@ def test_ten_groups_refpix_side_and_amplifier_corrections(tmp_path):
             _, rateints = _compute(res)
         out[name] = (rateints, res, mem.peak - before)
     rateints, res, grew = out["plain"]
-    cols = res.provenance["tile_columns"]
-    projected = TILE_MEMORY_FACTOR * 4 * 2 * 10 * FULL * cols
+    rows, cols = res.provenance["tile_rows"], res.provenance["tile_columns"]
+    projected = TILE_MEMORY_FACTOR * 4 * 2 * 10 * rows * cols
     # besides the tasks in flight the process holds the integration chunks read from FITS
     # (cast to float32 before they are cut into tiles, pipeline._as_float) and the products
     # (rate + rateints, 5 images each).  Measured 801–989 MiB over runs (thread scheduling
@@ -169,7 +172,7 @@ def test_ten_groups_refpix_side_and_amplifier_corrections(tmp_path):
     # between steps would break
     exposure_bytes = 2 * 10 * FULL * FULL * 5
     product_bytes = 3 * 5 * FULL * FULL * 4
-    print(f"10 groups: tile columns {cols}, projected task {projected / 2**20:.0f} MiB, "
+    print(f"10 groups: tiles of {rows} × {cols}, projected task {projected / 2**20:.0f} MiB, "
           f"process grew by {grew / 2**20:.0f} MiB during compute (2 threads; ramp + groupdq "
           f"{exposure_bytes / 2**20:.0f} MiB, products {product_bytes / 2**20:.0f} MiB)")
     assert projected <= BUDGET
