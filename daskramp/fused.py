@@ -39,6 +39,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.delayed import Delayed
 
 from . import dims
 from .dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, ZEROFRAME, X, Y
@@ -463,11 +464,12 @@ def _status(plan: Plan, reader: Reader, refs, stats: dict, until: str) -> tuple[
     return _status_of(plan, reader, refs, _status_stats(plan, stats), until)
 
 
-def staged(plan: Plan, reader: Reader, refs_key, stats: dict, *, until: str,
+def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until: str,
            int_bounds, y_bounds, x_bounds, names=(DATA, GROUPDQ, PIXELDQ)) -> dict[str, da.Array]:
     """Lazy arrays of the chain run up to ``until`` on a grid of windows (one task each).
 
-    ``*_bounds`` are lists of (start, stop) along integration, y and x.  Returns dask arrays
+    ``stats``: the whole-frame statistics (a mapping, or one delayed mapping); ``*_bounds``
+    are lists of (start, stop) along integration, y and x.  Returns dask arrays
     for ``names`` (``fields`` for ``until="ramp_fit"``); ``pixeldq`` comes from the first
     integration block.  Blocks that nothing asks for are never computed.
     """
@@ -475,7 +477,7 @@ def staged(plan: Plan, reader: Reader, refs_key, stats: dict, *, until: str,
 
     sk = plan.skeleton
     # the statistics (computed or lazy) travel as one key, like the reference files
-    stats_key = dask.delayed(dict(stats), pure=True)
+    stats_key = stats if isinstance(stats, Delayed) else dask.delayed(dict(stats), pure=True)
     token = tokenize(plan.params, plan.stats_scope, plan.halo, reader, until, int_bounds, y_bounds,
                      x_bounds, refs_key, stats_key)
     wname = f"window-{until}-{token}"
@@ -635,6 +637,32 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     return _computed(stats)[0] if compute else stats
 
 
+def _distributed_client():
+    """The dask.distributed client that is the active scheduler, or None."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return None
+    from dask.base import get_scheduler
+
+    return client if get_scheduler() == client.get else None
+
+
+def _finished(stats: dict) -> dict:
+    """Computed statistics as the tiles take them (``plane_dnu`` a plain array)."""
+    stats = dict(stats)
+    if stats.get("plane_dnu") is not None:
+        dnu = stats["plane_dnu"]
+        stats["plane_dnu"] = np.asarray(dnu.data if isinstance(dnu, xr.DataArray) else dnu)
+    return stats
+
+
+def _with(stats: dict, extra: dict) -> dict:
+    return {**stats, **extra}
+
+
 def _computed(stats: dict, *also):
     """``stats`` (and the ``also`` collections) computed in one call of the active scheduler."""
     stats, *rest = dask.compute(stats, *also)
@@ -687,7 +715,7 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
         stats = {k: frame_stats.get(k) for k in ("refpix_offsets", "refpix_zf_offsets", "plane_dnu")}
         if stats["plane_dnu"] is None and not p["jump"].skip:
             stats = frame_statistics(ds, plan, reader, refs_key)
-    elif frame_stats == "compute":
+    elif frame_stats in ("compute", "submit"):
         if refs_key is not None:
             # read once and kept for the products too: computed only for the statistics,
             # the key would be released after them and read again by the product graph
@@ -696,17 +724,33 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
         # the statuses (the chain on a one-pixel window) are found by a worker meanwhile
         status = dask.delayed(_status_of, pure=True)(plan, reader, refs_key,
                                                      _status_stats(plan, stats), "ramp_fit")
-        stats, status = _computed(stats, status)
+        client = _distributed_client() if frame_stats == "submit" else None
+        if client is None:
+            stats, status = _computed(stats, status)
+        else:
+            # the statistics run on the cluster while this process builds and submits the
+            # product graph, whose tiles wait for them there: only the statuses (needed for
+            # the products' attributes) are waited for here
+            stats, status = client.compute([dask.delayed(_finished, pure=True)(stats), status])
+            status = status.result()
     elif frame_stats is None:
         stats = frame_statistics(ds, plan, reader, refs_key, compute=False)
     else:
-        raise ConfigError(f"frame_stats must be a mapping or 'compute', got {frame_stats!r}")
-    if isinstance(stats.get("plane_dnu"), xr.DataArray):
-        stats["plane_dnu"] = stats["plane_dnu"].data
+        raise ConfigError(f"frame_stats must be a mapping, 'compute' or 'submit', got {frame_stats!r}")
+    extra = {}
     gain = None if refs is None else refs.get("gain")
     if gain is not None:
         # after-jump thresholds scale with the median gain of the whole subarray, not a window's
-        stats["gain_median"] = float(np.nanmedian(np.asarray(gain.arrays["SCI"], np.float32)))
+        extra["gain_median"] = float(np.nanmedian(np.asarray(gain.arrays["SCI"], np.float32)))
+    if isinstance(stats, dict):
+        if isinstance(stats.get("plane_dnu"), xr.DataArray):
+            stats["plane_dnu"] = stats["plane_dnu"].data
+        stats.update(extra)
+        result_stats = stats
+    else:
+        # a Future of the statistics, with the figures found here: one key for every tile
+        stats = dask.delayed(_with, pure=True)(stats, extra)
+        result_stats = {k: stats[k] for k in ("refpix_offsets", "refpix_zf_offsets", "plane_dnu")}
 
     # the ghost margin is part of each task's memory too
     cols = plan_tiles(ds, memory_limit=memory_limit, stats_scope=stats_scope, tile_columns=tile_columns,
@@ -732,7 +776,7 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
                                        coords={Y: ds[Y], X: ds[X]})
     parts["nints"] = ds.sizes[INTEGRATION]
     pixeldq = xr.DataArray(arrs[PIXELDQ], dims=dims.IMAGE_DIMS, coords={Y: ds[Y], X: ds[X]})
-    if frame_stats != "compute":
+    if frame_stats not in ("compute", "submit"):
         status = _status(plan, reader, refs, stats, until="ramp_fit")
     status_attrs, records = status
     provenance["steps"].update(records)
@@ -744,7 +788,7 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     meta.attrs.update(status_attrs)
     rate, rateints = finish(parts, meta, refs, p, provenance, pixeldq=pixeldq)
     return Detector1Result(rate=rate, rateints=rateints, intermediates={}, provenance=provenance,
-                           frame_stats=stats)
+                           frame_stats=result_stats)
 
 
 __all__ = ["Plan", "Reader", "detector1_fused", "frame_statistics", "halo_width", "reader_for",

@@ -344,15 +344,18 @@ def detector1(
         Rows of a tile in the fused layout.  By default the pixels of an all-rows ×
         ``tile_columns`` band are laid out as the shorter, wider tile that costs least to read
         and compute (:func:`tile_shape`); the step-by-step layout always uses all rows.
-    frame_stats : mapping or "compute", optional
+    frame_stats : mapping, "compute" or "submit", optional
         Whole-frame statistics that tile-local work cannot see: refpix's per-frame
         reference-pixel offsets and jump's "every pixel DO_NOT_USE" planes.  By default they
         are lazy reductions inside the one graph (``result.frame_stats``), which then has a
         barrier: every tile must pass the early steps before the first tile can be corrected.
         ``"compute"`` evaluates them first (a streaming pass that keeps only reference pixels
         and flags, through the active dask scheduler) and builds the graph on the results,
-        so tiles then flow through independently with bounded memory; a mapping passes
-        results computed earlier.
+        so tiles then flow through independently with bounded memory; ``"submit"`` does the
+        same on a dask.distributed client without waiting for them: they are computed on the
+        cluster while the caller builds and submits the product graph, whose tiles wait for
+        them there (``result.frame_stats`` then holds delayed values; without a distributed
+        client it is ``"compute"``); a mapping passes results computed earlier.
     fused : bool, optional
         Run the chain as one task per tile (:mod:`daskramp.fused`; same products).  Default:
         whenever no intermediate is saved and the configuration allows it (not with
@@ -407,8 +410,8 @@ def detector1(
         provenance["fused"] = f"not used: {why}"
 
     if isinstance(frame_stats, str):
-        if frame_stats != "compute":
-            raise ConfigError(f"frame_stats must be a mapping or 'compute', got {frame_stats!r}")
+        if frame_stats not in ("compute", "submit"):
+            raise ConfigError(f"frame_stats must be a mapping, 'compute' or 'submit', got {frame_stats!r}")
         import dask
 
         first = detector1(ds, refs, steps=steps, stats_scope=stats_scope, memory_limit=memory_limit,

@@ -355,7 +355,8 @@ def run(
                     tile_columns=cols,
                     tile_rows=config.get("tile_rows"),
                     overrides=overrides,
-                    frame_stats="compute" if frame_stats == "compute" else None,
+                    # on the cluster while this process submits the products
+                    frame_stats="submit" if frame_stats == "compute" else None,
                 )
                 provenance = dict(result.provenance)
                 provenance["inputs"] = [str(p) for p in inputs]

@@ -153,6 +153,30 @@ def test_default_is_fused_and_lazy(soss):
     assert res3.provenance["fused"].startswith("not used: clean_flicker_noise")
 
 
+def test_submitted_statistics_feed_the_same_products(soss):
+    """``frame_stats="submit"`` on a distributed client: the statistics stay on the cluster (a
+    delayed value here) and the tiles take them from there; the products are those of
+    ``"compute"``.  Without a distributed client it is ``"compute"``."""
+    from dask.delayed import Delayed
+    from distributed import Client
+
+    ds = open_exposure(soss.uncal_files)
+    computed = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats="compute")
+    ri0, r0 = _compute(computed)
+    with dask.config.set(scheduler="threads"):
+        local = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats="submit")
+    assert not any(isinstance(v, Delayed) for v in local.frame_stats.values())
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0"):
+        res = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats="submit")
+        assert all(isinstance(v, Delayed) for v in res.frame_stats.values())
+        assert res.provenance["steps"] == computed.provenance["steps"]
+        ri, r, stats = dask.compute(res.rateints, res.rate, res.frame_stats)
+    _assert_same(ri, ri0)
+    _assert_same(r, r0)
+    np.testing.assert_array_equal(stats["plane_dnu"], computed.frame_stats["plane_dnu"])
+    np.testing.assert_array_equal(stats["refpix_offsets"], computed.frame_stats["refpix_offsets"])
+
+
 def test_all_do_not_use_planes_settled_past_the_probe(soss):
     """A plane DO_NOT_USE in the probe columns only is found not to be all DO_NOT_USE; a
     plane DO_NOT_USE everywhere is found to be; both as the step-by-step graph finds them."""
