@@ -25,13 +25,16 @@ rewrites (products are cheap compared with the graph that feeds them, so no per-
 resume).  A complete product is left alone unless ``overwrite``.
 
 FITS files are written as ``<name>.fits.partial`` and renamed when complete.  They are
-exported from the complete Zarr store by the active scheduler's tasks (:func:`export_fits`):
-every header first (final NAXIS values, data areas reserved), then one task per slab of whole
-frames writes its bytes in place as one contiguous run (:class:`FitsImageTarget`).  The tasks
-that compute the products hold column bands, which in a row-major FITS image are one short
-run per (integration, row): writing those cost several times the export (measured in
-``benchmarks/README.md``).  The same export makes a FITS file missing beside a complete store
-(e.g. a run killed between the two renames).  :func:`to_fits` writes the same bytes from any
+exported from the Zarr store by the active scheduler's tasks: every header first (final
+NAXIS values, data areas reserved), then one task per slab of whole frames reads the slab
+from the store and writes its bytes in place as one contiguous run (:class:`FitsImageTarget`).
+:func:`write_products` submits these tasks with the graph that writes the store, each slab
+waiting for the count of the store's blocks (so the export starts as the last block is
+stored, with no round trip to the client); the file is renamed only after every store has
+been checked complete and marked so.  The tasks that compute the products hold pixel tiles,
+which in a row-major FITS image are one short run per (integration, row): writing those cost
+several times the export (measured in ``benchmarks/README.md``).  :func:`export_fits` makes a
+FITS file missing beside a complete store (e.g. a run killed between the two renames).  :func:`to_fits` writes the same bytes from any
 Dataset in one process, streamed slab by slab, so memory is bounded by one slab whatever the
 cube size.
 """
@@ -69,8 +72,15 @@ PROVENANCE_ATTR = "daskramp_provenance"
 #: FITS primary keyword holding the provenance JSON (long-string CONTINUE cards)
 PROVENANCE_KEYWORD = "DRPROV"
 #: bytes of one FITS slab; measured peak memory of the export is about 4–5 slabs (the slab,
-#: its dask assembly and its big-endian copy)
-DEFAULT_SLAB_BYTES = 16 * 2**20
+#: its dask assembly and its big-endian copy).  32 MiB: a 1.66 GB rateints is ≈ 50 tasks,
+#: each several times the scheduling round trip that separates two tasks of a worker (16 MiB
+#: slabs spent ≈ 20 % of the export between tasks); larger slabs are too few for the
+#: scheduler to spread evenly over the workers (measured with 64 MiB: 2.5 s and 1.3 s)
+DEFAULT_SLAB_BYTES = 32 * 2**20
+
+#: block counts added up this many at a time (a tree of small sums: each count is released
+#: once added, and few enough sum tasks that scheduling them costs little)
+COUNT_SPLIT_EVERY = 8
 #: target size of one Zarr chunk of a product (the integration axis is split to reach it)
 ZARR_CHUNK_BYTES = 16 * 2**20
 
@@ -358,14 +368,15 @@ class ZarrChunkSource:
             # the chunk's part inside the region, in chunk and in output coordinates
             lo = [max(a, ci * c) for ci, c, (a, _, _) in zip(cidx, chunks, bounds)]
             hi = [min(b, (ci + 1) * c) for ci, c, (_, b, _) in zip(cidx, chunks, bounds)]
-            dst = tuple(slice(l - a, h - a) for l, h, (a, _, _) in zip(lo, hi, bounds))
+            dst = tuple(slice(lo_ - a, hi_ - a) for lo_, hi_, (a, _, _) in zip(lo, hi, bounds))
             try:
                 data = (root / meta.encode_chunk_key(cidx)).read_bytes()
             except FileNotFoundError:
                 out[dst] = meta.fill_value
                 continue
             chunk = decode_chunk(data, chunks, self.dtype, meta.codecs)
-            out[dst] = chunk[tuple(slice(l - ci * c, h - ci * c) for l, h, ci, c in zip(lo, hi, cidx, chunks))]
+            out[dst] = chunk[tuple(slice(lo_ - ci * c, hi_ - ci * c)
+                                   for lo_, hi_, ci, c in zip(lo, hi, cidx, chunks))]
         return out
 
 
@@ -478,7 +489,23 @@ def _stored_counts(source: da.Array, target) -> da.Array:
     """
     flags = source.map_blocks(store_block, target, dtype=np.int64, token="store",
                               chunks=tuple((1,) * len(c) for c in source.chunks))
-    return flags.sum(split_every=2) if flags.ndim else flags
+    return flags.sum(split_every=COUNT_SPLIT_EVERY) if flags.ndim else flags
+
+
+def _counted(pending: list[tuple]) -> tuple[da.Array, int]:
+    """The lazy number of blocks stored by the writes ``pending`` ((dask array, target)
+    pairs), and the number expected."""
+    import functools
+    import operator
+
+    counts = [_stored_counts(src, tgt) for src, tgt in pending]
+    expected = sum(math.prod(src.numblocks) for src, _ in pending)
+    return functools.reduce(operator.add, counts, 0), expected
+
+
+def _check_stored(stored, expected: int, what: str = "") -> None:
+    if int(stored) != expected:
+        raise ProductError(f"{what}{int(stored)} of {expected} blocks were stored")
 
 
 def _store_all(pending: list[tuple], also=None):
@@ -488,13 +515,10 @@ def _store_all(pending: list[tuple], also=None):
     shares with the stored arrays run once; its computed value is returned.  Every block is
     counted as written, or :class:`ProductError` is raised.
     """
-    counts = [_stored_counts(src, tgt) for src, tgt in pending]
+    total, expected = _counted(pending)
     # arrays only on both sides: optimised as one graph, the shared keys keep their names
-    done, value = dask.compute(counts, also)
-    stored = sum(int(n) for n in done)
-    expected = sum(math.prod(src.numblocks) for src, _ in pending)
-    if stored != expected:
-        raise ProductError(f"{stored} of {expected} blocks were stored")
+    stored, value = dask.compute(total, also)
+    _check_stored(stored, expected)
     return value
 
 
@@ -749,19 +773,48 @@ def _slab_chunks(var: xr.DataArray, zchunks: tuple[int, ...], slab_bytes: int) -
     return (min(n, shape[0]), *shape[1:])
 
 
-def _slab_source(store: Path, var: xr.DataArray, chunks: tuple[int, ...]) -> xr.DataArray:
-    """``var`` of ``store`` as a dask array of slabs read by :class:`ZarrChunkSource` (or by
-    zarr itself for codecs that class does not decode)."""
+def copy_slab(source, target, lo, hi, *after) -> np.ndarray:
+    """Copy ``source[lo:hi]`` to ``target[lo:hi]`` (per axis); a one-element count (int64) to
+    sum.  ``after``: values that had to be computed first (the stores ``source`` reads)."""
+    region = tuple(slice(a, b) for a, b in zip(lo, hi))
+    target[region] = source[region]
+    return np.ones((1,) * len(region), np.int64)
+
+
+def _slab_counts(store: Path, var: xr.DataArray, chunks: tuple[int, ...], target,
+                 gate: da.Array | None = None) -> tuple[da.Array, int] | None:
+    """The writes of ``var`` of ``store`` into the FITS ``target``, one task per slab of
+    ``chunks`` that reads the slab (:class:`ZarrChunkSource`) and writes it: its lazy count of
+    slabs written and the number expected.  With ``gate`` (a lazy value: the count of the
+    store's own blocks) each slab is read only after it, so the export can be submitted with
+    the graph that writes the store.  Codecs :class:`ZarrChunkSource` does not read are
+    exported through xarray's reader, never gated (None then).
+    """
+    from dask.array.core import normalize_chunks
     from dask.base import tokenize
+    from dask.core import flatten
+    from dask.highlevelgraph import HighLevelGraph
 
     path = store / var.name
     if not ZarrChunkSource.supported(_open_array(str(path), "r")):
-        return var.chunk(dict(zip(var.dims, chunks)))
+        if gate is not None:
+            return None
+        return _counted([(var.chunk(dict(zip(var.dims, chunks))).data, target)])
+    source = ZarrChunkSource(path)
+    chunks = normalize_chunks(chunks, source.shape)
     st = os.stat(path / "zarr.json")
-    name = "fits-slab-" + tokenize(str(path), st.st_ino, st.st_mtime_ns, chunks)
-    data = da.from_array(ZarrChunkSource(path), chunks=chunks, name=name, lock=False,
-                         asarray=False, fancy=False)
-    return var.copy(data=data)
+    after = [] if gate is None else list(flatten(gate.__dask_keys__()))
+    name = "fits-slab-" + tokenize(str(path), st.st_ino, st.st_mtime_ns, chunks, target.path,
+                                   target.offset, after)
+    edges = [np.cumsum((0, *c)).tolist() for c in chunks]
+    dsk = {}
+    for idx in itertools.product(*(range(len(c)) for c in chunks)):
+        lo = [e[i] for e, i in zip(edges, idx)]
+        hi = [e[i + 1] for e, i in zip(edges, idx)]
+        dsk[(name, *idx)] = (copy_slab, source, target, lo, hi, *after)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[] if gate is None else [gate])
+    flags = da.Array(graph, name, chunks=tuple((1,) * len(c) for c in chunks), dtype=np.int64)
+    return flags.sum(split_every=COUNT_SPLIT_EVERY), math.prod(len(c) for c in chunks)
 
 
 def export_fits(store, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_BYTES) -> Path:
@@ -775,10 +828,88 @@ def export_fits(store, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_BYTES)
     bytes are those of :func:`to_fits`.  Each worker must see ``store`` and ``path``.
 
     Row-major FITS images make this cheaper than writing them from the tasks that compute
-    the products: those hold column bands, i.e. one short run per (integration, row).
+    the products: those hold pixel tiles, i.e. one short run per (integration, row).
     """
     export_all([(store, path, kind)], slab_bytes=slab_bytes)
     return Path(path)
+
+
+class _Export:
+    """A FITS export being prepared: its partial file (headers written, data reserved), the
+    lazy count of its slab writes and the store it reads (kept open until it is done)."""
+
+    def __init__(self, store: Path, path: Path, kind: str, slab_bytes: int, gate=None,
+                 final_store: Path | None = None, coords_written: bool = True):
+        self.store, self.path, self.kind = Path(store), Path(path), kind
+        # with a gate the store is still being written (its coordinates may be too) and is
+        # found at ``final_store`` once complete
+        self.final_store = Path(final_store) if final_store is not None else self.store
+        if not dask.is_dask_collection(gate):
+            gate = None  # nothing left to write: the store was written whole when created
+        # the INT_TIMES table is built from the coordinates once they are in the store
+        self.table_later = gate is not None and not coords_written
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        # opened unchunked: the slabs read the chunk files, and the coordinates (stored
+        # whole) are read whole
+        self.src = xr.open_zarr(self.store, consolidated=False, chunks=None)
+        self.counts = None
+        try:
+            _check_layout(self.src, kind)
+            # the product's variables share dims and chunking: one slab size for all
+            first = next(self.src[n] for n in LAYOUTS[kind] if n in self.src)
+            zchunks = tuple(first.encoding.get("chunks") or first.shape)
+            chunks = dict(zip(first.dims, _slab_chunks(first, zchunks, slab_bytes)))
+            # the coordinates (INT_TIMES) are read here, at once: as dask arrays each would
+            # be a round trip to the cluster
+            ds = self.src.assign_coords({k: v.load() for k, v in self.src.coords.items()})
+            self.table = int_times_table(ds) if kind != "rate" and not self.table_later else None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            counts = []
+            for var, target in _allocate_fits(ds, self.partial, self.path.name, kind):
+                c = _slab_counts(self.store, var, tuple(chunks[d] for d in var.dims), target, gate)
+                if c is None:
+                    return  # read through xarray: exported after the store is complete
+                counts.append(c)
+            self.counts = counts
+        except BaseException:
+            self.abandon()
+            raise
+
+    @property
+    def ready(self) -> bool:
+        return self.counts is not None
+
+    def finish(self, stored: list) -> None:
+        """Check every slab was written, append the INT_TIMES table and rename into place."""
+        for n, (_, expected) in zip(stored, self.counts):
+            _check_stored(n, expected, f"{self.path.name}: ")
+        table = self.table
+        if self.table_later and self.kind != "rate":
+            # the INT_TIMES columns as stored, now that the store is complete
+            with xr.open_zarr(self.final_store, consolidated=False, chunks=None) as done:
+                table = int_times_table(done.assign_coords({k: v.load() for k, v in done.coords.items()}))
+        _append_and_rename(self.partial, self.path, table)
+
+    def close(self) -> None:
+        self.src.close()
+
+    def abandon(self) -> None:
+        self.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def _run_exports(exports: list[_Export]) -> None:
+    """Compute the slab writes of ``exports`` in one graph and finish each file."""
+    try:
+        (stored,) = dask.compute([[c for c, _ in e.counts] for e in exports])
+        for e, n in zip(exports, stored):
+            e.finish(n)
+    except BaseException:
+        for e in exports:
+            e.abandon()
+        raise
+    for e in exports:
+        e.close()
 
 
 def export_all(jobs, *, slab_bytes: int = DEFAULT_SLAB_BYTES) -> list[Path]:
@@ -788,40 +919,16 @@ def export_all(jobs, *, slab_bytes: int = DEFAULT_SLAB_BYTES) -> list[Path]:
     tables are built before it runs.  On failure no file appears and the partial files are
     removed.
     """
-    opened, done = [], []
+    exports = []
     try:
-        pending = []
         for store, path, kind in jobs:
-            store, path = Path(store), Path(path)
-            # opened unchunked, then chunked into slabs: each slab is one read of the store,
-            # and the coordinates (stored whole) are read whole
-            src = xr.open_zarr(store, consolidated=False, chunks=None)
-            opened.append(src)
-            _check_layout(src, kind)
-            # the product's variables share dims and chunking: one slab size for all
-            first = next(src[n] for n in LAYOUTS[kind] if n in src)
-            zchunks = tuple(first.encoding.get("chunks") or first.shape)
-            chunks = dict(zip(first.dims, _slab_chunks(first, zchunks, slab_bytes)))
-            # the coordinates (INT_TIMES) are read here, at once: as dask arrays each would
-            # be a round trip to the cluster
-            ds = src.assign({n: _slab_source(store, src[n], tuple(chunks[d] for d in src[n].dims))
-                             for n in LAYOUTS[kind] if n in src})
-            ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items()})
-            partial = path.with_name(path.name + ".partial")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            done.append((partial, path, int_times_table(ds) if kind != "rate" else None))
-            pending.extend(_allocate_fits(ds, partial, path.name, kind))
-        _store_all(pending)
-        for partial, path, table in done:
-            _append_and_rename(partial, path, table)
+            exports.append(_Export(store, path, kind, slab_bytes))
     except BaseException:
-        for partial, _, _ in done:
-            partial.unlink(missing_ok=True)
+        for e in exports:
+            e.abandon()
         raise
-    finally:
-        for src in opened:
-            src.close()
-    return [path for _, path, _ in done]
+    _run_exports(exports)
+    return [e.path for e in exports]
 
 
 def _append_and_rename(partial: Path, path: Path, table) -> None:
@@ -833,6 +940,8 @@ def _append_and_rename(partial: Path, path: Path, table) -> None:
 
 
 def _allocate_fits(ds: xr.Dataset, partial: Path, filename: str, kind: str) -> list[tuple]:
+    """Write the headers of ``partial`` and reserve its data areas; ``(variable, target)`` of
+    each image to write."""
     pending = []
     with open(partial, "wb") as f:
         f.write(primary_header(ds.attrs, kind=kind, filename=filename).tostring().encode("ascii"))
@@ -842,7 +951,7 @@ def _allocate_fits(ds: xr.Dataset, partial: Path, filename: str, kind: str) -> l
             shape = tuple(ds[name].shape)
             f.write(image_header(extname, shape, dtype, bunit=bunit).tostring().encode("ascii"))
             nbytes = dtype.itemsize * math.prod(shape)
-            pending.append((ds[name].data, FitsImageTarget(partial, f.tell(), shape, dtype)))
+            pending.append((ds[name], FitsImageTarget(partial, f.tell(), shape, dtype)))
             f.seek(nbytes + (-nbytes) % FITS_BLOCK, os.SEEK_CUR)
         size = f.tell()
         f.truncate(size)
@@ -963,24 +1072,54 @@ def write_products(
             want_zarr = want_fits
         plans.append((name, kind, ds, zpath, fpath, want_zarr, want_fits))
 
-    pending, to_finalize = [], []
-    for name, kind, ds, zpath, fpath, want_zarr, want_fits in plans:
-        if want_zarr:
+    writes, exports, later = [], [], []
+    try:
+        for _name, kind, ds, zpath, fpath, want_zarr, want_fits in plans:
+            if not want_zarr:
+                if want_fits:
+                    later.append((zpath, fpath, kind))
+                continue
             ds = ds.copy()  # new variables: the attrs below must not leak into the caller's
             ds.attrs = product_attrs(ds.attrs, provenance, kind=kind)
             for v, unit in VARIABLE_UNITS.items():
                 if kind != "ramp" and v in ds.variables:
                     ds.variables[v].attrs.setdefault("units", unit)
-            pending.extend(_start_zarr(ds, zpath))
-            to_finalize.append(zpath)
-    with_also = also is not None and all(plan[5] for plan in plans)
-    value = _store_all(pending, also if with_also else None)
-    for zpath in to_finalize:
-        finalize_store(partial_path(zpath), zpath, overwrite=True)
-
-    export_all([(zpath, fpath, kind) for _, kind, _, zpath, fpath, _, want_fits in plans
-                if fits and want_fits], slab_bytes=slab_bytes)
-    for name, kind, _, zpath, fpath, _, want_fits in plans:
+            pending = _start_zarr(ds, zpath)
+            total, expected = _counted(pending)
+            writes.append((zpath, total, expected))
+            if fits and want_fits:
+                # the FITS file is exported by the same graph: its slabs read the store
+                # being written once every block of it is (its count computed)
+                export = _Export(partial_path(zpath), fpath, kind, slab_bytes, gate=total,
+                                 final_store=zpath,
+                                 coords_written=not any(dask.is_dask_collection(c.variable)
+                                                        for c in ds.coords.values()))
+                if export.ready:
+                    exports.append(export)
+                else:
+                    export.abandon()
+                    later.append((zpath, fpath, kind))
+        with_also = also is not None and all(plan[5] for plan in plans)
+        # arrays only on both sides: optimised as one graph, the shared keys keep their names
+        stored, exported, value = dask.compute([t for _, t, _ in writes],
+                                               [[c for c, _ in e.counts] for e in exports],
+                                               also if with_also else None)
+        for (zpath, _, expected), n in zip(writes, stored):
+            _check_stored(n, expected, f"{zpath.name}: ")
+        # every store is complete before any is marked so, and before any FITS file appears
+        for zpath, _, _ in writes:
+            finalize_store(partial_path(zpath), zpath, overwrite=True)
+        for e, n in zip(exports, exported):
+            e.finish(n)
+    except BaseException:
+        for e in exports:
+            e.abandon()
+        raise
+    for e in exports:
+        e.close()
+    if later:
+        export_all(later, slab_bytes=slab_bytes)
+    for name, _, _, zpath, fpath, _, _ in plans:
         if zarr:
             out[f"{name}_zarr"] = zpath
         if fits:

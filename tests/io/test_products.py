@@ -414,19 +414,29 @@ def test_figures_computed_with_the_stores_share_their_tasks(tmp_path):
     assert again == paths and none is None
 
 
-def test_products_stored_in_one_computation_and_exported_in_another(tmp_path, monkeypatch):
-    """Zarr stores of rate and rateints in one computation, both FITS files in one more
-    (a round trip to the cluster each, whatever the number of products)."""
-    import daskramp.io.products as P
-
+def test_products_stored_and_exported_in_one_computation(tmp_path):
+    """The Zarr stores of rate and rateints and both FITS files come from one computation
+    (one round trip to the cluster, the FITS slabs reading each store once all of its blocks
+    are counted); a FITS file lost afterwards is exported again from its finished store by
+    one more, byte for byte."""
     calls = []
-    real = P._store_all
-    monkeypatch.setattr(P, "_store_all",
-                        lambda pending, also=None: calls.append(len(pending)) or real(pending, also))
-    paths = write_products(_products({"integration": 2}), tmp_path, root="r", provenance=PROVENANCE)
-    assert len(calls) == 2 and all(n > 0 for n in calls)
+
+    def counting_get(dsk, keys, **kw):
+        calls.append(keys)
+        return dask.get(dsk, keys, **kw)
+
+    with dask.config.set(scheduler=counting_get):
+        paths = write_products(_products({"integration": 2}), tmp_path, root="r", provenance=PROVENANCE)
+    assert len(calls) == 1
     assert all(is_complete(p) for p in paths.values()) and len(paths) == 4
     assert not list(tmp_path.glob("*.partial"))
+    good = paths["rateints_fits"].read_bytes()
+    paths["rateints_fits"].unlink()
+    calls.clear()
+    with dask.config.set(scheduler=counting_get):
+        again = write_products(_products({"integration": 2}), tmp_path, root="r", provenance=PROVENANCE)
+    assert again == paths and len(calls) == 1
+    assert paths["rateints_fits"].read_bytes() == good
 
 
 @pytest.mark.parametrize("slab_bytes", [1, 700, None])
@@ -645,3 +655,5 @@ def test_store_counts_every_block_and_refuses_a_missing_one(tmp_path, monkeypatc
     with pytest.raises(P.ProductError):
         write_products(prods, tmp_path, root="r", provenance=PROVENANCE)
     assert not any(is_complete(p) for p in tmp_path.iterdir())
+    # the FITS files, exported by the same graph, were removed with the failure
+    assert not list(tmp_path.glob("*.fits*"))
