@@ -21,8 +21,9 @@ are computed first, cheaply, by the same machinery on small windows:
 
 * refpix offsets from windows that cover only the reference pixels (the border strips), on a
   box-aligned grid whose interior block is never computed (dask culls it);
-* jump's "every pixel DO_NOT_USE" planes: a probe window is run up to jump; a plane with one
-  usable pixel in the probe is not all DO_NOT_USE, which settles every plane in practice.
+* jump's "every pixel DO_NOT_USE" planes: a probe window (:data:`PROBE_SHAPE` at the frame's
+  centre) is run up to jump; a plane with one usable pixel in the probe is not all
+  DO_NOT_USE, which settles every plane in practice.
   Only planes the probe cannot settle are evaluated over every tile.
 
 The results equal the step-by-step graph's exactly (``tests/test_fused.py``).
@@ -587,6 +588,18 @@ def _settled(probe: da.Array, plan: Plan, reader: Reader, refs_key, stats: dict,
     return da.Array(graph, name, chunks=tuple((n,) for n in probe.shape), dtype=bool)
 
 
+#: rows × columns of the probe window at the centre of the frame (a short, wide window: the
+#: uncal file is read row by row, see :func:`daskramp.pipeline.tile_shape`)
+PROBE_SHAPE = (32, 64)
+
+
+def probe_window(ny: int, nx: int) -> tuple[slice, slice]:
+    """The ``(y, x)`` slices of the probe window of a ``ny × nx`` frame."""
+    h, w = min(ny, PROBE_SHAPE[0]), min(nx, PROBE_SHAPE[1])
+    y0, x0 = max(0, ny // 2 - h // 2), max(0, nx // 2 - w // 2)
+    return slice(y0, y0 + h), slice(x0, x0 + w)
+
+
 def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, compute: bool = True,
                      int_block: int = 16) -> dict:
     """The whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``, ``plane_dnu``)
@@ -625,11 +638,10 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
             stats["refpix_zf_offsets"] = refpix_offsets(pre, zeroframe=True, **_kwargs(rp))
     jp = plan.params["jump"]
     if not jp.skip and "jump" in STEP_ORDER:
-        w = min(nx, 8)
-        x0 = max(0, nx // 2 - w // 2)
+        ys, xs = probe_window(ny, nx)
         given = stats if _probe_needs_offsets(plan.params) else _stand_ins(stats)
         arrs = staged(plan, reader, refs_key, given, until="jump", int_bounds=ints,
-                      y_bounds=[(0, ny)], x_bounds=[(x0, x0 + w)], names=(GROUPDQ,))
+                      y_bounds=[(ys.start, ys.stop)], x_bounds=[(xs.start, xs.stop)], names=(GROUPDQ,))
         probe = ((arrs[GROUPDQ] & np.uint8(1)) != 0).all(axis=(2, 3)).rechunk((nint, ngroup))
         stats["plane_dnu"] = _settled(probe, plan, reader, refs_key, given, int_block)
     else:

@@ -178,13 +178,14 @@ def test_submitted_statistics_feed_the_same_products(soss):
 
 
 def test_all_do_not_use_planes_settled_past_the_probe(soss):
-    """A plane DO_NOT_USE in the probe columns only is found not to be all DO_NOT_USE; a
+    """A plane DO_NOT_USE in the probe window only is found not to be all DO_NOT_USE; a
     plane DO_NOT_USE everywhere is found to be; both as the step-by-step graph finds them."""
     ds = open_exposure(soss.uncal_files).load()
     gdq = ds["groupdq"].values.copy()
     nx = ds.sizes["x"]
     gdq[2, 3] |= dq.DO_NOT_USE  # every pixel
-    gdq[6, 2, :, nx // 2 - 8: nx // 2 + 8] |= dq.DO_NOT_USE  # the probe's columns only
+    ys, xs = fused.probe_window(ds.sizes["y"], nx)
+    gdq[6, 2, ys, xs] |= dq.DO_NOT_USE  # the probe's pixels only
     ds["groupdq"] = (ds["groupdq"].dims, gdq)
     lazy = dims.chunk(ds, {"integration": 5})
     res = detector1(lazy, soss.refs_dir, tile_columns=TILE, frame_stats="compute")
