@@ -600,10 +600,28 @@ def probe_window(ny: int, nx: int) -> tuple[slice, slice]:
     return slice(y0, y0 + h), slice(x0, x0 + w)
 
 
+#: integrations per block when planes the probe cannot settle are evaluated over whole bands
+SETTLE_INT_BLOCK = 16
+
+
+def _stats_int_block(layout, plan: Plan, ngroup: int, ny: int, nx: int) -> int:
+    """Integrations per statistics window: blocks of about :data:`BLOCK_BYTES` of float32 in
+    the largest window (a border strip or the probe, ghost margin included), so each task's
+    fixed cost (≈ 40 ms) is small beside its work (blocks of 16 integrations made 50 tasks of
+    a SOSS segment's border windows)."""
+    h = plan.halo
+    boxes = list(layout.boxes) if layout is not None else []
+    ys, xs = probe_window(ny, nx)
+    boxes.append((ys.start, ys.stop, xs.start, xs.stop))
+    largest = max((min(ny, b - a + 2 * h) * min(nx, d - c + 2 * h) for a, b, c, d in boxes), default=1)
+    return max(1, BLOCK_BYTES // (4 * ngroup * max(1, largest)))
+
+
 def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, compute: bool = True,
-                     int_block: int = 16) -> dict:
+                     int_block: int | None = None) -> dict:
     """The whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``, ``plane_dnu``)
-    from small windows (see the module docstring).
+    from small windows (see the module docstring); ``int_block`` integrations per window
+    (default :func:`_stats_int_block`).
 
     With ``compute`` they are computed here through the active dask scheduler (one graph;
     the probe runs beside the refpix windows on stand-in offsets unless a step after refpix
@@ -616,13 +634,17 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
 
     sk = plan.skeleton
     nint, ngroup, ny, nx = ds.sizes[INTEGRATION], ds.sizes[GROUP], ds.sizes[Y], ds.sizes[X]
-    ints = _bounds(nint, int_block)
     rp = plan.params["refpix"]
     stats: dict = {"refpix_offsets": None, "refpix_zf_offsets": None}
+    layout = None
     if not rp.skip and _geometry(ds) is not None:
         g = _geometry(ds)
         layout = refpix_kernel.reference_layout(ny, nx, substrt1=g["x0"] + 1, substrt2=g["y0"] + 1,
                                                 subarray=g["subarray"])
+    if int_block is None:
+        int_block = _stats_int_block(layout, plan, ngroup, ny, nx)
+    ints = _bounds(nint, int_block)
+    if layout is not None:
         if layout.size:
             # windows on a grid aligned with the reference-pixel boxes: the interior windows
             # feed nothing and are culled
@@ -643,7 +665,7 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
         arrs = staged(plan, reader, refs_key, given, until="jump", int_bounds=ints,
                       y_bounds=[(ys.start, ys.stop)], x_bounds=[(xs.start, xs.stop)], names=(GROUPDQ,))
         probe = ((arrs[GROUPDQ] & np.uint8(1)) != 0).all(axis=(2, 3)).rechunk((nint, ngroup))
-        stats["plane_dnu"] = _settled(probe, plan, reader, refs_key, given, int_block)
+        stats["plane_dnu"] = _settled(probe, plan, reader, refs_key, given, SETTLE_INT_BLOCK)
     else:
         stats["plane_dnu"] = None
     return _computed(stats)[0] if compute else stats
