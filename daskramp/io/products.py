@@ -48,6 +48,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import dask
@@ -898,12 +899,12 @@ class _Export:
         self.partial.unlink(missing_ok=True)
 
 
-def _run_exports(exports: list[_Export]) -> None:
-    """Compute the slab writes of ``exports`` in one graph and finish each file."""
+@contextmanager
+def _exporting(exports: list[_Export]):
+    """Close ``exports`` (appended to inside the block) when the block succeeds; remove their
+    partial files when it fails, so no FITS file appears."""
     try:
-        (stored,) = dask.compute([[c for c, _ in e.counts] for e in exports])
-        for e, n in zip(exports, stored):
-            e.finish(n)
+        yield exports
     except BaseException:
         for e in exports:
             e.abandon()
@@ -919,15 +920,12 @@ def export_all(jobs, *, slab_bytes: int = DEFAULT_SLAB_BYTES) -> list[Path]:
     tables are built before it runs.  On failure no file appears and the partial files are
     removed.
     """
-    exports = []
-    try:
+    with _exporting([]) as exports:
         for store, path, kind in jobs:
             exports.append(_Export(store, path, kind, slab_bytes))
-    except BaseException:
-        for e in exports:
-            e.abandon()
-        raise
-    _run_exports(exports)
+        (stored,) = dask.compute([[c for c, _ in e.counts] for e in exports])
+        for e, n in zip(exports, stored):
+            e.finish(n)
     return [e.path for e in exports]
 
 
@@ -1072,8 +1070,8 @@ def write_products(
             want_zarr = want_fits
         plans.append((name, kind, ds, zpath, fpath, want_zarr, want_fits))
 
-    writes, exports, later = [], [], []
-    try:
+    writes, later = [], []
+    with _exporting([]) as exports:
         for _name, kind, ds, zpath, fpath, want_zarr, want_fits in plans:
             if not want_zarr:
                 if want_fits:
@@ -1111,12 +1109,6 @@ def write_products(
             finalize_store(partial_path(zpath), zpath, overwrite=True)
         for e, n in zip(exports, exported):
             e.finish(n)
-    except BaseException:
-        for e in exports:
-            e.abandon()
-        raise
-    for e in exports:
-        e.close()
     if later:
         export_all(later, slab_bytes=slab_bytes)
     for name, _, _, zpath, fpath, _, _ in plans:
