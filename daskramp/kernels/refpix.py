@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -202,7 +203,8 @@ def clipped_mean(values, *, siglimit: float = 3.0) -> float:
 
     Iterates mean ± ``siglimit`` × population std until no value is removed and returns the
     mean of the survivors; a set with zero spread returns its plain (float64) mean.  The
-    statistics are computed in the dtype of ``values`` (float32 for ramps), in their order.
+    statistics are computed in the dtype of ``values`` (float32 for ramps), in their order,
+    with numpy's arithmetic (see :func:`clipped_means`).
 
     Parameters
     ----------
@@ -217,17 +219,169 @@ def clipped_mean(values, *, siglimit: float = 3.0) -> float:
         The clipped mean (DN), NaN when ``values`` is empty.
     """
     c = np.asarray(values).ravel()
-    if c.size == 0:
-        return float("nan")
-    if np.std(c, dtype=np.float64) == 0.0:
-        return float(c.mean(dtype=np.float64))
-    k = float(siglimit)
-    while True:
-        s, m = c.std(), c.mean()
-        kept = c[(c >= m - s * k) & (c <= m + s * k)]
-        if kept.size == c.size:
-            return float(kept.mean())
-        c = kept
+    if c.dtype != np.float64:
+        c = c.astype(np.float32)
+    return float(clipped_means(c[None, :], np.arange(c.size), siglimit=siglimit)[0])
+
+
+def clipped_means(frames, idx, *, siglimit: float = 3.0) -> np.ndarray:
+    """:func:`clipped_mean` of ``frames[f, idx]`` for every frame ``f``.
+
+    Parameters
+    ----------
+    frames : ndarray, shape (nframes, npix), float32 or float64
+        Reference pixels of a block of frames (DN).
+    idx : ndarray of int, shape (m,)
+        The pixels of the set, in the order their sums are taken.
+    siglimit : float
+        Clipping limit in standard deviations.
+
+    Returns
+    -------
+    ndarray, shape (nframes,), float64
+        The clipped means (DN); NaN for an empty set.
+
+    The sums follow numpy's pairwise summation and its rounding of means (a float32 sum
+    divided by the count in float64, rounded back), so the results equal numpy's
+    ``std``/``mean`` loop (and scipy's ``sigmaclip``) bit for bit; in compiled code one
+    frame's set costs microseconds instead of ≈ 0.3 ms of numpy calls (2 × 1,422 sets per
+    SOSS segment).
+    """
+    frames = np.ascontiguousarray(frames)
+    if frames.dtype != np.float64:
+        frames = frames.astype(np.float32, copy=False)
+    out = np.empty(frames.shape[0], np.float64)
+    limit = np.array([siglimit], frames.dtype)
+    _clipped_means(frames, np.ascontiguousarray(idx, dtype=np.int64), limit, out)
+    return out
+
+
+#: numpy's pairwise-summation block (``PW_BLOCKSIZE``)
+_PW_BLOCK = 128
+
+
+@numba.njit(cache=True)
+def _block_sum(a, lo, n):
+    """numpy's pairwise sum of a run of at most :data:`_PW_BLOCK` values (n ≥ 1)."""
+    if n < 8:
+        res = a[lo]
+        for i in range(1, n):
+            res += a[lo + i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - (n % 8):
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@numba.njit(cache=True)
+def _pairwise_sum(a, lo, n):
+    """numpy's pairwise sum of ``a[lo:lo + n]`` (n ≥ 1), in the dtype of ``a``: halves (cut
+    at a multiple of 8) summed separately down to blocks of :data:`_PW_BLOCK`.  Walked with
+    an explicit stack (a recursive compiled function does not survive numba's cache when
+    another module's kernel calls it)."""
+    if n <= _PW_BLOCK:
+        return _block_sum(a, lo, n)
+    starts = np.empty(128, np.int64)
+    sizes = np.empty(128, np.int64)
+    done = np.zeros(128, np.bool_)
+    values = np.empty(128, a.dtype)
+    top, nval = 1, 0
+    starts[0], sizes[0] = lo, n
+    while top > 0:
+        top -= 1
+        s0, m = starts[top], sizes[top]
+        if m <= _PW_BLOCK:
+            values[nval] = _block_sum(a, s0, m)
+            nval += 1
+        elif done[top]:
+            # both halves are on the value stack (addition commutes: their order is moot)
+            values[nval - 2] = values[nval - 2] + values[nval - 1]
+            nval -= 1
+            done[top] = False
+        else:
+            h = m // 2
+            h -= h % 8
+            done[top] = True
+            top += 1
+            starts[top], sizes[top], done[top] = s0, h, False
+            top += 1
+            starts[top], sizes[top], done[top] = s0 + h, m - h, False
+            top += 1
+    return values[0]
+
+
+@numba.njit(cache=True)
+def _mean_std(c, n, sq, cell):
+    """numpy's ``c[:n].mean()`` and ``c[:n].std()``, in the dtype of ``c``: sums divided by
+    the count in float64 and rounded back (``cell``: a one-element buffer of that dtype)."""
+    cell[0] = np.float64(_pairwise_sum(c, 0, n)) / n
+    mu = cell[0]
+    for j in range(n):
+        d = c[j] - mu
+        sq[j] = d * d
+    cell[0] = np.float64(_pairwise_sum(sq, 0, n)) / n
+    return mu, np.sqrt(cell[0])
+
+
+@numba.njit(cache=True)
+def _clipped_mean_of(c, sq, cell, k):
+    """The clipped mean of ``c`` (reordered in place), NaN when empty."""
+    n = c.size
+    if n == 0:
+        return np.nan
+    spread = False
+    for j in range(1, n):
+        if c[j] != c[0]:
+            spread = True
+    if not spread and c[0] == c[0]:
+        # zero spread: the plain float64 mean (the value itself for float32 values; float64
+        # ones need not add up exactly, and then numpy's spread is not zero but the clipping
+        # keeps them all and returns the same mean)
+        wide = np.empty(n, np.float64)
+        for j in range(n):
+            wide[j] = c[j]
+        return _pairwise_sum(wide, 0, n) / n
+    while n > 0:
+        mu, sd = _mean_std(c, n, sq, cell)
+        lo = mu - sd * k
+        hi = mu + sd * k
+        kept = 0
+        for j in range(n):
+            v = c[j]
+            if v >= lo and v <= hi:
+                c[kept] = v
+                kept += 1
+        if kept == n:
+            return np.float64(mu)
+        n = kept
+    return np.nan
+
+
+@numba.njit(cache=True)
+def _clipped_means(frames, idx, limit, out):
+    m = idx.size
+    c = np.empty(m, frames.dtype)
+    sq = np.empty(m, frames.dtype)
+    cell = np.empty(1, frames.dtype)
+    for f in range(frames.shape[0]):
+        for j in range(m):
+            c[j] = frames[f, idx[j]]
+        out[f] = _clipped_mean_of(c, sq, cell, limit[0])
 
 
 def running_median(values, *, side_smoothing_length: int = 11) -> np.ndarray:
@@ -369,12 +523,11 @@ def refpix_offsets(
             return out.reshape(*lead, -1)
         sets = [selected & (parity == p) for p in (0, 1)] if odd_even_columns else [selected]
         idx = [np.flatnonzero(s) for s in sets]
-        for f in range(nframes):
-            means = [clipped_mean(frames[f, i], siglimit=siglimit) for i in idx]
-            # an empty parity set (a single reference column) leaves that parity alone
-            means = [0.0 if np.isnan(m) else m for m in means]
-            out[f, 0:NTOPBOTTOM:2] = means[0]
-            out[f, 1:NTOPBOTTOM:2] = means[-1]
+        means = [clipped_means(frames, i, siglimit=siglimit) for i in idx]
+        # an empty parity set (a single reference column) leaves that parity alone
+        means = [np.where(np.isnan(m), 0.0, m) for m in means]
+        out[:, 0:NTOPBOTTOM:2] = means[0][:, None]
+        out[:, 1:NTOPBOTTOM:2] = means[-1][:, None]
         return out.reshape(*lead, -1)
 
     if mode != AMPLIFIERS:
@@ -388,15 +541,9 @@ def refpix_offsets(
             for p in parities
             for edge, side in (("top", top), ("bottom", bottom))
         }
+        means = {key: clipped_means(frames, i, siglimit=siglimit) for key, i in idx.items()}
         for f in range(nframes):
-            vals = [
-                _mean_of_two(
-                    clipped_mean(frames[f, idx[p, "top"]], siglimit=siglimit),
-                    clipped_mean(frames[f, idx[p, "bottom"]], siglimit=siglimit),
-                    work,
-                )
-                for p in parities
-            ]
+            vals = [_mean_of_two(means[p, "top"][f], means[p, "bottom"][f], work) for p in parities]
             # an amplifier lacking any of its values is left uncorrected
             if not any(np.isnan(v) for v in vals):
                 out[f, 2 * amp] = vals[0]

@@ -129,6 +129,43 @@ def test_clipped_mean_matches_scipy_sigmaclip(n, seed, outliers, siglimit, dtype
         assert got == stats.sigmaclip(v, siglimit, siglimit)[0].mean()
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 3000),
+    nframes=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    constant=st.booleans(),
+)
+def test_clipped_means_equal_numpy_sigma_clipping(n, nframes, seed, dtype, constant):
+    # the compiled sums reproduce numpy's pairwise summation (blocks of 128, halves cut at
+    # multiples of 8) and its float64 division of means, so the results are bit-identical
+    rng = np.random.default_rng(seed)
+    frames = rng.normal(rng.choice([0.0, 1000.0, 12000.5]), rng.choice([0.1, 5.0]), (nframes, n + 7))
+    frames = frames.round(int(rng.integers(0, 3))).astype(dtype)
+    frames[rng.random(frames.shape) < 0.01] += 1e4
+    if constant:
+        frames[:] = frames[:, :1]  # float64 copies of one value need not sum exactly
+    idx = np.sort(rng.choice(n + 7, n, replace=False))
+    got = k.clipped_means(frames, idx, siglimit=2.5)
+    for f in range(nframes):
+        v = frames[f, idx]
+        if n == 0:
+            assert np.isnan(got[f])
+        elif np.std(v, dtype=np.float64) == 0:
+            assert got[f] == v.mean(dtype=np.float64)
+        else:
+            assert got[f] == stats.sigmaclip(v, 2.5, 2.5)[0].mean()
+
+
+def test_pairwise_sum_is_numpys():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        for n in (1, 7, 8, 9, 127, 128, 129, 1000, 4099, 100_003):
+            a = rng.normal(1000, 5, n).astype(dtype)
+            assert k._pairwise_sum(a, 0, n) == np.add.reduce(a)
+
+
 def test_clipped_mean_hand_cases():
     # 1023 values of 100 and one of 1e6: mean ≈ 1076, std ≈ 31000, the hot pixel lies
     # beyond 3σ; the second pass has zero spread, nothing more removed → exactly 100

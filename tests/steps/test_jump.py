@@ -268,8 +268,8 @@ def test_integration_scale_per_exposure_selects_the_segment(tmp_path):
     ds = exposure(data, gdq, segment=[1, 1, 1, 2, 2, 2])
     whole = jump(ds, gain=gain, readnoise=rn, integration_scale=scale).groupdq.values
     seg2 = ds.isel(integration=slice(3, 6))
-    for given in (scale, scale[3:], xr.DataArray(scale, dims="integration")):
-        got = jump(seg2, gain=gain, readnoise=rn, integration_scale=given).groupdq.values
+    for scale_given in (scale, scale[3:], xr.DataArray(scale, dims="integration")):
+        got = jump(seg2, gain=gain, readnoise=rn, integration_scale=scale_given).groupdq.values
         np.testing.assert_array_equal(got, whole[3:])
     # from a file, as on the command line
     np.savetxt(tmp_path / "scale.txt", scale)
