@@ -631,11 +631,21 @@ def image_header(
     return hdr
 
 
-def _to_fits_bytes(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A block in the stored FITS representation (big-endian; BZERO offset for unsigned)."""
+def _to_fits_bytes(block: np.ndarray, dtype: np.dtype, *, inplace: bool = False) -> np.ndarray:
+    """A block in the stored FITS representation (big-endian; BZERO offset for unsigned).
+
+    With ``inplace`` a native block of ``dtype`` that the caller owns is converted in its
+    own memory (no second array of the slab's size to allocate and fill)."""
     a = np.asarray(block)
     if dtype.kind == "u" and a.dtype.kind == "f":
         raise ProductError(f"cannot store float data as {dtype}")
+    if (inplace and a.dtype == dtype and a.dtype.isnative and a.flags.writeable
+            and a.flags.c_contiguous and dtype.kind in "uif"):
+        if dtype.kind == "u" and dtype.itemsize > 1:
+            # stored = value − 2^(bits−1): the top bit flipped
+            a ^= dtype.type(1 << (8 * dtype.itemsize - 1))
+            a = a.view(np.dtype(f"i{dtype.itemsize}"))
+        return a.byteswap(inplace=True).view(a.dtype.newbyteorder(">"))
     a = a.astype(dtype, copy=False)
     if dtype == np.uint32:
         # stored = value − 2³¹, the same bit pattern as flipping the top bit
@@ -761,6 +771,13 @@ class FitsImageTarget:
         # for every reader once the last block is in
         write_region(self.path, self.offset, self.shape, key, _to_fits_bytes(np.asarray(block), self.dtype))
 
+    def write_owned(self, key, block: np.ndarray) -> None:
+        """``self[key] = block`` for a block nobody else uses: converted in its own memory."""
+        from ._pwrite import write_region
+
+        key = key if isinstance(key, tuple) else (key,)
+        write_region(self.path, self.offset, self.shape, key, _to_fits_bytes(block, self.dtype, inplace=True))
+
 
 def _slab_chunks(var: xr.DataArray, zchunks: tuple[int, ...], slab_bytes: int) -> tuple[int, ...]:
     """Dask chunks for exporting ``var``: whole trailing axes (one contiguous FITS run per
@@ -778,7 +795,11 @@ def copy_slab(source, target, lo, hi, *after) -> np.ndarray:
     """Copy ``source[lo:hi]`` to ``target[lo:hi]`` (per axis); a one-element count (int64) to
     sum.  ``after``: values that had to be computed first (the stores ``source`` reads)."""
     region = tuple(slice(a, b) for a, b in zip(lo, hi))
-    target[region] = source[region]
+    block = source[region]  # a fresh array: converted to the file's bytes in place
+    if isinstance(target, FitsImageTarget):
+        target.write_owned(region, block)
+    else:
+        target[region] = block
     return np.ones((1,) * len(region), np.int64)
 
 
