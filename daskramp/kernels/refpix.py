@@ -619,23 +619,46 @@ def apply_refpix(data, offsets_y, offsets_x, *, fastaxis: int, float64: bool = F
     ndarray, shape (integration, group, y, x), float32
         Corrected data (DN).
     """
-    oy = np.asarray(offsets_y)[..., :, None]
-    ox = np.asarray(offsets_x)[..., None, :]
-    col, row = (ox, oy) if abs(fastaxis) == 1 else (oy, ox)
     data = np.asarray(data)
+    oy = np.asarray(offsets_y, dtype=np.float64)
+    ox = np.asarray(offsets_x, dtype=np.float64)
+    if data.ndim != 4 or oy.shape != (*data.shape[:2], data.shape[2]) or ox.shape != (*data.shape[:2], data.shape[3]):
+        # other shapes (e.g. profiles broadcast over integrations): numpy's broadcasting
+        oy, ox = np.broadcast_arrays(oy[..., :, None], ox[..., None, :], data)[:2]
+        col, row = (ox, oy) if abs(fastaxis) == 1 else (oy, ox)
+        if float64:
+            return ((data.astype(np.float64) - col) - row).astype(np.float32)
+        diff = np.subtract(data, col.astype(np.float32), dtype=np.float32)
+        return (diff.astype(np.float64) - row).astype(np.float32)
+    if data.dtype not in (np.float32, np.float64, np.uint16):
+        data = data.astype(np.float64 if float64 else np.float32)
     out = np.empty(data.shape, np.float32)
-    # frame by frame, so that the float64 scratch stays one frame in size
-    for i in range(out.shape[0]):
-        for g in range(out.shape[1]):
-            if float64:
-                frame = np.subtract(data[i, g], col[i, g], dtype=np.float64)
-                frame -= row[i, g]
-                out[i, g] = frame
-            else:
-                np.subtract(data[i, g], col[i, g].astype(np.float32), out=out[i, g], dtype=np.float32)
-                if np.any(row[i, g]):
-                    out[i, g] = out[i, g].astype(np.float64) - row[i, g]
+    _apply_profiles(data, oy, ox, abs(fastaxis) == 1, bool(float64), out)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply_profiles(data, oy, ox, col_is_x, float64, out):
+    """``out = data − column term − row term`` in :func:`apply_refpix`'s arithmetic: in
+    float64 rounded once, or the column term in float32 and the row term in float64 (a zero
+    row term leaves the float32 difference as it is).  One pass, where numpy took a few
+    calls on each (integration, group) frame of the window (≈ 1,400 frames per SOSS tile)."""
+    nint, ng, ny, nx = data.shape
+    for i in range(nint):
+        for g in range(ng):
+            for y in range(ny):
+                ry = oy[i, g, y]
+                for x in range(nx):
+                    rx = ox[i, g, x]
+                    if col_is_x:
+                        c, r = rx, ry
+                    else:
+                        c, r = ry, rx
+                    if float64:
+                        out[i, g, y, x] = np.float32((np.float64(data[i, g, y, x]) - c) - r)
+                    else:
+                        v = np.float32(data[i, g, y, x]) - np.float32(c)
+                        out[i, g, y, x] = np.float32(np.float64(v) - r)
 
 
 def refpix(

@@ -527,3 +527,34 @@ def test_parity_four_output_subarray_and_nirspec_sub32():
                                detector="NRS1", substrt1=1025, substrt2=1000, noutputs=1,
                                subarray="SUB32")
     np.testing.assert_array_equal(ours, official)
+
+
+def _apply_by_frames(data, oy, ox, *, fastaxis, float64):
+    """apply_refpix's arithmetic written frame by frame with numpy (the definition)."""
+    col, row = (ox[..., None, :], oy[..., :, None]) if abs(fastaxis) == 1 else (oy[..., :, None], ox[..., None, :])
+    out = np.empty(data.shape, np.float32)
+    for i in range(data.shape[0]):
+        for g in range(data.shape[1]):
+            if float64:
+                out[i, g] = np.subtract(data[i, g], col[i, g], dtype=np.float64) - row[i, g]
+            else:
+                out[i, g] = np.subtract(data[i, g], col[i, g].astype(np.float32), dtype=np.float32)
+                if np.any(row[i, g]):
+                    out[i, g] = out[i, g].astype(np.float64) - row[i, g]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.float64])
+@pytest.mark.parametrize("fastaxis", [1, -2])
+@pytest.mark.parametrize("float64", [False, True])
+def test_apply_refpix_equals_its_frame_by_frame_definition(dtype, fastaxis, float64):
+    rng = np.random.default_rng(4)
+    full = rng.normal(2e4, 300, (3, 4, 9, 12))
+    data = (full.round() if dtype == np.uint16 else full).astype(dtype)[:, :, 1:8, 2:11]  # strided
+    oy = rng.normal(5, 3, (3, 4, 7)) * 1.0000001
+    ox = rng.normal(-5, 3, (3, 4, 12))[..., 2:11]
+    oy[1] = 0.0  # frames without a row term keep the float32 difference
+    got = k.apply_refpix(data, oy, ox, fastaxis=fastaxis, float64=float64)
+    want = _apply_by_frames(data, oy, ox, fastaxis=fastaxis, float64=float64)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
