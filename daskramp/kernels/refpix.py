@@ -622,14 +622,11 @@ def apply_refpix(data, offsets_y, offsets_x, *, fastaxis: int, float64: bool = F
     data = np.asarray(data)
     oy = np.asarray(offsets_y, dtype=np.float64)
     ox = np.asarray(offsets_x, dtype=np.float64)
-    if data.ndim != 4 or oy.shape != (*data.shape[:2], data.shape[2]) or ox.shape != (*data.shape[:2], data.shape[3]):
-        # other shapes (e.g. profiles broadcast over integrations): numpy's broadcasting
-        oy, ox = np.broadcast_arrays(oy[..., :, None], ox[..., None, :], data)[:2]
-        col, row = (ox, oy) if abs(fastaxis) == 1 else (oy, ox)
-        if float64:
-            return ((data.astype(np.float64) - col) - row).astype(np.float32)
-        diff = np.subtract(data, col.astype(np.float32), dtype=np.float32)
-        return (diff.astype(np.float64) - row).astype(np.float32)
+    if data.ndim != 4:
+        raise ValueError(f"apply_refpix needs a (integration, group, y, x) block, got shape {data.shape}")
+    # profiles given for fewer integrations or groups are broadcast (views, nothing copied)
+    oy = np.broadcast_to(oy, (*data.shape[:2], data.shape[2]))
+    ox = np.broadcast_to(ox, (*data.shape[:2], data.shape[3]))
     if data.dtype not in (np.float32, np.float64, np.uint16):
         data = data.astype(np.float64 if float64 else np.float32)
     out = np.empty(data.shape, np.float32)
