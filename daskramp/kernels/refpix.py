@@ -203,8 +203,8 @@ def clipped_mean(values, *, siglimit: float = 3.0) -> float:
 
     Iterates mean ± ``siglimit`` × population std until no value is removed and returns the
     mean of the survivors; a set with zero spread returns its plain (float64) mean.  The
-    statistics are computed in the dtype of ``values`` (float32 for ramps), in their order,
-    with numpy's arithmetic (see :func:`clipped_means`).
+    statistics are computed in float32 for float32 values (ramps) and in float64 otherwise,
+    in their order, with numpy's arithmetic (see :func:`clipped_means`).
 
     Parameters
     ----------
@@ -219,8 +219,6 @@ def clipped_mean(values, *, siglimit: float = 3.0) -> float:
         The clipped mean (DN), NaN when ``values`` is empty.
     """
     c = np.asarray(values).ravel()
-    if c.dtype != np.float64:
-        c = c.astype(np.float32)
     return float(clipped_means(c[None, :], np.arange(c.size), siglimit=siglimit)[0])
 
 
@@ -248,8 +246,8 @@ def clipped_means(frames, idx, *, siglimit: float = 3.0) -> np.ndarray:
     SOSS segment).
     """
     frames = np.ascontiguousarray(frames)
-    if frames.dtype != np.float64:
-        frames = frames.astype(np.float32, copy=False)
+    if frames.dtype != np.float32:
+        frames = frames.astype(np.float64, copy=False)
     out = np.empty(frames.shape[0], np.float64)
     limit = np.array([siglimit], frames.dtype)
     _clipped_means(frames, np.ascontiguousarray(idx, dtype=np.int64), limit, out)
