@@ -764,19 +764,18 @@ class FitsImageTarget:
         self.ndim = len(self.shape)
 
     def __setitem__(self, key, block) -> None:
+        self.write(key, block)
+
+    def write(self, key, block, *, owned: bool = False) -> None:
+        """``self[key] = block``; ``owned``: nobody else uses ``block``, so it is converted to
+        the file's bytes in its own memory."""
         from ._pwrite import write_region
 
         key = key if isinstance(key, tuple) else (key,)
         # no fsync per block: the pages are in the shared page cache, so the file is complete
         # for every reader once the last block is in
-        write_region(self.path, self.offset, self.shape, key, _to_fits_bytes(np.asarray(block), self.dtype))
-
-    def write_owned(self, key, block: np.ndarray) -> None:
-        """``self[key] = block`` for a block nobody else uses: converted in its own memory."""
-        from ._pwrite import write_region
-
-        key = key if isinstance(key, tuple) else (key,)
-        write_region(self.path, self.offset, self.shape, key, _to_fits_bytes(block, self.dtype, inplace=True))
+        write_region(self.path, self.offset, self.shape, key,
+                     _to_fits_bytes(np.asarray(block), self.dtype, inplace=owned))
 
 
 def _slab_chunks(var: xr.DataArray, zchunks: tuple[int, ...], slab_bytes: int) -> tuple[int, ...]:
@@ -797,7 +796,7 @@ def copy_slab(source, target, lo, hi, *after) -> np.ndarray:
     region = tuple(slice(a, b) for a, b in zip(lo, hi))
     block = source[region]  # a fresh array: converted to the file's bytes in place
     if isinstance(target, FitsImageTarget):
-        target.write_owned(region, block)
+        target.write(region, block, owned=True)
     else:
         target[region] = block
     return np.ones((1,) * len(region), np.int64)

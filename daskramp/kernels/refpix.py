@@ -346,6 +346,7 @@ def _clipped_mean_of(c, sq, cell, k):
     for j in range(1, n):
         if c[j] != c[0]:
             spread = True
+            break
     if not spread and c[0] == c[0]:
         # zero spread: the plain float64 mean (the value itself for float32 values; float64
         # ones need not add up exactly, and then numpy's spread is not zero but the clipping
