@@ -479,17 +479,22 @@ def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until
     sk = plan.skeleton
     # the statistics (computed or lazy) travel as one key, like the reference files
     stats_key = stats if isinstance(stats, Delayed) else dask.delayed(dict(stats), pure=True)
+    # and so does the plan: its skeleton holds the exposure's per-integration coordinates
+    # (194 KiB unpickled for 16 SOSS segments), and a worker keeps each task's own unpickled
+    # copy of its arguments for as long as it remembers the task, which for a window is
+    # until the counts of its stored blocks are added up
+    plan_key = dask.delayed(plan, pure=True, traverse=False)
     token = tokenize(plan.params, plan.stats_scope, plan.halo, reader, until, int_bounds, y_bounds,
-                     x_bounds, refs_key, stats_key)
+                     x_bounds, refs_key, stats_key, plan_key)
     wname = f"window-{until}-{token}"
     dsk: dict = {}
-    deps = [stats_key] if refs_key is None else [refs_key, stats_key]
+    deps = [plan_key, stats_key] if refs_key is None else [plan_key, refs_key, stats_key]
     refs_arg = None if refs_key is None else refs_key.key
     for a, (i0, i1) in enumerate(int_bounds):
         for b, (y0, y1) in enumerate(y_bounds):
             for c, (x0, x1) in enumerate(x_bounds):
-                dsk[(wname, a, b, c)] = (run_window, plan, reader, refs_arg, stats_key.key, i0, i1,
-                                         slice(y0, y1), slice(x0, x1), until)
+                dsk[(wname, a, b, c)] = (run_window, plan_key.key, reader, refs_arg, stats_key.key,
+                                         i0, i1, slice(y0, y1), slice(x0, x1), until)
     ichunks = tuple(b - a for a, b in int_bounds)
     ychunks = tuple(b - a for a, b in y_bounds)
     xchunks = tuple(b - a for a, b in x_bounds)
@@ -617,6 +622,65 @@ def _stats_int_block(layout, plan: Plan, ngroup: int, ny: int, nx: int) -> int:
     return max(1, BLOCK_BYTES // (4 * ngroup * max(1, largest)))
 
 
+def _refpix_block(plan: Plan, reader: Reader, refs, i0: int, i1: int) -> dict:
+    """refpix's per-frame offsets (and the zero frame's) of integrations ``i0:i1``: the
+    chain before refpix run on each reference-pixel rectangle, the offsets found here.
+    Only the offsets leave the task, so no rectangle waits in worker memory for the others
+    (as parts of an array they were joined by separate tasks, and up to ≈ 150 MB of them
+    waited on one worker of a 4-segment SOSS run)."""
+    from .pipeline import _kwargs
+    from .steps import refpix as step
+
+    rp = _kwargs(plan.params["refpix"])
+    data, zf, dq = [], [], []
+    for a, b, c, d in step.reference_boxes(plan.skeleton, **rp):
+        w = run_window(plan, reader, refs, {}, i0, i1, slice(a, b), slice(c, d), until="refpix")
+        data.append(w[DATA])
+        dq.append(w[PIXELDQ])
+        if ZEROFRAME in w:
+            zf.append(w[ZEROFRAME][:, None])
+        del w
+    out = {"refpix_offsets": step.offsets_from_boxes(data, dq, plan.skeleton, **rp)}
+    out["refpix_zf_offsets"] = step.offsets_from_boxes(zf, dq, plan.skeleton, **rp) if zf else None
+    return out
+
+
+def _refpix_statistics(plan: Plan, reader: Reader, refs_key, ints) -> dict:
+    """Lazy ``refpix_offsets`` and ``refpix_zf_offsets`` DataArrays ``(integration, group,
+    refpix_term)``, one :func:`_refpix_block` task per block of integrations ``ints``."""
+    from dask.base import tokenize
+
+    from .pipeline import _kwargs
+    from .steps import refpix as step
+
+    sk = plan.skeleton
+    ngroup = sk.sizes[GROUP]
+    plan_key = dask.delayed(plan, pure=True, traverse=False)
+    name = "refpix-block-" + tokenize(plan_key, reader, refs_key, ints)
+    refs_arg = None if refs_key is None else refs_key.key
+    blocks = {(name, a): (_refpix_block, plan_key.key, reader, refs_arg, i0, i1)
+              for a, (i0, i1) in enumerate(ints)}
+    deps = [plan_key] if refs_key is None else [plan_key, refs_key]
+    _, nterms, _ = step._offsets_setup(sk.sizes[Y], sk.sizes[X], step._geometry(sk),
+                                       step.Params(**_kwargs(plan.params["refpix"])))
+    out = {}
+    for key, groups, keep in (("refpix_offsets", ngroup, {INTEGRATION, GROUP}),
+                              ("refpix_zf_offsets", 1, {INTEGRATION})):
+        if key == "refpix_zf_offsets" and not reader.has_zeroframe:
+            out[key] = None
+            continue
+        kname = f"{key}-{name}"
+        layer = {(kname, a, 0, 0): (dict.__getitem__, (name, a), key) for a in range(len(ints))}
+        graph = {**blocks, **layer}
+        for d in deps:
+            graph.update(d.__dask_graph__())
+        arr = da.Array(graph, kname, chunks=(tuple(b - a for a, b in ints), (groups,), (nterms,)),
+                       dtype=np.float64)
+        coords = {k: v for k, v in sk.coords.items() if set(v.dims) <= keep}
+        out[key] = xr.DataArray(arr, dims=(INTEGRATION, GROUP, step.TERM_DIM), coords=coords)
+    return out
+
+
 def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, compute: bool = True,
                      int_block: int | None = None) -> dict:
     """The whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``, ``plane_dnu``)
@@ -629,10 +693,9 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     the product graph computes them (or the caller, see :func:`_computed`).
     """
     from .kernels import refpix as refpix_kernel
-    from .pipeline import STEP_ORDER, _kwargs
-    from .steps.refpix import _geometry, refpix_offsets
+    from .pipeline import STEP_ORDER
+    from .steps.refpix import _geometry
 
-    sk = plan.skeleton
     nint, ngroup, ny, nx = ds.sizes[INTEGRATION], ds.sizes[GROUP], ds.sizes[Y], ds.sizes[X]
     rp = plan.params["refpix"]
     stats: dict = {"refpix_offsets": None, "refpix_zf_offsets": None}
@@ -644,20 +707,8 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     if int_block is None:
         int_block = _stats_int_block(layout, plan, ngroup, ny, nx)
     ints = _bounds(nint, int_block)
-    if layout is not None:
-        if layout.size:
-            # windows on a grid aligned with the reference-pixel boxes: the interior windows
-            # feed nothing and are culled
-            ycut = _cuts(ny, [e for box in layout.boxes for e in box[:2]])
-            xcut = _cuts(nx, [e for box in layout.boxes for e in box[2:]])
-            names = (DATA, PIXELDQ) + ((ZEROFRAME,) if ZEROFRAME in ds else ())
-            arrs = staged(plan, reader, refs_key, {}, until="refpix", int_bounds=ints,
-                          y_bounds=ycut, x_bounds=xcut, names=names)
-            pre = sk.assign({DATA: (dims.RAMP_DIMS, arrs[DATA]), PIXELDQ: (dims.IMAGE_DIMS, arrs[PIXELDQ])})
-            if ZEROFRAME in arrs:
-                pre = pre.assign({ZEROFRAME: (dims.CUBE_DIMS, arrs[ZEROFRAME])})
-            stats["refpix_offsets"] = refpix_offsets(pre, **_kwargs(rp))
-            stats["refpix_zf_offsets"] = refpix_offsets(pre, zeroframe=True, **_kwargs(rp))
+    if layout is not None and layout.size:
+        stats.update(_refpix_statistics(plan, reader, refs_key, ints))
     jp = plan.params["jump"]
     if not jp.skip and "jump" in STEP_ORDER:
         ys, xs = probe_window(ny, nx)

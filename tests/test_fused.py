@@ -177,6 +177,33 @@ def test_submitted_statistics_feed_the_same_products(soss):
     np.testing.assert_array_equal(stats["refpix_offsets"], computed.frame_stats["refpix_offsets"])
 
 
+@pytest.mark.parametrize("nblock", [None, 2, 3])
+def test_refpix_statistics_found_by_blocks_equal_the_whole_array_ones(soss, nblock, monkeypatch):
+    """The refpix offsets found one block of integrations per task, from the reference
+    rectangles read in the task, equal those of the step-by-step graph (the rectangles cut
+    out of the whole ramp), the zero frame's too, whatever the block length (all 10
+    integrations, 2 and 3: blocks across the segment boundary included)."""
+    seen = []
+    block = fused._stats_int_block
+    monkeypatch.setattr(fused, "_stats_int_block", lambda *a: seen.append(block(*a)) or seen[-1])
+    if nblock is not None:
+        # the largest statistics window is jump's probe (32 × 64) widened by the ghost
+        # margin (3): 38 × 70 pixels of 6 float32 groups
+        monkeypatch.setattr(fused, "BLOCK_BYTES", 4 * 6 * 38 * 70 * nblock)
+    ds = open_exposure(soss.uncal_files)
+    ds["zeroframe"] = (dims.CUBE_DIMS, (ds["data"].isel(group=0) + np.uint16(3)).data)
+    res = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats="compute")
+    ref = detector1(ds, soss.refs_dir, fused=False, frame_stats="compute")
+    assert res.provenance["layout"]["fused"] and "layout" not in ref.provenance
+    for key in ("refpix_offsets", "refpix_zf_offsets"):
+        got, want = res.frame_stats[key], ref.frame_stats[key]
+        assert got.dims == want.dims and got.shape == want.shape, key
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=key)
+        assert np.isfinite(np.asarray(got)).all() and np.ptp(np.asarray(got)) > 0
+    assert res.frame_stats["refpix_zf_offsets"].sizes["group"] == 1
+    assert seen[0] == nblock if nblock else seen[0] >= 10
+
+
 def test_all_do_not_use_planes_settled_past_the_probe(soss):
     """A plane DO_NOT_USE in the probe window only is found not to be all DO_NOT_USE; a
     plane DO_NOT_USE everywhere is found to be; both as the step-by-step graph finds them."""

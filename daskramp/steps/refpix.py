@@ -85,21 +85,37 @@ def _gather(arr: xr.DataArray, layout: kernel.ReferenceLayout) -> xr.DataArray:
         return out.chunk({REFPIX_DIM: -1}) if out.chunks is not None else out
 
 
+def _offsets_setup(ny: int, nx: int, geometry: dict, params: Params):
+    """``(layout, nterms, kwargs of kernel.refpix_offsets)`` of a ``ny × nx`` subarray."""
+    mode = kernel.correction_mode(ny, nx, noutputs=geometry["noutputs"])
+    layout = kernel.reference_layout(
+        ny, nx, substrt1=geometry["x0"] + 1, substrt2=geometry["y0"] + 1, subarray=geometry["subarray"]
+    )
+    nterms = kernel.offsets_size(mode, use_side_ref_pixels=params.use_side_ref_pixels)
+    kwargs = {
+        "ref_y": layout.y,
+        "ref_x": layout.x,
+        "fastaxis": geometry["fastaxis"],
+        "slowaxis": geometry["slowaxis"],
+        "mode": mode,
+        "odd_even_columns": params.odd_even_columns,
+        "use_side_ref_pixels": params.use_side_ref_pixels,
+        "side_smoothing_length": params.side_smoothing_length,
+        "side_gain": params.side_gain,
+        "siglimit": params.siglimit,
+    }
+    return layout, nterms, kwargs
+
+
 def _offsets(
     ramp: xr.DataArray, pixeldq: xr.DataArray, *, geometry: dict, params: Params
 ) -> xr.DataArray | None:
     """Lazy per-frame offsets ``(integration, group, refpix_term)`` (None: no reference pixel)."""
-    ny, nx = ramp.sizes[Y], ramp.sizes[X]
-    y0, x0 = geometry["y0"], geometry["x0"]
-    mode = kernel.correction_mode(ny, nx, noutputs=geometry["noutputs"])
-    layout = kernel.reference_layout(
-        ny, nx, substrt1=x0 + 1, substrt2=y0 + 1, subarray=geometry["subarray"]
-    )
+    layout, nterms, kwargs = _offsets_setup(ramp.sizes[Y], ramp.sizes[X], geometry, params)
     if layout.size == 0:
         return None
     ref = _gather(ramp, layout)
     ref_dq = _gather(pixeldq, layout) | xr.DataArray(layout.extra_dq, dims=REFPIX_DIM)
-    nterms = kernel.offsets_size(mode, use_side_ref_pixels=params.use_side_ref_pixels)
     return xr.apply_ufunc(
         kernel.refpix_offsets,
         ref,
@@ -109,19 +125,37 @@ def _offsets(
         dask="parallelized",
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {TERM_DIM: nterms}},
-        kwargs={
-            "ref_y": layout.y,
-            "ref_x": layout.x,
-            "fastaxis": geometry["fastaxis"],
-            "slowaxis": geometry["slowaxis"],
-            "mode": mode,
-            "odd_even_columns": params.odd_even_columns,
-            "use_side_ref_pixels": params.use_side_ref_pixels,
-            "side_smoothing_length": params.side_smoothing_length,
-            "side_gain": params.side_gain,
-            "siglimit": params.siglimit,
-        },
+        kwargs=kwargs,
     )
+
+
+def reference_boxes(ds: xr.Dataset, **params) -> tuple[tuple[int, int, int, int], ...]:
+    """The rectangles ``(y0, y1, x0, x1)`` of ``ds``'s frame (subarray-relative) that hold
+    its candidate reference pixels, in gathering order; empty when refpix has none to use
+    (skipped, no reference pixel, or a subarray that does not fit on the detector)."""
+    p = Params(**params)
+    geometry = _geometry(ds)
+    if geometry is None or p.skip:
+        return ()
+    layout, _, _ = _offsets_setup(ds.sizes[Y], ds.sizes[X], geometry, p)
+    return layout.boxes if layout.size else ()
+
+
+def offsets_from_boxes(data_boxes, dq_boxes, ds: xr.Dataset, **params) -> np.ndarray:
+    """:func:`refpix_offsets` of a block of frames from its reference boxes, cut out already.
+
+    The numpy form, for a task that reads the boxes itself.  ``data_boxes``: one array
+    ``(integration, group, h, w)`` (DN) per rectangle of :func:`reference_boxes`, in its
+    order (a zero frame as ``(integration, 1, h, w)``); ``dq_boxes``: their ``pixeldq``
+    ``(h, w)``; ``ds`` gives the frame size and placement (attrs and ``y``/``x`` coordinates:
+    a data-less skeleton will do).  Returns ``(integration, group, refpix_term)`` float64 DN.
+    """
+    p = Params(**params)
+    layout, _, kwargs = _offsets_setup(ds.sizes[Y], ds.sizes[X], _geometry(ds), p)
+    lead = np.shape(data_boxes[0])[:-2]
+    ref = np.concatenate([np.reshape(b, (*lead, -1)) for b in data_boxes], axis=-1)
+    ref_dq = np.concatenate([np.ravel(b) for b in dq_boxes]) | layout.extra_dq
+    return kernel.refpix_offsets(ref, ref_dq, **kwargs)
 
 
 def _correct(
