@@ -19,8 +19,9 @@ Tiles never exchange data, so the graph is one task per tile (plus small getters
 a worker's memory is one tile's chain.  The two whole-frame statistics a window cannot see
 are computed first, cheaply, by the same machinery on small windows:
 
-* refpix offsets from windows that cover only the reference pixels (the border strips), on a
-  box-aligned grid whose interior block is never computed (dask culls it);
+* refpix offsets: one task per block of integrations runs the chain up to refpix on each
+  rectangle of reference pixels (the border strips) and returns only the offsets
+  (:func:`_refpix_block`);
 * jump's "every pixel DO_NOT_USE" planes: a probe window (:data:`PROBE_SHAPE` at the frame's
   centre) is run up to jump; a plane with one usable pixel in the probe is not all
   DO_NOT_USE, which settles every plane in practice.
@@ -545,11 +546,6 @@ def _int_bounds(ds: xr.Dataset, stats_scope: str) -> list[tuple[int, int]]:
     if stats_scope == "exposure":
         return [(0, ds.sizes[INTEGRATION])]
     return dims.segment_bounds(ds)
-
-
-def _cuts(n: int, edges) -> list[tuple[int, int]]:
-    pts = sorted({0, n, *(int(e) for e in edges if 0 < e < n)})
-    return list(zip(pts[:-1], pts[1:]))
 
 
 def _settle_planes(probe: np.ndarray, plan: Plan, reader: Reader, refs, stats: dict,
