@@ -609,7 +609,9 @@ def _stats_int_block(layout, plan: Plan, ngroup: int, ny: int, nx: int) -> int:
     """Integrations per statistics window: blocks of about :data:`BLOCK_BYTES` of float32 in
     the largest window (a border strip or the probe, ghost margin included), so each task's
     fixed cost (≈ 40 ms) is small beside its work (blocks of 16 integrations made 50 tasks of
-    a SOSS segment's border windows)."""
+    a SOSS segment's border windows).  A refpix task (:func:`_refpix_block`) keeps every
+    reference rectangle of its block: 0.5× the largest window for SOSS, 1.6× for a full
+    frame (ghost margin 3)."""
     h = plan.halo
     boxes = list(layout.boxes) if layout is not None else []
     ys, xs = probe_window(ny, nx)
@@ -657,8 +659,7 @@ def _refpix_statistics(plan: Plan, reader: Reader, refs_key, ints) -> dict:
     blocks = {(name, a): (_refpix_block, plan_key.key, reader, refs_arg, i0, i1)
               for a, (i0, i1) in enumerate(ints)}
     deps = [plan_key] if refs_key is None else [plan_key, refs_key]
-    _, nterms, _ = step._offsets_setup(sk.sizes[Y], sk.sizes[X], step._geometry(sk),
-                                       step.Params(**_kwargs(plan.params["refpix"])))
+    nterms = step.offsets_size(sk, **_kwargs(plan.params["refpix"]))
     out = {}
     for key, groups, keep in (("refpix_offsets", ngroup, {INTEGRATION, GROUP}),
                               ("refpix_zf_offsets", 1, {INTEGRATION})):

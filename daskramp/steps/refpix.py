@@ -141,6 +141,13 @@ def reference_boxes(ds: xr.Dataset, **params) -> tuple[tuple[int, int, int, int]
     return layout.boxes if layout.size else ()
 
 
+def offsets_size(ds: xr.Dataset, **params) -> int:
+    """Length of the ``refpix_term`` dim of :func:`refpix_offsets` for ``ds``'s frame."""
+    p = Params(**params)
+    _, nterms, _ = _offsets_setup(ds.sizes[Y], ds.sizes[X], _geometry(ds), p)
+    return nterms
+
+
 def offsets_from_boxes(data_boxes, dq_boxes, ds: xr.Dataset, **params) -> np.ndarray:
     """:func:`refpix_offsets` of a block of frames from its reference boxes, cut out already.
 
