@@ -605,7 +605,7 @@ def probe_window(ny: int, nx: int) -> tuple[slice, slice]:
 SETTLE_INT_BLOCK = 16
 
 
-def _stats_int_block(layout, plan: Plan, ngroup: int, ny: int, nx: int) -> int:
+def _stats_int_block(boxes, plan: Plan, ngroup: int, ny: int, nx: int) -> int:
     """Integrations per statistics window: blocks of about :data:`BLOCK_BYTES` of float32 in
     the largest window (a border strip or the probe, ghost margin included), so each task's
     fixed cost (≈ 40 ms) is small beside its work (blocks of 16 integrations made 50 tasks of
@@ -613,7 +613,7 @@ def _stats_int_block(layout, plan: Plan, ngroup: int, ny: int, nx: int) -> int:
     reference rectangle of its block: 0.5× the largest window for SOSS, 1.6× for a full
     frame (ghost margin 3)."""
     h = plan.halo
-    boxes = list(layout.boxes) if layout is not None else []
+    boxes = list(boxes)
     ys, xs = probe_window(ny, nx)
     boxes.append((ys.start, ys.stop, xs.start, xs.stop))
     largest = max((min(ny, b - a + 2 * h) * min(nx, d - c + 2 * h) for a, b, c, d in boxes), default=1)
@@ -689,22 +689,16 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     flags by level, see :func:`_probe_needs_offsets`); otherwise they are returned lazy and
     the product graph computes them (or the caller, see :func:`_computed`).
     """
-    from .kernels import refpix as refpix_kernel
-    from .pipeline import STEP_ORDER
-    from .steps.refpix import _geometry
+    from .pipeline import STEP_ORDER, _kwargs
+    from .steps.refpix import reference_boxes
 
     nint, ngroup, ny, nx = ds.sizes[INTEGRATION], ds.sizes[GROUP], ds.sizes[Y], ds.sizes[X]
-    rp = plan.params["refpix"]
     stats: dict = {"refpix_offsets": None, "refpix_zf_offsets": None}
-    layout = None
-    if not rp.skip and _geometry(ds) is not None:
-        g = _geometry(ds)
-        layout = refpix_kernel.reference_layout(ny, nx, substrt1=g["x0"] + 1, substrt2=g["y0"] + 1,
-                                                subarray=g["subarray"])
+    boxes = reference_boxes(plan.skeleton, **_kwargs(plan.params["refpix"]))
     if int_block is None:
-        int_block = _stats_int_block(layout, plan, ngroup, ny, nx)
+        int_block = _stats_int_block(boxes, plan, ngroup, ny, nx)
     ints = _bounds(nint, int_block)
-    if layout is not None and layout.size:
+    if boxes:
         stats.update(_refpix_statistics(plan, reader, refs_key, ints))
     jp = plan.params["jump"]
     if not jp.skip and "jump" in STEP_ORDER:
