@@ -542,6 +542,32 @@ def _bounds(n: int, step: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
+def _in_rounds(n: int, step: int, slots: int) -> int:
+    """``step`` shortened (never lengthened) so that the ``ceil(n / step)`` blocks of ``n``
+    come, as nearly as whole lengths allow, in whole rounds of ``slots`` (the cluster's
+    worker threads).  The tiles wait for every block, and three blocks of a SOSS segment
+    (≈ 0.9 s each) on two one-thread workers ran as two rounds, the second on one worker;
+    four shorter blocks make two full rounds."""
+    step = max(1, min(step, n))
+    if slots <= 1:
+        return step
+    blocks = -(-n // step)
+    blocks = min(n, -(-blocks // slots) * slots)
+    return max(1, -(-n // blocks))
+
+
+def _worker_slots() -> int:
+    """Worker threads of the dask.distributed cluster that is the active scheduler (1 when
+    there is none: the local schedulers gain nothing from rounds)."""
+    client = _distributed_client()
+    if client is None:
+        return 1
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # a scheduler that does not answer is no reason to fail the run
+        return 1
+
+
 def _int_bounds(ds: xr.Dataset, stats_scope: str) -> list[tuple[int, int]]:
     if stats_scope == "exposure":
         return [(0, ds.sizes[INTEGRATION])]
@@ -682,7 +708,8 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
                      int_block: int | None = None) -> dict:
     """The whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``, ``plane_dnu``)
     from small windows (see the module docstring); ``int_block`` integrations per window
-    (default :func:`_stats_int_block`).
+    (default :func:`_stats_int_block`, shortened by :func:`_in_rounds` to whole rounds of
+    the cluster's worker threads).
 
     With ``compute`` they are computed here through the active dask scheduler (one graph;
     the probe runs beside the refpix windows on stand-in offsets unless a step after refpix
@@ -696,7 +723,7 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     stats: dict = {"refpix_offsets": None, "refpix_zf_offsets": None}
     boxes = reference_boxes(plan.skeleton, **_kwargs(plan.params["refpix"]))
     if int_block is None:
-        int_block = _stats_int_block(boxes, plan, ngroup, ny, nx)
+        int_block = _in_rounds(nint, _stats_int_block(boxes, plan, ngroup, ny, nx), _worker_slots())
     ints = _bounds(nint, int_block)
     if boxes:
         stats.update(_refpix_statistics(plan, reader, refs_key, ints))

@@ -204,6 +204,45 @@ def test_refpix_statistics_found_by_blocks_equal_the_whole_array_ones(soss, nblo
     assert seen[0] == nblock if nblock else seen[0] >= 10
 
 
+@pytest.mark.parametrize("n, step, slots, expected", [
+    (158, 53, 2, 40),   # 3 blocks → 4: two full rounds on two workers
+    (158, 53, 1, 53),   # no cluster: unchanged
+    (2528, 53, 2, 53),  # 48 blocks already make whole rounds
+    (10, 10, 3, 4),     # 1 block → 3 (4, 4, 2)
+    (10, 40, 2, 5),     # a step past the length counts as the whole length
+    (3, 1, 4, 1),       # never fewer than one integration, never more blocks than integrations
+])
+def test_in_rounds_cases(n, step, slots, expected):
+    assert fused._in_rounds(n, step, slots) == expected
+
+
+@given(n=st.integers(1, 3000), step=st.integers(1, 400), slots=st.integers(1, 16))
+@settings(max_examples=300, deadline=None)
+def test_in_rounds_never_lengthens_and_fills_the_rounds(n, step, slots):
+    got = fused._in_rounds(n, step, slots)
+    assert 1 <= got <= min(step, n)
+    before = len(fused._bounds(n, min(step, n)))
+    after = len(fused._bounds(n, got))
+    # the blocks a round of the slots asks for, unless there are fewer integrations
+    target = min(n, -(-before // slots) * slots)
+    assert before <= after <= target
+    if n % target == 0:
+        assert after == target and after % slots == 0 or target == n
+
+
+def test_statistics_blocks_come_in_whole_rounds_of_the_workers(soss, monkeypatch):
+    """With three worker threads the statistics of 10 integrations (one block by size) are
+    found in three blocks, and the offsets are those of the one-block pass."""
+    ds = open_exposure(soss.uncal_files)
+    one = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats=None).frame_stats
+    monkeypatch.setattr(fused, "_worker_slots", lambda: 3)
+    three = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats=None).frame_stats
+    assert one["refpix_offsets"].chunks[0] == (10,)
+    assert three["refpix_offsets"].chunks[0] == (4, 4, 2)
+    np.testing.assert_array_equal(np.asarray(three["refpix_offsets"]), np.asarray(one["refpix_offsets"]))
+    np.testing.assert_array_equal(np.asarray(three["plane_dnu"]), np.asarray(one["plane_dnu"]))
+
+
 def test_all_do_not_use_planes_settled_past_the_probe(soss):
     """A plane DO_NOT_USE in the probe window only is found not to be all DO_NOT_USE; a
     plane DO_NOT_USE everywhere is found to be; both as the step-by-step graph finds them."""

@@ -191,3 +191,15 @@ def test_summary_blocks_do_not_grow_with_the_exposure(tmp_path, monkeypatch):
     opened = R._open_for_summary(tmp_path / "p.zarr")
     # 10 frames rounded down to whole stored chunks of 4 integrations; all rows and columns
     assert opened["dq"].chunks == ((8,) * 5, (8,), (16,))
+
+
+def test_worker_slots_count_the_cluster_threads(client):
+    """The statistics blocks are cut in rounds of the cluster's worker threads (2 here), and
+    of one when the active scheduler is not the cluster."""
+    import dask
+
+    from daskramp import fused
+
+    assert fused._worker_slots() == sum(client.nthreads().values()) == 2
+    with dask.config.set(scheduler="sync"):
+        assert fused._worker_slots() == 1
