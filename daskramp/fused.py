@@ -21,7 +21,8 @@ are computed first, cheaply, by the same machinery on small windows:
 
 * refpix offsets: one task per block of integrations runs the chain up to refpix on each
   rectangle of reference pixels (the border strips) and returns only the offsets
-  (:func:`_refpix_block`);
+  (:func:`_refpix_block`); the blocks come in whole rounds of the cluster's worker threads,
+  as every tile waits for all of them (:func:`_in_rounds`);
 * jump's "every pixel DO_NOT_USE" planes: a probe window (:data:`PROBE_SHAPE` at the frame's
   centre) is run up to jump; a plane with one usable pixel in the probe is not all
   DO_NOT_USE, which settles every plane in practice.
