@@ -15,9 +15,10 @@ Before the first size, this process runs a 4-integration exposure through the sa
 untimed (:func:`warm_client`), so that every size starts from the same state: otherwise the
 first size alone pays the imports and first calls of this process (measured: a 1× conversion
 took 6.3 s cold and 4.5–4.6 s warm, each on a fresh cluster).  Every size but the largest is
-run ``--repeats`` times (default 3) and its median wall time compared: a 30 s run varies by a
-quarter on this machine (26.3 s and 33.4 s for the same 1× Detector1 in two runs of this
-script, 20 minutes apart), a 9-minute run averages such spells out.  Before each run the
+run ``--repeats`` times (default 3), half before the largest size and half after it
+(:func:`run_order`), and its median wall time compared: a 30 s run varies by a third on this
+machine (the same 1× conversion and Detector1 took 31.8–43.5 s within one hour, the tasks
+themselves slower, not the scheduling), a 9-minute run averages such spells out.  Before each run the
 page cache's dirty pages are flushed and written back (:func:`settle_io`), so that no run
 pays for the previous one's write-back.  Inputs are simulated once and cached (``benchmarks/_common.simulated``); free disk is checked
 first and the largest sizes dropped, with a message, if they do not fit.  Usage::
@@ -172,6 +173,18 @@ def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: 
     }
 
 
+def run_order(sizes: list[int], reps: dict[int, int]) -> list[tuple[int, int]]:
+    """(size, repetition) in the order they run: the smaller sizes in turn, their first half
+    of repetitions before the largest size and the rest after it, so that a slow spell of
+    the machine (a 1× run took 31.8–43.5 s within one hour) is not charged to one size."""
+    largest = max(sizes)
+    small = [k for k in sizes if k != largest]
+    rounds = max((reps[k] for k in small), default=0)
+    before = [(k, r) for r in range(-(-rounds // 2)) for k in small if r < reps[k]]
+    after = [(k, r) for r in range(-(-rounds // 2), rounds) for k in small if r < reps[k]]
+    return before + [(largest, r) for r in range(reps[largest])] + after
+
+
 def settle_io(limit_mb: int = 64, timeout: float = 120.0) -> float:
     """Flush the page cache's dirty pages (a previous size's products, its deleted store) and
     wait until write-back is under ``limit_mb``: the kernel's write-back of one size's 22 GB
@@ -253,26 +266,25 @@ def main(argv=None) -> int:
     try:
         took = warm_client(work, workers=args.workers, memory_limit=args.memory_limit)
         print(f"# this process warmed on a 4-integration exposure ({took:.1f} s, untimed)", flush=True)
-        for k in sizes:
+        reps = {k: 1 if k == max(sizes) else max(1, args.repeats) for k in sizes}
+        for k, rep in run_order(sizes, reps):
             sim = simulated("niriss-soss", SEGMENT_NINTS, segments=k)
-            reps = 1 if k == max(sizes) else max(1, args.repeats)
-            for rep in range(reps):
-                waited = settle_io()
-                d = work / f"x{k}"
-                res = run_size(sim.uncal_files, sim.refs_dir, d, workers=args.workers,
-                               memory_limit=args.memory_limit, fits=args.fits)
-                shutil.rmtree(d, ignore_errors=True)
-                rows.setdefault(k, []).append(res)
-                peaks = ", ".join(f"{n}: {gib(b)}" for n, b in sorted(res["peak_worker"].items()))
-                hwms = ", ".join(f"{n}: {'n/a' if b is None else gib(b)}"
-                                 for n, b in sorted(res["hwm_worker"].items()))
-                print(f"{k:>3}× ({rep + 1}/{reps}, write-back waited {waited:.1f} s)  "
-                      f"uncal {gib(res['uncal_bytes'])}  ingest {res['ingest_s']:7.1f} s  "
-                      f"run {res['run_s']:7.1f} s  total {res['wall_s']:7.1f} s  "
-                      f"{res['uncal_bytes'] / 1e6 / res['wall_s']:6.1f} MB/s  "
-                      f"peak per worker [{peaks}]  exact (VmHWM) [{hwms}]  all processes {gib(res['peak_total'])}  "
-                      f"read {res['read_per_pg']:.2f} B/pg  written {res['written_per_pg']:.2f} B/pg  "
-                      f"(tiles of {res['tile_columns']} columns, {res['tasks']} tasks)", flush=True)
+            waited = settle_io()
+            d = work / f"x{k}"
+            res = run_size(sim.uncal_files, sim.refs_dir, d, workers=args.workers,
+                           memory_limit=args.memory_limit, fits=args.fits)
+            shutil.rmtree(d, ignore_errors=True)
+            rows.setdefault(k, []).append(res)
+            peaks = ", ".join(f"{n}: {gib(b)}" for n, b in sorted(res["peak_worker"].items()))
+            hwms = ", ".join(f"{n}: {'n/a' if b is None else gib(b)}"
+                             for n, b in sorted(res["hwm_worker"].items()))
+            print(f"{k:>3}× ({rep + 1}/{reps[k]}, write-back waited {waited:.1f} s)  "
+                  f"uncal {gib(res['uncal_bytes'])}  ingest {res['ingest_s']:7.1f} s  "
+                  f"run {res['run_s']:7.1f} s  total {res['wall_s']:7.1f} s  "
+                  f"{res['uncal_bytes'] / 1e6 / res['wall_s']:6.1f} MB/s  "
+                  f"peak per worker [{peaks}]  exact (VmHWM) [{hwms}]  all processes {gib(res['peak_total'])}  "
+                  f"read {res['read_per_pg']:.2f} B/pg  written {res['written_per_pg']:.2f} B/pg  "
+                  f"(tiles of {res['tile_columns']} columns, {res['tasks']} tasks)", flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

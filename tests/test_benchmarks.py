@@ -47,3 +47,20 @@ def test_high_water_mark_is_at_least_the_largest_rss_seen():
     # the kernel's RSS counters lag by up to 64 pages per thread (split RSS counting)
     assert hwm["me"] >= seen - 2**20
     assert seen > 64 * 2**20
+
+
+@pytest.mark.parametrize("sizes, reps, expected", [
+    ([1, 4, 16], {1: 3, 4: 3, 16: 1}, [(1, 0), (4, 0), (1, 1), (4, 1), (16, 0), (1, 2), (4, 2)]),
+    ([1, 4], {1: 3, 4: 1}, [(1, 0), (1, 1), (4, 0), (1, 2)]),
+    ([1, 16], {1: 1, 16: 1}, [(1, 0), (16, 0)]),
+    ([4], {4: 1}, [(4, 0)]),
+])
+def test_out_of_core_spreads_the_small_sizes_around_the_largest(sizes, reps, expected):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from out_of_core import run_order
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    order = run_order(sizes, reps)
+    assert order == expected
+    assert sorted(order) == sorted((k, r) for k in sizes for r in range(reps[k]))
