@@ -6,7 +6,8 @@ products (``daskramp.run.run``).  Printed per size, all measured in this run:
 
 * wall time of the conversion, of the Detector1 run and of both; throughput in uncal MB/s;
 * peak RSS of each worker process, sampled every 0.1 s and exact (the kernel's high-water
-  mark ``VmHWM``, Linux), and of all processes together (sampled);
+  mark ``VmHWM``, Linux), of all processes together and of this process alone (the client
+  and the scheduler; sampled);
 * bytes read and written by all processes (``read_chars``/``write_chars``: through the page
   cache too) per pixel-group (one pixel of one group of one integration = 2 uncal bytes).
 
@@ -56,6 +57,7 @@ class ProcessSampler:
         self.interval = interval
         self.peak = {k: 0 for k in self.pids}
         self.peak_total = 0
+        self.peak_root = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -71,9 +73,12 @@ class ProcessSampler:
         total = 0
         for p in self._tree():
             try:
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
+                continue
+            total += rss
+            if p.pid == self.root:
+                self.peak_root = max(self.peak_root, rss)
         self.peak_total = max(self.peak_total, total)
         for name, pid in self.pids.items():
             try:
@@ -166,6 +171,7 @@ def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: 
         "peak_worker": mem.peak,
         "hwm_worker": hwm,
         "peak_total": mem.peak_total,
+        "peak_client": mem.peak_root,
         "read_per_pg": (r1 - r0) / summary["pixel_groups"],
         "written_per_pg": (w1 - w0) / summary["pixel_groups"],
         "tile_columns": summary["tile_columns"],
@@ -282,7 +288,8 @@ def main(argv=None) -> int:
                   f"uncal {gib(res['uncal_bytes'])}  ingest {res['ingest_s']:7.1f} s  "
                   f"run {res['run_s']:7.1f} s  total {res['wall_s']:7.1f} s  "
                   f"{res['uncal_bytes'] / 1e6 / res['wall_s']:6.1f} MB/s  "
-                  f"peak per worker [{peaks}]  exact (VmHWM) [{hwms}]  all processes {gib(res['peak_total'])}  "
+                  f"peak per worker [{peaks}]  exact (VmHWM) [{hwms}]  all processes {gib(res['peak_total'])} "
+                  f"(this process, client and scheduler: {gib(res['peak_client'])})  "
                   f"read {res['read_per_pg']:.2f} B/pg  written {res['written_per_pg']:.2f} B/pg  "
                   f"(tiles of {res['tile_columns']} columns, {res['tasks']} tasks)", flush=True)
     finally:
