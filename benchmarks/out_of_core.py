@@ -19,9 +19,10 @@ took 6.3 s cold and 4.5–4.6 s warm, each on a fresh cluster).  Every size but 
 run ``--repeats`` times (default 3), half before the largest size and half after it
 (:func:`run_order`), and its median wall time compared: a 30 s run varies by a third on this
 machine (the same 1× conversion and Detector1 took 31.8–43.5 s within one hour, the tasks
-themselves slower, not the scheduling), a 9-minute run averages such spells out.  Before each run the
-page cache's dirty pages are flushed and written back (:func:`settle_io`), so that no run
-pays for the previous one's write-back.  Inputs are simulated once and cached (``benchmarks/_common.simulated``); free disk is checked
+themselves slower, not the scheduling), a 9-minute run averages such spells out.  Before
+each run the page cache's dirty pages are flushed and written back (:func:`settle_io`), so
+that no run pays for the previous one's write-back.  Inputs are simulated once and cached
+(``benchmarks/_common.simulated``); free disk is checked
 first and the largest sizes dropped, with a message, if they do not fit.  Usage::
 
     python benchmarks/out_of_core.py                    # 1× and 4×
