@@ -1104,6 +1104,18 @@ def rate_partials(fields: np.ndarray) -> np.ndarray:
     return out
 
 
+def add_block_terms(acc: np.ndarray | None, block: np.ndarray) -> np.ndarray:
+    """Running sum of the :data:`RATE_TERMS` over integration blocks: ``acc`` plus ``block``
+    (``(1, term, y, x)``, float64), a NaN term counting as 0; ``acc=None`` starts the sum.
+
+    The blocks of an exposure are added one after another, in integration order, so that a
+    pixel's rate never depends on how the blocks were grouped into tasks or submissions.
+    """
+    block = np.asarray(block, np.float64)
+    block = np.where(np.isnan(block), 0.0, block)
+    return block if acc is None else acc + block
+
+
 def combine_rate(partials: np.ndarray, pixeldq: np.ndarray, gain: np.ndarray, *, nints: int) -> np.ndarray:
     """Finalize the exposure rate from partials summed over all integrations (spec 08 §6–7).
 

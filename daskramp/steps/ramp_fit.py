@@ -348,20 +348,69 @@ def ramp_fit(
     return products(fields, ds, gain=gain, save_intercepts=p.save_intercepts)
 
 
-def _sum_blocks(terms: xr.DataArray) -> xr.DataArray:
-    """The rate terms (block, term, y, x) summed over their blocks (NaN skipped), float64.
+def _add_squeezed(acc, block):
+    return _k.add_block_terms(acc, block)[0]
 
-    Lazy blocks are added two at a time as they finish: one aggregation of every block
-    would keep each block's terms (1.3 MB per SOSS tile of 64 columns) in worker memory
-    until the last segment of the exposure is done, which grows with the exposure.
+
+def fold_block_terms(terms, acc=None, *, squeeze: bool = True):
+    """Lazy running sum of rate terms over their blocks, in block order (NaN as 0, float64).
+
+    ``terms``: dask array (block, term, y, x), one block per chunk along ``block``; ``acc``:
+    an earlier sum (1, term, y, x) with the same spatial chunks to continue from, or None.
+    Returns (term, y, x) with ``squeeze``, else (1, term, y, x) (to continue from).
+
+    One task per block and tile, each adding its block to the tile's sum so far
+    (:func:`daskramp.kernels.ramp_fit.add_block_terms`): a tile holds one running sum
+    (1.3 MB per SOSS tile of 64 columns), however many segments the exposure has, where a
+    tree of pairwise sums keeps a partial sum per level; and the exposure's rate is the
+    same whether its segments are submitted together or one after another.
     """
-    if not dask.is_dask_collection(terms.data):
-        return terms.sum("block", dtype=np.float64)
     import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
 
-    data = da.nansum(terms.data, axis=terms.get_axis_num("block"), dtype=np.float64, split_every=2)
+    if any(c != 1 for c in terms.chunks[0]):
+        terms = terms.rechunk({0: 1})
+    if acc is not None and acc.chunks[1:] != terms.chunks[1:]:
+        acc = acc.rechunk((1, *terms.chunks[1:]))
+    name = f"rate-terms-sum-{tokenize(terms, acc, squeeze)}"
+    nb = terms.numblocks
+    dsk = {}
+    for idx in np.ndindex(*nb[1:]):
+        prev = None if acc is None else (acc.name, 0, *idx)
+        for k in range(nb[0]):
+            last = k == nb[0] - 1
+            if last:
+                key = (name, *idx) if squeeze else (name, 0, *idx)
+                dsk[key] = (_add_squeezed if squeeze else _k.add_block_terms, prev,
+                            (terms.name, k, *idx))
+            else:
+                key = (f"{name}-part", k, *idx)
+                dsk[key] = (_k.add_block_terms, prev, (terms.name, k, *idx))
+            prev = key
+    deps = [terms] if acc is None else [terms, acc]
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
+    chunks = terms.chunks[1:] if squeeze else ((1,), *terms.chunks[1:])
+    return da.Array(graph, name, chunks=chunks, dtype=np.float64)
+
+
+def _sum_blocks(terms: xr.DataArray) -> xr.DataArray:
+    """The rate terms (block, term, y, x) summed over their blocks in order (NaN as 0), float64
+    (:func:`fold_block_terms`)."""
+    axis = terms.get_axis_num("block")
     coords = {k: v for k, v in terms.coords.items() if "block" not in v.dims}
-    return xr.DataArray(data, dims=[d for d in terms.dims if d != "block"], coords=coords)
+    dims_out = [d for d in terms.dims if d != "block"]
+    if not dask.is_dask_collection(terms.data):
+        data = np.moveaxis(np.asarray(terms.data), axis, 0)
+        acc = None
+        for k in range(data.shape[0]):
+            acc = _k.add_block_terms(acc, data[k:k + 1])
+        data = acc[0]
+    else:
+        import dask.array as da
+
+        data = fold_block_terms(da.moveaxis(terms.data, axis, 0) if axis else terms.data)
+    return xr.DataArray(data, dims=dims_out, coords=coords)
 
 
 def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,

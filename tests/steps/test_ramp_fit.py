@@ -375,15 +375,30 @@ def test_ramp_products_refuses_lazy_exposures():
         ramp_products(chunked(ds, integration=2), gain=gain, readnoise=rn)
 
 
-def test_rate_terms_of_many_blocks_are_added_pairwise():
+def _in_order(values):
+    acc = np.zeros(values.shape[1:])
+    for block in values:
+        acc = acc + np.where(np.isnan(block), 0.0, block)
+    return acc
+
+
+def _rate_terms(n, seed=3):
+    rng = np.random.default_rng(seed)
+    # not integers: a different order of the additions would show in the last bits
+    values = rng.normal(0, 1, (n, 3, 4, 5)) * 10.0 ** rng.integers(-8, 8, (n, 3, 4, 5))
+    values[min(2, n - 1), 1, 0, 0] = np.nan
+    values[:, 2, 3, 4] = np.nan  # a pixel with no term at all sums to 0
+    values[0, 0, 1, 1] = np.inf
+    return values
+
+
+def test_rate_terms_of_many_blocks_are_added_in_order():
     """Summing the rate terms over 16 blocks (segments) never waits for all of them in one
-    task, and gives the sum (NaN skipped) of the blocks."""
+    task, and adds the blocks one after another (NaN as 0), lazy or not."""
     from daskramp.steps.ramp_fit import _sum_blocks
 
-    rng = np.random.default_rng(3)
-    values = rng.integers(0, 1000, (16, 3, 4, 5)).astype(np.float64)  # exact in any order
-    values[2, 1, 0, 0] = np.nan
-    terms = xr.DataArray(da.from_array(values, chunks=(1, 3, 4, 5)),
+    values = _rate_terms(16)
+    terms = xr.DataArray(da.from_array(values, chunks=(1, 3, (2, 2), 5)),
                          dims=("block", "term", "y", "x"), coords={"x": np.arange(5)})
     with forbid_compute():
         total = _sum_blocks(terms)
@@ -391,5 +406,26 @@ def test_rate_terms_of_many_blocks_are_added_pairwise():
     graph = dict(total.data.__dask_graph__())
     widest = max(len(dask.core.get_dependencies(graph, k)) for k in graph)
     assert widest <= 2
-    np.testing.assert_array_equal(total.values, np.nansum(values, axis=0))
-    np.testing.assert_array_equal(_sum_blocks(terms.compute()).values, np.nansum(values, axis=0))
+    want = _in_order(values)
+    assert not np.array_equal(want, np.nansum(values[::-1], axis=0))  # the order shows
+    np.testing.assert_array_equal(total.values, want)
+    np.testing.assert_array_equal(_sum_blocks(terms.compute()).values, want)
+    assert total.values[2, 3, 4] == 0.0 and total.values[0, 1, 1] == np.inf
+
+
+@pytest.mark.parametrize("n, split", [(1, 0), (2, 1), (5, 2), (16, 1), (16, 15), (16, 8)])
+def test_rate_terms_summed_in_two_submissions_equal_one(n, split):
+    """A running sum continued from an earlier one (segments submitted one after another)
+    equals the sum of every block in one graph, bit for bit."""
+    from daskramp.steps.ramp_fit import fold_block_terms
+
+    values = _rate_terms(n, seed=n + split)
+    terms = da.from_array(values, chunks=(1, 3, (3, 1), (2, 3)))
+    whole = fold_block_terms(terms).compute()
+    first = fold_block_terms(terms[:split], squeeze=False) if split else None
+    if first is not None:
+        assert first.shape == (1, 3, 4, 5)
+        first = da.from_array(first.compute(), chunks=(1, 3, (3, 1), (2, 3)))  # a new graph
+    rest = fold_block_terms(terms[split:], acc=first)
+    np.testing.assert_array_equal(rest.compute(), whole)
+    np.testing.assert_array_equal(whole, _in_order(values))
