@@ -33,6 +33,7 @@ The results equal the step-by-step graph's exactly (``tests/test_fused.py``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -895,10 +896,79 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
                             "tiles": len(ints) * len(_bounds(ny, rows)) * len(_bounds(nx, cols))}
     meta = plan.skeleton.assign({PIXELDQ: pixeldq})
     meta.attrs.update(status_attrs)
+    segments = SegmentProducts(plan=plan, reader=reader, refs_key=refs_key, stats=stats, refs=refs,
+                               params=p, provenance=copy.deepcopy(provenance),
+                               status_attrs=dict(status_attrs), int_bounds=tuple(ints),
+                               y_bounds=tuple(_bounds(ny, rows)), x_bounds=tuple(_bounds(nx, cols)),
+                               cube=tuple(cube))
     rate, rateints = finish(parts, meta, refs, p, provenance, pixeldq=pixeldq)
     return Detector1Result(rate=rate, rateints=rateints, intermediates={}, provenance=provenance,
-                           frame_stats=result_stats)
+                           frame_stats=result_stats, segments=segments)
 
 
-__all__ = ["Plan", "Reader", "detector1_fused", "frame_statistics", "halo_width", "reader_for",
+@dataclass(frozen=True)
+class SegmentProducts:
+    """The fused products of one integration block (a segment) at a time, and the rate from
+    their summed terms: what :mod:`daskramp.segments` submits one block after another.
+
+    The windows of block ``a`` are the windows of the whole-exposure graph of
+    :func:`detector1_fused` with the same arguments, so every value is the same.
+    """
+
+    plan: Plan
+    reader: Reader
+    refs_key: object
+    stats: object
+    refs: object
+    params: dict
+    provenance: dict
+    status_attrs: dict
+    int_bounds: tuple
+    y_bounds: tuple
+    x_bounds: tuple
+    cube: tuple
+
+    def _parts(self, a: int):
+        i0, i1 = self.int_bounds[a]
+        arrs = staged(self.plan, self.reader, self.refs_key, self.stats, until="ramp_fit",
+                      int_bounds=[(i0, i1)], y_bounds=list(self.y_bounds), x_bounds=list(self.x_bounds),
+                      names=(*self.cube, "rate_terms", PIXELDQ))
+        sk = self.plan.skeleton.isel({INTEGRATION: slice(i0, i1)})
+        coords = {k: v for k, v in sk.coords.items() if set(v.dims) <= set(dims.CUBE_DIMS)}
+        image = {Y: sk[Y], X: sk[X]}
+        parts = {k: xr.DataArray(arrs[k], dims=dims.CUBE_DIMS, coords=coords) for k in self.cube}
+        parts["rate_terms"] = xr.DataArray(arrs["rate_terms"], dims=("block", "term", *dims.IMAGE_DIMS),
+                                           coords=image)
+        parts["nints"] = i1 - i0
+        pixeldq = xr.DataArray(arrs[PIXELDQ], dims=dims.IMAGE_DIMS, coords=image)
+        return sk, parts, pixeldq
+
+    def _finish(self, sk: xr.Dataset, parts: dict, pixeldq: xr.DataArray):
+        from .pipeline import finish
+
+        meta = sk.assign({PIXELDQ: pixeldq})
+        meta.attrs.update(self.status_attrs)
+        return finish(parts, meta, self.refs, self.params, copy.deepcopy(self.provenance),
+                      pixeldq=pixeldq)
+
+    def block(self, a: int) -> tuple[xr.Dataset, da.Array, da.Array]:
+        """Block ``a``'s lazy ``rateints`` (its integrations only), its rate terms
+        (1, term, y, x) float64 and its pixeldq (y, x): one task per tile and block."""
+        sk, parts, pixeldq = self._parts(a)
+        _, rateints = self._finish(sk, parts, pixeldq)
+        return rateints, parts["rate_terms"].data, pixeldq.data
+
+    def rate(self, terms: da.Array, pixeldq: da.Array) -> xr.Dataset:
+        """The exposure's lazy ``rate`` from its terms summed over every block (1, term, y, x;
+        :func:`daskramp.steps.ramp_fit.fold_block_terms`) and the first block's pixeldq."""
+        _, parts, _ = self._parts(0)  # their rateints is built but never computed
+        image = {Y: self.plan.skeleton[Y], X: self.plan.skeleton[X]}
+        parts["rate_terms"] = xr.DataArray(terms, dims=("block", "term", *dims.IMAGE_DIMS), coords=image)
+        parts["nints"] = self.int_bounds[-1][1]
+        pdq = xr.DataArray(pixeldq, dims=dims.IMAGE_DIMS, coords=image)
+        rate, _ = self._finish(self.plan.skeleton, parts, pdq)
+        return rate
+
+
+__all__ = ["Plan", "Reader", "SegmentProducts", "detector1_fused", "frame_statistics", "halo_width", "reader_for",
            "run_window", "staged", "unsupported"]

@@ -104,6 +104,9 @@ class Detector1Result:
     provenance: dict = field(default_factory=dict)
     #: whole-frame statistics (lazy unless given): refpix offsets, jump's DO_NOT_USE planes
     frame_stats: dict = field(default_factory=dict)
+    #: the fused layout's products one integration block at a time
+    #: (:class:`daskramp.fused.SegmentProducts`), None in the step-by-step layout
+    segments: object | None = None
 
     def products(self) -> dict[str, xr.Dataset]:
         out = {k: v for k, v in (("rateints", self.rateints), ("rate", self.rate)) if v is not None}

@@ -83,6 +83,8 @@ class RunMonitor:
         self.peak_memory: dict[str, int] = {}
         self.counts: dict[str, int] = {}
         self.errors = 0
+        #: where the run stands, shown before the bar (e.g. "segment 3/16"); None: nothing
+        self.stage: str | None = None
         self._since = None
         self._t0 = None
         self._last_log = 0.0
@@ -109,7 +111,8 @@ class RunMonitor:
         width = 24
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
         err = f", {self.counts.get('erred', 0)} erred" if self.counts.get("erred") else ""
-        return (f"[{bar}] {frac:4.0%} {done}/{total} tasks{err} | {_fmt_time(el)} elapsed | "
+        stage = f"{self.stage} " if self.stage else ""
+        return (f"{stage}[{bar}] {frac:4.0%} {done}/{total} tasks{err} | {_fmt_time(el)} elapsed | "
                 f"{rate:.1f} tasks/s")
 
     # ------------------------------------------------------------------ polling

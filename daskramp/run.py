@@ -31,9 +31,12 @@ from .config import ConfigError
 
 #: ``frame_stats``: "compute" (default) evaluates the whole-frame statistics (refpix offsets,
 #: jump's DO_NOT_USE planes) in a first streaming pass so the tiles then run independently;
-#: "lazy" keeps them inside the one graph (see ``daskramp.pipeline.detector1``)
+#: "lazy" keeps them inside the one graph (see ``daskramp.pipeline.detector1``).
+#: ``segments_in_flight``: an exposure of several segments is submitted one segment after
+#: another, at most this many at once (default 2; 0: the whole exposure as one graph;
+#: :mod:`daskramp.segments`)
 WORKFLOW_SETTINGS = {"convert_fits", "steps", "stats_scope", "save_steps", "tile_columns", "tile_rows",
-                     "integration_chunk", "frame_stats"}
+                     "integration_chunk", "frame_stats", "segments_in_flight"}
 
 
 class OutputError(OSError):
@@ -361,10 +364,27 @@ def run(
                 provenance = dict(result.provenance)
                 provenance["inputs"] = [str(p) for p in inputs]
                 products = result.products()
-                # the figures are reduced by the same graph that writes the stores
-                paths, values = write_products(
-                    products, outdir, root=root, provenance=provenance, fits=fits,
-                    also=summary_figures(products.get("rate"), products.get("rateints")))
+                segments = getattr(result, "segments", None)
+                in_flight = int(config.get("segments_in_flight", 2))
+                if (in_flight > 0 and segments is not None and client is not None
+                        and len(segments.int_bounds) > 1 and frame_stats != "lazy"
+                        and set(products) == {"rate", "rateints"}):
+                    # one segment after another: the cluster holds at most two segments'
+                    # tasks, however long the exposure
+                    from .segments import write_by_segment
+
+                    def _stage(a, n):
+                        monitor.stage = f"segment {a + 1}/{n}"
+
+                    paths, values = write_by_segment(
+                        result, outdir, root=root, provenance=provenance, fits=fits,
+                        client=client, in_flight=in_flight,
+                        on_block=_stage)
+                else:
+                    # the figures are reduced by the same graph that writes the stores
+                    paths, values = write_products(
+                        products, outdir, root=root, provenance=provenance, fits=fits,
+                        also=summary_figures(products.get("rate"), products.get("rateints")))
         except OSError as err:
             clear = _translate(err, inputs, outdir)
             if clear is None:

@@ -1026,6 +1026,32 @@ def to_fits(ds: xr.Dataset, path, *, kind: str, slab_bytes: int = DEFAULT_SLAB_B
 # ---------------------------------------------------------------------------- products
 
 
+def product_dataset(ds: xr.Dataset, provenance: Mapping, *, kind: str) -> xr.Dataset:
+    """``ds`` as written: the product's attributes and the variables' units (a copy: the
+    caller's attributes are not changed)."""
+    ds = ds.copy()  # new variables: the attrs below must not leak into the caller's
+    ds.attrs = product_attrs(ds.attrs, provenance, kind=kind)
+    for v, unit in VARIABLE_UNITS.items():
+        if kind != "ramp" and v in ds.variables:
+            ds.variables[v].attrs.setdefault("units", unit)
+    return ds
+
+
+def start_blockwise(ds: xr.Dataset, path) -> dict:
+    """Create ``<path>.partial`` for ``ds`` (its metadata and in-memory coordinates written,
+    as :func:`write_products` does) and return a write target for each lazy variable, by
+    name, for data computed in several submissions (:mod:`daskramp.segments`).
+
+    Writes of blocks of ``ds``'s dask chunks never share a Zarr chunk
+    (:func:`zarr_chunks`); complete the store with :func:`daskramp.io.store.finalize_store`.
+    """
+    names = [name for name, var in ds.variables.items() if var.chunks is not None]
+    pending = _start_zarr(ds, Path(path))
+    if len(pending) != len(names):
+        raise ProductError(f"{Path(path).name}: {len(pending)} lazy variables to write, expected {len(names)}")
+    return {name: target for name, (_, target) in zip(names, pending)}
+
+
 def write_products(
     products: Mapping[str, xr.Dataset],
     outdir,
@@ -1097,11 +1123,7 @@ def write_products(
                 if want_fits:
                     later.append((zpath, fpath, kind))
                 continue
-            ds = ds.copy()  # new variables: the attrs below must not leak into the caller's
-            ds.attrs = product_attrs(ds.attrs, provenance, kind=kind)
-            for v, unit in VARIABLE_UNITS.items():
-                if kind != "ramp" and v in ds.variables:
-                    ds.variables[v].attrs.setdefault("units", unit)
+            ds = product_dataset(ds, provenance, kind=kind)
             pending = _start_zarr(ds, zpath)
             total, expected = _counted(pending)
             writes.append((zpath, total, expected))
@@ -1151,7 +1173,9 @@ __all__ = [
     "int_times_table",
     "is_complete",
     "product_attrs",
+    "product_dataset",
     "product_kind",
+    "start_blockwise",
     "to_fits",
     "write_products",
     "write_zarr_atomic",

@@ -1,0 +1,236 @@
+"""Detector1's products submitted one integration block (segment) at a time.
+
+One graph for a whole exposure grows with the exposure, and so does the memory that holds
+it. The process of the client and the scheduler keeps a task state for each of its tasks, and
+workers keep the tasks whose results a reduction over the whole exposure still waits for. A
+16-segment SOSS exposure has about 10,000 tasks. Here the cluster instead holds at most
+``in_flight`` blocks of tasks at once (two by default, so the workers never wait for the
+next block):
+
+* block ``a``'s windows (the tiles of one segment, :class:`daskramp.fused.SegmentProducts`)
+  write its integrations into the ``rateints`` store, and return the per-integration
+  figures (a few numbers) and their rate terms. Once the block is written, its terms are
+  added, a task per tile, to the running sum of the blocks before
+  (:func:`daskramp.kernels.ramp_fit.add_block_terms`: the same sum, in the same order, as
+  the one graph's). The sum is kept in files, one (term, y, x) float64 array per tile, in
+  ``.<root>_rate_terms.partial``. No task of a block then depends on a task of another
+  block, so the scheduler forgets each block once it is done;
+* after the last block, the ``rate`` is finalised from the sum, and written and exported
+  by :func:`daskramp.io.products.write_products` (a graph of one task per tile). The
+  ``rateints`` FITS file is then exported from its store.
+
+Every value equals the one-graph products (``tests/test_segments.py``). The same rules
+hold as for one graph: the ``rateints`` store appears only once every block is counted as
+written, and an interrupted run leaves only ``.partial`` files, which a rerun replaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import deque
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from . import dq as _dq
+
+__all__ = ["write_by_segment"]
+
+
+def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, client,
+                     in_flight: int = 2, on_block=None):
+    """Write ``rateints`` and ``rate`` of a fused :class:`daskramp.pipeline.Detector1Result`,
+    submitting its integration blocks one after another to ``client``.
+
+    Parameters
+    ----------
+    result : Detector1Result
+        With ``segments`` (the fused layout). Its lazy ``rateints`` gives the store's
+        layout, attributes and coordinates; its data are computed block by block.
+    outdir, root, provenance, fits
+        As for :func:`daskramp.io.products.write_products`.
+    client : distributed.Client
+    in_flight : int
+        Blocks submitted and not yet finished, at most (≥ 1).
+    on_block : callable, optional
+        Called with ``(a, n)`` as block ``a`` of ``n`` is submitted (progress feedback).
+
+    Returns
+    -------
+    (dict, dict)
+        The paths of the products written (as ``write_products``), and the computed
+        :func:`daskramp.pipeline.summary_figures`.
+    """
+    from .io.products import (
+        ProductError,
+        _counted,
+        export_all,
+        product_dataset,
+        start_blockwise,
+        write_products,
+    )
+    from .io.store import finalize_store, partial_path
+    from .dims import PIXELDQ_DTYPE
+    from .kernels.ramp_fit import RATE_TERMS
+    from .pipeline import summary_figures
+
+    seg = result.segments
+    if seg is None:
+        raise ValueError("write_by_segment needs the fused layout's products (result.segments)")
+    in_flight = max(1, int(in_flight))
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    zpath = outdir / f"{root}_rateints.zarr"
+    template = product_dataset(result.rateints, provenance, kind="rateints")
+    targets = start_blockwise(template, zpath)
+
+    n = len(seg.int_bounds)
+    # the running sum of the rate terms lives in files, one per tile, rewritten by each block:
+    # as a Future it would chain every block's tasks to the next, and the scheduler keeps
+    # the whole chain for as long as its last link is held
+    tdir = outdir / f".{root}_rate_terms.partial"
+    shutil.rmtree(tdir, ignore_errors=True)
+    tdir.mkdir(parents=True)
+    pending: deque = deque()
+    adding: list = []
+    jump_fraction = [None] * n
+    stored = expected = 0
+
+    def added():
+        # the previous block's sum is in its files: the next block may start from them
+        while adding:
+            a, total, want = adding.pop()
+            got = int(total.result())
+            if got != want:
+                raise ProductError(f"{tdir.name}: {got} of {want} tiles of block {a} were summed")
+            if a > 0:
+                shutil.rmtree(tdir / str(a - 1), ignore_errors=True)
+
+    def settle():
+        nonlocal stored
+        a, counts, fraction, terms, pdq = pending.popleft()
+        got, jump_fraction[a] = client.compute([counts, fraction], sync=True)
+        stored += int(got)
+        added()
+        total, want = _add_to_files(terms, a, tdir, pixeldq=pdq)
+        # ahead of the blocks in flight: the terms wait in worker memory until it has run
+        adding.append((a, client.compute(total, priority=1), want))
+
+    for a, (i0, _) in enumerate(seg.int_bounds):
+        # a block's tasks are forgotten once its terms are summed: then submit the next
+        added()
+        rateints, terms, pdq = seg.block(a)
+        writes = [(rateints[name].data, _Shifted(target, i0)) for name, target in targets.items()]
+        counts, want = _counted(writes)
+        expected += want
+        fraction = ((rateints["dq"].data & _dq.JUMP_DET) != 0).mean(axis=(1, 2))
+        # one submission, so that the windows the writes and the terms share run once; the
+        # rate's pixeldq is the first block's
+        futures = client.persist([counts, fraction, terms] + ([pdq] if a == 0 else []))
+        pending.append((a, *futures[:3], futures[3] if a == 0 else None))
+        del futures
+        del rateints, terms, pdq, writes, counts, fraction
+        if on_block is not None:
+            on_block(a, n)
+        while len(pending) >= in_flight:
+            settle()
+    while pending:
+        settle()
+    added()
+    if stored != expected:
+        raise ProductError(f"{zpath.name}: {stored} of {expected} blocks were stored")
+    finalize_store(partial_path(zpath), zpath, overwrite=True)
+
+    acc = _read_files(tdir / str(n - 1), seg, leading=(1, len(RATE_TERMS)), dtype=np.float64)
+    pixeldq = _read_files(tdir / "pixeldq", seg, leading=(), dtype=PIXELDQ_DTYPE)
+    rate = seg.rate(acc, pixeldq)
+    figures = summary_figures(rate)
+    paths, values = write_products({"rate": rate}, outdir, root=root, provenance=provenance,
+                                   fits=fits, overwrite=True, also=figures)
+    del acc, pixeldq
+    shutil.rmtree(tdir, ignore_errors=True)
+    out = {"rateints_zarr": zpath, **paths}
+    if fits:
+        fpath = outdir / f"{root}_rateints.fits"
+        export_all([(zpath, fpath, "rateints")])
+        out["rateints_fits"] = fpath
+    values = dict(values)
+    values["jump_fraction_per_integration"] = np.concatenate(
+        [np.asarray(v, np.float64) for v in jump_fraction])
+    return out, values
+
+
+class _Shifted:
+    """A write target seen from one block of integrations: index 0 is integration ``offset``
+    of ``target`` (picklable when ``target`` is)."""
+
+    def __init__(self, target, offset: int):
+        self.target, self.offset = target, int(offset)
+
+    def __setitem__(self, key, block) -> None:
+        key = key if isinstance(key, tuple) else (key,)
+        first = key[0]  # store_block passes whole slices: start and stop are set
+        self.target[(slice(first.start + self.offset, first.stop + self.offset), *key[1:])] = block
+
+
+def _tile_file(tdir: Path, a: int, b: int, c: int) -> str:
+    return str(Path(tdir) / str(a) / f"{b}_{c}.npy")
+
+
+def add_terms_to_file(block: np.ndarray, prev: str | None, path: str) -> np.ndarray:
+    """Add one block's rate terms of a tile (1, term, y, x) to the sum so far, read from
+    ``prev`` (None: the first block), and save the sum at ``path``.
+
+    The file appears whole (written aside, then renamed), and ``prev`` is left in place,
+    so a task run again after its worker died gives the same file.
+    """
+    from .kernels.ramp_fit import add_block_terms
+
+    acc = add_block_terms(None if prev is None else np.load(prev), block)
+    return save_tile(acc, path)
+
+
+def save_tile(block: np.ndarray, path: str) -> np.ndarray:
+    """Save one tile of an image (y, x) at ``path`` (written aside, then renamed)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(block))
+    os.replace(tmp, path)
+    return np.ones((1, 1), np.int64)
+
+
+def _add_to_files(terms: da.Array, a: int, tdir: Path, *, pixeldq: da.Array | None = None):
+    """Lazy count of the tiles of block ``a`` whose terms (``terms``: 1, term, y, x) were
+    added to the files of block ``a - 1`` (and, given ``pixeldq`` (y, x), whose pixeldq was
+    saved too), and the count expected."""
+    ny, nx = terms.numblocks[2:]
+    name = f"rate-terms-add-{tokenize(terms.name, a, str(tdir))}"
+    dsk = {(name, b, c): (add_terms_to_file, (terms.name, 0, 0, b, c),
+                          None if a == 0 else _tile_file(tdir, a - 1, b, c), _tile_file(tdir, a, b, c))
+           for b in range(ny) for c in range(nx)}
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[terms])
+    total = da.Array(graph, name, chunks=((1,) * ny, (1,) * nx), dtype=np.int64).sum()
+    if pixeldq is None:
+        return total, ny * nx
+    pname = f"pixeldq-save-{tokenize(pixeldq.name, str(tdir))}"
+    pdsk = {(pname, b, c): (save_tile, (pixeldq.name, b, c), str(Path(tdir) / "pixeldq" / f"{b}_{c}.npy"))
+            for b in range(ny) for c in range(nx)}
+    graph = HighLevelGraph.from_collections(pname, pdsk, dependencies=[pixeldq])
+    return total + da.Array(graph, pname, chunks=((1,) * ny, (1,) * nx), dtype=np.int64).sum(), 2 * ny * nx
+
+
+def _read_files(bdir: Path, seg, *, leading: tuple, dtype) -> da.Array:
+    """The tiles saved in ``bdir`` as a lazy (*leading, y, x) array, a task per tile."""
+    ychunks = tuple(b - a for a, b in seg.y_bounds)
+    xchunks = tuple(b - a for a, b in seg.x_bounds)
+    name = f"tiles-read-{tokenize(str(bdir), ychunks, xchunks, leading)}"
+    zeros = (0,) * len(leading)
+    dsk = {(name, *zeros, b, c): (np.load, str(Path(bdir) / f"{b}_{c}.npy"))
+           for b in range(len(ychunks)) for c in range(len(xchunks))}
+    chunks = (*((n,) for n in leading), ychunks, xchunks)
+    return da.Array(dsk, name, chunks=chunks, dtype=dtype)

@@ -1,0 +1,139 @@
+"""``daskramp.segments``: an exposure submitted one segment after another.
+
+The products must be those of the whole exposure as one graph, bit for bit, whatever the
+number of segments in flight. The scheduler must never hold more than that number of
+segments' windows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.io import fits as afits
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from daskramp.progress import RunMonitor
+from daskramp.run import run
+
+
+def _load_test_run():
+    path = Path(__file__).resolve().parent / "test_run.py"
+    spec = importlib.util.spec_from_file_location("_daskramp_test_run_segments", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_helpers = _load_test_run()
+THREE = {**_helpers.SMALL, "segments": 3}  # nints per segment
+FIGURES = ("rate_median_DN_s", "finite_fraction", "jump_flagged_fraction", "saturated_fraction",
+           "jump_fraction_per_integration")
+
+
+class _WindowWatch(SchedulerPlugin):
+    """Scheduler plugin: the most product windows (``window-ramp_fit-*`` keys) the scheduler
+    knew at once."""
+
+    name = "daskramp-test-window-watch"
+
+    def __init__(self):
+        self.live: set = set()
+        self.peak = 0
+        self.names: set = set()
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        name = key[0] if isinstance(key, tuple) else key
+        if not str(name).startswith("window-ramp_fit-"):
+            return
+        if finish == "forgotten":
+            self.live.discard(key)
+        else:
+            self.live.add(key)
+            self.names.add(name)
+        self.peak = max(self.peak, len(self.live))
+
+
+@pytest.fixture(scope="module")
+def three():
+    return _helpers.simulated_small(THREE)
+
+
+@pytest.fixture(scope="module")
+def runs(three, tmp_path_factory):
+    """The exposure run as one graph (0) and one, two and three segments at a time, in tiles
+    of 32 columns (four per segment)."""
+    from distributed import Client
+
+    files, refs = three
+    out = tmp_path_factory.mktemp("segments")
+    results = {}
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+        scheduler = c.cluster.scheduler
+        for k in (0, 1, 2, 3):
+            watch = _WindowWatch()
+            scheduler.add_plugin(watch, name=watch.name)
+            try:
+                summary = run(files, out / f"in_flight_{k}", refs=refs, client=c, quiet=True, fits=True,
+                              config={"segments_in_flight": k, "tile_columns": 32})
+            finally:
+                scheduler.remove_plugin(name=watch.name)
+            results[k] = (summary, watch)
+    return results
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_products_equal_the_one_graph_products(runs, k):
+    whole, _ = runs[0]
+    got, _ = runs[k]
+    assert set(got["outputs"]) == set(whole["outputs"]) == {"rate_zarr", "rateints_zarr", "rate_fits",
+                                                            "rateints_fits"}
+    for name in ("rate", "rateints"):
+        with xr.open_zarr(whole["outputs"][f"{name}_zarr"], consolidated=False) as a, \
+                xr.open_zarr(got["outputs"][f"{name}_zarr"], consolidated=False) as b:
+            assert a.sizes == b.sizes
+            xr.testing.assert_identical(a.load(), b.load())
+        with afits.open(whole["outputs"][f"{name}_fits"]) as a, afits.open(got["outputs"][f"{name}_fits"]) as b:
+            assert [h.name for h in a] == [h.name for h in b]
+            for ha, hb in zip(a, b):
+                if ha.data is None:
+                    continue
+                if ha.data.dtype.names is None:
+                    np.testing.assert_array_equal(ha.data, hb.data, err_msg=f"{name} {ha.name}")
+                else:
+                    assert ha.data.tobytes() == hb.data.tobytes(), f"{name} {ha.name}"
+    for key in FIGURES:
+        assert got[key] == whole[key], key
+    assert len(got["jump_fraction_per_integration"]) == THREE["segments"] * THREE["nints"]
+
+
+def test_products_are_not_empty(runs):
+    """The comparison above compares real slopes: finite rates where the simulation has flux."""
+    summary, _ = runs[0]
+    assert summary["finite_fraction"] > 0.9
+    assert summary["rate_median_DN_s"] > 0
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_scheduler_holds_at_most_the_segments_in_flight(runs, k):
+    _, whole = runs[0]
+    _, watch = runs[k]
+    # one graph: one layer of windows for every segment; here one layer per segment
+    assert len(whole.names) == 1 and len(watch.names) == THREE["segments"]
+    per_segment, rest = divmod(whole.peak, THREE["segments"])
+    assert rest == 0 and per_segment > 1
+    assert watch.peak <= k * per_segment
+    if k == 1:
+        assert watch.peak == per_segment
+
+
+def test_progress_line_names_the_segment():
+    monitor = RunMonitor(None, stream=None)
+    monitor.counts = {"memory": 3, "processing": 1}
+    assert monitor.line().startswith("[")
+    monitor.stage = "segment 2/16"
+    line = monitor.line()
+    assert line.startswith("segment 2/16 [") and "3/4 tasks" in line
