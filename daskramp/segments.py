@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections import deque
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 
 from . import dq as _dq
 
@@ -73,6 +73,8 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         start_blockwise,
         write_products,
     )
+    from distributed import as_completed, futures_of
+
     from .io.store import finalize_store, partial_path
     from .dims import PIXELDQ_DTYPE
     from .kernels.ramp_fit import RATE_TERMS
@@ -96,33 +98,49 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     shutil.rmtree(tdir, ignore_errors=True)
     tdir.mkdir(parents=True)
     pending: deque = deque()
-    adding: list = []
+    adds: dict = {}
     jump_fraction = [None] * n
     stored = expected = 0
+    # new keys in every run: the failed tasks of an earlier run may still be held (by a
+    # traceback) and would be handed back instead of being run again
+    token = uuid.uuid4().hex
 
-    def added():
-        # the previous block's sum is in its files: the next block may start from them
-        while adding:
-            a, total, want = adding.pop()
-            got = int(total.result())
-            if got != want:
-                raise ProductError(f"{tdir.name}: {got} of {want} tiles of block {a} were summed")
-            if a > 0:
-                shutil.rmtree(tdir / str(a - 1), ignore_errors=True)
+    def summed(a: int) -> None:
+        # block a's terms are in its files: block a + 1's may be added to them
+        futures = adds.pop(a, None)
+        if futures is None:
+            return
+        got = sum(int(np.sum(r)) for r in client.gather(futures))
+        if got != len(futures):
+            raise ProductError(f"{tdir.name}: {got} of {len(futures)} tiles of block {a} were summed")
+
+    def add_tiles(a, terms, pdq) -> list:
+        # each tile's terms are added as soon as they are computed, ahead of the tiles in
+        # flight (priority): they never wait in worker memory for the rest of the block
+        added = []
+        for f in as_completed(futures_of(terms)):
+            b, c = f.key[-2:]
+            prev = None if a == 0 else _tile_file(tdir, a - 1, b, c)
+            added.append(client.submit(add_terms_to_file, f, prev, _tile_file(tdir, a, b, c),
+                                       key=(f"rate-terms-add-{a}-{token}", b, c), priority=1))
+        if pdq is not None:
+            added += [client.submit(save_tile, f, str(tdir / "pixeldq" / f"{f.key[-2]}_{f.key[-1]}.npy"),
+                                    key=(f"pixeldq-save-{token}", *f.key[-2:]), priority=1)
+                      for f in futures_of(pdq)]
+        return added
 
     def settle():
         nonlocal stored
         a, counts, fraction, terms, pdq = pending.popleft()
+        adds[a] = add_tiles(a, terms, pdq)
+        del terms, pdq
         got, jump_fraction[a] = client.compute([counts, fraction], sync=True)
         stored += int(got)
-        added()
-        total, want = _add_to_files(terms, a, tdir, pixeldq=pdq)
-        # ahead of the blocks in flight: the terms wait in worker memory until it has run
-        adding.append((a, client.compute(total, priority=1), want))
+        # the next block's terms are added to these files; and once the adds are done, no
+        # task of this block is needed any more (they depend on its windows)
+        summed(a)
 
     for a, (i0, _) in enumerate(seg.int_bounds):
-        # a block's tasks are forgotten once its terms are summed: then submit the next
-        added()
         rateints, terms, pdq = seg.block(a)
         writes = [(rateints[name].data, _Shifted(target, i0)) for name, target in targets.items()]
         counts, want = _counted(writes)
@@ -132,15 +150,13 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         # rate's pixeldq is the first block's
         futures = client.persist([counts, fraction, terms] + ([pdq] if a == 0 else []))
         pending.append((a, *futures[:3], futures[3] if a == 0 else None))
-        del futures
-        del rateints, terms, pdq, writes, counts, fraction
+        del futures, rateints, terms, pdq, writes, counts, fraction
         if on_block is not None:
             on_block(a, n)
         while len(pending) >= in_flight:
             settle()
     while pending:
         settle()
-    added()
     if stored != expected:
         raise ProductError(f"{zpath.name}: {stored} of {expected} blocks were stored")
     finalize_store(partial_path(zpath), zpath, overwrite=True)
@@ -183,15 +199,20 @@ def _tile_file(tdir: Path, a: int, b: int, c: int) -> str:
 
 def add_terms_to_file(block: np.ndarray, prev: str | None, path: str) -> np.ndarray:
     """Add one block's rate terms of a tile (1, term, y, x) to the sum so far, read from
-    ``prev`` (None: the first block), and save the sum at ``path``.
+    ``prev`` (None: the first block), save the sum at ``path``, and remove ``prev``.
 
-    The file appears whole (written aside, then renamed), and ``prev`` is left in place,
-    so a task run again after its worker died gives the same file.
+    A file appears only whole (written aside, then renamed), so a task run again after its
+    worker died finds its sum saved, or ``prev`` still in place.
     """
     from .kernels.ramp_fit import add_block_terms
 
+    if os.path.exists(path):
+        return np.ones((1, 1), np.int64)
     acc = add_block_terms(None if prev is None else np.load(prev), block)
-    return save_tile(acc, path)
+    save_tile(acc, path)
+    if prev is not None:
+        os.unlink(prev)  # the next block reads only this one's
+    return np.ones((1, 1), np.int64)
 
 
 def save_tile(block: np.ndarray, path: str) -> np.ndarray:
@@ -202,26 +223,6 @@ def save_tile(block: np.ndarray, path: str) -> np.ndarray:
         np.save(f, np.asarray(block))
     os.replace(tmp, path)
     return np.ones((1, 1), np.int64)
-
-
-def _add_to_files(terms: da.Array, a: int, tdir: Path, *, pixeldq: da.Array | None = None):
-    """Lazy count of the tiles of block ``a`` whose terms (``terms``: 1, term, y, x) were
-    added to the files of block ``a - 1`` (and, given ``pixeldq`` (y, x), whose pixeldq was
-    saved too), and the count expected."""
-    ny, nx = terms.numblocks[2:]
-    name = f"rate-terms-add-{tokenize(terms.name, a, str(tdir))}"
-    dsk = {(name, b, c): (add_terms_to_file, (terms.name, 0, 0, b, c),
-                          None if a == 0 else _tile_file(tdir, a - 1, b, c), _tile_file(tdir, a, b, c))
-           for b in range(ny) for c in range(nx)}
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[terms])
-    total = da.Array(graph, name, chunks=((1,) * ny, (1,) * nx), dtype=np.int64).sum()
-    if pixeldq is None:
-        return total, ny * nx
-    pname = f"pixeldq-save-{tokenize(pixeldq.name, str(tdir))}"
-    pdsk = {(pname, b, c): (save_tile, (pixeldq.name, b, c), str(Path(tdir) / "pixeldq" / f"{b}_{c}.npy"))
-            for b in range(ny) for c in range(nx)}
-    graph = HighLevelGraph.from_collections(pname, pdsk, dependencies=[pixeldq])
-    return total + da.Array(graph, pname, chunks=((1,) * ny, (1,) * nx), dtype=np.int64).sum(), 2 * ny * nx
 
 
 def _read_files(bdir: Path, seg, *, leading: tuple, dtype) -> da.Array:
