@@ -52,13 +52,17 @@ SEGMENT_BYTES = SEGMENT_NINTS * 9 * 256 * 2048 * 2
 class ProcessSampler:
     """Peak RSS of each of some processes and of a whole process tree, sampled in a thread."""
 
-    def __init__(self, pids: dict[str, int], root: int | None = None, interval: float = 0.1):
+    def __init__(self, pids: dict[str, int], root: int | None = None, interval: float = 0.1,
+                 scheduler=None):
         self.pids = dict(pids)
         self.root = root or os.getpid()
         self.interval = interval
         self.peak = {k: 0 for k in self.pids}
         self.peak_total = 0
         self.peak_root = 0
+        #: an in-process scheduler, whose task count is sampled too (most tasks it held)
+        self.scheduler = scheduler
+        self.peak_tasks = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -81,6 +85,8 @@ class ProcessSampler:
             if p.pid == self.root:
                 self.peak_root = max(self.peak_root, rss)
         self.peak_total = max(self.peak_total, total)
+        if self.scheduler is not None:
+            self.peak_tasks = max(self.peak_tasks, len(self.scheduler.tasks))
         for name, pid in self.pids.items():
             try:
                 self.peak[name] = max(self.peak[name], psutil.Process(pid).memory_info().rss)
@@ -154,7 +160,7 @@ def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: 
     with connect(prof, quiet=True) as client:
         pids = worker_pids(client)
         r0, w0 = io_chars()
-        with ProcessSampler(pids) as mem:
+        with ProcessSampler(pids, scheduler=getattr(client.cluster, "scheduler", None)) as mem:
             t0 = time.perf_counter()
             ingest(files, store, overwrite=True)
             t1 = time.perf_counter()
@@ -177,6 +183,7 @@ def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: 
         "written_per_pg": (w1 - w0) / summary["pixel_groups"],
         "tile_columns": summary["tile_columns"],
         "tasks": summary["tasks"],
+        "peak_scheduler_tasks": mem.peak_tasks,
     }
 
 
@@ -292,7 +299,8 @@ def main(argv=None) -> int:
                   f"peak per worker [{peaks}]  exact (VmHWM) [{hwms}]  all processes {gib(res['peak_total'])} "
                   f"(this process, client and scheduler: {gib(res['peak_client'])})  "
                   f"read {res['read_per_pg']:.2f} B/pg  written {res['written_per_pg']:.2f} B/pg  "
-                  f"(tiles of {res['tile_columns']} columns, {res['tasks']} tasks)", flush=True)
+                  f"(tiles of {res['tile_columns']} columns, {res['tasks']} tasks, "
+                  f"the scheduler holding at most {res['peak_scheduler_tasks']})", flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

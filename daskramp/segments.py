@@ -9,12 +9,12 @@ next block):
 
 * block ``a``'s windows (the tiles of one segment, :class:`daskramp.fused.SegmentProducts`)
   write its integrations into the ``rateints`` store, and return the per-integration
-  figures (a few numbers) and their rate terms. Once the block is written, its terms are
-  added, a task per tile, to the running sum of the blocks before
+  figures (a few numbers) and their rate terms. As each tile's terms are computed, a task
+  adds them to the running sum of the blocks before
   (:func:`daskramp.kernels.ramp_fit.add_block_terms`: the same sum, in the same order, as
-  the one graph's). The sum is kept in files, one (term, y, x) float64 array per tile, in
-  ``.<root>_rate_terms.partial``. No task of a block then depends on a task of another
-  block, so the scheduler forgets each block once it is done;
+  the one graph's). The sum is kept in files, one (1, term, y, x) float64 array per tile, in
+  ``.<root>_segments.partial``. No task of a block then depends on a task of another
+  block, so the scheduler forgets each block once it is summed;
 * after the last block, the ``rate`` is finalised from the sum, and written and exported
   by :func:`daskramp.io.products.write_products` (a graph of one task per tile). The
   ``rateints`` FITS file is then exported from its store.
@@ -75,7 +75,7 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     )
     from distributed import as_completed, futures_of
 
-    from .io.store import finalize_store, partial_path
+    from .io.store import finalize_store, is_complete, partial_path
     from .dims import PIXELDQ_DTYPE
     from .kernels.ramp_fit import RATE_TERMS
     from .pipeline import summary_figures
@@ -88,18 +88,24 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     outdir.mkdir(parents=True, exist_ok=True)
     zpath = outdir / f"{root}_rateints.zarr"
     template = product_dataset(result.rateints, provenance, kind="rateints")
-    targets = start_blockwise(template, zpath)
-
     n = len(seg.int_bounds)
     # the running sum of the rate terms lives in files, one per tile, rewritten by each block:
     # as a Future it would chain every block's tasks to the next, and the scheduler keeps
     # the whole chain for as long as its last link is held
-    tdir = outdir / f".{root}_rate_terms.partial"
-    shutil.rmtree(tdir, ignore_errors=True)
-    tdir.mkdir(parents=True)
+    tdir = outdir / f".{root}_segments.partial"
+    state = _State(tdir, _fingerprint(template, seg, provenance))
+    done = state.resumable(n, len(seg.y_bounds) * len(seg.x_bounds))
+    if done and done == n and is_complete(zpath):
+        targets = None  # killed after the rateints store was completed: only the rate is left
+    elif done and partial_path(zpath).exists():
+        targets = start_blockwise(template, zpath, resume=True)
+    else:
+        done = 0
+        state.start()
+        targets = start_blockwise(template, zpath)
     pending: deque = deque()
     adds: dict = {}
-    jump_fraction = [None] * n
+    jump_fraction = list(state.jump_fraction[:done]) + [None] * (n - done)
     stored = expected = 0
     # new keys in every run: the failed tasks of an earlier run may still be held (by a
     # traceback) and would be handed back instead of being run again
@@ -139,8 +145,14 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         # the next block's terms are added to these files; and once the adds are done, no
         # task of this block is needed any more (they depend on its windows)
         summed(a)
+        # blocks are settled in order: 0 … a are written and summed, for good
+        state.record(a + 1, jump_fraction[: a + 1])
+        if a > 0:
+            shutil.rmtree(tdir / str(a - 1), ignore_errors=True)  # a rerun starts from a's
 
     for a, (i0, _) in enumerate(seg.int_bounds):
+        if a < done:
+            continue  # written and summed by an interrupted run of the same command
         rateints, terms, pdq = seg.block(a)
         writes = [(rateints[name].data, _Shifted(target, i0)) for name, target in targets.items()]
         counts, want = _counted(writes)
@@ -159,7 +171,8 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         settle()
     if stored != expected:
         raise ProductError(f"{zpath.name}: {stored} of {expected} blocks were stored")
-    finalize_store(partial_path(zpath), zpath, overwrite=True)
+    if targets is not None:
+        finalize_store(partial_path(zpath), zpath, overwrite=True)
 
     acc = _read_files(tdir / str(n - 1), seg, leading=(1, len(RATE_TERMS)), dtype=np.float64)
     pixeldq = _read_files(tdir / "pixeldq", seg, leading=(), dtype=PIXELDQ_DTYPE)
@@ -199,20 +212,17 @@ def _tile_file(tdir: Path, a: int, b: int, c: int) -> str:
 
 def add_terms_to_file(block: np.ndarray, prev: str | None, path: str) -> np.ndarray:
     """Add one block's rate terms of a tile (1, term, y, x) to the sum so far, read from
-    ``prev`` (None: the first block), save the sum at ``path``, and remove ``prev``.
+    ``prev`` (None: the first block), and save the sum at ``path``.
 
-    A file appears only whole (written aside, then renamed), so a task run again after its
-    worker died finds its sum saved, or ``prev`` still in place.
+    A file appears only whole (written aside, then renamed), so a task run again (its worker
+    died, or the run was interrupted and resumed) finds its sum saved and keeps it.
     """
     from .kernels.ramp_fit import add_block_terms
 
     if os.path.exists(path):
         return np.ones((1, 1), np.int64)
     acc = add_block_terms(None if prev is None else np.load(prev), block)
-    save_tile(acc, path)
-    if prev is not None:
-        os.unlink(prev)  # the next block reads only this one's
-    return np.ones((1, 1), np.int64)
+    return save_tile(acc, path)
 
 
 def save_tile(block: np.ndarray, path: str) -> np.ndarray:
@@ -235,3 +245,62 @@ def _read_files(bdir: Path, seg, *, leading: tuple, dtype) -> da.Array:
            for b in range(len(ychunks)) for c in range(len(xchunks))}
     chunks = (*((n,) for n in leading), ychunks, xchunks)
     return da.Array(dsk, name, chunks=chunks, dtype=dtype)
+
+
+def _fingerprint(template, seg, provenance) -> str:
+    """What must not change for an interrupted run's segments to be reused: the product's
+    layout and coordinates, the tiles, the provenance (step parameters, reference files by
+    sha256, package versions) and each input's size and modification time."""
+    import json
+
+    inputs = []
+    for p in provenance.get("inputs", []):
+        try:
+            st = os.stat(p)
+            inputs.append((str(p), st.st_size, st.st_mtime_ns))
+        except OSError:
+            inputs.append((str(p), None, None))
+    layout = [(k, str(v.dtype), v.shape, v.chunks) for k, v in template.data_vars.items()]
+    return tokenize(json.dumps(provenance, sort_keys=True, default=str), inputs, layout,
+                    template.drop_vars(list(template.data_vars)), seg.int_bounds, seg.y_bounds,
+                    seg.x_bounds)
+
+
+class _State:
+    """``state.json`` in the segments directory: the run's fingerprint, how many blocks are
+    written and summed, and their per-integration figures; written aside, then renamed."""
+
+    def __init__(self, tdir: Path, fingerprint: str):
+        self.dir, self.fingerprint = Path(tdir), fingerprint
+        self.path = self.dir / "state.json"
+        self.jump_fraction: list = []
+
+    def resumable(self, n: int, tiles: int) -> int:
+        """Blocks an interrupted run of the same command completed (0: none usable); each
+        block has ``tiles`` sum files."""
+        import json
+
+        try:
+            state = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return 0
+        done = int(state.get("done", 0))
+        if state.get("fingerprint") != self.fingerprint or not 0 < done <= n:
+            return 0
+        for sub in (str(done - 1), "pixeldq"):
+            if len(list((self.dir / sub).glob("*.npy"))) != tiles:
+                return 0
+        self.jump_fraction = [np.asarray(v, np.float64) for v in state.get("jump_fraction", [])]
+        return done if len(self.jump_fraction) >= done else 0
+
+    def start(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+
+    def record(self, done: int, jump_fraction) -> None:
+        import json
+
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": done,
+                                   "jump_fraction": [np.asarray(v).tolist() for v in jump_fraction]}))
+        os.replace(tmp, self.path)

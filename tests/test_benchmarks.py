@@ -64,3 +64,22 @@ def test_out_of_core_spreads_the_small_sizes_around_the_largest(sizes, reps, exp
     order = run_order(sizes, reps)
     assert order == expected
     assert sorted(order) == sorted((k, r) for k in sizes for r in range(reps[k]))
+
+
+def test_process_sampler_keeps_the_most_tasks_the_scheduler_held():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from out_of_core import ProcessSampler
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    class Scheduler:
+        tasks: dict = {}
+
+    sched = Scheduler()
+    sampler = ProcessSampler({}, scheduler=sched, interval=3600)
+    for n in (3, 7, 2):
+        sched.tasks = dict.fromkeys(range(n))
+        sampler.sample()
+    assert sampler.peak_tasks == 7
+    assert ProcessSampler({}).peak_tasks == 0

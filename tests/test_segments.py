@@ -137,3 +137,80 @@ def test_progress_line_names_the_segment():
     monitor.stage = "segment 2/16"
     line = monitor.line()
     assert line.startswith("segment 2/16 [") and "3/4 tasks" in line
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("after", [1, 2, 3])
+def test_interrupted_run_resumes_after_the_finished_segments(three, runs, tmp_path, monkeypatch, after):
+    """A run stopped once ``after`` segments are written and summed: the same call again
+    computes only the other segments, and the products equal the one-graph products."""
+    from distributed import Client
+
+    from daskramp import segments
+
+    files, refs = three
+    out = tmp_path / "out"
+    record = segments._State.record
+
+    def record_then_stop(self, done, fractions):
+        record(self, done, fractions)
+        if done == after:
+            raise _Interrupted
+
+    config = {"tile_columns": 32}
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+        with monkeypatch.context() as m:
+            m.setattr(segments._State, "record", record_then_stop)
+            with pytest.raises(_Interrupted):
+                run(files, out, refs=refs, client=c, quiet=True, fits=True, config=config)
+        _helpers._assert_nothing_marked_complete_early(out)
+        assert not any(p.name.endswith((".zarr", ".fits")) for p in out.iterdir())
+        watch = _WindowWatch()
+        c.cluster.scheduler.add_plugin(watch, name=watch.name)
+        try:
+            summary = run(files, out, refs=refs, client=c, quiet=True, fits=True, config=config)
+        finally:
+            c.cluster.scheduler.remove_plugin(name=watch.name)
+    # only the segments left were computed
+    assert len(watch.names) == THREE["segments"] - after
+    whole, _ = runs[0]
+    for name in ("rate", "rateints"):
+        with xr.open_zarr(whole["outputs"][f"{name}_zarr"], consolidated=False) as a, \
+                xr.open_zarr(summary["outputs"][f"{name}_zarr"], consolidated=False) as b:
+            xr.testing.assert_identical(a.load(), b.load())
+    for key in FIGURES:
+        assert summary[key] == whole[key], key
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_changed_setting_starts_the_segments_again(three, tmp_path, monkeypatch):
+    """The segments of an interrupted run are reused only by the same command: with another
+    step parameter every segment is computed again."""
+    from distributed import Client
+
+    from daskramp import segments
+
+    files, refs = three
+    out = tmp_path / "out"
+    record = segments._State.record
+
+    def record_then_stop(self, done, fractions):
+        record(self, done, fractions)
+        raise _Interrupted
+
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+        with monkeypatch.context() as m:
+            m.setattr(segments._State, "record", record_then_stop)
+            with pytest.raises(_Interrupted):
+                run(files, out, refs=refs, client=c, quiet=True, fits=False, config={"tile_columns": 32})
+        watch = _WindowWatch()
+        c.cluster.scheduler.add_plugin(watch, name=watch.name)
+        try:
+            run(files, out, refs=refs, client=c, quiet=True, fits=False,
+                config={"tile_columns": 32, "steps": {"jump": {"rejection_threshold": 5.0}}})
+        finally:
+            c.cluster.scheduler.remove_plugin(name=watch.name)
+    assert len(watch.names) == THREE["segments"]

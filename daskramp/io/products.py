@@ -1037,15 +1037,32 @@ def product_dataset(ds: xr.Dataset, provenance: Mapping, *, kind: str) -> xr.Dat
     return ds
 
 
-def start_blockwise(ds: xr.Dataset, path) -> dict:
+def start_blockwise(ds: xr.Dataset, path, *, resume: bool = False) -> dict:
     """Create ``<path>.partial`` for ``ds`` (its metadata and in-memory coordinates written,
     as :func:`write_products` does) and return a write target for each lazy variable, by
     name, for data computed in several submissions (:mod:`daskramp.segments`).
 
+    With ``resume``, an existing ``<path>.partial`` is reopened as it is (the caller knows
+    it was started for the same ``ds``); its variables must have ``ds``'s shapes and dtypes.
     Writes of blocks of ``ds``'s dask chunks never share a Zarr chunk
     (:func:`zarr_chunks`); complete the store with :func:`daskramp.io.store.finalize_store`.
     """
     names = [name for name, var in ds.variables.items() if var.chunks is not None]
+    partial = partial_path(path)
+    if resume and partial.exists():
+        import zarr
+
+        group = zarr.open_group(str(partial), mode="r+", zarr_format=3)
+        targets = {}
+        for name in names:
+            if name not in group:
+                raise ProductError(f"{partial.name}: no variable {name!r} to resume")
+            arr = group[name]
+            if arr.dtype != ds[name].dtype or arr.shape != ds[name].shape:
+                raise ProductError(f"{partial.name}: variable {name!r} is {arr.dtype}{arr.shape}, "
+                                   f"not {ds[name].dtype}{ds[name].shape}")
+            targets[name] = ZarrChunkTarget(partial / name) if ZarrChunkTarget.supported(arr) else arr
+        return targets
     pending = _start_zarr(ds, Path(path))
     if len(pending) != len(names):
         raise ProductError(f"{Path(path).name}: {len(pending)} lazy variables to write, expected {len(names)}")
