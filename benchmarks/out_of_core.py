@@ -9,7 +9,10 @@ products (``daskramp.run.run``).  Printed per size, all measured in this run:
   mark ``VmHWM``, Linux), of all processes together and of this process alone (the client
   and the scheduler; sampled);
 * bytes read and written by all processes (``read_chars``/``write_chars``: through the page
-  cache too) per pixel-group (one pixel of one group of one integration = 2 uncal bytes).
+  cache too) per pixel-group (one pixel of one group of one integration = 2 uncal bytes);
+* the most tasks the scheduler (in this process) held at once, sampled: an exposure of
+  several segments is submitted one segment after another (``--segments-in-flight``, 0 for
+  the one graph of the whole exposure).
 
 Targets: peak memory flat within 10 % across sizes; wall time linear in size within 15 %.
 Before the first size, this process runs a 4-integration exposure through the same path,
@@ -27,6 +30,7 @@ first and the largest sizes dropped, with a message, if they do not fit.  Usage:
 
     python benchmarks/out_of_core.py                    # 1× and 4×
     python benchmarks/out_of_core.py --sizes 1,4,16     # 16× ≈ 24 GB of uncal
+    python benchmarks/out_of_core.py --sizes 4 --repeats 1 --segments-in-flight 0
 """
 
 from __future__ import annotations
@@ -147,7 +151,7 @@ def worker_pids(client) -> dict[str, int]:
 
 
 def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: bool,
-             tile_columns: int | None = None) -> dict:
+             tile_columns: int | None = None, segments_in_flight: int | None = None) -> dict:
     """Convert + run one exposure on a fresh local cluster; measured figures."""
     from daskramp.cluster import ClusterProfile, connect
     from daskramp.io import ingest
@@ -157,6 +161,8 @@ def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: 
                           dashboard_address=None)
     store, out = work / "exposure.zarr", work / "products"
     cfg = {"tile_columns": tile_columns} if tile_columns else {}
+    if segments_in_flight is not None:
+        cfg["segments_in_flight"] = segments_in_flight
     with connect(prof, quiet=True) as client:
         pids = worker_pids(client)
         r0, w0 = io_chars()
@@ -267,6 +273,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of every size but the largest (the median wall time is compared)")
     p.add_argument("--fits", action="store_true", help="also export FITS products")
+    p.add_argument("--segments-in-flight", type=int, default=None,
+                   help="segments submitted at once (default: the run's, 2; 0: one graph)")
     p.add_argument("--workdir", default=None, help="where stores and products go (default: a temp dir)")
     args = p.parse_args(argv)
 
@@ -286,7 +294,8 @@ def main(argv=None) -> int:
             waited = settle_io()
             d = work / f"x{k}"
             res = run_size(sim.uncal_files, sim.refs_dir, d, workers=args.workers,
-                           memory_limit=args.memory_limit, fits=args.fits)
+                           memory_limit=args.memory_limit, fits=args.fits,
+                           segments_in_flight=args.segments_in_flight)
             shutil.rmtree(d, ignore_errors=True)
             rows.setdefault(k, []).append(res)
             peaks = ", ".join(f"{n}: {gib(b)}" for n, b in sorted(res["peak_worker"].items()))

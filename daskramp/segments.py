@@ -65,6 +65,9 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         The paths of the products written (as ``write_products``), and the computed
         :func:`daskramp.pipeline.summary_figures`.
     """
+    from distributed import as_completed, futures_of
+
+    from .dims import PIXELDQ_DTYPE
     from .io.products import (
         ProductError,
         _counted,
@@ -73,10 +76,7 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         start_blockwise,
         write_products,
     )
-    from distributed import as_completed, futures_of
-
     from .io.store import finalize_store, is_complete, partial_path
-    from .dims import PIXELDQ_DTYPE
     from .kernels.ramp_fit import RATE_TERMS
     from .pipeline import summary_figures
 
