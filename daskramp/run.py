@@ -33,8 +33,8 @@ from .config import ConfigError
 #: jump's DO_NOT_USE planes) in a first streaming pass so the tiles then run independently;
 #: "lazy" keeps them inside the one graph (see ``daskramp.pipeline.detector1``).
 #: ``segments_in_flight``: an exposure of several segments is submitted one segment after
-#: another, at most this many at once (default 2; 0: the whole exposure as one graph;
-#: :mod:`daskramp.segments`)
+#: another, at most this many at once (default: two, or enough for a round of tiles on every
+#: worker thread, ``daskramp.segments.blocks_in_flight``; 0: the whole exposure as one graph)
 WORKFLOW_SETTINGS = {"convert_fits", "steps", "stats_scope", "save_steps", "tile_columns", "tile_rows",
                      "integration_chunk", "frame_stats", "segments_in_flight"}
 
@@ -365,8 +365,9 @@ def run(
                 provenance["inputs"] = [str(p) for p in inputs]
                 products = result.products()
                 segments = getattr(result, "segments", None)
-                in_flight = int(config.get("segments_in_flight", 2))
-                if (in_flight > 0 and segments is not None and client is not None
+                in_flight = config.get("segments_in_flight")
+                in_flight = None if in_flight is None else int(in_flight)
+                if ((in_flight is None or in_flight > 0) and segments is not None and client is not None
                         and len(segments.int_bounds) > 1 and frame_stats != "lazy"
                         and set(products) == {"rate", "rateints"}):
                     # one segment after another: the cluster holds at most two segments'

@@ -4,8 +4,9 @@ One graph for a whole exposure grows with the exposure, and so does the memory t
 it. The process of the client and the scheduler keeps a task state for each of its tasks, and
 workers keep the tasks whose results a reduction over the whole exposure still waits for. A
 16-segment SOSS exposure has about 10,000 tasks. Here the cluster instead holds at most
-``in_flight`` blocks of tasks at once (two by default, so the workers never wait for the
-next block):
+``in_flight`` blocks of tasks at once (by default two, or more when a block has fewer tiles
+than the cluster has worker threads: :func:`blocks_in_flight`), so the workers never wait
+for the next block:
 
 * block ``a``'s windows (the tiles of one segment, :class:`daskramp.fused.SegmentProducts`)
   write its integrations into the ``rateints`` store, and return the per-integration
@@ -26,6 +27,7 @@ written, and an interrupted run leaves only ``.partial`` files, which a rerun re
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import uuid
@@ -38,11 +40,11 @@ from dask.base import tokenize
 
 from . import dq as _dq
 
-__all__ = ["write_by_segment"]
+__all__ = ["blocks_in_flight", "write_by_segment"]
 
 
 def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, client,
-                     in_flight: int = 2, on_block=None):
+                     in_flight: int | None = None, on_block=None):
     """Write ``rateints`` and ``rate`` of a fused :class:`daskramp.pipeline.Detector1Result`,
     submitting its integration blocks one after another to ``client``.
 
@@ -54,8 +56,9 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     outdir, root, provenance, fits
         As for :func:`daskramp.io.products.write_products`.
     client : distributed.Client
-    in_flight : int
-        Blocks submitted and not yet finished, at most (≥ 1).
+    in_flight : int, optional
+        Blocks submitted and not yet finished, at most (≥ 1); default :func:`blocks_in_flight`
+        for the client's worker threads.
     on_block : callable, optional
         Called with ``(a, n)`` as block ``a`` of ``n`` is submitted (progress feedback).
 
@@ -83,6 +86,9 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     seg = result.segments
     if seg is None:
         raise ValueError("write_by_segment needs the fused layout's products (result.segments)")
+    if in_flight is None:
+        slots = sum(client.nthreads().values())
+        in_flight = blocks_in_flight(slots, len(seg.y_bounds) * len(seg.x_bounds))
     in_flight = max(1, int(in_flight))
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +210,13 @@ class _Shifted:
         key = key if isinstance(key, tuple) else (key,)
         first = key[0]  # store_block passes whole slices: start and stop are set
         self.target[(slice(first.start + self.offset, first.stop + self.offset), *key[1:])] = block
+
+
+def blocks_in_flight(slots: int, tiles: int) -> int:
+    """Blocks to keep submitted: two, or enough that the blocks queued behind the running
+    one hold a round of tiles for each of the cluster's ``slots`` worker threads (many
+    workers, few tiles per segment)."""
+    return max(2, 1 + math.ceil(max(1, slots) / max(1, tiles)))
 
 
 def _tile_file(tdir: Path, a: int, b: int, c: int) -> str:

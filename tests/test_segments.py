@@ -214,3 +214,15 @@ def test_a_changed_setting_starts_the_segments_again(three, tmp_path, monkeypatc
         finally:
             c.cluster.scheduler.remove_plugin(name=watch.name)
     assert len(watch.names) == THREE["segments"]
+
+
+@pytest.mark.parametrize("slots, tiles, expected", [
+    (2, 32, 2), (2, 1, 3), (1, 1, 2), (64, 32, 3), (64, 64, 2), (65, 32, 4), (0, 0, 2),
+])
+def test_blocks_in_flight_queue_a_round_of_tiles(slots, tiles, expected):
+    from daskramp.segments import blocks_in_flight
+
+    got = blocks_in_flight(slots, tiles)
+    assert got == expected
+    # the blocks behind the running one hold at least a tile per worker thread
+    assert (got - 1) * max(tiles, 1) >= slots and got >= 2
