@@ -725,7 +725,12 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     stats: dict = {"refpix_offsets": None, "refpix_zf_offsets": None}
     boxes = reference_boxes(plan.skeleton, **_kwargs(plan.params["refpix"]))
     if int_block is None:
-        int_block = _in_rounds(nint, _stats_int_block(boxes, plan, ngroup, ny, nx), _worker_slots())
+        # cut as for one segment, the longest, whatever the exposure's length: a block of
+        # more integrations is a task of more memory (cut for the whole 4-segment exposure,
+        # the blocks had 53 integrations, not 40, and peaked above the tiles), and at most
+        # one round is then left part-filled, once per run
+        longest = max(b - a for a, b in dims.segment_bounds(ds))
+        int_block = _in_rounds(longest, _stats_int_block(boxes, plan, ngroup, ny, nx), _worker_slots())
     ints = _bounds(nint, int_block)
     if boxes:
         stats.update(_refpix_statistics(plan, reader, refs_key, ints))

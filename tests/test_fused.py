@@ -234,14 +234,17 @@ def test_in_rounds_never_lengthens_and_fills_the_rounds(n, step, slots):
 
 
 def test_statistics_blocks_come_in_whole_rounds_of_the_workers(soss, monkeypatch):
-    """With three worker threads the statistics of 10 integrations (one block by size) are
-    found in three blocks, and the offsets are those of the one-block pass."""
+    """The statistics of two 5-integration segments come in blocks no longer than a segment
+    (one block each by size, whatever the exposure's length); with three worker threads the
+    block length is the one that cuts a segment in a round (5 integrations in three blocks:
+    2), and the offsets are those of the one-block-per-segment pass."""
     ds = open_exposure(soss.uncal_files)
+    assert [b - a for a, b in dims.segment_bounds(ds)] == [5, 5]
     one = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats=None).frame_stats
     monkeypatch.setattr(fused, "_worker_slots", lambda: 3)
     three = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats=None).frame_stats
-    assert one["refpix_offsets"].chunks[0] == (10,)
-    assert three["refpix_offsets"].chunks[0] == (4, 4, 2)
+    assert one["refpix_offsets"].chunks[0] == (5, 5)
+    assert three["refpix_offsets"].chunks[0] == (2, 2, 2, 2, 2)
     np.testing.assert_array_equal(np.asarray(three["refpix_offsets"]), np.asarray(one["refpix_offsets"]))
     np.testing.assert_array_equal(np.asarray(three["plane_dnu"]), np.asarray(one["plane_dnu"]))
 

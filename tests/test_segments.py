@@ -143,6 +143,17 @@ class _Interrupted(Exception):
     pass
 
 
+def _settled(scheduler, timeout=30.0):
+    """Wait until the interrupted run's tasks left on the cluster have finished or gone."""
+    import time
+
+    end = time.monotonic() + timeout
+    busy = ("processing", "waiting", "queued", "no-worker")
+    while any(ts.state in busy for ts in list(scheduler.tasks.values())):
+        assert time.monotonic() < end, "the cluster did not settle"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("after", [1, 2, 3])
 def test_interrupted_run_resumes_after_the_finished_segments(three, runs, tmp_path, monkeypatch, after):
     """A run stopped once ``after`` segments are written and summed: the same call again
@@ -168,6 +179,7 @@ def test_interrupted_run_resumes_after_the_finished_segments(three, runs, tmp_pa
                 run(files, out, refs=refs, client=c, quiet=True, fits=True, config=config)
         _helpers._assert_nothing_marked_complete_early(out)
         assert not any(p.name.endswith((".zarr", ".fits")) for p in out.iterdir())
+        _settled(c.cluster.scheduler)
         watch = _WindowWatch()
         c.cluster.scheduler.add_plugin(watch, name=watch.name)
         try:
@@ -206,6 +218,7 @@ def test_a_changed_setting_starts_the_segments_again(three, tmp_path, monkeypatc
             m.setattr(segments._State, "record", record_then_stop)
             with pytest.raises(_Interrupted):
                 run(files, out, refs=refs, client=c, quiet=True, fits=False, config={"tile_columns": 32})
+        _settled(c.cluster.scheduler)
         watch = _WindowWatch()
         c.cluster.scheduler.add_plugin(watch, name=watch.name)
         try:
@@ -226,3 +239,24 @@ def test_blocks_in_flight_queue_a_round_of_tiles(slots, tiles, expected):
     assert got == expected
     # the blocks behind the running one hold at least a tile per worker thread
     assert (got - 1) * max(tiles, 1) >= slots and got >= 2
+
+
+def test_a_full_disk_while_saving_a_sum_is_an_enospc_error(tmp_path):
+    """The sum files are the run's outputs too: a full disk must be reported as one (errno
+    ENOSPC, which ``daskramp.run`` turns into its clear message), and leave no file."""
+    import errno
+
+    from daskramp.segments import save_tile
+
+    mnt = tmp_path / "tiny"
+    _helpers._mount_tmpfs(mnt, "size=64k")
+    try:
+        path = mnt / "0" / "0_0.npy"
+        with pytest.raises(OSError) as info:
+            save_tile(np.ones((1, 10, 128, 128)), str(path))
+        assert info.value.errno == errno.ENOSPC
+        assert not path.exists() and not list(path.parent.iterdir())
+        save_tile(np.ones((2, 3)), str(path))  # a small one fits
+        np.testing.assert_array_equal(np.load(path), np.ones((2, 3)))
+    finally:
+        _helpers._umount(mnt)
