@@ -964,8 +964,9 @@ class SegmentProducts:
         return rateints, parts["rate_terms"].data, pixeldq.data
 
     def rate(self, terms: da.Array, pixeldq: da.Array) -> xr.Dataset:
-        """The exposure's lazy ``rate`` from its terms summed over every block (1, term, y, x;
-        :func:`daskramp.steps.ramp_fit.fold_block_terms`) and the first block's pixeldq."""
+        """The exposure's lazy ``rate`` from its terms summed over every block in order
+        (1, term, y, x; :func:`daskramp.kernels.ramp_fit.add_block_terms`) and the first
+        block's pixeldq."""
         _, parts, _ = self._parts(0)  # their rateints is built but never computed
         image = {Y: self.plan.skeleton[Y], X: self.plan.skeleton[X]}
         parts["rate_terms"] = xr.DataArray(terms, dims=("block", "term", *dims.IMAGE_DIMS), coords=image)

@@ -352,18 +352,16 @@ def _add_squeezed(acc, block):
     return _k.add_block_terms(acc, block)[0]
 
 
-def fold_block_terms(terms, acc=None, *, squeeze: bool = True):
-    """Lazy running sum of rate terms over their blocks, in block order (NaN as 0, float64).
+def fold_block_terms(terms):
+    """Lazy sum of rate terms over their blocks, one after another (NaN as 0, float64).
 
-    ``terms``: dask array (block, term, y, x), one block per chunk along ``block``; ``acc``:
-    an earlier sum (1, term, y, x) with the same spatial chunks to continue from, or None.
-    Returns (term, y, x) with ``squeeze``, else (1, term, y, x) (to continue from).
-
-    One task per block and tile, each adding its block to the tile's sum so far
+    ``terms``: dask array (block, term, y, x); returns (term, y, x).  One task per block and
+    tile, each adding its block to the tile's sum so far
     (:func:`daskramp.kernels.ramp_fit.add_block_terms`): a tile holds one running sum
     (1.3 MB per SOSS tile of 64 columns), however many segments the exposure has, where a
     tree of pairwise sums keeps a partial sum per level; and the exposure's rate is the
-    same whether its segments are submitted together or one after another.
+    same as when its segments are submitted one after another (:mod:`daskramp.segments`,
+    which continues the same sum from files).
     """
     import dask.array as da
     from dask.base import tokenize
@@ -371,27 +369,20 @@ def fold_block_terms(terms, acc=None, *, squeeze: bool = True):
 
     if any(c != 1 for c in terms.chunks[0]):
         terms = terms.rechunk({0: 1})
-    if acc is not None and acc.chunks[1:] != terms.chunks[1:]:
-        acc = acc.rechunk((1, *terms.chunks[1:]))
-    name = f"rate-terms-sum-{tokenize(terms, acc, squeeze)}"
+    name = f"rate-terms-sum-{tokenize(terms)}"
     nb = terms.numblocks
     dsk = {}
     for idx in np.ndindex(*nb[1:]):
-        prev = None if acc is None else (acc.name, 0, *idx)
+        prev = None
         for k in range(nb[0]):
-            last = k == nb[0] - 1
-            if last:
-                key = (name, *idx) if squeeze else (name, 0, *idx)
-                dsk[key] = (_add_squeezed if squeeze else _k.add_block_terms, prev,
-                            (terms.name, k, *idx))
+            if k == nb[0] - 1:
+                dsk[(name, *idx)] = (_add_squeezed, prev, (terms.name, k, *idx))
             else:
                 key = (f"{name}-part", k, *idx)
                 dsk[key] = (_k.add_block_terms, prev, (terms.name, k, *idx))
-            prev = key
-    deps = [terms] if acc is None else [terms, acc]
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
-    chunks = terms.chunks[1:] if squeeze else ((1,), *terms.chunks[1:])
-    return da.Array(graph, name, chunks=chunks, dtype=np.float64)
+                prev = key
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[terms])
+    return da.Array(graph, name, chunks=terms.chunks[1:], dtype=np.float64)
 
 
 def _sum_blocks(terms: xr.DataArray) -> xr.DataArray:
