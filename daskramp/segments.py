@@ -189,8 +189,9 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     if targets is not None:
         finalize_store(partial_path(zpath), zpath, overwrite=True)
 
-    acc = _read_files(tdir / str(n - 1), seg, leading=(1, len(RATE_TERMS)), dtype=np.float64)
-    pixeldq = _read_files(tdir / "pixeldq", seg, leading=(), dtype=PIXELDQ_DTYPE)
+    acc = _read_files(tdir / str(n - 1), seg, leading=(1, len(RATE_TERMS)), dtype=np.float64,
+                      token=token)
+    pixeldq = _read_files(tdir / "pixeldq", seg, leading=(), dtype=PIXELDQ_DTYPE, token=token)
     rate = seg.rate(acc, pixeldq)
     figures = summary_figures(rate)
     paths, values = write_products({"rate": rate}, outdir, root=root, provenance=provenance,
@@ -266,11 +267,12 @@ def save_tile(block: np.ndarray, path: str) -> np.ndarray:
     return np.ones((1, 1), np.int64)
 
 
-def _read_files(bdir: Path, seg, *, leading: tuple, dtype) -> da.Array:
-    """The tiles saved in ``bdir`` as a lazy (*leading, y, x) array, a task per tile."""
+def _read_files(bdir: Path, seg, *, leading: tuple, dtype, token: str) -> da.Array:
+    """The tiles saved in ``bdir`` as a lazy (*leading, y, x) array, a task per tile (keys
+    named by the run's ``token``: the same path holds other sums in another run)."""
     ychunks = tuple(b - a for a, b in seg.y_bounds)
     xchunks = tuple(b - a for a, b in seg.x_bounds)
-    name = f"tiles-read-{tokenize(str(bdir), ychunks, xchunks, leading)}"
+    name = f"tiles-read-{tokenize(str(bdir), ychunks, xchunks, leading, token)}"
     zeros = (0,) * len(leading)
     dsk = {(name, *zeros, b, c): (np.load, str(Path(bdir) / f"{b}_{c}.npy"))
            for b in range(len(ychunks)) for c in range(len(xchunks))}
