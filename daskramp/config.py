@@ -13,7 +13,9 @@ Cluster profiles (``workflows/clusters/*.yaml``) are separate: they say where th
 and with how much memory, never what it computes.  Environment variables
 ``DASKRAMP_STEPS__<STEP>__<PARAM>=value`` override the file; ``--steps.<step>.<param>=value``
 on the command line overrides both.  Values are parsed as YAML scalars (``10``, ``true``,
-``4.5``, ``null``).
+``4.5``, ``null``); text that is not valid YAML stays the string given.  Nothing here judges
+a step parameter: :mod:`daskramp.params` coerces and checks every value once, whichever
+layer it came from, and names ``steps.<step>.<param>`` in its one-line error.
 """
 
 from __future__ import annotations
@@ -31,11 +33,15 @@ class ConfigError(ValueError):
 
 
 def parse_value(text: str):
-    """Parse a command-line/env value as a YAML scalar (``'10'`` → 10, ``'true'`` → True)."""
+    """Parse a command-line/env value as a YAML scalar (``'10'`` → 10, ``'true'`` → True).
+
+    Text that is not valid YAML (``'[1'``) is returned as the string given, so that the
+    parameter's validation (:mod:`daskramp.params`) refuses it naming the parameter.
+    """
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"cannot parse value {text!r}: {err}") from None
+    except yaml.YAMLError:
+        return text
 
 
 def load_yaml(path) -> dict:
@@ -52,12 +58,22 @@ def load_yaml(path) -> dict:
     return data
 
 
-def merge(base: Mapping, update: Mapping) -> dict:
-    """Deep-merge ``update`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+def merge(base: Mapping, update: Mapping, _where: str = "") -> dict:
+    """Deep-merge ``update`` into a copy of ``base`` (mappings merge, everything else replaces).
+
+    A mapping merged onto a value that is neither a mapping nor None (``jump: 5`` in the
+    workflow, ``--steps.jump.rejection_threshold=10`` on the command line) is an error, not a
+    silent replacement of the malformed value.
+    """
     out = copy.deepcopy(dict(base))
     for k, v in update.items():
+        where = f"{_where}.{k}" if _where else str(k)
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = merge(out[k], v)
+            out[k] = merge(out[k], v, where)
+        elif isinstance(v, Mapping) and out.get(k) is not None:
+            what = "a mapping of parameters" if where.count(".") == 1 and where.startswith("steps.") \
+                else "a mapping"
+            raise ConfigError(f"{where}: expected {what}, got {out[k]!r}")
         else:
             out[k] = copy.deepcopy(v)
     return out

@@ -144,9 +144,9 @@ def test_skip_and_parameters(soss):
     assert res.provenance["steps"]["dark_current"]["status"] == "SKIPPED"
     assert res.rate.attrs["S_DARK"] == "SKIPPED"
     assert res.provenance["steps"]["jump"]["parameters"]["rejection_threshold"] == 10
-    with pytest.raises(ConfigError, match="step jump: unknown parameter\\(s\\) \\['rejection_treshold'\\]"):
+    with pytest.raises(ConfigError, match="^steps.jump.rejection_treshold: unknown parameter"):
         detector1(ds, soss.refs_dir, steps={"jump": {"rejection_treshold": 10}})
-    with pytest.raises(ConfigError, match="unknown step 'jumps'"):
+    with pytest.raises(ConfigError, match="^steps.jumps: unknown step"):
         detector1(ds, soss.refs_dir, steps={"jumps": {}})
 
 

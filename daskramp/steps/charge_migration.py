@@ -12,6 +12,7 @@ import xarray as xr
 
 from ..dims import DATA, GROUP, GROUPDQ, GROUPDQ_DTYPE, validate
 from ..kernels import charge_migration as kernel
+from ..params import boolean, floating
 from ._apply import map_ramp_blocks
 from .convert import COMPLETE, SKIPPED, with_status
 
@@ -22,8 +23,8 @@ STATUS = "S_CHGMIG"
 class Params:
     """Parameters of charge_migration (official names and defaults)."""
 
-    signal_threshold: float = 25000.0
-    skip: bool = True
+    signal_threshold: float = floating(25000.0)
+    skip: bool = boolean(True)
 
 
 def charge_migration(

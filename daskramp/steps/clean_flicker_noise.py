@@ -44,6 +44,7 @@ from ..dims import (
     validate,
 )
 from ..kernels import clean_flicker_noise as kernel
+from ..params import boolean, check, floating, image, int_list, option
 from ._apply import map_ramp_blocks
 from .convert import COMPLETE, SKIPPED, with_status
 
@@ -63,42 +64,29 @@ class Params:
     Implemented: ``fit_method='median'``, ``background_method`` 'median' or None,
     ``n_sigma``, ``fit_by_channel``, ``single_mask``, ``user_mask`` (FITS path, array or
     DataArray ``(y, x)``, True = background), ``save_mask`` and ``save_noise`` (kept as the
-    Dataset variables ``flicker_mask`` and ``flicker_stripes``).  The other options raise
-    ``NotImplementedError`` when switched on.
+    Dataset variables ``flicker_mask`` and ``flicker_stripes``).  The other official values
+    are refused by :mod:`daskramp.params` (:class:`~daskramp.params.NotImplementedParameter`).
     """
 
-    autoparam: bool = False
-    fit_method: str = "median"
-    fit_by_channel: bool = False
-    background_method: str | None = "median"
-    background_box_size: tuple[int, int] | None = None
-    mask_science_regions: bool = False
-    apply_flat_field: bool = False
-    n_sigma: float = 2.0
-    fit_histogram: bool = False
-    single_mask: bool = True
-    user_mask: object = None
-    save_mask: bool = False
-    save_background: bool = False
-    save_noise: bool = False
-    skip: bool = True
-
-
-def _check(p: Params, ds: xr.Dataset) -> str | None:
-    """Standardised background method; raise for options that are not implemented."""
-    if str(p.fit_method).lower() == "fft":
-        raise NotImplementedError("clean_flicker_noise: fit_method='fft' (NIRSpec only) is not implemented")
-    if str(p.fit_method).lower() != "median":
-        raise ValueError(f"clean_flicker_noise: fit_method must be 'median' or 'fft', got {p.fit_method!r}")
-    bm = None if str(p.background_method).lower() == "none" else str(p.background_method).lower()
-    if bm in ("model", "median_image"):
-        raise NotImplementedError(f"clean_flicker_noise: background_method={bm!r} is not implemented")
-    if bm not in ("median", None):
-        raise ValueError(f"clean_flicker_noise: unknown background_method {p.background_method!r}")
-    for name in ("autoparam", "mask_science_regions", "apply_flat_field", "fit_histogram", "save_background"):
-        if getattr(p, name):
-            raise NotImplementedError(f"clean_flicker_noise: {name}=True is not implemented")
-    return bm
+    autoparam: bool = boolean(False, implemented=(False,))
+    fit_method: str = option("median", ("fft", "median"), implemented=("median",))
+    fit_by_channel: bool = boolean(False)
+    background_method: str | None = option("median", ("median", "model", "median_image", None),
+                                           implemented=("median", None))
+    background_box_size: tuple[int, int] | None = int_list(
+        None, length=2, min=1, none=True, note="used by background_method='model' only; no effect")
+    mask_science_regions: bool = boolean(False, implemented=(False,))
+    apply_flat_field: bool = boolean(False, implemented=(False,))
+    #: official float without a minimum; a clipping level <= 0 would mask every pixel
+    n_sigma: float = floating(2.0, above=0)
+    fit_histogram: bool = boolean(False, implemented=(False,))
+    single_mask: bool = boolean(True)
+    user_mask: object = image(None, ndim=(2, 3),
+                              note="officially a FITS path; daskramp also takes an array")
+    save_mask: bool = boolean(False)
+    save_background: bool = boolean(False, implemented=(False,))
+    save_noise: bool = boolean(False)
+    skip: bool = boolean(True)
 
 
 def rechunk_data(a: xr.DataArray, chunks: dict) -> xr.DataArray:
@@ -246,18 +234,20 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.D
         ``COMPLETE`` or ``SKIPPED``; ``flicker_mask`` ``(y, x)`` with ``save_mask`` and
         ``flicker_stripes`` ``(channel, integration, group, line)`` with ``save_noise``.
     """
-    p = Params(skip=skip, **params)
+    # the parameters as the pipeline validates them (daskramp.params): the official values
+    # daskramp does not implement raise NotImplementedParameter
+    p = check(Params(skip=skip, **params))
     validate(ds, source="clean_flicker_noise")
     if p.skip:
         return with_status(ds, STATUS, SKIPPED)
-    background_method = _check(p, ds)
+    background_method = p.background_method
     a = ds.attrs
     axis = axis_to_correct(a)
     if ds.sizes[GROUP] < 2:
         return with_status(ds, STATUS, COMPLETE)
     by_channel = bool(p.fit_by_channel) and str(a.get("SUBARRAY", "FULL")).upper() == "FULL"
 
-    if p.user_mask is not None and str(p.user_mask).lower() != "none":
+    if p.user_mask is not None:
         mask = read_user_mask(p.user_mask, ds)
     else:
         rate = draft_rate(ds, per_integration=not p.single_mask)

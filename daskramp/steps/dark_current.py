@@ -15,6 +15,7 @@ import xarray as xr
 
 from ..dims import DATA, FLOAT_DTYPE, GROUP, IMAGE_DIMS, PIXELDQ, X, Y, validate
 from ..kernels import dark_current as kernel
+from ..params import boolean, floating, output_file
 from ._apply import map_ramp_blocks
 from .convert import COMPLETE, SKIPPED, as_image, as_planes, with_status
 
@@ -27,10 +28,11 @@ class Params:
     """Parameters of dark_current (official names)."""
 
     #: FITS file in which to save the frame-averaged dark (None → not saved)
-    dark_output: str | None = None
-    #: mean dark current in e⁻/s for the ramp_fit Poisson term (overrides the DARK file)
-    average_dark_current: float | None = None
-    skip: bool = False
+    dark_output: str | None = output_file(None)
+    #: mean dark current in e⁻/s for the ramp_fit Poisson term (overrides the DARK file);
+    #: daskramp refuses a negative one (it would make the Poisson variance negative)
+    average_dark_current: float | None = floating(None, min=0, none=True)
+    skip: bool = boolean(False)
 
 
 def _average_dark_current(ds, user, image, keyword):

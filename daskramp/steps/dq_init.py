@@ -11,6 +11,7 @@ import xarray as xr
 
 from ..dims import GROUPDQ, GROUPDQ_DTYPE, PIXELDQ, PIXELDQ_DTYPE, RAMP_DIMS, X, Y
 from ..kernels import dq_init as kernel
+from ..params import boolean, image
 from ._apply import map_ramp_blocks
 from .convert import COMPLETE, SKIPPED, apply_image, as_image, with_status
 
@@ -25,8 +26,8 @@ class Params:
     primary array holds it) OR-ed into the mask.
     """
 
-    user_supplied_dq: Any = None
-    skip: bool = False
+    user_supplied_dq: Any = image(None, note="officially a FITS path; daskramp also takes a (y, x) array")
+    skip: bool = boolean(False)
 
 
 def _load_user_dq(value):

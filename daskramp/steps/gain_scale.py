@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import xarray as xr
 
 from ..kernels import gain_scale as kernel
+from ..params import boolean
 from .convert import COMPLETE, SKIPPED
 
 STATUS = "S_GANSCL"
@@ -22,7 +23,7 @@ _POWER = {"data": 1, "err": 1, "var_poisson": 2, "var_rnoise": 2}
 class Params:
     """gain_scale has no parameters besides ``skip``."""
 
-    skip: bool = False
+    skip: bool = boolean(False)
 
 
 def gain_scale(product: xr.Dataset, *, gain_factor: float | None = None, skip: bool = False) -> xr.Dataset:

@@ -13,6 +13,7 @@ import xarray as xr
 
 from ..dims import DATA, FLOAT_DTYPE, validate
 from ..kernels import group_scale as kernel
+from ..params import boolean
 from ._apply import map_ramp_blocks
 from .convert import COMPLETE, SKIPPED, with_status
 
@@ -23,7 +24,7 @@ STATUS = "S_GRPSCL"
 class Params:
     """group_scale has no parameters besides ``skip``."""
 
-    skip: bool = False
+    skip: bool = boolean(False)
 
 
 def group_scale(ds: xr.Dataset, *, skip: bool = False) -> xr.Dataset:

@@ -39,6 +39,7 @@ from ..dims import (
     validate,
 )
 from ..kernels import jump as kernel
+from ..params import boolean, check, cores, floating, integer, scale_list
 from ._apply import chunk_by_segment, map_ramp_blocks
 
 STATUS = "S_JUMP"
@@ -48,48 +49,50 @@ STATUS = "S_JUMP"
 class Params:
     """Parameters of the jump step, with the official names and defaults."""
 
-    rejection_threshold: float = 4.0
-    three_group_rejection_threshold: float = 6.0
-    four_group_rejection_threshold: float = 5.0
+    rejection_threshold: float = floating(4.0, min=0)
+    three_group_rejection_threshold: float = floating(6.0, min=0)
+    four_group_rejection_threshold: float = floating(5.0, min=0)
     #: accepted for configuration compatibility; dask provides the parallelism
-    maximum_cores: str = "1"
-    flag_4_neighbors: bool = True
-    max_jump_to_flag_neighbors: float = 1000.0
-    min_jump_to_flag_neighbors: float = 10.0
-    after_jump_flag_dn1: float = 0.0
-    after_jump_flag_time1: float = 0.0
-    after_jump_flag_dn2: float = 0.0
-    after_jump_flag_time2: float = 0.0
-    #: snowball flagging (NIR); not implemented, only False is accepted
-    expand_large_events: bool = False
-    min_sat_area: float = 1.0
-    min_jump_area: float = 5.0
-    expand_factor: float = 2.0
-    use_ellipses: bool = False
-    sat_required_snowball: bool = True
-    min_sat_radius_extend: float = 2.5
-    sat_expand: int = 2
-    edge_size: int = 25
-    mask_snowball_core_next_int: bool = True
-    snowball_time_masked_next_int: int = 4000
-    #: MIRI shower flagging; not implemented, only False is accepted
-    find_showers: bool = False
-    max_shower_amplitude: float = 4.0
-    extend_snr_threshold: float = 1.2
-    extend_min_area: int = 90
-    extend_inner_radius: float = 1.0
-    extend_outer_radius: float = 2.6
-    extend_ellipse_expand_ratio: float = 1.1
-    time_masked_after_shower: float = 15.0
-    min_diffs_single_pass: int = 10
-    max_extended_radius: int = 200
-    minimum_groups: int = 3
-    minimum_sigclip_groups: int = 100
-    only_use_ints: bool = True
+    maximum_cores: str = cores("1")
+    flag_4_neighbors: bool = boolean(True)
+    max_jump_to_flag_neighbors: float = floating(1000.0)
+    min_jump_to_flag_neighbors: float = floating(10.0)
+    after_jump_flag_dn1: float = floating(0.0)
+    after_jump_flag_time1: float = floating(0.0)
+    after_jump_flag_dn2: float = floating(0.0)
+    after_jump_flag_time2: float = floating(0.0)
+    #: snowball flagging (NIR); not implemented, only False is accepted; the snowball
+    #: parameters below are checked as the official step does and have no effect
+    expand_large_events: bool = boolean(False, implemented=(False,))
+    min_sat_area: float = floating(1.0)
+    min_jump_area: float = floating(5.0)
+    expand_factor: float = floating(2.0)
+    use_ellipses: bool = boolean(False, note="deprecated")
+    sat_required_snowball: bool = boolean(True)
+    min_sat_radius_extend: float = floating(2.5)
+    sat_expand: int = integer(2)
+    edge_size: int = integer(25)
+    mask_snowball_core_next_int: bool = boolean(True)
+    snowball_time_masked_next_int: int = integer(4000)
+    #: MIRI shower flagging; not implemented, only False is accepted (the shower parameters
+    #: below have no effect)
+    find_showers: bool = boolean(False, implemented=(False,))
+    max_shower_amplitude: float = floating(4.0)
+    extend_snr_threshold: float = floating(1.2)
+    extend_min_area: int = integer(90)
+    extend_inner_radius: float = floating(1.0)
+    extend_outer_radius: float = floating(2.6)
+    extend_ellipse_expand_ratio: float = floating(1.1)
+    time_masked_after_shower: float = floating(15.0)
+    min_diffs_single_pass: int = integer(10)
+    max_extended_radius: int = integer(200)
+    minimum_groups: int = integer(3)
+    minimum_sigclip_groups: int = integer(100)
+    only_use_ints: bool = boolean(True)
     #: relative flux of each integration (sequence of NINTS floats, or a .npy/text file);
     #: not an official parameter, None = official behaviour (see :func:`jump`)
-    integration_scale: Any = None
-    skip: bool = False
+    integration_scale: Any = scale_list(None)
+    skip: bool = boolean(False)
 
 
 #: parameters passed on to the kernel
@@ -221,19 +224,14 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
         ``"COMPLETE"``, or ``"SKIPPED"`` (unchanged arrays) when ``skip`` or NGROUPS ≤ 2.
         ``data`` is not modified; with dask input the ramp is rechunked to whole segments.
     """
-    p = Params(**params)
+    # validated as the pipeline does (daskramp.params): expand_large_events/find_showers=True
+    # raise NotImplementedParameter
+    p = check(Params(**params))
     validate(ds, calibrated=True, source="jump")
     if p.skip or ds.sizes[GROUP] <= 2:
         out = ds.copy()
         out.attrs[STATUS] = "SKIPPED"
         return out
-    if p.expand_large_events:
-        raise NotImplementedError(
-            "jump: expand_large_events=True (snowball flagging) is not implemented in daskramp; "
-            "run with expand_large_events=False"
-        )
-    if p.find_showers:
-        raise NotImplementedError("jump: find_showers=True (MIRI showers) is not implemented in daskramp")
 
     attrs = ds.attrs
     g = _image(gain, ds, "gain")

@@ -16,6 +16,7 @@ import xarray as xr
 from ..dims import DATA, FLOAT_DTYPE, GROUPDQ, IMAGE_DIMS, PIXELDQ, ZEROFRAME, X, Y, validate
 from ..kernels import linearity as kernel
 from ..kernels.saturation import read_pattern as make_read_pattern
+from ..params import boolean
 from ._apply import map_ramp_blocks
 from .convert import COMPLETE, SKIPPED, as_image, as_planes, with_status, zeroframe_blocks
 
@@ -26,7 +27,7 @@ STATUS = "S_LINEAR"
 class Params:
     """linearity has no parameters besides ``skip``."""
 
-    skip: bool = False
+    skip: bool = boolean(False)
 
 
 def _planes(cube, ds: xr.Dataset, name: str) -> list[xr.DataArray]:

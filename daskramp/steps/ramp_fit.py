@@ -35,6 +35,7 @@ from ..dims import (
     validate,
 )
 from ..kernels import ramp_fit as _k
+from ..params import boolean, check, cores, integer, option, string
 from ._apply import chunk_by_segment, map_ramp_blocks
 
 AVERAGE_DARK_CURRENT = "average_dark_current"
@@ -53,21 +54,24 @@ class Params:
     """RampFitStep parameters (official names and defaults) plus daskramp options.
 
     ``maximum_cores``, ``opt_name`` and ``int_name`` are accepted for compatibility and
-    ignored (dask provides the parallelism; file names belong to the io layer).
-    ``save_intercepts`` adds an ``intercept`` variable (DN at the time of group 0, from the
-    first segment's fit) to ``rateints``.
+    ignored (dask provides the parallelism; file names belong to the io layer; the official
+    step does not use ``int_name`` either).  ``algorithm='LIKELY'`` and ``save_opt=True`` are
+    refused (:class:`~daskramp.params.NotImplementedParameter`).  ``save_intercepts`` adds an
+    ``intercept`` variable (DN at the time of group 0, from the first segment's fit) to
+    ``rateints``.
     """
 
-    algorithm: str = "OLS_C"
-    suppress_one_group: bool = True
-    firstgroup: int | None = None
-    lastgroup: int | None = None
-    save_opt: bool = False
-    opt_name: str = ""
-    int_name: str = ""
-    maximum_cores: str = "1"
-    save_intercepts: bool = False
-    skip: bool = False
+    algorithm: str = option("OLS_C", ("OLS_C", "LIKELY"), implemented=("OLS_C",))
+    suppress_one_group: bool = boolean(True)
+    #: zero-indexed (official integer without a minimum; daskramp refuses negative ones)
+    firstgroup: int | None = integer(None, min=0, none=True)
+    lastgroup: int | None = integer(None, min=0, none=True)
+    save_opt: bool = boolean(False, implemented=(False,))
+    opt_name: str = string("", note="no effect (save_opt is not implemented)")
+    int_name: str = string("", note="no effect")
+    maximum_cores: str = cores("1")
+    save_intercepts: bool = boolean(False, official=False)
+    skip: bool = boolean(False)
 
 
 def _image(arr, ds: xr.Dataset, name: str) -> xr.DataArray:
@@ -324,18 +328,11 @@ def ramp_fit(
         when ``save_intercepts``.
     ``(None, None)`` when ``skip`` is set (no rate products; the ramp is unchanged).
     """
-    p = Params(**params)
+    # validated as the pipeline does (daskramp.params): algorithm='LIKELY' and save_opt=True
+    # raise NotImplementedParameter
+    p = check(Params(**params))
     if p.skip:
         return None, None
-    if str(p.algorithm).upper() != "OLS_C":
-        raise NotImplementedError(
-            f"ramp_fit algorithm {p.algorithm!r} is not implemented; daskramp provides 'OLS_C'"
-        )
-    if p.save_opt:
-        raise NotImplementedError(
-            "save_opt (the per-segment fitopt product) is not implemented; "
-            "save_intercepts=True gives the per-integration intercepts"
-        )
     fields = ramp_fields(
         ds,
         gain=gain,

@@ -26,6 +26,7 @@ import xarray as xr
 
 from ..dims import DATA, FLOAT_DTYPE, GROUP, INTEGRATION, PIXELDQ, ZEROFRAME, X, Y, validate
 from ..kernels import refpix as kernel
+from ..params import boolean, check, floating, integer, option
 from ._apply import map_ramp_blocks
 
 STATUS = "S_REFPIX"
@@ -40,25 +41,29 @@ TERM_DIM = "refpix_term"
 class Params:
     """refpix parameters (official names and defaults).
 
-    Only the near-IR "median" algorithm is implemented: ``odd_even_rows`` is MIRI-only, and
+    Only the near-IR "median" algorithm is implemented (``refpix_algorithm='sirs'`` is
+    refused by :mod:`daskramp.params`): ``odd_even_rows`` is MIRI-only, and
     ``sigreject``/``gaussmooth``/``halfwidth`` (SIRS) and ``ovr_corr_mitigation_ftr``/
-    ``preserve_irs2_refpix``/``irs2_mean_subtraction`` (NIRSpec IRS2) are accepted and unused.
+    ``preserve_irs2_refpix``/``irs2_mean_subtraction`` (NIRSpec IRS2, whose data are refused)
+    are checked as the official step does and have no effect.
     """
 
-    odd_even_columns: bool = True
-    use_side_ref_pixels: bool = True
-    side_smoothing_length: int = 11
-    side_gain: float = 1.0
-    odd_even_rows: bool = True
-    ovr_corr_mitigation_ftr: float = 3.0
-    preserve_irs2_refpix: bool = False
-    irs2_mean_subtraction: bool = False
-    refpix_algorithm: str = "median"
-    sigreject: float = 4.0
-    gaussmooth: float = 1.0
-    halfwidth: int = 30
-    siglimit: float = 3.0
-    skip: bool = False
+    odd_even_columns: bool = boolean(True)
+    use_side_ref_pixels: bool = boolean(True)
+    #: official integer without a minimum; the running-median window needs >= 1 row
+    side_smoothing_length: int = integer(11, min=1)
+    side_gain: float = floating(1.0)
+    odd_even_rows: bool = boolean(True, note="MIRI only; no effect in daskramp")
+    ovr_corr_mitigation_ftr: float = floating(3.0, note="NIRSpec IRS2 only; no effect")
+    preserve_irs2_refpix: bool = boolean(False, note="NIRSpec IRS2 only; no effect")
+    irs2_mean_subtraction: bool = boolean(False, note="NIRSpec IRS2 only; no effect")
+    refpix_algorithm: str = option("median", ("median", "sirs"), implemented=("median",))
+    sigreject: float = floating(4.0, note="SIRS only; no effect")
+    gaussmooth: float = floating(1.0, note="SIRS only; no effect")
+    halfwidth: int = integer(30, note="SIRS only; no effect")
+    #: official float without a minimum; the clipped means need a positive limit
+    siglimit: float = floating(3.0, above=0)
+    skip: bool = boolean(False)
 
 
 def _with_status(ds: xr.Dataset, status: str, **updates) -> xr.Dataset:
@@ -281,21 +286,18 @@ def refpix(ds: xr.Dataset, *, offsets: xr.DataArray | None = None,
 
     Raises
     ------
+    daskramp.config.ConfigError
+        A parameter that is not allowed; ``refpix_algorithm="sirs"`` raises
+        :class:`daskramp.params.NotImplementedParameter` (also a NotImplementedError).
     NotImplementedError
-        ``refpix_algorithm="sirs"``, NIRSpec IRS2 (an image axis longer than 2048) and MIRI
-        full frames.
+        NIRSpec IRS2 (an image axis longer than 2048) and MIRI full frames.
     """
-    p = Params(**params)
+    # validated as the pipeline does (daskramp.params): refpix_algorithm='sirs' raises
+    # NotImplementedParameter
+    p = check(Params(**params))
     validate(ds, source="refpix")
     if p.skip:
         return _with_status(ds, SKIPPED)
-    if p.refpix_algorithm == "sirs":
-        raise NotImplementedError(
-            "refpix: refpix_algorithm='sirs' (convolution-kernel side correction) is not "
-            "implemented; use refpix_algorithm='median'"
-        )
-    if p.refpix_algorithm != "median":
-        raise ValueError(f"refpix: refpix_algorithm must be 'median' or 'sirs', got {p.refpix_algorithm!r}")
     a = ds.attrs
     ny, nx = ds.sizes[Y], ds.sizes[X]
     if max(ny, nx) > kernel.FULL:

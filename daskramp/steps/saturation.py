@@ -29,6 +29,7 @@ import xarray as xr
 
 from ..dims import DATA, GROUPDQ, GROUPDQ_DTYPE, PIXELDQ, ZEROFRAME, validate
 from ..kernels import saturation as kernel
+from ..params import boolean, floating, image, integer
 from ._apply import map_ramp_blocks
 from .convert import COMPLETE, SKIPPED, apply_image, as_image, with_status, zeroframe_blocks
 
@@ -39,13 +40,14 @@ STATUS = "S_SATURA"
 class Params:
     """Parameters of the saturation step: the official two plus two documented additions."""
 
-    n_pix_grow_sat: int = 1
-    use_readpatt: bool = True
+    #: official integer without a minimum; a negative growth means nothing, daskramp refuses it
+    n_pix_grow_sat: int = integer(1, min=0)
+    use_readpatt: bool = boolean(True)
     #: multiplies the threshold image (addition; 1.0 = official behaviour)
-    saturation_scale: float = 1.0
+    saturation_scale: float = floating(1.0, above=0, official=False)
     #: replaces the threshold image: array (y, x) raw DN or FITS path (addition)
-    user_threshold: Any = None
-    skip: bool = False
+    user_threshold: Any = image(None, official=False)
+    skip: bool = boolean(False)
 
 
 def _load_threshold(value):

@@ -12,6 +12,7 @@ import xarray as xr
 
 from ..dims import DATA, FLOAT_DTYPE, PIXELDQ, ZEROFRAME, validate
 from ..kernels import superbias as kernel
+from ..params import boolean
 from ._apply import map_ramp_blocks
 from .convert import COMPLETE, SKIPPED, apply_image, as_image, with_status, zeroframe_blocks
 
@@ -22,7 +23,7 @@ STATUS = "S_SUPERB"
 class Params:
     """superbias has no parameters besides ``skip``."""
 
-    skip: bool = False
+    skip: bool = boolean(False)
 
 
 def superbias(ds: xr.Dataset, *, superbias=None, superbias_dq=None, skip: bool = False) -> xr.Dataset:

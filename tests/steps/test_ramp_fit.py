@@ -215,7 +215,7 @@ def test_parameters():
         ramp_fit(ds, gain=gain, readnoise=rn, algorithm="LIKELY")
     with pytest.raises(TypeError):
         ramp_fit(ds, gain=gain, readnoise=rn, weighting="unweighted")
-    rate, ints = ramp_fit(ds, gain=gain, readnoise=rn, algorithm="ols_c", maximum_cores="all")
+    rate, ints = ramp_fit(ds, gain=gain, readnoise=rn, algorithm="OLS_C", maximum_cores="all")
     assert "intercept" not in ints
     with pytest.raises(ValueError, match="gain"):
         ramp_fit(ds, gain=gain[:-1], readnoise=rn)
