@@ -475,13 +475,16 @@ def make_dark(
     import dask
 
     from .io.refs import RefSet
-    from .pipeline import detector1, plan_tiles
+    from .pipeline import detector1, plan_tiles, validate_steps
     from .steps._apply import map_ramp_blocks
 
     if err not in ("sem", "std"):
         raise ConfigError(f"darks: err must be 'sem' or 'std', got {err!r}")
+    # every parameter checked (one-line ConfigError naming steps.<step>.<param>) before
+    # anything is read; the skip asked for is the validated one ("false" → False)
+    checked = validate_steps(steps)
     user_steps = {k: dict(v or {}) for k, v in (steps or {}).items()}
-    if user_steps.get("dark_current", {}).get("skip") is False:
+    if "skip" in user_steps.get("dark_current", {}) and not checked["dark_current"].skip:
         raise ConfigError("darks: dark_current cannot run when building a DARK")
     run_steps = {**user_steps}
     for name, p in DARK_STEPS.items():
@@ -709,6 +712,11 @@ def effective_noise(stats: xr.Dataset, *, pixeldq=None, readnoise=None, gain=Non
 # --------------------------------------------------------------------------------- FITS
 
 
+#: the NIRCam exposure types a dark from ``daskramp darks`` serves (CRDS or-list form)
+NIRCAM_DARK_EXP_TYPES = ("NRC_IMAGE|NRC_TSIMAGE|NRC_TSGRISM|NRC_GRISM|NRC_WFSS|NRC_CORON|NRC_FLAT|"
+                         "NRC_LED|NRC_DARK|NRC_FOCUS|NRC_TACQ|NRC_TACONFIRM|")
+
+
 def dark_header(attrs: Mapping, *, stats: xr.Dataset | None = None, header: Mapping | None = None,
                 avdrkcur: float | None = None, provenance: Mapping | None = None) -> dict:
     """PRIMARY keywords of the DARK (CRDS rules of spec 01 §2), ``header`` values win."""
@@ -728,6 +736,10 @@ def dark_header(attrs: Mapping, *, stats: xr.Dataset | None = None, header: Mapp
                 "NOUTPUTS", "NFRAMES", "GROUPGAP", "NGROUPS"):
         if attrs.get(key) is not None:
             kw[key] = attrs[key]
+    if str(attrs.get("INSTRUME", "")).upper() == "NIRCAM":
+        # NIRCam darks are selected by EXP_TYPE (spec 11 §1): a dark measured from dark
+        # exposures (EXP_TYPE=NRC_DARK) must name the science exposure types it serves
+        kw["P_EXP_TY"] = NIRCAM_DARK_EXP_TYPES
     kw["NINTS"] = 1
     kw["BUNIT"] = "DN"
     if avdrkcur is not None and np.isfinite(avdrkcur):

@@ -84,14 +84,26 @@ def step_module(name: str):
 
 
 def step_params(name: str, given: Mapping | None = None):
-    """The frozen ``Params`` of a step with ``given`` values, rejecting unknown names clearly."""
-    mod = step_module(name)
-    given = dict(given or {})
-    known = {f.name for f in dataclasses.fields(mod.Params)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ConfigError(f"step {name}: unknown parameter(s) {unknown}; known: {sorted(known)}")
-    return mod.Params(**given)
+    """The validated frozen ``Params`` of a step from ``given`` (a mapping of official
+    parameter names, None, or a ``Params``): what both engines run with.
+
+    Values are coerced and checked against the rules declared on the step's ``Params``
+    (:mod:`daskramp.params`); anything not allowed raises a one-line :class:`ConfigError`
+    naming ``steps.<step>.<param>`` (an official value daskramp does not implement:
+    :class:`daskramp.params.NotImplementedParameter`).
+    """
+    from .params import validate
+
+    return validate(name, given)
+
+
+def validate_steps(steps: Mapping | None) -> dict:
+    """``{step: Params}`` for every step of :data:`STEP_ORDER` from a configuration's
+    ``steps`` mapping (defaults for the steps not given), raising the first error; see
+    :func:`daskramp.params.validate_steps`."""
+    from .params import validate_steps as _validate_steps
+
+    return _validate_steps(steps)
 
 
 @dataclass
@@ -297,6 +309,47 @@ def _call_step(name: str, ds: xr.Dataset, refs, params, *, stats_scope: str, **e
     return fn(ds, **kw)
 
 
+def needed_reftypes(params: Mapping) -> set[str]:
+    """Reference types the steps that run (not ``skip``) cannot do without.
+
+    Saturation runs without SUPERBIAS and gain_scale without GAIN (both optional there).
+    """
+    return {rt for name in STEP_ORDER if not params[name].skip
+            for rt in STEP_REFTYPES.get(name, ())
+            if (name, rt) not in (("saturation", "superbias"), ("gain_scale", "gain"))}
+
+
+def reference_set(ds: xr.Dataset, refs, params: Mapping, overrides: Mapping | None = None, *,
+                  strict: bool = False):
+    """The :class:`daskramp.io.refs.RefSet` of the exposure ``ds`` for the steps that run.
+
+    As the official pipeline prefetches the references of every step that runs, one missing
+    from the directory is an error naming every file rejected, not a silently skipped step;
+    :meth:`RefSet.from_dir` leaves out overridden reftypes ("N/A" skips the step) and those
+    that do not apply to the instrument.  Without a directory only the overrides are read and
+    the steps needing another reference are skipped, unless ``strict`` (``daskramp run``):
+    then a reference nobody gave is an error.  A RefSet is returned as it is.
+    """
+    from .io.refs import RefSet
+
+    if isinstance(refs, RefSet):
+        return refs
+    needed = needed_reftypes(params)
+    if refs is None:
+        missing = sorted(needed - {k.lower().removeprefix("override_") for k in (overrides or {})})
+        if strict and missing:
+            steps = sorted({n for n in STEP_ORDER if not params[n].skip
+                            and set(STEP_REFTYPES.get(n, ())) & set(missing)})
+            raise ConfigError(
+                f"no reference files given: steps {', '.join(steps)} need "
+                f"{', '.join(m.upper() for m in missing)}; give --refs DIR (or --override-<reftype> "
+                f"FILE, or skip the steps with --steps.<step>.skip=true)")
+        if not overrides:
+            return None
+    return RefSet.from_dir(refs, ds.attrs, overrides=overrides,
+                           required=() if refs is None else needed)
+
+
 def package_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -331,9 +384,13 @@ def detector1(
         The exposure Dataset (see :mod:`daskramp.dims`), a Zarr store or uncal FITS files.
     refs : RefSet, path or None
         Reference files: a :class:`daskramp.io.refs.RefSet`, a directory of CRDS-format FITS
-        files, or None (steps that need a missing reference are skipped, as with "N/A").
+        files (every reference an active step needs must be found there or in ``overrides``,
+        else :class:`~daskramp.io.refs.ReferenceFileError`), or None (steps that need a
+        reference are skipped, as with "N/A", reason "no reference files given").
     steps : mapping
-        ``{step: {param: value}}`` with the official parameter names; ``{"skip": True}`` skips.
+        ``{step: {param: value}}`` with the official parameter names (or ``{step: Params}``);
+        ``{"skip": True}`` skips.  Validated before anything else (:func:`validate_steps`): a
+        value that is not allowed raises :class:`ConfigError` naming ``steps.<step>.<param>``.
     stats_scope : {"segment", "exposure"}
         Pool jump/ramp_fit statistics per uncal segment (the official behaviour) or over the
         whole stitched exposure.
@@ -371,26 +428,21 @@ def detector1(
         ``rate`` (y, x) and ``rateints`` (integration, y, x) lazy Datasets in DN/s, the
         requested intermediates and a provenance record.
     """
-    from .io.refs import RefSet
-
     if not isinstance(exposure, xr.Dataset):
         from .io import open_exposure
 
         exposure = open_exposure(exposure)
     ds = dims.validate(exposure)
-    steps = {k: dict(v or {}) for k, v in (steps or {}).items()}
-    for name in steps:
-        step_module(name)
+    # every step parameter is checked here, before either engine is chosen; both engines run
+    # with these validated Params (nothing reads the raw ``steps`` mapping again)
+    params = validate_steps(steps)
     for name in save_steps:
         if name not in STEP_ORDER or name in ("ramp_fit", "gain_scale"):
             raise ConfigError(f"save_steps: {name!r} is not a ramp step; choose from {STEP_ORDER[:-2]}")
     if stats_scope not in ("segment", "exposure"):
         raise ConfigError(f"stats_scope must be 'segment' or 'exposure', got {stats_scope!r}")
-    if not isinstance(refs, RefSet) and (refs is not None or overrides):
-        # a missing reftype skips the steps that need it, as CRDS "N/A" does
-        refs = RefSet.from_dir(refs, ds.attrs, overrides=overrides, required=())
+    refs = reference_set(ds, refs, params, overrides)
 
-    params = {name: step_params(name, steps.get(name)) for name in STEP_ORDER}
     provenance: dict = {
         "pipeline": "calwebb_detector1",
         "stats_scope": stats_scope,
@@ -417,10 +469,10 @@ def detector1(
             raise ConfigError(f"frame_stats must be a mapping, 'compute' or 'submit', got {frame_stats!r}")
         import dask
 
-        first = detector1(ds, refs, steps=steps, stats_scope=stats_scope, memory_limit=memory_limit,
+        first = detector1(ds, refs, steps=params, stats_scope=stats_scope, memory_limit=memory_limit,
                           tile_columns=tile_columns, fused=False)
         (computed,) = dask.compute(first.frame_stats)
-        return detector1(ds, refs, steps=steps, stats_scope=stats_scope, save_steps=save_steps,
+        return detector1(ds, refs, steps=params, stats_scope=stats_scope, save_steps=save_steps,
                          memory_limit=memory_limit, tile_columns=tile_columns, frame_stats=computed,
                          fused=False)
     given_stats = dict(frame_stats or {})
@@ -496,7 +548,12 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
         out = _call_step(name, ds, refs, p, stats_scope=stats_scope, **extra)
         if out is None:
             record["status"] = "SKIPPED"
-            record["reason"] = f"no reference file for {STEP_REFTYPES.get(name)}"
+            # the references this step cannot run without, and why each is missing
+            lacking = [rt for rt in STEP_REFTYPES.get(name, ()) if _ref(refs, rt) is None
+                       and (name, rt) != ("saturation", "superbias")]
+            record["reason"] = "; ".join(
+                f"{rt.upper()}: no reference files given" if refs is None else refs.reason(rt)
+                for rt in lacking) or "no reference file"
             _set_status(ds, name, "SKIPPED")
         else:
             ds = out

@@ -428,3 +428,16 @@ def test_command_entry_point(sim, tmp_path, capsys):
     # --err std: ERR is the scatter of one ramp, not the standard error
     with fits.open(out) as h:
         assert np.nanmedian(h["ERR"].data[-1]) > 5.0  # ~7 DN CDS, vs ~1.5 DN for std/√28
+
+
+@pytest.mark.parametrize("exp_type", ["NRC_IMAGE", "NRC_TSIMAGE", "NRC_TSGRISM", "NRC_DARK"])
+def test_a_nircam_dark_from_dark_exposures_serves_science_exposure_types(exp_type):
+    """NIRCam darks are selected by EXP_TYPE: a dark made from NRC_DARK exposures must still be
+    chosen for the science exposures it is meant for."""
+    from daskramp.darks import dark_header
+    from daskramp.io.refs import match_weight
+
+    kw = dark_header({"INSTRUME": "NIRCAM", "DETECTOR": "NRCALONG", "EXP_TYPE": "NRC_DARK"})
+    assert kw["EXP_TYPE"] == "NRC_DARK"
+    assert match_weight(kw["P_EXP_TY"], exp_type) == 1
+    assert match_weight(kw["P_EXP_TY"], "MIR_IMAGE") is None

@@ -5,21 +5,44 @@ A :class:`RefSet` holds the reference files of one exposure, one per reftype in
 primary headers (spec 01 §2), or given explicitly per reftype (``overrides``, like the
 official ``override_<reftype>`` step arguments; ``"N/A"`` means "no file: skip the step").
 
-Selection rules, in order:
+Selection follows the CRDS matching rules (spec 11 §1–§2), applied to the reference headers
+instead of an rmap:
 
-1. ``REFTYPE`` equals the reftype; ``INSTRUME`` equals the exposure's; ``DETECTOR`` matches.
-2. Applicability selectors, when the reference header carries them: ``EXP_TYPE``,
-   ``READPATT``, ``SUBARRAY`` (or the CRDS pattern keywords ``P_EXP_TY``, ``P_READPA``,
-   ``P_SUBARR``, ``P_DETECT``, which win over the plain ones).  A value may be a
-   ``|``-separated list; ``ANY``, ``GENERIC`` and ``N/A`` match anything.  For ``SUBARRAY``
-   a full-frame file (``FULL``/``GENERIC``) matches every exposure (it is cut out), a
-   subarray file must name the exposure's subarray.
-3. Darks are ranked by timing: ``NFRAMES``/``GROUPGAP`` equal to the exposure's first, then
-   ``NFRAMES=1, GROUPGAP=0`` (averaged per group by dark_current), then anything else.
-4. The most specific match wins (an exact single value beats a list, which beats a wildcard).
-5. Among equally specific files, the newest ``USEAFTER`` not later than the observation
-   (``DATE-OBS``/``TIME-OBS`` of the exposure, when given) wins; a tie is an error listing
-   the files.
+1. ``REFTYPE`` equals the reftype and ``INSTRUME`` the exposure's.  A reftype that does not
+   apply to the instrument (a "—" cell of spec 11 §1, e.g. SUPERBIAS for MIRI, see
+   :func:`not_applicable`) is never selected; its steps are skipped.
+2. Only the selection keywords of the reftype and instrument (:data:`SELECTION_KEYWORDS`)
+   select; other keywords of a header (e.g. READPATT on a NIRCam dark) are ignored.  For
+   each selector the CRDS pattern keyword (:data:`PATTERN_KEYWORDS`, e.g. ``P_READPA``)
+   wins over the plain one.  A cell is a value or an or-list ``A|B|`` (trailing bar
+   allowed).  Values are compared upper case, numbers as floats (``4`` ≡ ``'4'`` ≡
+   ``'4.0'``), booleans as ``T``/``F``.  A literal or or-list hit and ``ANY`` weigh 1;
+   ``N/A`` and ``GENERIC`` match anything and weigh 0; any other value rejects the file.
+   An exposure without the keyword matches only ``ANY``/``N/A``/``GENERIC`` cells (CRDS
+   binds it to ``UNDEFINED``).
+3. A reference header that does not carry a selector keyword at all does not restrict on
+   it (weight 0): there is no rmap here, only the file's own header.  ``DETECTOR`` is the
+   exception: a file without it is rejected (spec 01 §2 requires it, and it is checked
+   again when the file is read).
+4. ``SUBARRAY``: a full-frame file (``FULL``) serves every subarray, weight 0 (the step cuts
+   it out); then, as for a ``GENERIC`` file, its ``SUBSTRT1/2``/``SUBSIZE1/2`` place it on
+   the detector and do not select (NIRSpec SUPERBIAS).  The DARK is never cut out: for it
+   ``FULL`` is a plain value, matching only full-frame exposures, and its geometry selects.
+5. Files whose ``USEAFTER`` ('YYYY-MM-DD HH:MM:SS', a ``T`` read as a space, or the old
+   'Mon DD YYYY HH:MM:SS') is later than the observation (``DATE-OBS`` + ``TIME-OBS``) are
+   rejected.  An exposure without ``DATE-OBS`` is not restricted by USEAFTER (CRDS would
+   refuse it); one without ``TIME-OBS`` is taken at 00:00:00; a file without USEAFTER
+   counts as the oldest.
+6. Among the remaining files the highest total weight wins; among darks of equal weight,
+   the timing of the exposure is preferred: ``NFRAMES``/``GROUPGAP`` equal to the
+   exposure's, then ``NFRAMES=1, GROUPGAP=0`` (averaged per group by dark_current), then
+   anything else; then the latest USEAFTER.  Two files still equal are an error listing them.
+
+Every file of a reftype that does not apply is recorded with its reason
+(:meth:`RefSet.rejections`).  A required reftype with no applicable file is a
+:class:`ReferenceFileError` of one line naming the reftype, the exposure's selector values,
+the directory and every rejected file with its reason; a reftype that is not required is
+then "N/A" and :meth:`RefSet.reason` says why.
 
 Cut-outs follow jwst ``lib/reffile_utils`` (spec 01 §3): mask, saturation, superbias,
 linearity (COEFFS/INV_COEFFS keep their leading axis), gain and readnoise are cut to the
@@ -37,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,14 +105,91 @@ LAYOUT: dict[str, dict[str, _Ext]] = {
     "readnoise": {"SCI": _Ext(2, "float")},
 }
 
-#: applicability selectors: science keyword → reference keywords (CRDS pattern keyword first)
-SELECTORS: dict[str, tuple[str, ...]] = {
-    "EXP_TYPE": ("P_EXP_TY", "EXP_TYPE"),
-    "READPATT": ("P_READPA", "READPATT"),
-    "SUBARRAY": ("P_SUBARR", "SUBARRAY"),
+_D, _S, _R, _E = "DETECTOR", "SUBARRAY", "READPATT", "EXP_TYPE"
+_GEOMETRY = ("SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2")
+
+#: selection keywords per instrument and reftype (spec 11 §1; INSTRUME and the observation
+#: date are always used too); a reftype missing for an instrument does not apply to it
+SELECTION_KEYWORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "FGS": {
+        "mask": (_D, _S, _E),
+        "saturation": (_D,),
+        "superbias": (_D, _R, _S),
+        "linearity": (_D, _S),
+        "dark": (_D, _R, _S),
+        "gain": (_D, _S),
+        "readnoise": (_D, _R, _S),
+    },
+    "MIRI": {
+        "mask": (_D, _S),
+        "saturation": (_D,),
+        "linearity": (_D, _S, "BAND", "FILTER"),
+        "dark": (_D, _R, _S),
+        "gain": (_D, _S),
+        "readnoise": (_D, _R, _S),
+    },
+    "NIRCAM": {
+        "mask": (_D, _S),
+        "saturation": (_D,),
+        "superbias": (_D, _R, _S),
+        "linearity": (_D, _S),
+        # no READPATT: one dark serves RAPID, BRIGHT1, … (frames are averaged per group)
+        "dark": (_D, _E, "NOUTPUTS", _S),
+        "gain": (_D, _S),
+        "readnoise": (_D, _R, _S),
+    },
+    "NIRISS": {
+        "mask": (_D, _S),
+        "saturation": (_D,),
+        "superbias": (_D, _R, _S),
+        "linearity": (_D, _S),
+        "dark": (_D, _R, _S),
+        "gain": (_D, _S),
+        "readnoise": (_D, _R, _S),
+    },
+    "NIRSPEC": {
+        "mask": (_D, _S, _R),
+        "saturation": (_D, _S),
+        "superbias": (_D, _R, _S, *_GEOMETRY),
+        "linearity": (_D, _S),
+        "dark": (_D, _R, _S, *_GEOMETRY),
+        "gain": (_D, _S),
+        "readnoise": (_D, _R, _S),
+    },
 }
-_WILDCARDS = frozenset({"ANY", "GENERIC", "N/A"})
-_FULL_NAMES = frozenset({"FULL", "GENERIC"})
+
+#: CRDS pattern keyword of a selector: an or-list ending in a bar (``P_READPA = 'NIS|NISRAPID|'``)
+#: that wins over the plain keyword
+PATTERN_KEYWORDS: dict[str, str] = {
+    "READPATT": "P_READPA",
+    "EXP_TYPE": "P_EXP_TY",
+    "DETECTOR": "P_DETECT",
+    "SUBARRAY": "P_SUBARR",
+    "FILTER": "P_FILTER",
+    "PUPIL": "P_PUPIL",
+    "BAND": "P_BAND",
+    "CHANNEL": "P_CHANNE",
+    "MODULE": "P_MODULE",
+    "GRATING": "P_GRATIN",
+}
+
+#: cell values matching anything with weight 0 (GENERIC is N/A by the rmap substitutions)
+_DONT_CARE = frozenset({"N/A", "GENERIC", "NOT APPLICABLE", "NOT_APPLICABLE"})
+#: cell values matching anything with weight 1
+_ANY = frozenset({"ANY", "*"})
+_FULL_NAMES = frozenset({"FULL"})
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_ISO_T = re.compile(r"^(\d{4}-\d{2}-\d{2})T")
+
+#: the step that cannot run without a reftype and can be skipped instead (hint of the
+#: missing-reference error); gain and readnoise have none (jump and ramp_fit need them)
+_SKIPPABLE_STEP = {
+    "mask": "dq_init",
+    "saturation": "saturation",
+    "superbias": "superbias",
+    "linearity": "linearity",
+    "dark": "dark_current",
+}
 
 
 class ReferenceFileError(ValueError):
@@ -169,34 +270,100 @@ def _norm(value) -> str:
     return str(value).strip().upper()
 
 
-def _selector_score(ref_value, sci_value, *, full_names=frozenset()) -> int | None:
-    """2 exact single value, 1 member of a list, 0 wildcard/absent, None no match."""
-    if ref_value is None or str(ref_value).strip() == "":
+def _condition(value) -> str:
+    """A header or exposure value as CRDS compares it: upper case, numbers as floats
+    (``4`` ≡ ``'4'`` ≡ ``'4.0'`` → ``'4.0'``), booleans as ``'T'``/``'F'``."""
+    if isinstance(value, (bool, np.bool_)):
+        return "T" if value else "F"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return repr(float(value))
+    s = _norm(value)
+    if s in ("TRUE", "FALSE"):
+        return s[0]
+    if _NUMBER.match(s):
+        return repr(float(s))
+    return s
+
+
+def _cell_values(cell) -> list[str]:
+    """The conditioned values of a reference cell: one value or an or-list ``A|B|``."""
+    parts = cell.split("|") if isinstance(cell, str) else [cell]
+    return [v for v in (_condition(p) for p in parts) if v]
+
+
+def match_weight(cell, value, *, full_frame: bool = False) -> int | None:
+    """CRDS match of one reference header cell against the exposure's value.
+
+    Parameters
+    ----------
+    cell : str, number or None
+        The reference value (None: the header does not carry the keyword).
+    value : str, number or None
+        The exposure's value (None: the exposure does not have the keyword; CRDS binds it
+        to ``UNDEFINED``, which only ``ANY``/``N/A``/``GENERIC`` cells match).
+    full_frame : bool
+        ``FULL`` in the cell serves every value (a full-frame reference cut to any subarray).
+
+    Returns
+    -------
+    int or None
+        1 for a hit (a value, an or-list member, ``ANY``), 0 for a cell that matches
+        anything without preference (absent, ``N/A``, ``GENERIC``, ``FULL`` with
+        ``full_frame``), None for a mismatch.
+    """
+    if cell is None:
         return 0
-    values = [v for v in (_norm(p) for p in str(ref_value).split("|")) if v]
-    if not values:
+    values = _cell_values(cell)
+    if not values or all(v in _DONT_CARE for v in values):
         return 0
-    if sci_value is None:
-        # the exposure does not say: the selector cannot exclude the file, nor prefer it
+    if any(v in _ANY for v in values):
+        return 1
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    v = _condition(value)
+    if v in values:
+        return 1
+    if v in _DONT_CARE or any(x in _DONT_CARE for x in values):
         return 0
-    sci = _norm(sci_value)
-    if sci in values:
-        return 2 if len(values) == 1 else 1
-    if any(v in _WILDCARDS or v in full_names for v in values):
+    if full_frame and any(x in _FULL_NAMES for x in values):
         return 0
     return None
 
 
-def _ref_selector(header: Mapping, keys: tuple[str, ...]):
-    for k in keys:
-        if header.get(k) not in (None, ""):
-            return header[k]
-    return None
+def _ref_cell(header: Mapping, key: str) -> tuple[str, object]:
+    """``(keyword, value)`` selecting on ``key`` in a reference header: the CRDS pattern
+    keyword when present, else the plain one; value None when neither is there."""
+    for k in (PATTERN_KEYWORDS.get(key), key):
+        if k is not None and header.get(k) not in (None, ""):
+            return k, header[k]
+    return key, None
+
+
+def _selection_keywords(reftype: str, sci: Mapping) -> tuple[str, ...]:
+    inst = _norm(sci.get("INSTRUME", ""))
+    table = SELECTION_KEYWORDS.get(inst)
+    if table is None:
+        raise ReferenceFileError(
+            f"{reftype.upper()} reference: no selection rules for the exposure's "
+            f"INSTRUME={sci.get('INSTRUME')!r}; known: {', '.join(SELECTION_KEYWORDS)}"
+        )
+    return table[reftype.lower()]
+
+
+def not_applicable(reftype: str, exposure_attrs: Mapping) -> str | None:
+    """Why ``reftype`` does not apply to the exposure's instrument (spec 11 §1 "—" cells,
+    e.g. ``"SUPERBIAS does not apply to MIRI"``), or None when it applies (or the
+    instrument is not one of :data:`SELECTION_KEYWORDS`)."""
+    inst = _norm(exposure_attrs.get("INSTRUME", ""))
+    table = SELECTION_KEYWORDS.get(inst)
+    if table is None or reftype.lower() in table:
+        return None
+    return f"{reftype.upper()} does not apply to {inst}"
 
 
 def parse_useafter(value) -> datetime:
     """Parse a CRDS USEAFTER value (ISO ``2022-05-01T00:00:00`` or ``Jan 01 2022 00:00:00``)."""
-    s = str(value).strip().replace("T", " ")
+    s = _ISO_T.sub(r"\1 ", str(value).strip())
     for fmt in (
         "%Y-%m-%d %H:%M:%S.%f",
         "%Y-%m-%d %H:%M:%S",
@@ -422,16 +589,16 @@ def _check_identity(reftype: str, path, header: Mapping, sci: Mapping) -> None:
     rt = header.get("REFTYPE")
     if rt is None or _norm(rt) != reftype.upper():
         raise _err(reftype, path, f"REFTYPE is {rt!r}, expected {reftype.upper()!r}")
-    for key, ref_keys in (("INSTRUME", ("INSTRUME",)), ("DETECTOR", ("P_DETECT", "DETECTOR"))):
+    for key in ("INSTRUME", "DETECTOR"):
         if sci.get(key) is None:
             continue
-        value = _ref_selector(header, ref_keys)
+        _, value = _ref_cell(header, key) if key == "DETECTOR" else (key, header.get(key))
         if value is None:
             raise _err(reftype, path, f"{key} keyword missing; the exposure has {key}={sci[key]!r}")
         if key == "INSTRUME":
             ok = _norm(value) == _norm(sci[key])
         else:
-            ok = _selector_score(value, sci[key]) is not None
+            ok = match_weight(value, sci[key]) is not None
         if not ok:
             raise _err(
                 reftype, path, f"{key}={value!r} does not match the exposure {key}={sci[key]!r}"
@@ -466,50 +633,65 @@ def _scan(refs_dir: Path) -> list[tuple[Path, dict]]:
     return out
 
 
-def _rank(reftype: str, path: Path, hdr: dict, sci: Mapping) -> tuple[tuple | None, str]:
-    """(score, "") for an applicable file; (None, reason) otherwise."""
+def _rank(reftype: str, hdr: Mapping, sci: Mapping) -> tuple[tuple | None, str]:
+    """``((weight, timing), "")`` for an applicable file; ``(None, reason)`` otherwise."""
     if _norm(hdr.get("INSTRUME", "")) != _norm(sci.get("INSTRUME", "")):
-        return None, f"INSTRUME={hdr.get('INSTRUME')!r}"
-    if _selector_score(_ref_selector(hdr, ("P_DETECT", "DETECTOR")), sci.get("DETECTOR")) is None:
-        return None, f"DETECTOR={_ref_selector(hdr, ('P_DETECT', 'DETECTOR'))!r}"
-    total = 0
-    for sci_key, ref_keys in SELECTORS.items():
-        value = _ref_selector(hdr, ref_keys)
-        s = _selector_score(
-            value,
-            sci.get(sci_key),
-            full_names=_FULL_NAMES if sci_key == "SUBARRAY" else frozenset(),
-        )
-        if s is None:
-            return None, f"{sci_key}={value!r}"
-        total += s
+        return None, f"INSTRUME={hdr.get('INSTRUME')!r}, exposure {sci.get('INSTRUME')!r}"
+    cut = reftype in CUT_REFTYPES
+    # a full-frame (or any-subarray) file of a reftype that is cut out serves every
+    # subarray: its SUBSTRT/SUBSIZE place it on the detector, they do not select
+    sub = _ref_cell(hdr, "SUBARRAY")[1]
+    placed = cut and (
+        sub is None or any(v in _FULL_NAMES or v in _DONT_CARE for v in _cell_values(sub))
+    )
+    weight = 0
+    for key in _selection_keywords(reftype, sci):
+        if key in _GEOMETRY and placed:
+            continue
+        kw, cell = _ref_cell(hdr, key)
+        if key == "DETECTOR" and cell is None:
+            return None, "no DETECTOR keyword"
+        w = match_weight(cell, sci.get(key), full_frame=cut and key == "SUBARRAY")
+        if w is None:
+            exp = (f"exposure has no {key}" if sci.get(key) is None
+                   else f"exposure {sci[key]!r}")
+            why = f"{kw}={cell!r}, {exp}"
+            if key == "SUBARRAY" and not cut and any(v in _FULL_NAMES for v in _cell_values(cell)):
+                why += "; darks are not cut out"
+            return None, why
+        weight += w
     timing = 0
     if reftype == "dark" and sci.get("NFRAMES") is not None:
         d = (int(hdr.get("NFRAMES") or 1), int(hdr.get("GROUPGAP") or 0))
         s = (int(sci["NFRAMES"]), int(sci.get("GROUPGAP") or 0))
         timing = 2 if d == s else 1 if d == (1, 0) else 0
-    return (timing, total), ""
+    return (weight, timing), ""
 
 
 def select(reftype: str, refs_dir, sci: Mapping) -> Path | None:
-    """Path of the best reference file of ``reftype`` in ``refs_dir`` for the exposure, or None.
+    """Path of the best reference file of ``reftype`` in ``refs_dir`` for the exposure, or
+    None (no file applies, or the reftype does not apply to the instrument).
 
     Raises
     ------
     ReferenceFileError
-        Two or more equally specific files with the same USEAFTER, or an unreadable USEAFTER.
+        Two or more equally good files with the same USEAFTER, an unreadable USEAFTER, or an
+        instrument without selection rules.
     """
+    if not_applicable(reftype, sci):
+        return None
     return _select(reftype, Path(refs_dir), sci, _scan(Path(refs_dir)))[0]
 
 
 def _select(reftype: str, refs_dir: Path, sci: Mapping, scanned) -> tuple[Path | None, list[str]]:
+    """``(best path or None, ["name (reason)", …] for every file of the reftype rejected)``."""
     obs = _observation_time(sci)
     candidates: list[_Candidate] = []
     rejected: list[str] = []
     for path, hdr in scanned:
         if _norm(hdr["REFTYPE"]) != reftype.upper():
             continue
-        score, why = _rank(reftype, path, hdr, sci)
+        score, why = _rank(reftype, hdr, sci)
         if score is None:
             rejected.append(f"{path.name} ({why})")
             continue
@@ -523,7 +705,8 @@ def _select(reftype: str, refs_dir: Path, sci: Mapping, scanned) -> tuple[Path |
                 raise _err(reftype, path, f"USEAFTER={ua!r} is not a date") from None
         if obs is not None and useafter > obs:
             rejected.append(
-                f"{path.name} (USEAFTER {ua} is after the observation {obs.isoformat()})"
+                f"{path.name} (USEAFTER {useafter.isoformat(' ')} is after the observation "
+                f"{obs.isoformat(' ')})"
             )
             continue
         candidates.append(_Candidate(path, hdr, score, useafter))
@@ -543,14 +726,44 @@ def _select(reftype: str, refs_dir: Path, sci: Mapping, scanned) -> tuple[Path |
     return top[0].path, rejected
 
 
-class RefSet:
-    """The reference files of one exposure, one :class:`RefFile` (or None for "N/A") per reftype."""
+def _exposure_values(reftype: str, sci: Mapping) -> str:
+    keys = ("INSTRUME", *_selection_keywords(reftype, sci), "DATE-OBS", "TIME-OBS")
+    return ", ".join(f"{k}={sci.get(k)!r}" for k in keys if sci.get(k) is not None)
 
-    def __init__(self, files: Mapping[str, RefFile | None]):
+
+def _no_file(reftype: str, refs_dir: Path, sci: Mapping, rejected: list[str]) -> str:
+    """One line: the reftype, the exposure's selector values, the directory, every rejection."""
+    rt = reftype.upper()
+    why = (f"rejected: {', '.join(rejected)}" if rejected
+           else f"the directory holds no {rt} file")
+    return (f"{rt} reference: no file in {refs_dir} applies to the exposure "
+            f"({_exposure_values(reftype, sci)}); {why}")
+
+
+def _hint(reftype: str) -> str:
+    step = _SKIPPABLE_STEP.get(reftype)
+    if step is None:
+        return f"add one, or give one with --override-{reftype} FILE"
+    return (f"add one, or skip the step with --steps.{step}.skip=true "
+            f"or --override-{reftype} N/A")
+
+
+class RefSet:
+    """The reference files of one exposure, one :class:`RefFile` (or None for "N/A") per reftype.
+
+    ``reasons`` maps a reftype without a file to why (see :meth:`reason`); ``rejections``
+    maps a reftype to the files of the directory that did not apply (see :meth:`rejections`).
+    """
+
+    def __init__(self, files: Mapping[str, RefFile | None], *,
+                 reasons: Mapping[str, str] | None = None,
+                 rejections: Mapping[str, list[str]] | None = None):
         unknown = set(files) - set(REFTYPES)
         if unknown:
             raise ReferenceFileError(f"unknown reftype(s) {sorted(unknown)}; known: {REFTYPES}")
         self._files = {rt: files.get(rt) for rt in REFTYPES}
+        self._reasons = dict(reasons or {})
+        self._rejections = {rt: list((rejections or {}).get(rt, ())) for rt in REFTYPES}
         #: how to read the same set again elsewhere (set by :meth:`from_dir`), see :meth:`recipe`
         self._recipe: tuple | None = None
 
@@ -592,21 +805,31 @@ class RefSet:
         Parameters
         ----------
         refs_dir : path or None
-            Directory of CRDS-format ``*.fits`` reference files.  None: only ``overrides``.
+            Directory of CRDS-format ``*.fits`` reference files.  None: only ``overrides``
+            are read, every other reftype is "N/A" ("no reference files given") whatever
+            ``required`` says.
         exposure_attrs : mapping
             The exposure's FITS keywords (``Dataset.attrs``): INSTRUME, DETECTOR, EXP_TYPE,
-            READPATT, SUBARRAY, SUBSTRT1/2, SUBSIZE1/2, NGROUPS, NFRAMES, GROUPGAP, DATE-OBS.
+            READPATT, SUBARRAY, NOUTPUTS, SUBSTRT1/2, SUBSIZE1/2, NGROUPS, NFRAMES, GROUPGAP,
+            DATE-OBS, TIME-OBS (and BAND, FILTER for MIRI).
         overrides : mapping of reftype to path or "N/A", optional
             A file used instead of the directory search (no selector or USEAFTER checks, but
-            REFTYPE, INSTRUME, DETECTOR, layout and subarray are checked); "N/A" → None.
-            Keys may also be spelled ``override_<reftype>``.
+            REFTYPE, INSTRUME, DETECTOR, layout and subarray are checked); "N/A" → None
+            (reason "<REFTYPE>: override N/A").  Keys may also be spelled ``override_<reftype>``.
         required : iterable of str
-            Reftypes that must be found when no override is given (default: all).
+            Reftypes that must be found in ``refs_dir`` (default: all).  Those given in
+            ``overrides`` or not applicable to the instrument (:func:`not_applicable`) are
+            never searched; a reftype not required and not found is None, with the
+            reason kept (:meth:`reason`).
 
         Raises
         ------
         ReferenceFileError
-            Naming the reftype and the file for every missing or incompatible reference.
+            A required reftype with no applicable file, in one line:
+            ``"<REFTYPE> reference: no file in <dir> applies to the exposure (<KEY>=<value>,
+            …); rejected: <file> (<reason>), …; add one, or skip the step with
+            --steps.<step>.skip=true or --override-<reftype> N/A"``; or naming the reftype
+            and the file for an ambiguous, unreadable or incompatible reference.
         """
         ov = {}
         for k, v in (overrides or {}).items():
@@ -614,41 +837,61 @@ class RefSet:
             if rt not in REFTYPES:
                 raise ReferenceFileError(f"override {k!r}: unknown reftype; known: {REFTYPES}")
             ov[rt] = v
+        required = {str(r).lower() for r in required}
+        unknown = required - set(REFTYPES)
+        if unknown:
+            raise ReferenceFileError(f"required: unknown reftype(s) {sorted(unknown)}; known: {REFTYPES}")
         refs_dir = None if refs_dir is None else Path(refs_dir)
         if refs_dir is not None and not refs_dir.is_dir():
             raise ReferenceFileError(f"reference directory {refs_dir} does not exist")
         scanned = _scan(refs_dir) if refs_dir is not None else []
-        files: dict[str, RefFile | None] = {}
+        # choose every file first, so that a missing reference is reported before any is read
+        chosen: dict[str, Path | str | None] = {}
+        reasons: dict[str, str] = {}
+        rejections: dict[str, list[str]] = {}
         for rt in REFTYPES:
+            chosen[rt] = None
             if rt in ov:
                 v = ov[rt]
                 if v is None or (isinstance(v, str) and v.strip().upper() == NA):
-                    files[rt] = None
+                    reasons[rt] = f"{rt.upper()}: override N/A"
                 else:
-                    files[rt] = load_reffile(rt, v, exposure_attrs)
+                    chosen[rt] = v
+                continue
+            why = not_applicable(rt, exposure_attrs)
+            if why is not None:
+                reasons[rt] = why
                 continue
             if refs_dir is None:
-                files[rt] = None
+                reasons[rt] = f"{rt.upper()}: no reference files given"
                 continue
             path, rejected = _select(rt, refs_dir, exposure_attrs, scanned)
+            rejections[rt] = rejected
             if path is None:
+                msg = _no_file(rt, refs_dir, exposure_attrs, rejected)
                 if rt in required:
-                    what = ", ".join(
-                        f"{k}={exposure_attrs.get(k)!r}"
-                        for k in ("INSTRUME", "DETECTOR", "EXP_TYPE", "READPATT", "SUBARRAY")
-                    )
-                    extra = f"; rejected: {'; '.join(rejected)}" if rejected else ""
-                    raise ReferenceFileError(
-                        f"{rt.upper()} reference: no file in {refs_dir} applies to the exposure ({what}){extra}; "
-                        f"add one or give override {rt}=N/A to skip the step"
-                    )
-                files[rt] = None
+                    raise ReferenceFileError(f"{msg}; {_hint(rt)}".replace("\n", " "))
+                reasons[rt] = msg
                 continue
-            files[rt] = load_reffile(rt, path, exposure_attrs)
-        out = cls(files)
+            chosen[rt] = path
+        files = {rt: None if p is None else load_reffile(rt, p, exposure_attrs)
+                 for rt, p in chosen.items()}
+        out = cls(files, reasons=reasons, rejections=rejections)
         out._recipe = ({rt: None if f is None else (str(f.path), f.sha256) for rt, f in files.items()},
                        dict(exposure_attrs))
         return out
+
+    def reason(self, reftype: str) -> str | None:
+        """Why ``reftype`` has no file (e.g. ``"DARK: override N/A"``, ``"SUPERBIAS does not
+        apply to MIRI"``, ``"DARK reference: no file in … applies …"``), or None if it has one."""
+        if self.get(reftype) is not None:
+            return None
+        return self._reasons.get(reftype, f"{reftype.upper()}: not in the reference set given")
+
+    def rejections(self) -> dict[str, list[str]]:
+        """``reftype → ["<file> (<reason>)", …]``: the files of the directory of that REFTYPE
+        that do not apply to the exposure (empty lists when not searched)."""
+        return {rt: list(v) for rt, v in self._rejections.items()}
 
     def get(self, reftype: str) -> RefFile | None:
         """The reference file of ``reftype``, or None when it is "N/A" (the step is skipped)."""
@@ -672,14 +915,15 @@ class RefSet:
             arrays = {k: (a[..., y, x] if getattr(a, "ndim", 0) >= 2 and a.shape[-2:] == shape else a)
                       for k, a in f.arrays.items()}
             files[rt] = dataclasses.replace(f, arrays=arrays)
-        return RefSet(files)
+        return RefSet(files, reasons=self._reasons, rejections=self._rejections)
 
     def provenance(self) -> dict:
-        """``reftype → {"file": name, "path": str, "sha256": hex}`` ("N/A" files with sha256 None)."""
+        """``reftype → {"file": name, "path": str, "sha256": hex}``; "N/A" entries have
+        path and sha256 None and a ``reason`` (:meth:`reason`)."""
         out = {}
         for rt, f in self._files.items():
             if f is None:
-                out[rt] = {"file": NA, "path": None, "sha256": None}
+                out[rt] = {"file": NA, "path": None, "sha256": None, "reason": self.reason(rt)}
             else:
                 out[rt] = {"file": f.name, "path": str(f.path), "sha256": f.sha256}
         return out
@@ -690,7 +934,9 @@ class RefSet:
 
 
 __all__ = [
+    "PATTERN_KEYWORDS",
     "REFTYPES",
+    "SELECTION_KEYWORDS",
     "RefFile",
     "RefSet",
     "ReferenceFileError",
@@ -698,6 +944,8 @@ __all__ = [
     "dark_planes_needed",
     "file_sha256",
     "load_reffile",
+    "match_weight",
+    "not_applicable",
     "parse_useafter",
     "select",
     "subarray_window",

@@ -328,28 +328,26 @@ def _names(refs):
     return {rt: (f.name if f else None) for rt, f in ((rt, refs.get(rt)) for rt in REFTYPES)}
 
 
-def test_selection_by_detector_exptype_readpatt(tmp_path):
+def test_selection_by_detector_and_readpatt(tmp_path):
+    """NIRISS READNOISE selects on DETECTOR, READPATT, SUBARRAY (spec 11 §1): EXP_TYPE in its
+    header does not select; a matching value and ANY weigh 1, N/A 0."""
     d = tmp_path
-    write_ref(d / "g_nrs.fits", "gain", DETECTOR="NRS1", INSTRUME="NIRSPEC")
-    write_ref(d / "g_img.fits", "gain", EXP_TYPE="NIS_IMAGE")  # wrong EXP_TYPE
-    write_ref(d / "g_any.fits", "gain", EXP_TYPE="ANY")  # wildcard
-    write_ref(d / "g_list.fits", "gain", EXP_TYPE="NIS_WFSS|NIS_SOSS")  # list member
-    write_ref(
-        d / "g_nis.fits", "gain", EXP_TYPE="NIS_SOSS", READPATT="NIS"
-    )  # exact, wrong READPATT
-    assert select("gain", d, SCI).name == "g_list.fits"  # list beats wildcard
-    write_ref(d / "g_exact.fits", "gain", EXP_TYPE="NIS_SOSS", READPATT="NISRAPID")
-    assert select("gain", d, SCI).name == "g_exact.fits"  # exact beats list
-    (d / "g_exact.fits").unlink()
-    (d / "g_list.fits").unlink()
-    assert select("gain", d, SCI).name == "g_any.fits"
+    write_ref(d / "r_nrs.fits", "readnoise", DETECTOR="NRS1", INSTRUME="NIRSPEC")
+    write_ref(d / "r_nis.fits", "readnoise", READPATT="NIS")  # wrong READPATT
+    write_ref(d / "r_na.fits", "readnoise", READPATT="N/A")  # weight 0
+    assert select("readnoise", d, SCI).name == "r_na.fits"
+    write_ref(d / "r_any.fits", "readnoise", READPATT="ANY", EXP_TYPE="NIS_IMAGE")  # weight 1
+    assert select("readnoise", d, SCI).name == "r_any.fits"
+    # a list member weighs as much as ANY: the later USEAFTER decides
+    write_ref(d / "r_list.fits", "readnoise", READPATT="NIS|NISRAPID", USEAFTER="2022-06-01T00:00:00")
+    assert select("readnoise", d, SCI).name == "r_list.fits"
 
 
 def test_pattern_keywords_win_over_plain_ones(tmp_path):
-    """CRDS files name their applicability in P_EXP_TY (with a trailing '|')."""
-    write_ref(tmp_path / "a.fits", "gain", EXP_TYPE="NIS_IMAGE", P_EXP_TY="NIS_IMAGE|NIS_SOSS|")
-    write_ref(tmp_path / "b.fits", "gain", EXP_TYPE="NIS_SOSS", P_EXP_TY="NIS_WFSS|")
-    assert select("gain", tmp_path, SCI).name == "a.fits"
+    """CRDS files name their applicability in P_READPA (with a trailing '|')."""
+    write_ref(tmp_path / "a.fits", "readnoise", READPATT="NIS", P_READPA="NIS|NISRAPID|")
+    write_ref(tmp_path / "b.fits", "readnoise", READPATT="NISRAPID", P_READPA="NIS|")
+    assert select("readnoise", tmp_path, SCI).name == "a.fits"
 
 
 def test_selection_by_subarray(tmp_path):
@@ -398,12 +396,14 @@ def test_no_file_for_required_reftype(full_set):
     write_ref(full_set / "lin_nrs.fits", "linearity", DETECTOR="NRS1")
     with pytest.raises(
         ReferenceFileError,
-        match=r"LINEARITY reference: no file in .*rejected: lin_nrs\.fits \(DETECTOR='NRS1'\)",
+        match=r"LINEARITY reference: no file in .*rejected: lin_nrs\.fits \(DETECTOR='NRS1', exposure 'NIS'\)",
     ):
         RefSet.from_dir(full_set, SCI)
     # not required → "N/A"
     refs = RefSet.from_dir(full_set, SCI, required=("gain", "readnoise"))
     assert refs.get("linearity") is None and refs.get("gain") is not None
+    assert refs.reason("linearity").startswith("LINEARITY reference: no file in ")
+    assert refs.rejections()["linearity"] == ["lin_nrs.fits (DETECTOR='NRS1', exposure 'NIS')"]
 
 
 # ---------------------------------------------------------------------------- overrides
@@ -417,7 +417,8 @@ def test_override_wins_and_na(full_set, tmp_path):
     assert refs.get("gain").name == "my_gain.fits" and (refs.get("gain").arrays["SCI"] == 7).all()
     assert refs.get("dark") is None and refs.get("mask") is None
     assert refs.get("saturation").name == "saturation.fits"
-    assert refs.provenance()["dark"] == {"file": "N/A", "path": None, "sha256": None}
+    assert refs.provenance()["dark"] == {"file": "N/A", "path": None, "sha256": None,
+                                         "reason": "DARK: override N/A"}
 
 
 def test_overrides_without_directory(tmp_path):
