@@ -15,7 +15,11 @@ columns, detector ``y``/``x``) and the exposure keywords as root attributes.
   every integration (what jump and ramp_fit need, see ``docs/design.md``) is read straight from
   the store without decoding whole frames.  ``x_inner`` defaults to the power of two that makes
   an inner chunk about ``chunk_mb / 16`` (4 MiB by default), at least 16 columns.
-* **Codec** (``codec="auto"``): blosc zstd level 1, byte shuffle, 1 MiB blocks.
+* **Codec** (``codec="auto"``): blosc zstd level 1, byte shuffle, 1 MiB blocks, then zarr's
+  ``crc32c`` codec, which every array of the store ends with (the inner chunks of the shards
+  too; the shard index has its own): a flipped byte is a :class:`~daskramp.io.store.
+  CorruptChunkError` naming the chunk, not wrong data.  Every chunk is written, including
+  chunks of the fill value only, so a missing file is a loss (see :mod:`daskramp.io.store`).
 * Sharding versus plain chunks of the inner shape (``--sharding``, full SOSS segment, one
   process): writing 5.8 s vs 6.3 s, 49 vs 394 files, reading one 128-column tile of all 158
   integrations 0.27 s vs 0.87 s.  Shards are the default.
@@ -66,7 +70,7 @@ import numpy as np
 
 from ..dims import DATA, ZEROFRAME, ExposureError, make_exposure
 from . import uncal
-from .store import Progress, finalize_store, prepare_partial
+from .store import Progress, finalize_store, prepare_partial, with_checksum
 
 __all__ = ["CODECS", "DEFAULT_CODEC", "ingest", "plan_layout"]
 
@@ -90,7 +94,8 @@ def _zstd(level):
     return [ZstdCodec(level=level)]
 
 
-#: codec name → function returning the zarr v3 compressors
+#: codec name → function returning the zarr v3 compressors (crc32c is appended to each when
+#: the store is created)
 CODECS = {
     "none": lambda: [],
     "blosc-lz4-shuffle": lambda: _blosc("lz4", 5, "shuffle", 2**18),
@@ -168,7 +173,9 @@ def _shard_writer(arr):
     cluster); the shard file is simple (inner chunks, then their offsets and lengths and a
     crc32c), so the task builds it (:func:`daskramp.io.store.encode_chunk` per inner chunk).
     Only shards whose inner chunks split the last axis alone, with the codecs :data:`CODECS`
-    make, are built here; the bytes equal zarr's (``tests/io/test_ingest.py``).
+    make (and crc32c), are built here.  Every inner chunk is stored, those of the fill value
+    only and those past the array edge included, as zarr does with ``write_empty_chunks``;
+    the bytes equal zarr's then (``tests/io/test_ingest.py``, ``tests/io/test_integrity.py``).
     """
     import google_crc32c
     from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
@@ -205,16 +212,11 @@ def _shard_writer(arr):
         offset = 0
         for j in range(per):
             x0 = j * inner[-1]
-            if x0 >= arr.shape[-1]:
-                break  # past the array edge: never stored
+            # past the array edge the chunk is the fill value only: stored too, as zarr does
             raw = encode_chunk(block[..., x0: x0 + inner[-1]], inner, meta.fill_value, sc.codecs)
-            if raw is None:
-                continue
             table[j] = (offset, len(raw))
             pieces.append(raw)
             offset += len(raw)
-        if not pieces:
-            return b""
         index_bytes = table.astype("<u8").tobytes()
         crc = np.array([google_crc32c.value(index_bytes)], "<u4").tobytes()
         return b"".join(pieces) + index_bytes + crc
@@ -222,11 +224,16 @@ def _shard_writer(arr):
     return encode
 
 
+#: zarr array config of every write: chunks of the fill value only are stored too
+_WRITE = {"write_empty_chunks": True}
+
+
 def _write_shard(partial: str, key: str, i0: int, i1: int, parts, zf_parts) -> str:
     """Read integrations i0:i1 from the segment files and write them as whole shards."""
     import zarr
 
-    arr = zarr.open_array(store=partial, path=DATA, mode="r+", zarr_format=3)
+    # every chunk is written, those of the fill value only too (an absent one is a loss)
+    arr = zarr.open_array(store=partial, path=DATA, mode="r+", zarr_format=3).with_config(_WRITE)
     block = _read_parts(parts, i1 - i0, arr.shape[1:])
     k = arr.metadata.chunk_grid.chunk_shape[0]
     encode = _shard_writer(arr) if i0 % k == 0 and (i1 - i0 == k or i1 == arr.shape[0]) else None
@@ -240,19 +247,23 @@ def _write_shard(partial: str, key: str, i0: int, i1: int, parts, zf_parts) -> s
             block = whole
         data = encode(block)
         path = Path(partial) / DATA / arr.metadata.encode_chunk_key((i0 // k, 0, 0, 0))
-        if data:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        else:
-            path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
     del block
     if zf_parts:
-        zarr_zf = zarr.open_array(store=partial, path=ZEROFRAME, mode="r+", zarr_format=3)
+        zarr_zf = zarr.open_array(store=partial, path=ZEROFRAME, mode="r+",
+                                  zarr_format=3).with_config(_WRITE)
         zarr_zf[i0:i1] = _read_parts(zf_parts, i1 - i0, zarr_zf.shape[1:])
     Progress(Path(partial)).mark_done(key)
     return key
+
+
+def _coord_compressors() -> tuple:
+    from zarr.codecs import ZstdCodec
+
+    return with_checksum([ZstdCodec(level=1)])
 
 
 def _template(segs, layout, codec_name, plan, sharded: bool):
@@ -273,10 +284,10 @@ def _template(segs, layout, codec_name, plan, sharded: bool):
     )
     ds = ds.drop_vars(["groupdq", "pixeldq"])
     ds.attrs["daskramp_ingest"] = {k: plan[k] for k in ("sources", "codec", "chunk", "shard")}
-    compressors = CODECS[codec_name]()
-    enc = {
-        DATA: {"chunks": layout["chunk"], "compressors": compressors, "fill_value": 0},
-    }
+    compressors = with_checksum(CODECS[codec_name]())
+    # every array ends with crc32c, the coordinates too
+    enc = {name: {"compressors": _coord_compressors()} for name in ds.variables}
+    enc[DATA] = {"chunks": layout["chunk"], "compressors": compressors, "fill_value": 0}
     if sharded:
         enc[DATA]["shards"] = layout["shard"]
     else:
@@ -285,7 +296,7 @@ def _template(segs, layout, codec_name, plan, sharded: bool):
         k = layout["chunk"][0]
         enc[ZEROFRAME] = {
             "chunks": (k, shape[2], shape[3]),
-            "compressors": CODECS[codec_name](),
+            "compressors": with_checksum(CODECS[codec_name]()),
             "fill_value": 0,
         }
     return ds, enc, has_zf
@@ -340,7 +351,7 @@ def ingest(
     layout = plan_layout(shape, chunk_mb=chunk_mb, x_inner=x_inner)
     codec_name = _codec_name(codec)
     plan = {
-        "version": 1,
+        "version": 2,  # 2: crc32c in every array, every chunk written
         "sources": [
             {"name": Path(s.path).name, "size": s.size, "intstart": s.intstart, "intend": s.intend}
             for s in segs
@@ -364,6 +375,7 @@ def ingest(
                 encoding=enc,
                 consolidated=False,
                 safe_chunks=False,  # the placeholder is never written through xarray
+                write_empty_chunks=True,
             )
         except (OSError, ValueError, TypeError) as err:
             raise ExposureError(f"{partial}: cannot create the store ({err})") from err

@@ -24,6 +24,13 @@ interrupted run leaves only the ``.partial`` directory, which the next run remov
 rewrites (products are cheap compared with the graph that feeds them, so no per-chunk
 resume).  A complete product is left alone unless ``overwrite``.
 
+Every array of a product store ends its codec chain with zarr's ``crc32c`` codec
+(:func:`product_compressors`), every chunk is written (NaN-only ones too), and a store is
+marked complete only once each of its chunk files was found on disk
+(:func:`daskramp.io.store.finalize_store` writes the chunk manifest).  A product store that
+has lost a chunk, or was written without checksums by an older daskramp, is not complete
+(:func:`is_complete`): a rerun writes it again.
+
 FITS files are written as ``<name>.fits.partial`` and renamed when complete.  They are
 exported from the Zarr store by the active scheduler's tasks: every header first (final
 NAXIS values, data areas reserved), then one task per slab of whole frames reads the slab
@@ -65,7 +72,17 @@ from ..dims import (
     INTEGRATION_NUMBER,
     RAMP_DIMS,
 )
-from .store import COMPLETE_ATTR, finalize_store, partial_path
+from .store import (
+    CHUNKS_ATTR,
+    COMPLETE_ATTR,
+    StoreError,
+    corrupt_chunk_error,
+    finalize_store,
+    missing_chunk_error,
+    partial_path,
+    verify_store,
+    with_checksum,
+)
 from .store import is_complete as _store_is_complete
 
 FITS_BLOCK = 2880
@@ -212,7 +229,7 @@ def product_attrs(attrs: Mapping, provenance: Mapping, *, kind: str) -> dict:
     out = {
         str(k): _attr_value(v)
         for k, v in attrs.items()
-        if k not in (COMPLETE_ATTR, PROVENANCE_ATTR)
+        if k not in (COMPLETE_ATTR, CHUNKS_ATTR, PROVENANCE_ATTR)
     }
     for name, rec in (provenance.get("steps") or {}).items():
         key = STATUS_KEYWORDS.get(name)
@@ -283,7 +300,7 @@ UNCOMPRESSED = ("data", "intercept")
 
 def product_compressors(name: str | None = None) -> tuple:
     """Compressors of the product variable ``name``: zstd at level 1, none for
-    :data:`UNCOMPRESSED` (the rates).
+    :data:`UNCOMPRESSED` (the rates); then crc32c for every variable (coordinates too).
 
     zarr's default (zstd at its default level) encodes noisy float32 rates at ≈ 100–370 MB/s
     here, level 1 at ≈ 350–740 MB/s with the same ratio (1.1–1.2 on rates, > 7 on the
@@ -293,8 +310,8 @@ def product_compressors(name: str | None = None) -> tuple:
     from zarr.codecs import ZstdCodec
 
     if name in UNCOMPRESSED:
-        return ()
-    return (ZstdCodec(level=1),)
+        return with_checksum(())
+    return with_checksum((ZstdCodec(level=1),))
 
 
 def _prepare_for_zarr(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
@@ -302,9 +319,10 @@ def _prepare_for_zarr(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
     encoding = {}
     for name, var in ds.variables.items():
         var.encoding = {}
+        # every array, coordinates too, ends with crc32c
+        encoding[name] = {"compressors": product_compressors(name)}
         if name in ds.data_vars:
-            encoding[name] = {"chunks": zarr_chunks(ds[name]),
-                              "compressors": product_compressors(name) or None}
+            encoding[name]["chunks"] = zarr_chunks(ds[name])
     ds.attrs = {str(k): _attr_value(v) for k, v in ds.attrs.items()}
     for var in ds.variables.values():
         var.attrs = {str(k): _attr_value(v) for k, v in var.attrs.items()}
@@ -326,8 +344,16 @@ def _open_array(path: str, mode: str):
 
         if len(_OPEN_ARRAYS) > 64:
             _OPEN_ARRAYS.clear()
-        arr = _OPEN_ARRAYS[ident] = zarr.open_array(path, mode=mode, zarr_format=3)
+        arr = zarr.open_array(path, mode=mode, zarr_format=3)
+        if mode != "r":
+            arr = arr.with_config(_WRITE)
+        _OPEN_ARRAYS[ident] = arr
     return arr
+
+
+#: zarr array config of every write: chunks of the fill value only are stored too (an absent
+#: chunk file is then a lost one)
+_WRITE = {"write_empty_chunks": True}
 
 
 class ZarrChunkSource:
@@ -336,8 +362,10 @@ class ZarrChunkSource:
 
     zarr's read path runs an event loop and a thread pool per call; in a worker that already
     keeps its cores busy that costs more than the decoding.  ``source[key]`` (one slice of
-    step 1 per axis) returns a new numpy array; chunks left out of the store (fill value only)
-    read as the fill value.  Picklable: only the path travels.
+    step 1 per axis) returns a new numpy array.  Every chunk is in the store (daskramp writes
+    them all): an absent one raises :class:`~daskramp.io.store.MissingChunkError`, one whose
+    crc32c does not match :class:`~daskramp.io.store.CorruptChunkError`, both naming the
+    chunk.  Picklable: only the path travels.
     """
 
     def __init__(self, path):
@@ -356,26 +384,32 @@ class ZarrChunkSource:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
         bounds = [k.indices(n) for k, n in zip(key, self.shape)]
+        root = Path(self.path)
+        store, name = str(root.parent), root.name
         if any(st != 1 for _, _, st in bounds):
-            return arr[key]
+            try:
+                return arr[key]
+            except ValueError as err:
+                if "checksum" not in str(err).lower():
+                    raise
+                raise corrupt_chunk_error(store, name, f"in region {key}") from None
         meta = arr.metadata
         chunks = tuple(meta.chunk_grid.chunk_shape)
         out = np.empty(tuple(max(0, b - a) for a, b, _ in bounds), self.dtype)
         if out.size == 0:
             return out
-        root = Path(self.path)
         ranges = [range(a // c, -(-b // c)) for (a, b, _), c in zip(bounds, chunks)]
         for cidx in itertools.product(*ranges):
             # the chunk's part inside the region, in chunk and in output coordinates
             lo = [max(a, ci * c) for ci, c, (a, _, _) in zip(cidx, chunks, bounds)]
             hi = [min(b, (ci + 1) * c) for ci, c, (_, b, _) in zip(cidx, chunks, bounds)]
             dst = tuple(slice(lo_ - a, hi_ - a) for lo_, hi_, (a, _, _) in zip(lo, hi, bounds))
+            ckey = meta.encode_chunk_key(cidx)
             try:
-                data = (root / meta.encode_chunk_key(cidx)).read_bytes()
+                data = (root / ckey).read_bytes()
             except FileNotFoundError:
-                out[dst] = meta.fill_value
-                continue
-            chunk = decode_chunk(data, chunks, self.dtype, meta.codecs)
+                raise missing_chunk_error(store, name, ckey) from None
+            chunk = decode_chunk(data, chunks, self.dtype, meta.codecs, where=(store, name, ckey))
             out[dst] = chunk[tuple(slice(lo_ - ci * c, hi_ - ci * c)
                                    for lo_, hi_, ci, c in zip(lo, hi, cidx, chunks))]
         return out
@@ -387,9 +421,10 @@ class ZarrChunkTarget:
 
     zarr's general write path (event loop and thread pool per call) costs several times the
     encoding inside a busy worker, as it did for ingest (``daskramp.io.ingest._shard_writer``).
-    Blocks are split into whole chunks (zarr pads edge chunks with the fill value and leaves
-    out chunks of fill value only: so does this), encoded with the array's own codecs; the
-    files are byte for byte zarr's (``tests/io/test_products.py``).  A region not on chunk
+    Blocks are split into whole chunks (zarr pads edge chunks with the fill value: so does
+    this; chunks of the fill value only are written, as zarr does with
+    ``write_empty_chunks``), encoded with the array's own codecs (crc32c last); the files are
+    byte for byte zarr's (``tests/io/test_products.py``).  A region not on chunk
     boundaries, or codecs other than bytes + zstd/blosc, go through zarr.  Picklable: only
     the array's path travels.
     """
@@ -431,9 +466,6 @@ class ZarrChunkTarget:
                         for ci, c, (a, b, _) in zip(cidx, chunks, bounds))
             data = encode_chunk(block[sel].astype(self.dtype, copy=False), chunks, meta.fill_value, meta.codecs)
             target = root / meta.encode_chunk_key(cidx)
-            if data is None:
-                target.unlink(missing_ok=True)
-                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
 
@@ -454,14 +486,15 @@ def _start_zarr(ds: xr.Dataset, path: Path) -> list[tuple]:
     path.parent.mkdir(parents=True, exist_ok=True)
     prepared, encoding = _prepare_for_zarr(ds)
     prepared.to_zarr(
-        str(partial), mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding
+        str(partial), mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding,
+        write_empty_chunks=True,
     )
     group = zarr.open_group(str(partial), mode="r+", zarr_format=3)
     pending = []
     for name, var in prepared.variables.items():
         if var.chunks is None:
             continue
-        target = group[name]
+        target = group[name].with_config(_WRITE)
         if target.dtype != var.dtype or target.shape != var.shape:
             raise ProductError(
                 f"{path.name}: variable {name!r} would be stored as {target.dtype}{target.shape}, "
@@ -544,7 +577,9 @@ def write_zarr_atomic(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
 
 
 def is_complete(path) -> bool:
-    """True for a finished product: a Zarr store marked complete, or a FITS file in place.
+    """True for a finished product: a Zarr store marked complete that holds every chunk of
+    its manifest (a listing, no chunk read; a store from a daskramp older than chunk
+    checksums is not complete), or a FITS file in place.
 
     FITS files are renamed into place only after their last byte, so existence suffices;
     the size is also checked to be a whole number of FITS blocks.
@@ -553,7 +588,13 @@ def is_complete(path) -> bool:
     if path.name.endswith(".partial"):
         return False
     if path.is_dir():
-        return _store_is_complete(path)
+        if not _store_is_complete(path):
+            return False
+        try:
+            verify_store(path)
+        except StoreError:
+            return False
+        return True
     if path.is_file() and path.suffix.lower() in (".fits", ".fit"):
         size = path.stat().st_size
         return size > 0 and size % FITS_BLOCK == 0
@@ -870,6 +911,8 @@ class _Export:
         # the INT_TIMES table is built from the coordinates once they are in the store
         self.table_later = gate is not None and not coords_written
         self.partial = self.path.with_name(self.path.name + ".partial")
+        if final_store is None:
+            verify_store(self.store)  # a complete store: every chunk there, with checksums
         # opened unchunked: the slabs read the chunk files, and the coordinates (stored
         # whole) are read whole
         self.src = xr.open_zarr(self.store, consolidated=False, chunks=None)
@@ -1061,7 +1104,8 @@ def start_blockwise(ds: xr.Dataset, path, *, resume: bool = False) -> dict:
             if arr.dtype != ds[name].dtype or arr.shape != ds[name].shape:
                 raise ProductError(f"{partial.name}: variable {name!r} is {arr.dtype}{arr.shape}, "
                                    f"not {ds[name].dtype}{ds[name].shape}")
-            targets[name] = ZarrChunkTarget(partial / name) if ZarrChunkTarget.supported(arr) else arr
+            targets[name] = (ZarrChunkTarget(partial / name) if ZarrChunkTarget.supported(arr)
+                             else arr.with_config(_WRITE))
         return targets
     pending = _start_zarr(ds, Path(path))
     if len(pending) != len(names):

@@ -129,24 +129,31 @@ def test_shards_built_in_the_task_equal_zarrs_own(tmp_path, exposure, monkeypatc
     np.testing.assert_array_equal(open_exposure(ours)["data"].values, data)
 
 
-def test_shard_writer_leaves_out_inner_chunks_of_fill_value_only(tmp_path):
-    from zarr.codecs import BloscCodec
+def test_shard_writer_stores_inner_chunks_of_fill_value_only(tmp_path):
+    """Every inner chunk is stored (an absent one is a loss), as zarr does with
+    write_empty_chunks: a chunk of zeros and the chunk past the array edge included."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
-    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=(2, 1, 2, 6), dtype="u2", chunks=(2, 1, 2, 4),
-                            shards=(2, 1, 2, 8), fill_value=0,
-                            compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")])
-    block = np.zeros((2, 1, 2, 8), np.uint16)
-    block[..., 4:6] = 7  # first inner chunk all zero, second holds data (and padding)
+    def create(name):
+        return zarr.create_array(str(tmp_path / name), shape=(2, 1, 2, 10), dtype="u2",
+                                 chunks=(2, 1, 2, 4), shards=(2, 1, 2, 12), fill_value=0,
+                                 compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
+                                              Crc32cCodec()],
+                                 config={"write_empty_chunks": True})
+
+    arr = create("a.zarr")
+    block = np.zeros((2, 1, 2, 10), np.uint16)
+    block[..., 4:6] = 7  # first inner chunk all zero, second holds data, third past the edge
     encode = ingest_module._shard_writer(arr)
     (tmp_path / "a.zarr" / "c" / "0" / "0" / "0").mkdir(parents=True)
     (tmp_path / "a.zarr" / "c" / "0" / "0" / "0" / "0").write_bytes(encode(block))
-    np.testing.assert_array_equal(arr[...], block[..., :6])
-    ref = zarr.create_array(str(tmp_path / "b.zarr"), shape=(2, 1, 2, 6), dtype="u2", chunks=(2, 1, 2, 4),
-                            shards=(2, 1, 2, 8), fill_value=0,
-                            compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")])
-    ref[...] = block[..., :6]
-    assert (tmp_path / "b.zarr" / "c" / "0" / "0" / "0" / "0").read_bytes() == \
-        (tmp_path / "a.zarr" / "c" / "0" / "0" / "0" / "0").read_bytes()
+    np.testing.assert_array_equal(arr[...], block)
+    ref = create("b.zarr")
+    ref[...] = block
+    ours = (tmp_path / "a.zarr" / "c" / "0" / "0" / "0" / "0").read_bytes()
+    assert (tmp_path / "b.zarr" / "c" / "0" / "0" / "0" / "0").read_bytes() == ours
+    index = np.frombuffer(ours[-52:-4], "<u8").reshape(3, 2)
+    assert (index != 2**64 - 1).all()  # all three inner chunks are in the shard
 
 
 def test_unsharded_layout_and_other_codecs_are_lossless(tmp_path, exposure):

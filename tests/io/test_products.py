@@ -126,15 +126,19 @@ def test_zarr_round_trip(tmp_path):
 
 def test_product_variables_use_the_fast_compressor_or_none(tmp_path):
     import zarr
-    from zarr.codecs import ZstdCodec
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
     path = write_zarr_atomic(make_rateints(chunks={"integration": 2}), tmp_path / "p_rateints.zarr")
     group = zarr.open_group(path, mode="r")
     for name in ("err", "var_poisson", "var_rnoise", "dq"):
         codecs = group[name].metadata.codecs
-        assert [type(c) for c in codecs[1:]] == [ZstdCodec] and codecs[1].level == 1, name
-    # the rates barely compress: stored as plain bytes
-    assert len(group["data"].metadata.codecs) == 1
+        assert [type(c) for c in codecs[1:]] == [ZstdCodec, Crc32cCodec], name
+        assert codecs[1].level == 1, name
+    # the rates barely compress: stored as plain bytes (with their checksum)
+    assert [type(c) for c in group["data"].metadata.codecs[1:]] == [Crc32cCodec]
+    # every array ends with crc32c, the coordinates too
+    for name, arr in group.arrays():
+        assert isinstance(arr.metadata.codecs[-1], Crc32cCodec), name
 
 
 def test_zarr_chunks_follow_dask_chunks():
@@ -576,13 +580,13 @@ def test_products_open_with_jwst_datamodels(tmp_path):
                                  (slice(2, 3), slice(0, 4), slice(6, 7))])
 def test_chunk_source_reads_what_zarr_reads(tmp_path, key):
     """ZarrChunkSource (the FITS export's reader) returns zarr's own values for regions across
-    chunk edges, edge chunks and chunks left out (NaN only), compressed or not."""
+    chunk edges, edge chunks and chunks of NaN only (written too), compressed or not."""
     import daskramp.io.products as P
 
     ds = make_rateints(chunks={"integration": 2, "x": 3})
     ds["err"] = ds["err"].where(ds["integration"] >= ds["integration"][2])  # first chunk row: NaN
     path = write_zarr_atomic(ds, tmp_path / "p_rateints.zarr")
-    assert not (path / "err" / "c" / "0").exists() and (path / "err" / "c" / "1").exists()
+    assert (path / "err" / "c" / "0").exists() and (path / "err" / "c" / "1").exists()
     for name in ("data", "err", "dq"):
         src = P.ZarrChunkSource(path / name)
         zarr_arr = P._open_array(str(path / name), "r")
@@ -596,8 +600,8 @@ def test_chunk_source_reads_what_zarr_reads(tmp_path, key):
 
 @pytest.mark.parametrize("chunks", [{"integration": 2, "x": 3}, {"integration": 1, "y": 2, "x": 4}])
 def test_chunks_written_by_the_tasks_equal_zarrs_own(tmp_path, monkeypatch, chunks):
-    """ZarrChunkTarget writes the same chunk files as zarr: float NaN fill (a chunk of NaN only
-    is left out), uint32 dq, edge chunks padded."""
+    """ZarrChunkTarget writes the same chunk files as zarr (with write_empty_chunks): float NaN
+    fill (a chunk of NaN only is written too), uint32 dq, edge chunks padded, crc32c last."""
     import daskramp.io.products as P
 
     ds = make_rateints(chunks=chunks)
@@ -621,7 +625,7 @@ def test_chunks_written_by_the_tasks_equal_zarrs_own(tmp_path, monkeypatch, chun
 
     a, b = tree(ours), tree(theirs)
     assert a.keys() == b.keys() and any(k.startswith("data/c/") for k in a)
-    assert not any(k.startswith("err/c/") for k in a)  # NaN-only chunks left out by both
+    assert any(k.startswith("err/c/") for k in a)  # NaN-only chunks written by both
     for k in a:
         assert a[k] == b[k], k
     with xr.open_zarr(ours, consolidated=False) as back:
