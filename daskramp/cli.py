@@ -32,7 +32,19 @@ def _cluster_profile(args):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="daskramp", description=__doc__)
+    # --debug is accepted before or after the command
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error instead of its one-line message")
+    p.add_argument("--debug", action="store_true", default=False,
+                   help="show the full traceback of an error instead of its one-line message")
     sub = p.add_subparsers(dest="command", required=True)
+    _add = sub.add_parser
+
+    def add_parser(name, **kw):
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser
 
     s = sub.add_parser("simulate", help="write a synthetic exposure (uncal FITS + reference files + truth)")
     s.add_argument("outdir")
@@ -57,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-steps", default="", help="comma-separated steps whose ramps are saved")
     r.add_argument("--stats-scope", choices=["segment", "exposure"])
     r.add_argument("--no-fits", action="store_true", help="write Zarr products only")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace products of this exposure in --out made by another run (other inputs, "
+                        "parameters or references); without it such a run is refused")
     r.add_argument("--report", metavar="HTML", help="save dask's performance report of the run (HTML)")
     r.add_argument("--no-progress", action="store_true", help="no progress line (it goes to stderr)")
     r.add_argument("--tile-columns", type=int, help="columns per jump/ramp_fit tile (default: from worker memory)")
@@ -153,7 +168,8 @@ def main(argv=None) -> int:
             save = [s for s in args.save_steps.split(",") if s]
             summary = run(args.inputs, args.out, refs=args.refs, config=cfg, overrides=overrides,
                           save_steps=save, cluster=_cluster_profile(args), fits=not args.no_fits,
-                          progress=not args.no_progress, report=args.report)
+                          progress=not args.no_progress, report=args.report,
+                          overwrite=args.overwrite, workflow=args.config)
             _print_run_summary(summary)
             return 0
         if args.command == "darks":
@@ -171,10 +187,32 @@ def main(argv=None) -> int:
             summary = demo(args.out, nints=args.nints, segments=args.segments, cluster=_cluster_profile(args))
             _print_summary(summary)
             return 0
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"daskramp {args.command}: interrupted; nothing unfinished was marked complete, "
+              f"rerun the same command to resume", file=sys.stderr)
+        return 130
     except (ConfigError, OSError, ValueError, MemoryError) as err:
-        print(f"daskramp {args.command}: error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"daskramp {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # an error daskramp did not foresee: still one line
+        if args.debug:
+            raise
+        print(f"daskramp {args.command}: internal error: {type(err).__name__}: {one_line(err)} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     return 1
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (continuation lines joined, whitespace collapsed)."""
+    import re
+
+    text = re.sub(r"^\[Errno \d+\] ", "", str(err))
+    return " ".join(text.split()) or type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

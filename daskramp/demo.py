@@ -24,6 +24,7 @@ def demo(outdir="daskramp-demo", *, nints: int = 12, segments: int = 2, cluster=
 
     outdir = Path(outdir)
     t0 = time.perf_counter()
+    _fresh(outdir)
     sim = simulate(outdir / "uncal", nints=nints, segments=segments, **DEMO)
     with connect(cluster) as client:
         store = ingest(sim.uncal_files, outdir / "exposure.zarr", overwrite=True)
@@ -32,6 +33,35 @@ def demo(outdir="daskramp-demo", *, nints: int = 12, segments: int = 2, cluster=
     summary.update(compare_with_truth(summary["outputs"]["rateints_zarr"], sim.truth_path))
     summary["total_wall_s"] = time.perf_counter() - t0
     return summary
+
+
+#: marks a directory as the demo's own, so that a later demo may clear it
+MARKER = ".daskramp-demo"
+#: what a demo writes in its directory (and removes before it runs again)
+DEMO_PARTS = ("uncal", "exposure.zarr", "exposure.zarr.partial", "products")
+
+
+def _fresh(outdir: Path) -> None:
+    """Clear what an earlier demo wrote in ``outdir``, so every demo shows a run of its own.
+
+    A directory that holds anything but an earlier demo's files is refused, never cleared.
+    """
+    import shutil
+
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"demo directory {outdir} is a file; choose another --out")
+    if outdir.is_dir() and any(outdir.iterdir()):
+        if not (outdir / MARKER).exists():
+            raise ValueError(f"demo directory {outdir} is not empty and was not written by daskramp "
+                             f"demo; choose another --out (nothing was removed)")
+        for name in DEMO_PARTS:
+            p = outdir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / MARKER).write_text("written by daskramp demo; cleared by the next demo\n")
 
 
 def compare_with_truth(rateints_path, truth_path) -> dict:

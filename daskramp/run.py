@@ -16,12 +16,14 @@ same command skips the products already complete.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import xarray as xr
@@ -220,6 +222,8 @@ def run(
     client=None,
     progress: bool | None = None,
     report: str | Path | None = None,
+    overwrite: bool = False,
+    workflow: str | Path | None = None,
 ) -> dict:
     """Open the exposure, check memory, execute the graph on a dask cluster, write the products.
 
@@ -245,6 +249,11 @@ def run(
         Show the progress line on stderr (default: ``not quiet``).
     report : path, optional
         Save dask's HTML performance report of the run there.
+    overwrite : bool
+        Replace products of this exposure made by another run (other inputs, parameters,
+        references, …) instead of refusing; nothing of theirs survives.
+    workflow : path, optional
+        The workflow file ``config`` was read from (its sha256 goes into the fingerprint).
 
     Returns
     -------
@@ -262,167 +271,49 @@ def run(
         The output location is not writable or the disk filled up.
     InputError
         An input file disappeared (or could not be opened) while the graph ran.
+    daskramp.io.outdir.OutputLockError
+        Another run holds the output directory.
+    daskramp.io.outdir.StaleProductsError
+        The output directory holds products of this exposure made by another run.
+    ConfigError, ReferenceFileError, daskramp.dims.ExposureError
+        A setting, parameter, reference or input that cannot give the products asked for.
+
+    Everything that can be checked without computing (inputs, parameters, references, the
+    output directory, its lock and what it already holds, and the memory of a local cluster)
+    is checked before a cluster is started.
     """
-    from . import dims
-    from .io import open_exposure
-    from .io.products import write_products
-    from .pipeline import detector1, figures_of, summarize, summary_figures
-    from .progress import RunMonitor
+    from .io.outdir import claim, lock_output
 
     config = dict(config or {})
-    unknown = set(config) - WORKFLOW_SETTINGS
-    if unknown:
-        raise ConfigError(f"unknown workflow settings {sorted(unknown)}; known: {sorted(WORKFLOW_SETTINGS)}")
-    outdir = Path(outdir)
-    check_output_dir(outdir)
-    inputs = [Path(p) for p in inputs]
-    for p in inputs:
-        if not p.exists():
-            raise InputError(errno.ENOENT, f"{p}: input not found", str(p))
-    if report is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("bokeh") is None:
-            raise ConfigError("--report needs the bokeh package (pip install 'bokeh>=3.1')")
     show = (not quiet) if progress is None else progress
-    stats_scope = config.get("stats_scope", "segment")
-    t0 = time.perf_counter()
 
-    def _go(client):
-        mem = worker_memory_limit(client) if client is not None else None
-        threads = _worker_threads(client) if client is not None else 1
-        ds = opened = open_exposure(inputs if len(inputs) > 1 else inputs[0])
-        saved = list(save_steps) or list(config.get("save_steps", []))
-        ghost = _fused_layout(opened, config.get("steps"), saved)
-        fused = ghost is not None
-        ds, cols, plan = plan_chunking(
-            ds, memory_limit=mem, threads_per_worker=threads, steps=config.get("steps"),
-            stats_scope=stats_scope, tile_columns=config.get("tile_columns"),
-            integration_chunk=config.get("integration_chunk"), ghost=ghost or 0)
-        source = inputs
-        convert = config.get("convert_fits")
-        if convert is None:
-            # the fused layout reads each tile's bytes straight from the uncal files; the
-            # step-by-step layout needs a store written in column bands to do the same
-            convert = not fused
-        if any(p.is_file() for p in inputs) and convert:
-            # uncal FITS arrive in whole frames; converting them to a store written in column
-            # bands is what lets every later task read just its tile (resumable, once)
-            from .io import ingest, is_complete
-
-            store = outdir / f"{product_root(inputs)}_uncal.zarr"
-            if show:
-                print(f"converting {len(inputs)} uncal file(s) to {store}", file=sys.stderr, flush=True)
-            # a store finished by an earlier run of the same command is reused (resume)
-            try:
-                source = [store if is_complete(store) else ingest(inputs, store)]
-            except OSError as err:
-                clear = _translate(err, inputs, outdir)
-                if clear is None:
-                    raise
-                raise clear from err
-        if fused:
-            # the fused layout reads from the source itself, whatever its dask chunks
-            ds = opened if source == inputs else open_exposure(source if len(source) > 1 else source[0])
-        elif len(source) == 1 and source[0].is_dir():
-            # a Zarr store is written in column bands: open it straight in the tile layout, so
-            # each task reads only its own tile (no task ever holds whole frames)
-            from .pipeline import tile_chunks
-
-            ds = open_exposure(source[0], chunks=tile_chunks(ds, cols, stats_scope))
+    def log(msg: str) -> None:
         if show:
-            print(f"memory: {plan.describe()}", file=sys.stderr, flush=True)
-        frame_stats = config.get("frame_stats", "compute")
-        if frame_stats not in ("compute", "lazy"):
-            raise ConfigError(f"frame_stats must be 'compute' or 'lazy', got {frame_stats!r}")
-        root = product_root(inputs)
-        names = ["rateints", "rate", *(f"{s}_ramp" for s in saved)]
-        if _zarr_complete(outdir, root, names):
-            frame_stats = "lazy"  # nothing will be computed: no first pass either
-        if report is not None:
-            from distributed import performance_report
+            print(msg, file=sys.stderr, flush=True)
 
-            rep = performance_report(filename=str(report))
+    prep = prepare(inputs, outdir, refs=refs, config=config, overrides=overrides,
+                   save_steps=save_steps, report=report, workflow=workflow, cluster=cluster,
+                   client=client)
+    t0 = time.perf_counter()
+    with lock_output(prep.outdir, log=log):
+        state = claim(prep.outdir, prep.root, prep.fingerprint, overwrite=overwrite, log=log)
+        if state == "resume":
+            _check_products_fingerprint(prep, fits)
+        if client is not None:
+            paths, summary, figures, provenance = _execute(prep, client, fits=fits, show=show,
+                                                           report=report, log=log)
         else:
-            rep = nullcontext()
-        monitor = RunMonitor(client, stream=sys.stderr if show else None)
-        try:
-            with rep, monitor:
-                result = detector1(
-                    ds,
-                    refs,
-                    steps=config.get("steps"),
-                    stats_scope=stats_scope,
-                    save_steps=saved,
-                    memory_limit=plan.budget,
-                    tile_columns=cols,
-                    tile_rows=config.get("tile_rows"),
-                    overrides=overrides,
-                    # on the cluster while this process submits the products
-                    frame_stats="submit" if frame_stats == "compute" else None,
-                )
-                provenance = dict(result.provenance)
-                provenance["inputs"] = [str(p) for p in inputs]
-                products = result.products()
-                segments = getattr(result, "segments", None)
-                in_flight = config.get("segments_in_flight")
-                in_flight = None if in_flight is None else int(in_flight)
-                if ((in_flight is None or in_flight > 0) and segments is not None and client is not None
-                        and len(segments.int_bounds) > 1 and frame_stats != "lazy"
-                        and set(products) == {"rate", "rateints"}):
-                    # one segment after another: the cluster holds at most two segments'
-                    # tasks, however long the exposure
-                    from .segments import write_by_segment
-
-                    def _stage(a, n):
-                        monitor.stage = f"segment {a + 1}/{n}"
-
-                    paths, values = write_by_segment(
-                        result, outdir, root=root, provenance=provenance, fits=fits,
-                        client=client, in_flight=in_flight,
-                        on_block=_stage)
-                else:
-                    # the figures are reduced by the same graph that writes the stores
-                    paths, values = write_products(
-                        products, outdir, root=root, provenance=provenance, fits=fits,
-                        also=summary_figures(products.get("rate"), products.get("rateints")))
-        except OSError as err:
-            clear = _translate(err, inputs, outdir)
-            if clear is None:
-                raise
-            raise clear from err
-        if values is not None:
-            summary = figures_of(values)
-        else:
-            # products found complete (a resumed run): figures from the written stores, as
-            # summarising the lazy products would run the graph again; in column bands of a
-            # few tens of MB, as a task per stored chunk would cost more in scheduling than
-            # the reading does
-            opened = {k[: -len("_zarr")]: _open_for_summary(v) for k, v in paths.items()
-                      if k.endswith("_zarr")}
-            summary = summarize(opened.get("rate"), opened.get("rateints"))
-        sizes = ds.sizes
-        figures = {
-            "uncal_bytes": ds[dims.DATA].size * 2,
-            "pixel_groups": ds[dims.DATA].size,
-            **monitor.summary(),
-            "memory_plan": plan.describe(),
-            "tile_columns": provenance.get("tile_columns", cols),
-            "tile_rows": provenance.get("tile_rows", sizes[dims.Y]),
-            "integration_chunk": max(ds[dims.DATA].chunks[0]) if ds[dims.DATA].chunks else sizes[dims.INTEGRATION],
-        }
-        return paths, summary, figures, provenance
-
-    if client is not None:
-        paths, summary, figures, provenance = _go(client)
-    else:
-        with connect(cluster, quiet=quiet) as c:
-            paths, summary, figures, provenance = _go(c)
+            with connect(cluster, quiet=quiet) as c:
+                paths, summary, figures, provenance = _execute(prep, c, fits=fits, show=show,
+                                                               report=report, log=log)
     wall = time.perf_counter() - t0
     nbytes = figures.pop("uncal_bytes")
     out = {
         "outputs": {k: str(v) for k, v in paths.items()},
         "steps": {k: v["status"] for k, v in provenance["steps"].items()},
+        "run": "already complete" if figures.pop("already_complete") else
+               ("resumed" if state == "resume" else "fresh"),
+        "fingerprint": prep.fingerprint.digest[:16],
         "wall_s": wall,
         "uncal_MB": nbytes / 1e6,
         "throughput_MB_s": nbytes / 1e6 / wall,
@@ -432,3 +323,262 @@ def run(
     if report is not None:
         out["report"] = str(report)
     return out
+
+
+@dataclass
+class Prepared:
+    """A run checked before any cluster starts: what it reads, computes and writes."""
+
+    inputs: list[Path]
+    outdir: Path
+    root: str
+    config: dict
+    opened: xr.Dataset
+    refs: object
+    params: dict
+    saved: list[str]
+    stats_scope: str
+    fingerprint: object
+    ghost: int | None
+    #: (chunked dataset, tile columns, memory plan) when the worker memory is known up front
+    plan: tuple | None = None
+
+
+def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_steps=(), report=None,
+            workflow=None, cluster=None, client=None) -> Prepared:
+    """Check everything a run needs that can be checked without computing, in the order a user
+    fixes them: settings, output location, inputs, parameters, references, memory.
+
+    Raises the errors listed in :func:`run`; nothing is written but the output directory.
+    """
+    from .cluster import ClusterProfile, default_workers, parse_memory
+    from .io import open_exposure
+    from .io.outdir import Fingerprint
+    from .pipeline import STEP_ORDER, package_versions, reference_set, validate_steps
+
+    config = dict(config or {})
+    unknown = set(config) - WORKFLOW_SETTINGS
+    if unknown:
+        raise ConfigError(f"unknown workflow settings {sorted(unknown)}; known: {sorted(WORKFLOW_SETTINGS)}")
+    stats_scope = config.get("stats_scope", "segment")
+    if stats_scope not in ("segment", "exposure"):
+        raise ConfigError(f"stats_scope must be 'segment' or 'exposure', got {stats_scope!r}")
+    frame_stats = config.get("frame_stats", "compute")
+    if frame_stats not in ("compute", "lazy"):
+        raise ConfigError(f"frame_stats must be 'compute' or 'lazy', got {frame_stats!r}")
+    saved = list(save_steps) or list(config.get("save_steps") or [])
+    for name in saved:
+        if name not in STEP_ORDER or name in ("ramp_fit", "gain_scale"):
+            raise ConfigError(f"save_steps: {name!r} is not a ramp step; choose from "
+                              f"{', '.join(STEP_ORDER[:-2])}")
+    for key in ("tile_columns", "tile_rows", "integration_chunk", "segments_in_flight"):
+        v = config.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0
+                              or (v == 0 and key != "segments_in_flight")):
+            raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+    if workflow is not None and not Path(workflow).is_file():
+        raise ConfigError(f"{workflow}: workflow file not found")
+    outdir = Path(outdir)
+    check_output_dir(outdir)
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise InputError(errno.ENOENT, "no input given: uncal FITS segments of one exposure, or one Zarr store")
+    for p in inputs:
+        if not p.exists():
+            raise InputError(errno.ENOENT, f"{p}: input not found", str(p))
+    if report is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("bokeh") is None:
+            raise ConfigError("--report needs the bokeh package (pip install 'bokeh>=3.1')")
+    opened = open_exposure(inputs if len(inputs) > 1 else inputs[0])
+    params = validate_steps(config.get("steps"))
+    refset = reference_set(opened, refs, params, overrides, strict=True)
+    root = product_root(inputs)
+    fingerprint = Fingerprint.make(
+        inputs=inputs,
+        steps={n: dataclasses.asdict(p) for n, p in params.items()},
+        references=refset.provenance() if refset is not None else {},
+        settings={"stats_scope": stats_scope},
+        workflow=workflow,
+        versions=package_versions(),
+    )
+    ghost = _fused_layout(opened, config.get("steps"), saved)
+    prep = Prepared(inputs=inputs, outdir=outdir, root=root, config=config, opened=opened,
+                    refs=refset, params=params, saved=saved, stats_scope=stats_scope,
+                    fingerprint=fingerprint, ghost=ghost)
+    profile = cluster or ClusterProfile()
+    local = client is None and not (profile.scheduler or os.environ.get("DASKRAMP_SCHEDULER"))
+    if local:
+        # a local cluster's worker memory is known before it starts: a plan that cannot fit
+        # is refused before any process is spawned
+        workers = profile.workers or default_workers()
+        mem = parse_memory(profile.memory_limit, workers)
+        prep.plan = plan_chunking(
+            opened, memory_limit=mem, threads_per_worker=profile.threads_per_worker or 1,
+            steps=config.get("steps"), stats_scope=stats_scope,
+            tile_columns=config.get("tile_columns"),
+            integration_chunk=config.get("integration_chunk"), ghost=ghost or 0)
+    return prep
+
+
+def _check_products_fingerprint(prep: Prepared, fits: bool) -> None:
+    """Complete products found for a resumed run carry the run's own fingerprint (products
+    copied in beside a record of another run are refused)."""
+    import json
+
+    from .io.outdir import StaleProductsError
+    from .io.products import PROVENANCE_ATTR, is_complete
+
+    for name in ("rateints", "rate", *(f"{s}_ramp" for s in prep.saved)):
+        path = prep.outdir / f"{prep.root}_{name}.zarr"
+        if not is_complete(path):
+            continue
+        import zarr
+
+        attrs = zarr.open_group(str(path), mode="r", zarr_format=3).attrs
+        try:
+            digest = json.loads(attrs.get(PROVENANCE_ATTR) or "{}").get("fingerprint", {}).get("digest")
+        except ValueError:
+            digest = None
+        if digest != prep.fingerprint.digest:
+            raise StaleProductsError(
+                f"{path} was not made by the run recorded in {prep.outdir} (its fingerprint "
+                f"differs); choose another --out or rerun with --overwrite to replace it")
+
+
+def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
+    """Build, submit and write; returns ``(paths, summary, figures, provenance)``."""
+    from . import dims
+    from .io import open_exposure
+    from .io.products import write_products
+    from .pipeline import detector1, figures_of, summarize, summary_figures
+    from .progress import RunMonitor
+
+    config, inputs, outdir = prep.config, prep.inputs, prep.outdir
+    stats_scope, saved, ghost = prep.stats_scope, prep.saved, prep.ghost
+    root = prep.root
+    fused = ghost is not None
+    if prep.plan is not None:
+        ds, cols, plan = prep.plan
+    else:
+        mem = worker_memory_limit(client)
+        threads = _worker_threads(client)
+        ds, cols, plan = plan_chunking(
+            prep.opened, memory_limit=mem, threads_per_worker=threads, steps=config.get("steps"),
+            stats_scope=stats_scope, tile_columns=config.get("tile_columns"),
+            integration_chunk=config.get("integration_chunk"), ghost=ghost or 0)
+    opened = prep.opened
+    source = inputs
+    convert = config.get("convert_fits")
+    if convert is None:
+        # the fused layout reads each tile's bytes straight from the uncal files; the
+        # step-by-step layout needs a store written in column bands to do the same
+        convert = not fused
+    if any(p.is_file() for p in inputs) and convert:
+        # uncal FITS arrive in whole frames; converting them to a store written in column
+        # bands is what lets every later task read just its tile (resumable, once)
+        from .io import ingest, is_complete
+
+        store = outdir / f"{root}_uncal.zarr"
+        log(f"converting {len(inputs)} uncal file(s) to {store}")
+        # a store finished by an earlier run of the same command is reused (resume)
+        try:
+            source = [store if is_complete(store) else ingest(inputs, store)]
+        except OSError as err:
+            clear = _translate(err, inputs, outdir)
+            if clear is None:
+                raise
+            raise clear from err
+    if fused:
+        # the fused layout reads from the source itself, whatever its dask chunks
+        ds = opened if source == inputs else open_exposure(source if len(source) > 1 else source[0])
+    elif len(source) == 1 and source[0].is_dir():
+        # a Zarr store is written in column bands: open it straight in the tile layout, so
+        # each task reads only its own tile (no task ever holds whole frames)
+        from .pipeline import tile_chunks
+
+        ds = open_exposure(source[0], chunks=tile_chunks(ds, cols, stats_scope))
+    log(f"memory: {plan.describe()}")
+    frame_stats = config.get("frame_stats", "compute")
+    names = ["rateints", "rate", *(f"{s}_ramp" for s in saved)]
+    complete = _zarr_complete(outdir, root, names)
+    if complete:
+        log(f"products of {root} already complete in {outdir} (same inputs, parameters and "
+            f"references: fingerprint {prep.fingerprint.digest[:16]}); nothing to compute")
+        frame_stats = "lazy"  # nothing will be computed: no first pass either
+    if report is not None:
+        from distributed import performance_report
+
+        rep = performance_report(filename=str(report))
+    else:
+        rep = nullcontext()
+    monitor = RunMonitor(client, stream=sys.stderr if show else None)
+    try:
+        with rep, monitor:
+            result = detector1(
+                ds,
+                prep.refs,
+                steps=config.get("steps"),
+                stats_scope=stats_scope,
+                save_steps=saved,
+                memory_limit=plan.budget,
+                tile_columns=cols,
+                tile_rows=config.get("tile_rows"),
+                # on the cluster while this process submits the products
+                frame_stats="submit" if frame_stats == "compute" else None,
+            )
+            provenance = dict(result.provenance)
+            provenance["inputs"] = [str(p) for p in inputs]
+            provenance["fingerprint"] = prep.fingerprint.to_dict()
+            provenance["workflow"] = prep.fingerprint.workflow
+            products = result.products()
+            segments = getattr(result, "segments", None)
+            in_flight = config.get("segments_in_flight")
+            in_flight = None if in_flight is None else int(in_flight)
+            if ((in_flight is None or in_flight > 0) and segments is not None
+                    and len(segments.int_bounds) > 1 and frame_stats != "lazy"
+                    and set(products) == {"rate", "rateints"}):
+                # one segment after another: the cluster holds at most two segments'
+                # tasks, however long the exposure
+                from .segments import write_by_segment
+
+                def _stage(a, n):
+                    monitor.stage = f"segment {a + 1}/{n}"
+
+                paths, values = write_by_segment(
+                    result, outdir, root=root, provenance=provenance, fits=fits,
+                    client=client, in_flight=in_flight,
+                    on_block=_stage)
+            else:
+                # the figures are reduced by the same graph that writes the stores
+                paths, values = write_products(
+                    products, outdir, root=root, provenance=provenance, fits=fits,
+                    also=summary_figures(products.get("rate"), products.get("rateints")))
+    except OSError as err:
+        clear = _translate(err, inputs, outdir)
+        if clear is None:
+            raise
+        raise clear from err
+    if values is not None:
+        summary = figures_of(values)
+    else:
+        # products found complete (a resumed run): figures from the written stores, as
+        # summarising the lazy products would run the graph again; in column bands of a
+        # few tens of MB, as a task per stored chunk would cost more in scheduling than
+        # the reading does
+        stores = {k[: -len("_zarr")]: _open_for_summary(v) for k, v in paths.items()
+                  if k.endswith("_zarr")}
+        summary = summarize(stores.get("rate"), stores.get("rateints"))
+    sizes = ds.sizes
+    figures = {
+        "uncal_bytes": ds[dims.DATA].size * 2,
+        "pixel_groups": ds[dims.DATA].size,
+        "already_complete": complete,
+        **monitor.summary(),
+        "memory_plan": plan.describe(),
+        "tile_columns": provenance.get("tile_columns", cols),
+        "tile_rows": provenance.get("tile_rows", sizes[dims.Y]),
+        "integration_chunk": max(ds[dims.DATA].chunks[0]) if ds[dims.DATA].chunks else sizes[dims.INTEGRATION],
+    }
+    return paths, summary, figures, provenance

@@ -195,15 +195,19 @@ def test_interrupted_run_resumes_after_the_finished_segments(three, runs, tmp_pa
             xr.testing.assert_identical(a.load(), b.load())
     for key in FIGURES:
         assert summary[key] == whole[key], key
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # nothing hidden is left but the lock file and the run record
+    root = Path(summary["outputs"]["rate_zarr"]).name[: -len("_rate.zarr")]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == sorted(
+        [f".{root}.run.json", ".daskramp.lock"])
 
 
 def test_a_changed_setting_starts_the_segments_again(three, tmp_path, monkeypatch):
-    """The segments of an interrupted run are reused only by the same command: with another
-    step parameter every segment is computed again."""
+    """The segments of an interrupted run are reused only by the same command: another step
+    parameter is refused, and with ``overwrite`` every segment is computed again."""
     from distributed import Client
 
     from daskramp import segments
+    from daskramp.io.outdir import StaleProductsError
 
     files, refs = three
     out = tmp_path / "out"
@@ -219,11 +223,14 @@ def test_a_changed_setting_starts_the_segments_again(three, tmp_path, monkeypatc
             with pytest.raises(_Interrupted):
                 run(files, out, refs=refs, client=c, quiet=True, fits=False, config={"tile_columns": 32})
         _settled(c.cluster.scheduler)
+        changed = {"tile_columns": 32, "steps": {"jump": {"rejection_threshold": 5.0}}}
+        with pytest.raises(StaleProductsError, match=r"steps\.jump\.rejection_threshold: 4\.0 → 5\.0"):
+            run(files, out, refs=refs, client=c, quiet=True, fits=False, config=changed)
         watch = _WindowWatch()
         c.cluster.scheduler.add_plugin(watch, name=watch.name)
         try:
-            run(files, out, refs=refs, client=c, quiet=True, fits=False,
-                config={"tile_columns": 32, "steps": {"jump": {"rejection_threshold": 5.0}}})
+            run(files, out, refs=refs, client=c, quiet=True, fits=False, config=changed,
+                overwrite=True)
         finally:
             c.cluster.scheduler.remove_plugin(name=watch.name)
     assert len(watch.names) == THREE["segments"]
