@@ -7,11 +7,15 @@ explicitly that cannot fit is refused with :class:`daskramp.memory.MemoryBudgetE
 While the graph runs a progress line and per-worker peak memory are collected
 (:class:`daskramp.progress.RunMonitor`); ``report=`` saves dask's performance report.
 
-Failures are reported plainly: an output location that cannot be written, a full disk
-(:class:`OutputError`) and an input file that disappears during the run
-(:class:`InputError`, naming the file).  Products are atomic (see
-:mod:`daskramp.io.products`): nothing is marked complete before it is, and a rerun of the
-same command skips the products already complete.
+Everything that can be checked without computing is checked by :func:`prepare` before a
+cluster starts (settings, output location, inputs, parameters, references, a local
+cluster's memory), then the output directory is locked and its products claimed
+(:mod:`daskramp.io.outdir`: a rerun with the same fingerprint resumes or finds them
+complete; another is refused unless ``overwrite``).  Failures of the running graph are
+reported plainly: a full disk (:class:`OutputError`) and an input file that disappears
+during the run (:class:`InputError`, naming the file).  Products are atomic (see
+:mod:`daskramp.io.products`): nothing is marked complete before it is.  The classes of bad
+input and what the user sees: ``docs/reliability.md``.
 """
 
 from __future__ import annotations

@@ -477,3 +477,18 @@ def test_skipped_dark_runs_without_a_dark_file(tmp_path, data, client):
     res = _run(files, tmp_path / "out", partial, client, fits=False,
                config={"steps": {"dark_current": {"skip": True}}})
     assert res["steps"]["dark_current"] == "SKIPPED"
+
+
+def test_memory_plan_refused_before_a_local_cluster(tmp_path, data, no_cluster):
+    """A local cluster's worker memory is known before it starts: a chunking that cannot fit
+    is refused without spawning a process."""
+    from daskramp.cluster import ClusterProfile
+    from daskramp.memory import MemoryBudgetError
+    from daskramp.run import run
+
+    files, refs = data
+    prof = ClusterProfile(workers=1, memory_limit="40MB")
+    with pytest.raises(MemoryBudgetError):
+        run(files, tmp_path / "out", refs=refs, cluster=prof, quiet=True,
+            config={"tile_columns": 128})
+    assert not list((tmp_path / "out").glob("*.zarr*"))
