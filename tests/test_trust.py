@@ -443,16 +443,22 @@ def test_cli_quoted_false_does_not_skip(tmp_path, data, client):
     assert prep.refs.get("dark") is not None
 
 
-def test_cli_missing_reference_is_named_with_the_rejected_files(tmp_path, data):
-    files, refs = data
-    partial = tmp_path / "refs"
-    shutil.copytree(refs, partial)
+@pytest.fixture
+def refs_without_dark(tmp_path, data):
+    """A copy of the reference directory with its DARK file removed."""
     from astropy.io import fits
 
+    partial = tmp_path / "refs"
+    shutil.copytree(data[1], partial)
     for p in partial.glob("*.fits"):
         if fits.getval(p, "REFTYPE") == "DARK":
             p.unlink()
-    line = _one_line_error(_cli("run", *files, "--out", tmp_path / "out", "--refs", partial))
+    return partial
+
+
+def test_cli_missing_reference_is_named_with_the_rejected_files(tmp_path, data, refs_without_dark):
+    files, _ = data
+    line = _one_line_error(_cli("run", *files, "--out", tmp_path / "out", "--refs", refs_without_dark))
     assert "DARK reference: no file in" in line and "--steps.dark_current.skip=true" in line
 
 
@@ -464,17 +470,10 @@ def test_run_without_references_is_refused(tmp_path, data, no_cluster):
         _run(files, tmp_path / "out", None, None)
 
 
-def test_skipped_dark_runs_without_a_dark_file(tmp_path, data, client):
+def test_skipped_dark_runs_without_a_dark_file(tmp_path, data, client, refs_without_dark):
     """A step the user skips needs no reference; its status says SKIPPED."""
-    files, refs = data
-    partial = tmp_path / "refs"
-    shutil.copytree(refs, partial)
-    from astropy.io import fits
-
-    for p in partial.glob("*.fits"):
-        if fits.getval(p, "REFTYPE") == "DARK":
-            p.unlink()
-    res = _run(files, tmp_path / "out", partial, client, fits=False,
+    files, _ = data
+    res = _run(files, tmp_path / "out", refs_without_dark, client, fits=False,
                config={"steps": {"dark_current": {"skip": True}}})
     assert res["steps"]["dark_current"] == "SKIPPED"
 
