@@ -9,22 +9,18 @@ together, sampled) of
     written) on a local cluster of worker processes;
   * the official jwst Detector1Pipeline in its own process (``maximum_cores`` settings);
 
-and the ratios, and the agreement of the two rateints.  The official pipeline runs with the
-interpreter named by ``DASKRAMP_JWST_PYTHON`` (default: this one).  Usage::
+and the ratios, and the agreement of the two rateints.  The official pipeline needs the
+``parity`` extra (``pip install -e ".[parity]"``) and runs with the interpreter named by
+``DASKRAMP_JWST_PYTHON`` (default: this one).  Usage::
 
-    DASKRAMP_JWST_PYTHON=/work/venv-jwst/bin/python python benchmarks/nircam_full.py
+    python benchmarks/nircam_full.py
     python benchmarks/nircam_full.py --nints 2 --no-jwst # a quick look
     python benchmarks/nircam_full.py --segments 2        # jwst one uncal segment at a time
 
 With ``--segments N`` the exposure is simulated as N uncal segments, as MAST delivers large
 exposures: daskramp reduces the stitched exposure in one run, the official pipeline each
-segment in turn (its wall times add, its peak is the largest) — the only way it fits this
-machine at 10 integrations (the whole exposure was killed at 22.9 GB).
-
-With ``run`` reading uncal FITS directly, 2 × 3 GB workers were killed on 10 integrations
-(the first, whole-frame statistics pass split every float32 integration into tiles before any
-tile was complete); since ``run`` converts FITS to a column-band Zarr store first (commit
-0bbceb6) 2 × 3 GB suffices: 64 s, 5.6 GiB in all.
+segment in turn (its wall times add, its peak is the largest) — the only way it fits a
+24 GiB machine at 10 integrations (the whole exposure in one process is killed at 22.9 GB).
 """
 
 from __future__ import annotations

@@ -17,15 +17,14 @@ products (``daskramp.run.run``).  Printed per size, all measured in this run:
 Targets: peak memory flat within 10 % across sizes; wall time linear in size within 15 %.
 Before the first size, this process runs a 4-integration exposure through the same path,
 untimed (:func:`warm_client`), so that every size starts from the same state: otherwise the
-first size alone pays the imports and first calls of this process (measured: a 1× conversion
-took 6.3 s cold and 4.5–4.6 s warm, each on a fresh cluster).  Every size but the largest is
-run ``--repeats`` times (default 3), half before the largest size and half after it
-(:func:`run_order`), and its median wall time compared: a 30 s run varies by a third on this
-machine (the same 1× conversion and Detector1 took 31.8–43.5 s within one hour, the tasks
-themselves slower, not the scheduling), a 9-minute run averages such spells out.  Before
-each run the page cache's dirty pages are flushed and written back (:func:`settle_io`), so
-that no run pays for the previous one's write-back.  Inputs are simulated once and cached
-(``benchmarks/_common.simulated``); free disk is checked
+first size alone would pay the imports and first calls of this process (≈ 1.8 s more on a 1×
+conversion that takes 4.5 s warm).  Every size but the largest is run ``--repeats`` times
+(default 3), half before the largest size and half after it (:func:`run_order`), and its
+median wall time compared: on the development machine a 30 s run varies by up to a third
+within an hour (the tasks themselves slower, not the scheduling), and a 9-minute run averages
+such spells out.  Before each run the page cache's dirty pages are flushed and written back
+(:func:`settle_io`), so that no run pays for the previous one's write-back.  Inputs are
+simulated once and cached (``benchmarks/_common.simulated``); free disk is checked
 first and the largest sizes dropped, with a message, if they do not fit.  Usage::
 
     python benchmarks/out_of_core.py                    # 1× and 4×
@@ -196,7 +195,7 @@ def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: 
 def run_order(sizes: list[int], reps: dict[int, int]) -> list[tuple[int, int]]:
     """(size, repetition) in the order they run: the smaller sizes in turn, their first half
     of repetitions before the largest size and the rest after it, so that a slow spell of
-    the machine (a 1× run took 31.8–43.5 s within one hour) is not charged to one size."""
+    the machine (a 1× run may vary by a third within an hour) is not charged to one size."""
     largest = max(sizes)
     small = [k for k in sizes if k != largest]
     rounds = max((reps[k] for k in small), default=0)
@@ -242,9 +241,10 @@ def fit_sizes(sizes: list[int], work: Path, fits: bool) -> list[int]:
     free_work = shutil.disk_usage(work).free
     for k in sorted(sizes):
         need_in = 0 if _cached(k) else 1.1 * k * SEGMENT_BYTES
-        # measured: all bytes written by all processes (files and sockets) were 1.77–2.19 per
-        # pixel-group of 2 uncal bytes, i.e. ≤ 1.1× the uncal for the store + Zarr products;
-        # FITS products add 1.1× (20 B per pixel and integration vs 18 B of uncal)
+        # all bytes written by all processes (files and sockets) are 1.8–2.2 per pixel-group
+        # of 2 uncal bytes (this script prints them), i.e. ≤ 1.1× the uncal for the store +
+        # Zarr products; FITS products add 1.1× (20 B per pixel and integration vs 18 B of
+        # uncal)
         need_out = k * SEGMENT_BYTES * (1.2 + (1.1 if fits else 0.0))
         same_disk = os.stat(work).st_dev == os.stat(CACHE if CACHE.exists() else CACHE.parent).st_dev
         if same_disk:

@@ -10,8 +10,9 @@ and reference files, and prints, for ``rateints`` and ``rate``:
   one product;
 
 and the official per-step wall times.  Targets: rateints agree on ≥ 99.9 % of the finite
-pixels, NaN pattern identical, DQ identical on ≥ 99.9 %.  Needs an interpreter with both
-daskramp and jwst (e.g. ``/work/venv-jwst/bin/python``)::
+pixels, NaN pattern identical, DQ identical on ≥ 99.9 %.  Needs the ``parity`` extra
+(``pip install -e ".[parity]"``); the official pipeline runs in a process of its own, with the
+interpreter named by ``DASKRAMP_JWST_PYTHON`` (default: this one)::
 
     python benchmarks/parity.py                          # 158 × 9 × 256 × 2048
     python benchmarks/parity.py --nints 20 --nx 256      # two-point jump method (< 100 ints)

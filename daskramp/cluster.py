@@ -28,9 +28,9 @@ class ClusterProfile:
     processes: bool = True
     dashboard_address: str | None = ":0"
     #: dask's statistical profiler in each worker (the dashboard's "Profile" page).  Off by
-    #: default: it keeps a call tree per second of run for up to 1000 s, ≈ 0.12 MB per second
-    #: of a SOSS run measured here (≈ 65 MB per worker by the end of a 9-minute run), memory
-    #: that grows with the run's length, not with its chunks; and it samples every 10 ms.
+    #: default: it keeps a call tree per second of run for up to 1000 s (tens of MB per worker
+    #: over a SOSS run of several minutes), memory that grows with the run's length, not
+    #: with its chunks; and it samples every 10 ms.
     worker_profiling: bool = False
     #: root tasks the scheduler hands a worker per thread (dask's
     #: ``distributed.scheduler.worker-saturation``) in clusters daskramp starts.  dask's 1.1
@@ -87,15 +87,15 @@ def connect(profile: ClusterProfile | None = None, *, quiet: bool = False, **ove
 
         workers = profile.workers or default_workers()
         # dask's nanny sets MALLOC_TRIM_THRESHOLD_ low, which makes every multi-MB
-        # (de)compression buffer a fresh mmap; a 32 MiB mmap threshold measured 2.1× faster
-        # conversion in workers (benchmarks/ingest.py) for ~100 MiB more RSS per worker
+        # (de)compression buffer a fresh mmap; a 32 MiB mmap threshold makes the conversion
+        # in workers ≈ 1.5× faster for ~100 MiB more RSS per worker (benchmarks/README.md,
+        # ingest)
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
         environ.setdefault("MALLOC_MMAP_THRESHOLD_", 32 * 2**20)
         # one malloc arena per worker: with one per thread (glibc's default) the tile task's
         # temporaries and the other threads' buffers land in separate arenas, whose free
-        # space the next tile cannot reuse; measured on a 4-segment SOSS run, the per-worker
-        # peak rose by 17 % from the second tenth of the run to the last with them and by 4 %
-        # with one arena, and the peak was 70 MB lower, at the same speed
+        # space the next tile cannot reuse, and the per-worker peak creeps up over a long
+        # run; with one arena it stays flat and lower, at the same speed
         environ.setdefault("MALLOC_ARENA_MAX", 1)
         # the nanny puts these in this process's environment before it spawns a worker; they
         # are meant for the workers, so this process gets its own back (a program started

@@ -130,7 +130,7 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         # each tile's terms are added as soon as they are computed, ahead of the tiles in
         # flight (priority), and dropped here once handed on: the add task then holds the
         # only reference, so a tile's terms leave worker memory as soon as they are added
-        # (held until the block's end, they reached 41 MB per worker in a 4× run)
+        # (held until the block's end, a block's terms would add up to tens of MB per worker)
         ready = as_completed(terms)
         terms.clear()
         added, f = [], None
@@ -173,8 +173,8 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         # one submission, so that the windows the writes and the terms share run once; the
         # rate's pixeldq is the first block's
         # a generation of its own (fifo_timeout=0): submissions within dask's default 60 s
-        # share one, and the blocks' tiles then ran interleaved, so a block finished only
-        # with the next one (a 4-segment run's first block at 54 s, not ≈ 25 s)
+        # share one, and the blocks' tiles would then run interleaved, so that a block would
+        # finish only with the next one
         futures = client.persist([counts, fraction, terms] + ([pdq] if a == 0 else []), fifo_timeout=0)
         pending.append((a, *futures[:3], futures[3] if a == 0 else None))
         del futures, rateints, terms, pdq, writes, counts, fraction

@@ -50,9 +50,8 @@ the default.
 
 Writing: each task encodes its shard's inner chunks with the array's own codecs and writes
 the shard file whole (:func:`_shard_writer`; byte-identical to what zarr writes, checked in
-``tests/io/test_ingest.py``), because zarr's general write path cost more than the
-compression itself inside a busy worker (0.54 s per uncompressed 64 MB shard on the 2-worker
-cluster; conversion 175 → 210–223 MB/s with the default codec).
+``tests/io/test_ingest.py``), because zarr's general write path (an event loop and a thread
+pool per call) costs more than the compression itself inside a busy worker.
 
 Resumability: the store is built in ``<store>.partial`` with one completion marker per shard
 (:mod:`daskramp.io.store`); a rerun with the same inputs and options writes only shards without
@@ -169,9 +168,9 @@ def _shard_writer(arr):
     does, or None when the layout is not the one :func:`ingest` makes.
 
     zarr's own write path costs more than the compression itself in a busy worker (its event
-    loop and thread pool per call: measured 0.54 s per uncompressed 64 MB shard on a 2-worker
-    cluster); the shard file is simple (inner chunks, then their offsets and lengths and a
-    crc32c), so the task builds it (:func:`daskramp.io.store.encode_chunk` per inner chunk).
+    loop and thread pool per call); the shard file is simple (inner chunks, then their
+    offsets and lengths and a crc32c), so the task builds it
+    (:func:`daskramp.io.store.encode_chunk` per inner chunk).
     Only shards whose inner chunks split the last axis alone, with the codecs :data:`CODECS`
     make (and crc32c), are built here.  Every inner chunk is stored, those of the fill value
     only and those past the array edge included, as zarr does with ``write_empty_chunks``;

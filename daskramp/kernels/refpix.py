@@ -241,9 +241,9 @@ def clipped_means(frames, idx, *, siglimit: float = 3.0) -> np.ndarray:
 
     The sums follow numpy's pairwise summation and its rounding of means (a float32 sum
     divided by the count in float64, rounded back), so the results equal numpy's
-    ``std``/``mean`` loop (and scipy's ``sigmaclip``) bit for bit; in compiled code one
-    frame's set costs microseconds instead of ≈ 0.3 ms of numpy calls (2 × 1,422 sets per
-    SOSS segment).
+    ``std``/``mean`` loop (and scipy's ``sigmaclip``) bit for bit.  Compiled, because a
+    SOSS segment has 2 × 1,422 such sets and numpy's calls cost ≈ 0.3 ms per set, where
+    this loop takes microseconds.
     """
     frames = np.ascontiguousarray(frames)
     if frames.dtype != np.float32:
@@ -637,8 +637,8 @@ def apply_refpix(data, offsets_y, offsets_x, *, fastaxis: int, float64: bool = F
 def _apply_profiles(data, oy, ox, col_is_x, float64, out):
     """``out = data − column term − row term`` in :func:`apply_refpix`'s arithmetic: in
     float64 rounded once, or the column term in float32 and the row term in float64 (a zero
-    row term leaves the float32 difference as it is).  One pass, where numpy took a few
-    calls on each (integration, group) frame of the window (≈ 1,400 frames per SOSS tile)."""
+    row term leaves the float32 difference as it is).  One compiled pass: numpy would need a
+    few calls on each (integration, group) frame of the window (≈ 1,400 frames per SOSS tile)."""
     nint, ng, ny, nx = data.shape
     for i in range(nint):
         for g in range(ng):

@@ -542,7 +542,7 @@ def make_ramp(nint=2, ngroup=3):
 @pytest.mark.parity
 def test_products_open_with_jwst_datamodels(tmp_path):
     """The official datamodels read our files as CubeModel / ImageModel / RampModel with the
-    same arrays, statuses and INT_TIMES (run with /work/venv-jwst/bin/python)."""
+    same arrays, statuses and INT_TIMES (needs the parity extra: pip install -e ".[parity]")."""
     pytest.importorskip("jwst")
     from stdatamodels.jwst import datamodels
 
