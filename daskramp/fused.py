@@ -46,7 +46,9 @@ import xarray as xr
 from dask.delayed import Delayed
 
 from . import dims
+from . import steps as registry
 from .dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, ZEROFRAME, X, Y
+from .steps import params_kwargs
 
 #: per-process cache of opened Zarr arrays (path → group)
 _ZARR: dict = {}
@@ -56,17 +58,17 @@ def _shrinks(params) -> list[tuple[str, int]]:
     """Where a window's exact region shrinks: ``(step, k)`` = the steps before ``step`` have
     made the outermost ``k`` columns/rows on each side depend on pixels outside the window.
 
-    Saturation growth ``2·n_pix_grow_sat`` (after saturation), charge_migration 1, jump's
-    neighbour flagging 1 (after jump); the other steps are pixel-local.
+    Each step that runs and looks at neighbours (its spec's ``halo``: saturation growth
+    ``2·n_pix_grow_sat``, charge_migration 1, jump's neighbour flagging 1) shrinks it by its
+    halo before the step that follows it; the other steps are pixel-local.
     """
+    specs = registry.active()
     out = []
-    n = 2 * int(params["saturation"].n_pix_grow_sat)
-    if not params["saturation"].skip and n:
-        out.append(("superbias", n))
-    if not params["charge_migration"].skip:
-        out.append(("jump", 1))
-    if not params["jump"].skip and params["jump"].flag_4_neighbors:
-        out.append(("clean_flicker_noise", 1))
+    for s, after in zip(specs, specs[1:]):
+        p = params[s.name]
+        k = 0 if s.halo is None or p.skip else int(s.halo(p))
+        if k:
+            out.append((after.name, k))
     return out
 
 
@@ -77,15 +79,14 @@ def halo_width(params) -> int:
 
 
 def unsupported(ds: xr.Dataset, params) -> str | None:
-    """Why the fused layout cannot run this configuration (None: it can)."""
-    if not params["clean_flicker_noise"].skip:
-        return "clean_flicker_noise fits whole frames"
-    if params["ramp_fit"].skip:
-        return "ramp_fit is skipped (no products)"
-    if params["dark_current"].dark_output is not None:
-        # the frame-averaged dark is one file of the whole subarray, written once; a tile
-        # task sees only its window of it
-        return "dark_current.dark_output saves the whole frame-averaged dark"
+    """Why the fused layout cannot run this configuration (None: it can): a step's reason
+    (its spec's ``not_fusable``: clean_flicker_noise fits whole frames, ramp_fit skipped
+    leaves no products, dark_current's ``dark_output`` is the whole frame), or an exposure
+    held in memory."""
+    for s in registry.active():
+        why = None if s.not_fusable is None else s.not_fusable(params[s.name])
+        if why is not None:
+            return why
     if not any(hasattr(v.data, "dask") for v in ds.data_vars.values()):
         return "the exposure is in memory"
     return None
@@ -207,29 +208,26 @@ def _window_exposure(plan: Plan, raw: dict, i0, i1, ys: slice, xs: slice) -> xr.
     return win.assign(variables)
 
 
-#: step parameters that are (y, x) images of the whole subarray, with their FITS loaders
-_IMAGE_PARAMS = {("saturation", "user_threshold"): "daskramp.steps.saturation:_load_threshold",
-                 ("dq_init", "user_supplied_dq"): "daskramp.steps.dq_init:_load_user_dq"}
+def _image_params():
+    """``(step, parameter, FITS loader)`` of the step parameters that are (y, x) images of the
+    whole subarray (their specs' ``image_params``)."""
+    return [(s.name, field, load) for s in registry.active() for field, load in s.image_params]
 
 
 def _loaded_params(params: Mapping) -> dict:
     """``params`` with image parameters given as FITS paths loaded (once, by the client)."""
-    import importlib
-
     out = dict(params)
-    for (step, field), where in _IMAGE_PARAMS.items():
+    for step, field, load in _image_params():
         value = getattr(out[step], field, None)
         if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
-            mod, fn = where.split(":")
-            loaded = getattr(importlib.import_module(mod), fn)(value)
-            out[step] = dataclasses.replace(out[step], **{field: loaded})
+            out[step] = dataclasses.replace(out[step], **{field: load(value)})
     return out
 
 
 def _window_params(params: Mapping, frame_shape, ys: slice, xs: slice) -> dict:
     """``params`` with the image parameters cut to the window (others unchanged)."""
     out = dict(params)
-    for step, field in _IMAGE_PARAMS:
+    for step, field, _ in _image_params():
         value = getattr(out[step], field, None)
         if value is None:
             continue
@@ -261,10 +259,10 @@ def _widen(s: slice, h: int, n: int) -> tuple[slice, slice]:
 
 #: bytes of float32 ramp a window task runs through the per-integration steps (before jump)
 #: at a time: each step makes new arrays the size of its input, so only the assembled cube
-#: and the arrays of one block exist at once instead of several whole-window cubes
-#: (measured on a 158-integration SOSS tile: 231 instead of 333 MiB traced peak with
-#: 40 integrations a block).  Each block costs the steps' per-call overhead (a few ms
-#: each), hence blocks of tens of MB rather than small cache-sized ones.
+#: and the arrays of one block exist at once instead of several whole-window cubes (on a
+#: 158-integration SOSS tile, 40 integrations a block: 231 instead of 333 MiB traced peak).
+#: Each block costs the steps' per-call overhead (a few ms each), hence blocks of tens of MB
+#: rather than small cache-sized ones.
 BLOCK_BYTES = 40 * 2**20
 
 
@@ -324,17 +322,17 @@ def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: 
     still need each time a step that looks at neighbours has run (:func:`_shrinks`), so the
     later steps do not process ghost pixels whose results are not exact anyway.
 
-    The steps before jump work on each integration alone (the whole-frame statistics they
-    need are given): they run ``block`` integrations at a time (default: blocks of about
-    :data:`BLOCK_BYTES`) and the blocks are assembled for jump and ramp_fit.
+    The steps before jump (the first that pools integrations) work on each integration alone
+    (the whole-frame statistics they need are given): they run ``block`` integrations at a
+    time (default: blocks of about :data:`BLOCK_BYTES`) and the blocks are assembled for jump
+    and ramp_fit.
     """
-    from .pipeline import STEP_ORDER
-
-    order = STEP_ORDER.index
+    order = registry.step_order().index
     stops = []
     if keep is not None:
         stops = [(s, k) for s, k in _shrinks(plan.params) if order(s) < order(until)]
-    local = "jump" if order(until) > order("jump") else until
+    pool = registry.pooling_step()
+    local = pool if order(until) > order(pool) else until
     first = [(s, k) for s, k in stops if order(s) <= order(local)]
     if not first or first[-1][0] != local:
         first.append((local, 0))
@@ -430,22 +428,19 @@ def _stand_ins(stats: dict) -> dict:
     return given
 
 
-#: steps between refpix and jump whose group DQ never depends on the data values
-_DQ_BLIND = ("linearity", "dark_current")
-
-
 def _probe_needs_offsets(params) -> bool:
     """Whether the group DQ that jump sees depends on the refpix offsets' values.
 
-    refpix only shifts values; of the steps after it, linearity and dark_current read the
-    group DQ without changing it, while charge_migration flags groups by their level.  When
-    nothing value-dependent runs, the probe of all-DO_NOT_USE planes can run on stand-in
-    offsets, alongside the refpix statistics instead of after them.
+    refpix only shifts values; of the steps after it, those whose spec says ``value_flags``
+    (charge_migration flags groups by their level) make the group DQ depend on them, while
+    linearity and dark_current only propagate reference DQ.  When nothing value-dependent
+    runs, the probe of all-DO_NOT_USE planes can run on stand-in offsets, alongside the
+    refpix statistics instead of after them.
     """
-    from .pipeline import STEP_ORDER
-
-    between = STEP_ORDER[STEP_ORDER.index("refpix") + 1 : STEP_ORDER.index("jump")]
-    return any(not params[s].skip for s in between if s not in _DQ_BLIND and s in params)
+    specs = registry.active()
+    names = [s.name for s in specs]
+    between = specs[names.index("refpix") + 1 : names.index(registry.pooling_step())]
+    return any(not params[s.name].skip for s in between if s.value_flags and s.name in params)
 
 
 def _status_stats(plan: Plan, stats: dict) -> dict:
@@ -550,9 +545,9 @@ def _bounds(n: int, step: int) -> list[tuple[int, int]]:
 def _in_rounds(n: int, step: int, slots: int) -> int:
     """``step`` shortened (never lengthened) so that the ``ceil(n / step)`` blocks of ``n``
     come, as nearly as whole lengths allow, in whole rounds of ``slots`` (the cluster's
-    worker threads).  The tiles wait for every block, and three blocks of a SOSS segment
-    (≈ 0.9 s each) on two one-thread workers ran as two rounds, the second on one worker;
-    four shorter blocks make two full rounds."""
+    worker threads).  The tiles wait for every block: three blocks of a SOSS segment (≈ 0.9 s
+    each) on two one-thread workers run as two rounds, the second on one worker, where four
+    shorter blocks make two full rounds."""
     step = max(1, min(step, n))
     if slots <= 1:
         return step
@@ -639,8 +634,8 @@ SETTLE_INT_BLOCK = 16
 def _stats_int_block(boxes, plan: Plan, ngroup: int, ny: int, nx: int) -> int:
     """Integrations per statistics window: blocks of about :data:`BLOCK_BYTES` of float32 in
     the largest window (a border strip or the probe, ghost margin included), so each task's
-    fixed cost (≈ 40 ms) is small beside its work (blocks of 16 integrations made 50 tasks of
-    a SOSS segment's border windows).  A refpix task (:func:`_refpix_block`) keeps every
+    fixed cost (≈ 40 ms) is small beside its work (blocks of 16 integrations would make 50
+    tasks of a SOSS segment's border windows).  A refpix task (:func:`_refpix_block`) keeps every
     reference rectangle of its block: 0.5× the largest window for SOSS, 1.6× for a full
     frame (ghost margin 3)."""
     h = plan.halo
@@ -655,12 +650,11 @@ def _refpix_block(plan: Plan, reader: Reader, refs, i0: int, i1: int) -> dict:
     """refpix's per-frame offsets (and the zero frame's) of integrations ``i0:i1``: the
     chain before refpix run on each reference-pixel rectangle, the offsets found here.
     Only the offsets leave the task, so no rectangle waits in worker memory for the others
-    (as parts of an array they were joined by separate tasks, and up to ≈ 150 MB of them
-    waited on one worker of a 4-segment SOSS run)."""
-    from .pipeline import _kwargs
+    (as parts of an array, joined by separate tasks, up to ≈ 150 MB of them wait on one
+    worker of a 4-segment SOSS run)."""
     from .steps import refpix as step
 
-    rp = _kwargs(plan.params["refpix"])
+    rp = params_kwargs(plan.params["refpix"])
     data, zf, dq = [], [], []
     for a, b, c, d in step.reference_boxes(plan.skeleton, **rp):
         w = run_window(plan, reader, refs, {}, i0, i1, slice(a, b), slice(c, d), until="refpix")
@@ -679,7 +673,6 @@ def _refpix_statistics(plan: Plan, reader: Reader, refs_key, ints) -> dict:
     refpix_term)``, one :func:`_refpix_block` task per block of integrations ``ints``."""
     from dask.base import tokenize
 
-    from .pipeline import _kwargs
     from .steps import refpix as step
 
     sk = plan.skeleton
@@ -690,7 +683,7 @@ def _refpix_statistics(plan: Plan, reader: Reader, refs_key, ints) -> dict:
     blocks = {(name, a): (_refpix_block, plan_key.key, reader, refs_arg, i0, i1)
               for a, (i0, i1) in enumerate(ints)}
     deps = [plan_key] if refs_key is None else [plan_key, refs_key]
-    nterms = step.offsets_size(sk, **_kwargs(plan.params["refpix"]))
+    nterms = step.offsets_size(sk, **params_kwargs(plan.params["refpix"]))
     out = {}
     for key, groups, keep in (("refpix_offsets", ngroup, {INTEGRATION, GROUP}),
                               ("refpix_zf_offsets", 1, {INTEGRATION})):
@@ -721,24 +714,23 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     flags by level, see :func:`_probe_needs_offsets`); otherwise they are returned lazy and
     the product graph computes them (or the caller, see :func:`_computed`).
     """
-    from .pipeline import STEP_ORDER, _kwargs
     from .steps.refpix import reference_boxes
 
     nint, ngroup, ny, nx = ds.sizes[INTEGRATION], ds.sizes[GROUP], ds.sizes[Y], ds.sizes[X]
     stats: dict = {"refpix_offsets": None, "refpix_zf_offsets": None}
-    boxes = reference_boxes(plan.skeleton, **_kwargs(plan.params["refpix"]))
+    boxes = reference_boxes(plan.skeleton, **params_kwargs(plan.params["refpix"]))
     if int_block is None:
         # cut as for one segment, the longest, whatever the exposure's length: a block of
         # more integrations is a task of more memory (cut for the whole 4-segment exposure,
-        # the blocks had 53 integrations, not 40, and peaked above the tiles), and at most
-        # one round is then left part-filled, once per run
+        # the blocks would have 53 integrations, not 40, and peak above the tiles), and at
+        # most one round is then left part-filled, once per run
         longest = max(b - a for a, b in dims.segment_bounds(ds))
         int_block = _in_rounds(longest, _stats_int_block(boxes, plan, ngroup, ny, nx), _worker_slots())
     ints = _bounds(nint, int_block)
     if boxes:
         stats.update(_refpix_statistics(plan, reader, refs_key, ints))
     jp = plan.params["jump"]
-    if not jp.skip and "jump" in STEP_ORDER:
+    if not jp.skip:
         ys, xs = probe_window(ny, nx)
         given = stats if _probe_needs_offsets(plan.params) else _stand_ins(stats)
         arrs = staged(plan, reader, refs_key, given, until="jump", int_bounds=ints,
@@ -844,10 +836,9 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
             # the statistics run on the cluster while this process builds and submits the
             # product graph, whose tiles wait for them there.  The statuses (needed for the
             # products' attributes) are found here, on a one-pixel window (≈ 0.9 s in a fresh
-            # process, mostly loading the compiled kernels): as a task they queued behind the
-            # reference files' load and the statistics windows, and this process waited
-            # ≈ 1.9 s for them (SOSS segment, 2 workers; the product graph was submitted
-            # 0.6–0.8 s later than now)
+            # process, mostly loading the compiled kernels): as a task they would queue behind
+            # the reference files' load and the statistics windows, and this process would
+            # wait ≈ 1.9 s for them (SOSS segment, 2 workers)
             lazy = stats
             (stats,) = client.compute([dask.delayed(_finished, pure=True)(lazy)])
             status = _status(plan, reader, refs, lazy, until="ramp_fit")

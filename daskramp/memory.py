@@ -1,7 +1,8 @@
 """Memory per task, projected before anything runs and checked against the worker limit.
 
-Every step declares a *working-memory factor*: the peak bytes a task of that step holds
-(inputs, scratch and outputs together) per byte of the float32 ramp block it processes.
+Every step has a *working-memory factor*: the peak bytes a task of that step holds (inputs,
+scratch and outputs together) per byte of the float32 ramp block it processes, from the
+scratch figure its spec declares (:attr:`daskramp.steps.StepSpec.scratch`).
 With the block shape fixed by the chunking — integration chunks for the pixel-local steps,
 pixel tiles (every integration of a segment, all groups, all rows, a band of columns) for
 jump and ramp_fit — the projection ``factor × 4 bytes × block elements`` is compared with
@@ -9,7 +10,7 @@ the budget of one task on the smallest worker before the graph is submitted.  A 
 that cannot fit is refused with :class:`MemoryBudgetError` naming the step, the projection,
 the limit and a chunk size that would fit.
 
-How the factors were measured (``python -m daskramp.memory --measure``): each step's
+How the factors are measured (``python -m daskramp.memory --measure``): each step's
 wrapper runs on numpy-backed blocks (the kernel path of ``map_ramp_blocks``, no dask) of a
 simulated NIRISS SOSS exposure — an 8 × 9 × 256 × 2048 integration chunk for the
 pixel-local steps and a 158 × 9 × 256 × 64 tile for jump and ramp_fit — in a fresh
@@ -20,7 +21,7 @@ input ramp is *not* included in the peak but is counted by adding 1 (data) + 0.2
 groupdq) to the scratch ratio, since a task holds its input while it runs.
 
 The pipeline runs every step on pixel tiles and dask fuses a tile's steps into one task, so
-the task that matters is the whole chain on one tile: its factor (:data:`CHAIN_FACTOR`) was
+the task that matters is the whole chain on one tile: its factor (:data:`CHAIN_FACTOR`) is
 measured by computing one tile alone through Detector1 from a Zarr store and is larger than
 any single step's.  The worker budget per task is :data:`USABLE_FRACTION` of the limit,
 divided among its threads; the rest covers the interpreter, finished blocks waiting to be
@@ -32,33 +33,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-#: measured scratch + output bytes per float32 ramp byte of each step (see the module
-#: docstring).  Measured with ``python -m daskramp.memory --measure`` on the cached 158-int
-#: NIRISS SOSS segment of ``benchmarks/_common.simulated``: pixel-local steps on integrations
-#: 0–7 at full width (8 × 9 × 256 × 2048), jump and ramp_fit on a 158 × 9 × 256 × 64 tile
-#: (columns 0–63 and 512–575 gave the same figures).  numpy 2.4, numba 0.68.
-#: clean_flicker_noise measured 0.0 because its default (skipped) configuration is a no-op on
-#: this exposure; 3.0 is kept as a conservative guess until it is measured when active.
-MEASURED_SCRATCH = {
-    "group_scale": 0.0,
-    "dq_init": 0.28,
-    "saturation": 1.11,
-    "superbias": 1.03,
-    "refpix": 1.03,
-    "linearity": 1.11,
-    "dark_current": 1.17,
-    "charge_migration": 1.25,
-    "jump": 0.50,
-    "clean_flicker_noise": 3.0,
-    "ramp_fit": 3.24,
-    "gain_scale": 0.0,
-}
+from . import steps as registry
+from .params import validate
 
-#: the pipeline lays the whole chain out in tiles and dask fuses the per-tile steps into one
-#: task, which holds the store read, the intermediates still referenced and ramp_fit's
-#: outputs at once.  Measured peak RSS of one tile computed alone through the whole chain
-#: (synchronous scheduler, tile read from a Zarr store, whole-frame statistics given):
-#: 158 × 9 × 256 × 64 → 7.76 ×, × 128 → 7.28 × the tile's float32 bytes; 7.8 is used.
+#: scratch + output bytes per float32 ramp byte of each step, as its spec declares it
+#: (:attr:`daskramp.steps.StepSpec.scratch`).  Measured with ``python -m daskramp.memory
+#: --measure`` on the cached 158-int NIRISS SOSS segment of ``benchmarks/_common.simulated``:
+#: pixel-local steps on integrations 0–7 at full width (8 × 9 × 256 × 2048), jump and ramp_fit
+#: on a 158 × 9 × 256 × 64 tile (columns 0–63 and 512–575 give the same figures); numpy 2.4,
+#: numba 0.68.  clean_flicker_noise's figure is an estimate (the measurement runs the default
+#: configuration, in which it is skipped).
+MEASURED_SCRATCH = {s.name: s.scratch for s in registry.REGISTRY}
+
+#: the pipeline lays the whole chain out in tiles and runs the per-tile steps as one task,
+#: which holds the store read, the intermediates still referenced and ramp_fit's outputs at
+#: once.  The peak RSS of one tile computed alone through the whole chain (synchronous
+#: scheduler, tile read from a Zarr store, whole-frame statistics given) is 7.76 × the tile's
+#: float32 bytes for 158 × 9 × 256 × 64 and 7.28 × for × 128; 7.8 is used.
 CHAIN_STEP = "fused tile chain"
 CHAIN_FACTOR = 7.8
 
@@ -70,7 +61,8 @@ TILE_ASSEMBLY_FACTOR = 2.5
 INPUT_FACTOR = 1.25
 
 #: steps that pool statistics over integrations and therefore run on pixel tiles
-TILE_STEPS = ("jump", "ramp_fit")
+#: (:attr:`daskramp.steps.StepSpec.pools_integrations`)
+TILE_STEPS = tuple(s.name for s in registry.REGISTRY if s.pools_integrations)
 
 #: fraction of a worker's memory limit one task may plan to use: dask starts spilling at
 #: 60 % of the limit (``distributed.worker.memory.target``), and the input and output blocks
@@ -97,21 +89,32 @@ class MemoryBudgetError(MemoryError):
     """A task of the chosen chunking is projected to need more memory than a worker has."""
 
 
+def _spec(step: str):
+    """The spec of ``step`` in the active registry, or None."""
+    return next((s for s in registry.active() if s.name == step), None)
+
+
+def _on_tiles(step: str) -> bool:
+    """Whether ``step`` pools integrations, so runs on pixel tiles."""
+    spec = _spec(step)
+    return spec is not None and spec.pools_integrations
+
+
 def step_factor(step: str) -> float:
     """Peak task bytes per float32 ramp byte of ``step`` (input block included)."""
     if step == CHAIN_STEP:
         return CHAIN_FACTOR
-    try:
-        f = INPUT_FACTOR + MEASURED_SCRATCH[step]
-    except KeyError:
-        raise ValueError(f"no memory factor for step {step!r}") from None
-    return max(f, TILE_ASSEMBLY_FACTOR) if step in TILE_STEPS else f
+    spec = _spec(step)
+    if spec is None:
+        raise ValueError(f"no memory factor for step {step!r}")
+    f = INPUT_FACTOR + spec.scratch
+    return max(f, TILE_ASSEMBLY_FACTOR) if spec.pools_integrations else f
 
 
 def tile_factor(steps: Mapping[str, Mapping] | None = None, *, fused_chain: bool = True) -> float:
     """Bytes per float32 tile byte of the most demanding active tile step (or of the fused
     chain of every step on one tile)."""
-    f = max((step_factor(s) for s in TILE_STEPS if s in active_steps(steps)), default=INPUT_FACTOR)
+    f = max((step_factor(s) for s in active_steps(steps) if _on_tiles(s)), default=INPUT_FACTOR)
     return max(f, CHAIN_FACTOR) if fused_chain else f
 
 
@@ -154,9 +157,7 @@ class MemoryPlan:
 
 def active_steps(steps: Mapping[str, Mapping] | None = None) -> list[str]:
     """Steps that run (not skipped) with the given step parameters, in pipeline order."""
-    from .pipeline import STEP_ORDER, step_params
-
-    return [s for s in STEP_ORDER if not step_params(s, (steps or {}).get(s)).skip]
+    return [s for s in registry.step_order() if not validate(s, (steps or {}).get(s)).skip]
 
 
 def integrations_per_chunk(frame_elems: int, *, budget: int | None, factor: float) -> int | None:
@@ -230,12 +231,12 @@ def check_memory(
     tile = tile_ints * ngroups * ny * tile_columns
     per_step = {}
     for step in active_steps(steps):
-        if step == "gain_scale":
+        if _spec(step).on_rate:
             continue  # works on 2-D/3-D rate products, far below any ramp block
         f = step_factor(step)
         # pixel-local steps run on the exposure's chunks or, when the pipeline lays the whole
         # chain out in tiles, on tiles: project the larger of the two
-        elems = tile if step in TILE_STEPS else max(integration_chunk * frame, tile)
+        elems = tile if _on_tiles(step) else max(integration_chunk * frame, tile)
         per_step[step] = int(f * 4 * elems)
     if fused_chain:
         per_step[CHAIN_STEP] = int(CHAIN_FACTOR * 4 * tile)
@@ -248,7 +249,7 @@ def check_memory(
         return plan
     # name the most demanding step of the first failing layout: a size that fits it fits all
     on_tiles = {s for s in per_step
-                if s in TILE_STEPS or s == CHAIN_STEP or tile >= integration_chunk * frame}
+                if _on_tiles(s) or s == CHAIN_STEP or tile >= integration_chunk * frame}
     local = [s for s in over if s not in on_tiles]
     step = max(local or over, key=per_step.get)
     need = per_step[step]
@@ -330,7 +331,7 @@ def measure(uncal, refs_dir, *, nint: int, x0: int, nx: int, steps: Iterable[str
 
     from .io import open_exposure
     from .io.refs import RefSet
-    from .pipeline import STEP_ORDER, _as_float, _call_step, step_params
+    from .pipeline import _as_float, _call_step, step_params
 
     src = open_exposure(uncal)
     steps = set(steps)
@@ -340,8 +341,8 @@ def measure(uncal, refs_dir, *, nint: int, x0: int, nx: int, steps: Iterable[str
     refs = RefSet.from_dir(refs_dir, ds.attrs, required=(), overrides={"dark": "N/A"} if cut else None)
     ramp_bytes = ds["data"].size * 4
     out: dict[str, float] = {}
-    for name in STEP_ORDER:
-        if name == "gain_scale":
+    for name in registry.step_order():
+        if registry.spec(name).on_rate:
             break
         p = step_params(name, {"skip": False} if name in steps else None)
         if p.skip:
@@ -355,7 +356,7 @@ def measure(uncal, refs_dir, *, nint: int, x0: int, nx: int, steps: Iterable[str
         res = _call_step(name, ds, refs, p, stats_scope="segment")
         if res is None:
             continue
-        if name == "ramp_fit":
+        if name == registry.FIT_STEP:
             break
         ds = res
         np.asarray(ds["data"].values)

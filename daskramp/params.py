@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import math
 import numbers
 import os
@@ -364,24 +363,27 @@ def _show(value) -> str:
 
 
 def step_names() -> tuple[str, ...]:
-    from .pipeline import STEP_ORDER
+    """The registered steps, in order (:func:`daskramp.steps.step_order`)."""
+    from .steps import step_order
 
-    return STEP_ORDER
+    return step_order()
 
 
-def _module(step):
+def _params_class(step) -> type:
     names = step_names()
     if not isinstance(step, str) or step not in names:
         close = difflib.get_close_matches(str(step), names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"steps.{step}: unknown step{hint}; steps are: {', '.join(names)}")
-    return importlib.import_module(f"daskramp.steps.{step}")
+    from .steps import spec
+
+    return spec(step).params
 
 
 def rules(step: str) -> dict[str, Rule]:
     """``{parameter: Rule}`` of a step, in declaration order."""
     out = {}
-    for f in dataclasses.fields(_module(step).Params):
+    for f in dataclasses.fields(_params_class(step)):
         rule = f.metadata.get(RULE)
         if rule is None:  # a declaration error, not a configuration one
             raise TypeError(f"daskramp.steps.{step}.Params.{f.name} has no parameter rule "
@@ -415,8 +417,7 @@ def validate(step: str, given=None):
     allowed, and :class:`NotImplementedParameter` for an official value daskramp does not
     implement.
     """
-    mod = _module(step)
-    cls = mod.Params
+    cls = _params_class(step)
     if isinstance(given, cls):
         given = {f.name: getattr(given, f.name) for f in dataclasses.fields(cls)}
     elif given is None:
@@ -450,7 +451,7 @@ def check(params):
 
 
 def validate_steps(steps: Mapping | None) -> dict:
-    """``{step: Params}`` for every step of :data:`daskramp.pipeline.STEP_ORDER` (defaults for
+    """``{step: Params}`` for every registered step (:func:`step_names`; defaults for
     those not given) from a configuration's ``steps`` mapping; the first error is raised."""
     names = step_names()
     if steps is None:

@@ -11,7 +11,6 @@ width comes from the worker memory budget (:func:`plan_tiles`).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import platform
 from collections.abc import Mapping, Sequence
@@ -21,66 +20,24 @@ import numpy as np
 import xarray as xr
 
 from . import dims
+from . import steps as registry
 from .config import ConfigError
+from .steps import params_kwargs, ref, ref_array
+from .steps import ramp_fit as _ramp_fit
 
-#: near-IR step order of jwst 3.0 calwebb_detector1 (spec 00 §4); ipc, picture_frame and
-#: persistence are out of scope for NIR TSO/imaging and not listed
-STEP_ORDER = (
-    "group_scale",
-    "dq_init",
-    "saturation",
-    "superbias",
-    "refpix",
-    "linearity",
-    "dark_current",
-    "charge_migration",
-    "jump",
-    "clean_flicker_noise",
-    "ramp_fit",
-    "gain_scale",
-)
-
-#: FITS status keyword of each step (spec 01 §5)
-STATUS_KEY = {
-    "group_scale": "S_GRPSCL",
-    "dq_init": "S_DQINIT",
-    "saturation": "S_SATURA",
-    "superbias": "S_SUPERB",
-    "refpix": "S_REFPIX",
-    "linearity": "S_LINEAR",
-    "dark_current": "S_DARK",
-    "charge_migration": "S_CHGMIG",
-    "jump": "S_JUMP",
-    "clean_flicker_noise": "S_CLNFNS",
-    "ramp_fit": "S_RAMP",
-    "gain_scale": "S_GANSCL",
-}
-
-#: reference types each step reads
-STEP_REFTYPES = {
-    "dq_init": ("mask",),
-    "saturation": ("saturation", "superbias"),
-    "superbias": ("superbias",),
-    "linearity": ("linearity",),
-    "dark_current": ("dark",),
-    "jump": ("gain", "readnoise"),
-    "ramp_fit": ("gain", "readnoise"),
-    "gain_scale": ("gain",),
-}
+#: the tables of the step registry (:data:`daskramp.steps.REGISTRY`, where each step declares
+#: its facts): step order (jwst 3.0 calwebb_detector1, spec 00 §4), FITS status keyword of
+#: each step (spec 01 §5) and the reference types each step reads
+STEP_ORDER = registry.STEP_ORDER
+STATUS_KEY = {s.name: s.status for s in registry.REGISTRY}
+STEP_REFTYPES = {s.name: s.reftypes for s in registry.REGISTRY if s.reftypes}
 
 #: peak task memory per byte of float32 ramp in a tile, input included: the steps on one tile
-#: are fused into one task, whose measured peak is 7.3–7.8 × the tile (the largest single
-#: step, ramp_fit, alone: 4.5 ×); see daskramp.memory.CHAIN_FACTOR for how it was measured.
+#: run as one task, whose peak is 7.3–7.8 × the tile (the largest single step, ramp_fit,
+#: alone: 4.5 ×; see daskramp.memory.CHAIN_FACTOR for how to measure it).
 #: Used to size tiles before anything runs, against the per-task budget of
 #: daskramp.memory.task_budget
 TILE_MEMORY_FACTOR = 7.8
-
-
-def step_module(name: str):
-    """The xarray wrapper module of a step (``daskramp.steps.<name>``)."""
-    if name not in STEP_ORDER:
-        raise ConfigError(f"unknown step {name!r}; steps are: {', '.join(STEP_ORDER)}")
-    return importlib.import_module(f"daskramp.steps.{name}")
 
 
 def step_params(name: str, given: Mapping | None = None):
@@ -98,9 +55,9 @@ def step_params(name: str, given: Mapping | None = None):
 
 
 def validate_steps(steps: Mapping | None) -> dict:
-    """``{step: Params}`` for every step of :data:`STEP_ORDER` from a configuration's
-    ``steps`` mapping (defaults for the steps not given), raising the first error; see
-    :func:`daskramp.params.validate_steps`."""
+    """``{step: Params}`` for every registered step (:func:`daskramp.steps.step_order`) from
+    a configuration's ``steps`` mapping (defaults for the steps not given), raising the first
+    error; see :func:`daskramp.params.validate_steps`."""
     from .params import validate_steps as _validate_steps
 
     return _validate_steps(steps)
@@ -124,6 +81,22 @@ class Detector1Result:
         out = {k: v for k, v in (("rateints", self.rateints), ("rate", self.rate)) if v is not None}
         out.update({f"{k}_ramp": v for k, v in self.intermediates.items()})
         return out
+
+    def __repr__(self) -> str:
+        """One line per product (its shape) and the steps' statuses, not the whole graph."""
+        lines = ["Detector1Result("]
+        for name, ds in self.products().items():
+            var = ds["data"] if "data" in ds else None
+            shape = "" if var is None else " × ".join(f"{d} {n}" for d, n in zip(var.dims, var.shape))
+            lazy = var is not None and var.chunks is not None
+            lines.append(f"  {name}: {shape}{' (lazy)' if lazy else ''}")
+        steps = (self.provenance or {}).get("steps") or {}
+        status = ", ".join(f"{k} {v.get('status') if isinstance(v, dict) else v}" for k, v in steps.items())
+        if status:
+            lines.append(f"  steps: {status}")
+        if self.segments is not None:
+            lines.append("  layout: fused, by integration block")
+        return "\n".join(lines) + "\n)"
 
 
 def plan_tiles(ds: xr.Dataset, *, memory_limit: int | None, stats_scope: str = "segment",
@@ -166,10 +139,10 @@ def plan_tiles(ds: xr.Dataset, *, memory_limit: int | None, stats_scope: str = "
 
 
 #: cost of a fused tile task in units of one pixel taken through the whole chain (all
-#: integrations and groups), measured on 158-integration SOSS windows read from the uncal file:
+#: integrations and groups), for 158-integration SOSS windows read from the uncal file:
 #: reading one row of the window in every frame costs about as much as 15 pixels (the file is
 #: mapped page by page, and a row of a narrow window still costs a page per frame: a 70-column
-#: band of 256 rows took 0.26 s to read, a 70 × 262 tile 0.09 s), and a task's fixed cost
+#: band of 256 rows reads in 0.26 s, a 70 × 262 tile in 0.09 s), and a task's fixed cost
 #: (opening, the steps' per-call overhead) about as much as 700 (an 8 × 8 window: 0.067 s)
 READ_ROW_PIXELS = 15
 TASK_PIXELS = 700
@@ -236,87 +209,29 @@ def _as_float(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _ref(refs, reftype):
-    return None if refs is None else refs.get(reftype)
-
-
-def _image(ref, ext="SCI"):
-    return None if ref is None else ref.arrays.get(ext)
-
-
-def _kwargs(params) -> dict:
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.name != "skip"}
-
-
 def _call_step(name: str, ds: xr.Dataset, refs, params, *, stats_scope: str, **extra):
-    """Map reference files to the wrapper's keyword arguments and run one step lazily."""
-    mod = step_module(name)
-    fn = getattr(mod, name)
-    kw = {**_kwargs(params), **extra}
-    missing = [rt for rt in STEP_REFTYPES.get(name, ()) if _ref(refs, rt) is None]
-    if name == "dq_init":
-        if missing:
-            return None
-        return fn(ds, mask=_image(refs.get("mask"), "DQ"), **kw)
-    if name == "saturation":
-        if "saturation" in missing:
-            return None
-        sat = refs.get("saturation")
-        bias = _ref(refs, "superbias")
-        return fn(ds, threshold=_image(sat), threshold_dq=_image(sat, "DQ"),
-                  superbias=_image(bias), **kw)
-    if name == "superbias":
-        if missing:
-            return None
-        bias = refs.get("superbias")
-        return fn(ds, superbias=_image(bias), superbias_dq=_image(bias, "DQ"), **kw)
-    if name == "linearity":
-        if missing:
-            return None
-        lin = refs.get("linearity")
-        return fn(ds, coeffs=_image(lin, "COEFFS"), lin_dq=_image(lin, "DQ"),
-                  inv_coeffs=_image(lin, "INV_COEFFS"), **kw)
-    if name == "dark_current":
-        if missing:
-            return None
-        dark = refs.get("dark")
-        h = dark.header
-        return fn(ds, dark=_image(dark), dark_dq=_image(dark, "DQ"),
-                  dark_nframes=int(h.get("NFRAMES", 1)), dark_groupgap=int(h.get("GROUPGAP", 0)),
-                  dark_avdrkcur=_image(dark, "AVDRKCUR"), dark_avdrkcur_keyword=h.get("AVDRKCUR"),
-                  **kw)
-    if name == "jump":
-        if missing:
-            raise ConfigError(f"jump needs reference files {missing}; none was found or given")
-        return fn(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
-                  stats_scope=stats_scope, **kw)
-    if name == "ramp_fit":
-        if missing:
-            raise ConfigError(f"ramp_fit needs reference files {missing}; none was found or given")
-        if extra.get("products_only"):
-            # in-memory window of a fused tile task: its rateints blocks and rate-term sums
-            return mod.ramp_products(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
-                                     stats_scope=stats_scope, suppress_one_group=params.suppress_one_group,
-                                     firstgroup=params.firstgroup, lastgroup=params.lastgroup,
-                                     save_intercepts=params.save_intercepts)
-        if extra.get("fields_only"):
-            # per-integration fields; rate/rateints are made from them by finish()
-            return mod.ramp_fields(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
-                                   stats_scope=stats_scope, suppress_one_group=params.suppress_one_group,
-                                   firstgroup=params.firstgroup, lastgroup=params.lastgroup)
-        return fn(ds, gain=_image(refs.get("gain")), readnoise=_image(refs.get("readnoise")),
-                  stats_scope=stats_scope, **kw)
-    return fn(ds, **kw)
+    """Run one step lazily, as its spec (:class:`daskramp.steps.StepSpec`) says: the reference
+    files mapped to the keyword arguments of its ``run``, ``stats_scope`` for a step that
+    pools integrations, ``extra`` passed on.  None when a reference the step cannot do
+    without is missing and the step is skipped for it; :class:`ConfigError` when it is one
+    the step cannot be skipped for."""
+    spec = registry.spec(name)
+    missing = spec.missing(refs)
+    if missing:
+        if spec.refs_missing == "error":
+            raise ConfigError(f"{name} needs reference files {missing}; none was found or given")
+        return None
+    kw = {**params_kwargs(params), **extra}
+    if spec.pools_integrations:
+        kw["stats_scope"] = stats_scope
+    refs_kw = {} if spec.refs_kwargs is None else spec.refs_kwargs(refs, params, ds)
+    return spec.run(ds, **refs_kw, **kw)
 
 
 def needed_reftypes(params: Mapping) -> set[str]:
-    """Reference types the steps that run (not ``skip``) cannot do without.
-
-    Saturation runs without SUPERBIAS and gain_scale without GAIN (both optional there).
-    """
-    return {rt for name in STEP_ORDER if not params[name].skip
-            for rt in STEP_REFTYPES.get(name, ())
-            if (name, rt) not in (("saturation", "superbias"), ("gain_scale", "gain"))}
+    """Reference types the steps that run (not ``skip``) cannot do without (their optional
+    ones left out: saturation runs without SUPERBIAS, gain_scale without GAIN)."""
+    return {rt for s in registry.active() if not params[s.name].skip for rt in s.required_reftypes}
 
 
 def reference_set(ds: xr.Dataset, refs, params: Mapping, overrides: Mapping | None = None, *,
@@ -338,8 +253,8 @@ def reference_set(ds: xr.Dataset, refs, params: Mapping, overrides: Mapping | No
     if refs is None:
         missing = sorted(needed - {k.lower().removeprefix("override_") for k in (overrides or {})})
         if strict and missing:
-            steps = sorted({n for n in STEP_ORDER if not params[n].skip
-                            and set(STEP_REFTYPES.get(n, ())) & set(missing)})
+            steps = sorted({s.name for s in registry.active() if not params[s.name].skip
+                            and set(s.reftypes) & set(missing)})
             raise ConfigError(
                 f"no reference files given: steps {', '.join(steps)} need "
                 f"{', '.join(m.upper() for m in missing)}; give --refs DIR (or --override-<reftype> "
@@ -436,9 +351,10 @@ def detector1(
     # every step parameter is checked here, before either engine is chosen; both engines run
     # with these validated Params (nothing reads the raw ``steps`` mapping again)
     params = validate_steps(steps)
+    ramp = registry.ramp_step_names()
     for name in save_steps:
-        if name not in STEP_ORDER or name in ("ramp_fit", "gain_scale"):
-            raise ConfigError(f"save_steps: {name!r} is not a ramp step; choose from {STEP_ORDER[:-2]}")
+        if name not in ramp:
+            raise ConfigError(f"save_steps: {name!r} is not a ramp step; choose from {ramp}")
     if stats_scope not in ("segment", "exposure"):
         raise ConfigError(f"stats_scope must be 'segment' or 'exposure', got {stats_scope!r}")
     refs = reference_set(ds, refs, params, overrides)
@@ -490,9 +406,10 @@ def detector1(
                     lazy_stats=lazy_stats, provenance=provenance, save_steps=save_steps,
                     intermediates=intermediates)
     fields = None
-    if not params["ramp_fit"].skip:
-        fields = _call_step("ramp_fit", ds, refs, params["ramp_fit"], stats_scope=stats_scope,
-                            fields_only=True)
+    fit = registry.FIT_STEP
+    if not params[fit].skip:
+        # per-integration fields; finish() makes the products from them
+        fields = _call_step(fit, ds, refs, params[fit], stats_scope=stats_scope, fields_only=True)
     rate, rateints = finish(fields, ds, refs, params, provenance)
     return Detector1Result(rate=rate, rateints=rateints, intermediates=intermediates,
                            provenance=provenance, frame_stats={**lazy_stats, **given_stats})
@@ -501,20 +418,23 @@ def detector1(
 def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given_stats: Mapping,
                lazy_stats: dict | None = None, provenance: dict | None = None,
                save_steps: Sequence[str] = (), intermediates: dict | None = None,
-               until: str = "ramp_fit", frame_shape: tuple[int, int] | None = None,
+               until: str = registry.FIT_STEP, frame_shape: tuple[int, int] | None = None,
                start: str | None = None) -> xr.Dataset:
-    """Run the ramp steps of :data:`STEP_ORDER` from ``start`` (default: the first) up to,
-    not including, ``until`` on ``ds`` (lazy or numpy).
+    """Run the ramp steps of the registry from ``start`` (default: the first) up to, not
+    including, ``until`` on ``ds`` (lazy or numpy).
 
     ``given_stats`` holds whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``,
-    ``plane_dnu``); those missing are derived from ``ds`` itself (lazily, recorded in
+    ``plane_dnu``, ``gain_median``), which the steps take through their spec's
+    ``stats_kwargs``; those missing are derived from ``ds`` itself (lazily, recorded in
     ``lazy_stats``).  ``frame_shape`` is the parent subarray size when ``ds`` is a window of it.
     Step statuses and parameters are recorded in ``provenance["steps"]`` when given.
     """
     lazy_stats = {} if lazy_stats is None else lazy_stats
     record_steps = None if provenance is None else provenance.setdefault("steps", {})
-    first = 0 if start is None else STEP_ORDER.index(start)
-    for name in STEP_ORDER[first: STEP_ORDER.index(until)]:
+    order = registry.step_order()
+    first = 0 if start is None else order.index(start)
+    for name in order[first: order.index(until)]:
+        spec = registry.spec(name)
         p = params[name]
         record = {"parameters": dataclasses.asdict(p)}
         if record_steps is not None:
@@ -524,78 +444,60 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
             _set_status(ds, name, "SKIPPED")
             continue
         extra = {}
-        if name == "refpix":
-            from .steps.refpix import refpix_offsets
-
-            for key, zf in (("refpix_offsets", False), ("refpix_zf_offsets", True)):
-                off = given_stats.get(key)
-                if off is None and key not in given_stats:
-                    off = lazy_stats[key] = refpix_offsets(ds, zeroframe=zf, **_kwargs(p))
-                extra["zeroframe_offsets" if zf else "offsets"] = off
-            extra["frame_shape"] = frame_shape
-        elif name == "jump":
-            planes = given_stats.get("plane_dnu")
-            if planes is None:
-                # groups in which every pixel of the whole frame is DO_NOT_USE
-                planes = lazy_stats["plane_dnu"] = (
-                    (ds[dims.GROUPDQ] & np.uint8(1)) != 0).all(dim=(dims.Y, dims.X))
-            extra["plane_dnu"] = planes.data if isinstance(planes, xr.DataArray) else planes
-            if frame_shape is not None and (ds.sizes[dims.Y], ds.sizes[dims.X]) != tuple(frame_shape):
-                # a window of the subarray: whole-frame rules use the frame's values
-                extra["whole_frame"] = False
-                if given_stats.get("gain_median") is not None:
-                    extra["gain_median"] = given_stats["gain_median"]
+        if spec.stats_kwargs is not None:
+            extra = spec.stats_kwargs(ds, p, given_stats, lazy_stats, frame_shape)
         out = _call_step(name, ds, refs, p, stats_scope=stats_scope, **extra)
         if out is None:
-            record["status"] = "SKIPPED"
-            # the references this step cannot run without, and why each is missing
-            lacking = [rt for rt in STEP_REFTYPES.get(name, ()) if _ref(refs, rt) is None
-                       and (name, rt) != ("saturation", "superbias")]
-            record["reason"] = "; ".join(
-                f"{rt.upper()}: no reference files given" if refs is None else refs.reason(rt)
-                for rt in lacking) or "no reference file"
+            _skipped(record, spec, refs)
             _set_status(ds, name, "SKIPPED")
         else:
             ds = out
-            record["status"] = ds.attrs.get(STATUS_KEY[name], "COMPLETE")
+            record["status"] = ds.attrs.get(spec.status, "COMPLETE")
         if name in save_steps and intermediates is not None:
             intermediates[name] = ds
     return ds
 
 
+def _skipped(record: dict, spec, refs) -> None:
+    """Record a step skipped for want of references: the ones it cannot run without, and why
+    each is missing."""
+    record["status"] = "SKIPPED"
+    record["reason"] = "; ".join(
+        f"{rt.upper()}: no reference files given" if refs is None else refs.reason(rt)
+        for rt in spec.missing(refs)) or "no reference file"
+
+
 def finish(fields, ds: xr.Dataset, refs, params: Mapping, provenance: dict,
            *, pixeldq: xr.DataArray | None = None):
     """``(rate, rateints)`` from ramp_fit's per-integration fields (or per-block products,
-    see :func:`daskramp.steps.ramp_fit.products`), then gain_scale (lazy)."""
-    from .steps import ramp_fit as _ramp_fit
-
+    see :func:`daskramp.steps.ramp_fit.products`), then the steps on the rate products
+    (gain_scale; lazy)."""
     rate = rateints = None
     steps = provenance.setdefault("steps", {})
-    for name in ("ramp_fit", "gain_scale"):
+    order = registry.step_order()
+    for name in order[order.index(registry.FIT_STEP):]:
+        spec = registry.spec(name)
         p = params[name]
         record = steps[name] = {"parameters": dataclasses.asdict(p)}
-        if p.skip or (name == "gain_scale" and rate is None):
+        if p.skip or (spec.on_rate and rate is None):
             record["status"] = "SKIPPED"
-            if name == "ramp_fit":
+            if not spec.on_rate:
                 _set_status(ds, name, "SKIPPED")
             continue
-        if name == "ramp_fit":
-            rate, rateints = _ramp_fit.products(fields, ds, gain=_image(_ref(refs, "gain")),
+        if name == registry.FIT_STEP:
+            rate, rateints = _ramp_fit.products(fields, ds, gain=ref_array(ref(refs, "gain")),
                                                save_intercepts=p.save_intercepts, pixeldq=pixeldq)
             record["status"] = "COMPLETE"
             continue
-        gain = _ref(refs, "gain")
-        factor = None if gain is None else gain.header.get("GAINFACT")
-        fn = step_module(name).gain_scale
-        kw = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("skip",)}
-        kw.setdefault("gain_factor", None)
-        if kw.get("gain_factor") is None:
-            kw["gain_factor"] = ds.attrs.get("GAINFACT", factor)
-        rate = fn(rate, **kw)
-        rateints = fn(rateints, **kw)
-        record["status"] = rate.attrs.get("S_GANSCL", "COMPLETE")
+        scope = provenance.get("stats_scope", "segment")
+        out = _call_step(name, rate, refs, p, stats_scope=scope)
+        if out is None:
+            _skipped(record, spec, refs)
+            continue
+        rate, rateints = out, _call_step(name, rateints, refs, p, stats_scope=scope)
+        record["status"] = rate.attrs.get(spec.status, "COMPLETE")
 
-    statuses = {STATUS_KEY[n]: steps[n]["status"] for n in STEP_ORDER if n in steps}
+    statuses = {registry.spec(n).status: steps[n]["status"] for n in order if n in steps}
     for prod in (rate, rateints):
         if prod is not None:
             prod.attrs.update(statuses)
@@ -603,7 +505,7 @@ def finish(fields, ds: xr.Dataset, refs, params: Mapping, provenance: dict,
 
 
 def _set_status(ds: xr.Dataset, name: str, status: str) -> None:
-    ds.attrs[STATUS_KEY[name]] = status
+    ds.attrs[registry.spec(name).status] = status
 
 
 def _tile(ds: xr.Dataset, cols: int, stats_scope: str) -> xr.Dataset:

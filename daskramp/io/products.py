@@ -72,6 +72,7 @@ from ..dims import (
     INTEGRATION_NUMBER,
     RAMP_DIMS,
 )
+from ..steps import REGISTRY
 from .store import (
     CHUNKS_ATTR,
     COMPLETE_ATTR,
@@ -102,23 +103,13 @@ COUNT_SPLIT_EVERY = 8
 #: target size of one Zarr chunk of a product (the integration axis is split to reach it)
 ZARR_CHUNK_BYTES = 16 * 2**20
 
-#: step name → status keyword (spec 01 §5; stdatamodels core schema)
+#: step name → status keyword (spec 01 §5; stdatamodels core schema): the registered steps'
+#: (:data:`daskramp.steps.REGISTRY`) and those of the official steps daskramp does not run
 STATUS_KEYWORDS = {
-    "group_scale": "S_GRPSCL",
-    "dq_init": "S_DQINIT",
-    "saturation": "S_SATURA",
+    **{s.name: s.status for s in REGISTRY},
     "ipc": "S_IPC",
-    "superbias": "S_SUPERB",
-    "refpix": "S_REFPIX",
-    "linearity": "S_LINEAR",
-    "dark_current": "S_DARK",
-    "charge_migration": "S_CHGMIG",
-    "jump": "S_JUMP",
     "picture_frame": "S_PCTFRM",
-    "clean_flicker_noise": "S_CLNFNS",
     "persistence": "S_PERSIS",
-    "ramp_fit": "S_RAMP",
-    "gain_scale": "S_GANSCL",
 }
 STATUS_VALUES = ("COMPLETE", "SKIPPED", "FAILED")
 
@@ -243,6 +234,8 @@ def product_attrs(attrs: Mapping, provenance: Mapping, *, kind: str) -> dict:
         key = REFERENCE_KEYWORDS.get(rt)
         if key and isinstance(rec, Mapping) and rec.get("file"):
             out[key] = str(rec["file"])
+    # the model of the product, as its FITS file says (not the uncal's Level1bModel)
+    out["DATAMODL"] = DATAMODELS[kind]
     out["BUNIT"] = "DN" if kind == "ramp" else "DN/s"
     out[PROVENANCE_ATTR] = json.dumps(provenance, default=_json_default, sort_keys=True)
     return out

@@ -14,9 +14,12 @@ from ..dims import DATA, GROUP, GROUPDQ, GROUPDQ_DTYPE, validate
 from ..kernels import charge_migration as kernel
 from ..params import boolean, floating
 from ._apply import map_ramp_blocks
+from ._spec import StepSpec
 from .convert import COMPLETE, SKIPPED, with_status
 
 STATUS = "S_CHGMIG"
+#: pixels on each side a result depends on (neighbour flagging)
+HALO = 1
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,11 @@ def charge_migration(
         ds[DATA],
         ds[GROUPDQ],
         dtype=GROUPDQ_DTYPE,
-        halo=1,
+        halo=HALO,
         signal_threshold=float(signal_threshold),
     )
     return with_status(ds, STATUS, COMPLETE, groupdq=groupdq)
+
+
+SPEC = StepSpec(name="charge_migration", status=STATUS, params=Params, run=charge_migration,
+                scratch=1.25, halo=lambda p: HALO)

@@ -46,6 +46,7 @@ from ..dims import (
 from ..kernels import clean_flicker_noise as kernel
 from ..params import boolean, check, floating, image, int_list, option
 from ._apply import map_ramp_blocks
+from ._spec import StepSpec
 from .convert import COMPLETE, SKIPPED, with_status
 
 STATUS = "S_CLNFNS"
@@ -276,3 +277,10 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.D
     if p.save_noise:
         updates[STRIPES_VAR] = stripes.assign_attrs(units="DN")
     return with_status(ds, STATUS, COMPLETE, **updates)
+
+
+# scratch: an estimate, not a measurement (``python -m daskramp.memory --measure`` runs the
+# default configuration, in which the step is skipped and costs nothing)
+SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=clean_flicker_noise,
+                scratch=3.0,
+                not_fusable=lambda p: None if p.skip else "clean_flicker_noise fits whole frames")

@@ -17,6 +17,7 @@ from ..dims import DATA, FLOAT_DTYPE, GROUP, IMAGE_DIMS, PIXELDQ, X, Y, validate
 from ..kernels import dark_current as kernel
 from ..params import boolean, floating, output_file
 from ._apply import map_ramp_blocks
+from ._spec import StepSpec, ref_array
 from .convert import COMPLETE, SKIPPED, as_image, as_planes, with_status
 
 STATUS = "S_DARK"
@@ -137,3 +138,25 @@ def _save_dark(path, avg, nframes, groupgap):
     hdr["NGROUPS"] = int(avg.shape[0])
     sci = fits.ImageHDU(np.asarray(avg, dtype=np.float32), name="SCI")
     fits.HDUList([fits.PrimaryHDU(header=hdr), sci]).writeto(path, overwrite=True)
+
+
+def _refs_kwargs(refs, params, ds) -> dict:
+    dark = refs.get("dark")
+    h = dark.header
+    return {"dark": ref_array(dark), "dark_dq": ref_array(dark, "DQ"),
+            "dark_nframes": int(h.get("NFRAMES", 1)), "dark_groupgap": int(h.get("GROUPGAP", 0)),
+            "dark_avdrkcur": ref_array(dark, "AVDRKCUR"), "dark_avdrkcur_keyword": h.get("AVDRKCUR")}
+
+
+def _not_fusable(params) -> str | None:
+    # the frame-averaged dark is one file of the whole subarray, written once; a tile task
+    # sees only its window of it
+    if params.dark_output is not None:
+        return "dark_current.dark_output saves the whole frame-averaged dark"
+    return None
+
+
+# dark_current changes no group DQ
+SPEC = StepSpec(name="dark_current", status=STATUS, params=Params, run=dark_current, scratch=1.17,
+                reftypes=("dark",), refs_kwargs=_refs_kwargs, value_flags=False,
+                not_fusable=_not_fusable)

@@ -13,6 +13,7 @@ from ..dims import GROUPDQ, GROUPDQ_DTYPE, PIXELDQ, PIXELDQ_DTYPE, RAMP_DIMS, X,
 from ..kernels import dq_init as kernel
 from ..params import boolean, image
 from ._apply import map_ramp_blocks
+from ._spec import StepSpec, ref_array
 from .convert import COMPLETE, SKIPPED, apply_image, as_image, with_status
 
 STATUS = "S_DQINIT"
@@ -87,3 +88,12 @@ def dq_init(
     )
     pixeldq = apply_image(kernel.dq_init_pixeldq, ds[PIXELDQ], m).rename(PIXELDQ)
     return with_status(ds, STATUS, COMPLETE, groupdq=groupdq, pixeldq=pixeldq)
+
+
+def _refs_kwargs(refs, params, ds) -> dict:
+    return {"mask": ref_array(refs.get("mask"), "DQ")}
+
+
+SPEC = StepSpec(name="dq_init", status=STATUS, params=Params, run=dq_init, scratch=0.28,
+                reftypes=("mask",), refs_kwargs=_refs_kwargs,
+                image_params=(("user_supplied_dq", _load_user_dq),))

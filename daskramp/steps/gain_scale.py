@@ -12,6 +12,7 @@ import xarray as xr
 
 from ..kernels import gain_scale as kernel
 from ..params import boolean
+from ._spec import StepSpec, ref
 from .convert import COMPLETE, SKIPPED
 
 STATUS = "S_GANSCL"
@@ -60,3 +61,15 @@ def gain_scale(product: xr.Dataset, *, gain_factor: float | None = None, skip: b
             )
     out.attrs = {**product.attrs, "GAINFACT": factor, STATUS: COMPLETE}
     return out
+
+
+def _refs_kwargs(refs, params, product) -> dict:
+    # the GAINFACT of the GAIN file header, unless the product's keywords have one
+    gain = ref(refs, "gain")
+    factor = None if gain is None else gain.header.get("GAINFACT")
+    return {"gain_factor": product.attrs.get("GAINFACT", factor)}
+
+
+SPEC = StepSpec(name="gain_scale", status=STATUS, params=Params, run=gain_scale, scratch=0.0,
+                reftypes=("gain",), optional_reftypes=("gain",), refs_kwargs=_refs_kwargs,
+                on_rate=True)

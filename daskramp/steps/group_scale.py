@@ -15,6 +15,7 @@ from ..dims import DATA, FLOAT_DTYPE, validate
 from ..kernels import group_scale as kernel
 from ..params import boolean
 from ._apply import map_ramp_blocks
+from ._spec import StepSpec
 from .convert import COMPLETE, SKIPPED, with_status
 
 STATUS = "S_GRPSCL"
@@ -54,3 +55,6 @@ def group_scale(ds: xr.Dataset, *, skip: bool = False) -> xr.Dataset:
         frame_divisor=int(divisor),
     )
     return with_status(ds, STATUS, COMPLETE, data=data)
+
+
+SPEC = StepSpec(name="group_scale", status=STATUS, params=Params, run=group_scale, scratch=0.0)

@@ -41,6 +41,7 @@ from ..dims import (
 from ..kernels import jump as kernel
 from ..params import boolean, check, cores, floating, integer, scale_list
 from ._apply import chunk_by_segment, map_ramp_blocks
+from ._spec import StepSpec, ref_array
 
 STATUS = "S_JUMP"
 
@@ -169,6 +170,11 @@ def _integration_scale(value, ds: xr.Dataset) -> np.ndarray | None:
     return arr
 
 
+def _halo(p: Params) -> int:
+    """Pixels on each side a pixel's flags depend on: neighbour flagging reaches one."""
+    return 1 if p.flag_4_neighbors else 0
+
+
 def _median_image(gain):
     """An image filled with the nanmedian of ``gain`` (whole image in one block)."""
     return np.full_like(gain, np.nanmedian(gain), dtype=np.float32)
@@ -241,7 +247,7 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
     kw["nframes"] = int(attrs["NFRAMES"])
     kw["tgroup"] = float(attrs["TGROUP"])
     after_jump = p.after_jump_flag_time1 // kw["tgroup"] > 0 or p.after_jump_flag_time2 // kw["tgroup"] > 0
-    halo = 1 if p.flag_4_neighbors else 0
+    halo = _halo(p)
 
     lazy = _is_lazy(ds[DATA], ds[GROUPDQ], g, rn)
     if plane_dnu is not None:
@@ -312,3 +318,27 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
     out.attrs[STATUS] = "COMPLETE"
     return out
 
+
+def _refs_kwargs(refs, params, ds) -> dict:
+    return {"gain": ref_array(refs.get("gain")), "readnoise": ref_array(refs.get("readnoise"))}
+
+
+def _stats_kwargs(ds: xr.Dataset, params, given, lazy, frame_shape) -> dict:
+    """``plane_dnu`` (given, or reduced lazily from ``ds`` and kept in ``lazy``); for a window
+    of the subarray, ``whole_frame=False`` and the whole subarray's ``gain_median``."""
+    planes = given.get("plane_dnu")
+    if planes is None:
+        # groups in which every pixel of the whole frame is DO_NOT_USE
+        planes = lazy["plane_dnu"] = ((ds[GROUPDQ] & np.uint8(dq.DO_NOT_USE)) != 0).all(dim=(Y, X))
+    out = {"plane_dnu": planes.data if isinstance(planes, xr.DataArray) else planes}
+    if frame_shape is not None and (ds.sizes[Y], ds.sizes[X]) != tuple(frame_shape):
+        # a window of the subarray: whole-frame rules use the frame's values
+        out["whole_frame"] = False
+        if given.get("gain_median") is not None:
+            out["gain_median"] = given["gain_median"]
+    return out
+
+
+SPEC = StepSpec(name="jump", status=STATUS, params=Params, run=jump, scratch=0.50,
+                reftypes=("gain", "readnoise"), refs_kwargs=_refs_kwargs, refs_missing="error",
+                stats_kwargs=_stats_kwargs, halo=_halo, pools_integrations=True)

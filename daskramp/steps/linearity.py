@@ -18,6 +18,7 @@ from ..kernels import linearity as kernel
 from ..kernels.saturation import read_pattern as make_read_pattern
 from ..params import boolean
 from ._apply import map_ramp_blocks
+from ._spec import StepSpec, ref_array
 from .convert import COMPLETE, SKIPPED, as_image, as_planes, with_status, zeroframe_blocks
 
 STATUS = "S_LINEAR"
@@ -105,3 +106,14 @@ def _correct_block(data, groupdq, *planes, ncoeffs, read_pattern):
 
 def _zeroframe_block(zeroframe, *planes):
     return kernel.linearity_zeroframe(zeroframe, np.stack(planes))
+
+
+def _refs_kwargs(refs, params, ds) -> dict:
+    lin = refs.get("linearity")
+    return {"coeffs": ref_array(lin, "COEFFS"), "lin_dq": ref_array(lin, "DQ"),
+            "inv_coeffs": ref_array(lin, "INV_COEFFS")}
+
+
+# linearity propagates the reference's DQ: the group DQ it leaves does not depend on the data
+SPEC = StepSpec(name="linearity", status=STATUS, params=Params, run=linearity, scratch=1.11,
+                reftypes=("linearity",), refs_kwargs=_refs_kwargs, value_flags=False)

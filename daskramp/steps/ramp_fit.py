@@ -37,7 +37,9 @@ from ..dims import (
 from ..kernels import ramp_fit as _k
 from ..params import boolean, check, cores, integer, option, string
 from ._apply import chunk_by_segment, map_ramp_blocks
+from ._spec import StepSpec, ref_array
 
+STATUS = "S_RAMP"
 AVERAGE_DARK_CURRENT = "average_dark_current"
 #: rateints / rate variables, their kernel field and dtype
 _OUTPUTS = (
@@ -416,7 +418,7 @@ def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
     gain_attrs = getattr(gain, "attrs", {}) or {}
     if gain_attrs.get("GAINFACT") is not None:
         attrs["GAINFACT"] = gain_attrs["GAINFACT"]
-    attrs.update(BUNIT="DN/s", S_RAMP="COMPLETE")
+    attrs.update({"BUNIT": "DN/s", STATUS: "COMPLETE"})
 
     pdq = ds[PIXELDQ] if pixeldq is None else pixeldq
     if isinstance(fields, Mapping):
@@ -441,3 +443,32 @@ def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
     rate = rate.assign_coords({d: ds[d] for d in IMAGE_DIMS if d in ds.coords})
     rate.attrs.update(attrs)
     return rate, rateints
+
+
+def run(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", fields_only: bool = False,
+        products_only: bool = False, **params):
+    """What the engines call (the spec's ``run``): :func:`ramp_fit`, or one of its two parts.
+
+    ``fields_only``: :func:`ramp_fields` (the step-by-step layout: the pipeline makes the
+    products from them, :func:`daskramp.pipeline.finish`); ``products_only``:
+    :func:`ramp_products` (the in-memory window of a fused tile task: its rateints blocks and
+    rate-term sums).
+    """
+    if not (fields_only or products_only):
+        return ramp_fit(ds, gain=gain, readnoise=readnoise, stats_scope=stats_scope, **params)
+    p = Params(**params)
+    kw = dict(gain=gain, readnoise=readnoise, stats_scope=stats_scope,
+              suppress_one_group=p.suppress_one_group, firstgroup=p.firstgroup, lastgroup=p.lastgroup)
+    if products_only:
+        return ramp_products(ds, save_intercepts=p.save_intercepts, **kw)
+    return ramp_fields(ds, **kw)
+
+
+def _refs_kwargs(refs, params, ds) -> dict:
+    return {"gain": ref_array(refs.get("gain")), "readnoise": ref_array(refs.get("readnoise"))}
+
+
+SPEC = StepSpec(name="ramp_fit", status=STATUS, params=Params, run=run, scratch=3.24,
+                reftypes=("gain", "readnoise"), refs_kwargs=_refs_kwargs, refs_missing="error",
+                pools_integrations=True,
+                not_fusable=lambda p: "ramp_fit is skipped (no products)" if p.skip else None)

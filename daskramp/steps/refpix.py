@@ -28,6 +28,7 @@ from ..dims import DATA, FLOAT_DTYPE, GROUP, INTEGRATION, PIXELDQ, ZEROFRAME, X,
 from ..kernels import refpix as kernel
 from ..params import boolean, check, floating, integer, option
 from ._apply import map_ramp_blocks
+from ._spec import StepSpec, params_kwargs
 
 STATUS = "S_REFPIX"
 COMPLETE = "COMPLETE"
@@ -321,3 +322,19 @@ def refpix(ds: xr.Dataset, *, offsets: xr.DataArray | None = None,
         # a zero frame of 0 means "not recorded" and stays 0
         updates[ZEROFRAME] = corrected.where(zf != 0, np.float32(0)).astype(FLOAT_DTYPE)
     return _with_status(ds, COMPLETE, **updates)
+
+
+def _stats_kwargs(ds: xr.Dataset, params, given, lazy, frame_shape) -> dict:
+    """The offsets of the data and the zero frame (given, or derived lazily from ``ds`` and
+    kept in ``lazy``; a given None means none) and ``frame_shape``."""
+    out = {"frame_shape": frame_shape}
+    for key, zf in (("refpix_offsets", False), ("refpix_zf_offsets", True)):
+        off = given.get(key)
+        if off is None and key not in given:
+            off = lazy[key] = refpix_offsets(ds, zeroframe=zf, **params_kwargs(params))
+        out["zeroframe_offsets" if zf else "offsets"] = off
+    return out
+
+
+SPEC = StepSpec(name="refpix", status=STATUS, params=Params, run=refpix, scratch=1.03,
+                stats_kwargs=_stats_kwargs)

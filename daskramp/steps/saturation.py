@@ -31,6 +31,7 @@ from ..dims import DATA, GROUPDQ, GROUPDQ_DTYPE, PIXELDQ, ZEROFRAME, validate
 from ..kernels import saturation as kernel
 from ..params import boolean, floating, image, integer
 from ._apply import map_ramp_blocks
+from ._spec import StepSpec, ref, ref_array
 from .convert import COMPLETE, SKIPPED, apply_image, as_image, with_status, zeroframe_blocks
 
 STATUS = "S_SATURA"
@@ -58,6 +59,12 @@ def _load_threshold(value):
             hdu = hdul["SCI"] if "SCI" in hdul else hdul[0]
             return np.asarray(hdu.data, dtype=np.float32)
     return value
+
+
+def _halo(n_pix_grow_sat: int) -> int:
+    """Pixels on each side a pixel's flags depend on: growth around saturated neighbours,
+    which are themselves found ``n_pix_grow_sat`` away."""
+    return 2 * int(n_pix_grow_sat)
 
 
 def _scaled(thresh: xr.DataArray, scale: float) -> xr.DataArray:
@@ -129,7 +136,7 @@ def saturation(
         *images,
         *([] if bias is None else [bias]),
         dtype=GROUPDQ_DTYPE,
-        halo=2 * n,
+        halo=_halo(n),
         n_pix_grow_sat=n,
         read_pattern=rp,
         has_dq=sat_dq is not None,
@@ -169,3 +176,15 @@ def _pixeldq(pixeldq, thresh, sat_dq=None):
 
 def _zeroframe_block(zeroframe, thresh, sat_dq=None, *, n_pix_grow_sat):
     return kernel.saturation_zeroframe(zeroframe, thresh, sat_dq, n_pix_grow_sat=n_pix_grow_sat)
+
+
+def _refs_kwargs(refs, params, ds) -> dict:
+    sat = refs.get("saturation")
+    return {"threshold": ref_array(sat), "threshold_dq": ref_array(sat, "DQ"),
+            "superbias": ref_array(ref(refs, "superbias"))}
+
+
+SPEC = StepSpec(name="saturation", status=STATUS, params=Params, run=saturation, scratch=1.11,
+                reftypes=("saturation", "superbias"), optional_reftypes=("superbias",),
+                refs_kwargs=_refs_kwargs, halo=lambda p: _halo(p.n_pix_grow_sat),
+                image_params=(("user_threshold", _load_threshold),))

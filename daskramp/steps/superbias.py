@@ -14,6 +14,7 @@ from ..dims import DATA, FLOAT_DTYPE, PIXELDQ, ZEROFRAME, validate
 from ..kernels import superbias as kernel
 from ..params import boolean
 from ._apply import map_ramp_blocks
+from ._spec import StepSpec, ref_array
 from .convert import COMPLETE, SKIPPED, apply_image, as_image, with_status, zeroframe_blocks
 
 STATUS = "S_SUPERB"
@@ -57,3 +58,12 @@ def superbias(ds: xr.Dataset, *, superbias=None, superbias_dq=None, skip: bool =
             kernel.superbias_zeroframe, ds[ZEROFRAME], bias, dtype=FLOAT_DTYPE
         )
     return with_status(ds, STATUS, COMPLETE, **updates)
+
+
+def _refs_kwargs(refs, params, ds) -> dict:
+    bias = refs.get("superbias")
+    return {"superbias": ref_array(bias), "superbias_dq": ref_array(bias, "DQ")}
+
+
+SPEC = StepSpec(name="superbias", status=STATUS, params=Params, run=superbias, scratch=1.03,
+                reftypes=("superbias",), refs_kwargs=_refs_kwargs)

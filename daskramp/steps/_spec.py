@@ -1,0 +1,128 @@
+"""What a step declares about itself: :class:`StepSpec`, the ``SPEC`` of every step module.
+
+A step module (``daskramp.steps.<name>``) holds its validated ``Params``, its xarray wrapper
+and a ``SPEC``: the facts both engines (:mod:`daskramp.pipeline`, :mod:`daskramp.fused`),
+the memory projection (:mod:`daskramp.memory`) and the products (:mod:`daskramp.io.products`)
+read about it.  The ordered registry of specs is :data:`daskramp.steps.REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: what ``refs_missing`` may say: the step is skipped, or the run is refused
+REFS_MISSING = ("skip", "error")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """The facts of one calibration step.
+
+    Attributes
+    ----------
+    name : str
+        The official step name (``steps.<name>`` in configurations).
+    status : str
+        FITS status keyword the step sets (``S_JUMP``; stdatamodels core schema).
+    params : type
+        The step's frozen ``Params`` dataclass (fields declared with :mod:`daskramp.params`).
+    run : callable
+        What the engines call: ``run(ds, **params, **refs_kwargs, [stats_scope=...],
+        **extra)`` with every ``Params`` field but ``skip``; the step's wrapper, except where
+        its module documents a dispatcher (ramp_fit).
+    scratch : float
+        Peak scratch and output bytes of one call per byte of float32 ramp it is given, the
+        input not included (:mod:`daskramp.memory` adds it); reproduce with
+        ``python -m daskramp.memory --measure`` (see that module's docstring).
+    reftypes : tuple of str
+        Reference types the step reads (:data:`daskramp.io.refs.REFTYPES`).
+    optional_reftypes : tuple of str
+        Those of ``reftypes`` it runs without; the others are required.
+    refs_kwargs : callable, optional
+        ``refs_kwargs(refs, params, ds) -> dict``: the keyword arguments of ``run`` taken from
+        the reference files (a :class:`~daskramp.io.refs.RefSet`, or None), called only when
+        every required reftype is there.
+    refs_missing : {"skip", "error"}
+        A required reference missing skips the step (status SKIPPED with the reason), or is
+        an error (:class:`~daskramp.config.ConfigError`).
+    stats_kwargs : callable, optional
+        ``stats_kwargs(ds, params, given, lazy, frame_shape) -> dict``: keyword arguments from
+        the whole-frame statistics a tile cannot see.  ``given`` holds those computed before
+        (read only); a statistic derived here from ``ds`` is also stored in ``lazy``;
+        ``frame_shape`` is the subarray's ``(ny, nx)`` when ``ds`` is a window of it.
+    halo : callable, optional
+        ``halo(params) -> int``: how many pixels, on each side, the step's result at a pixel
+        depends on beyond it (the fused layout widens each window by the sum, see
+        :func:`daskramp.fused.halo_width`); None: pixel-local.
+    pools_integrations : bool
+        The step pools statistics over the integrations of a segment (or the exposure): it
+        takes ``stats_scope`` and runs on blocks holding all of them (pixel tiles).
+    on_rate : bool
+        The step works on the rate products (after ramp_fit), not on the ramp.
+    value_flags : bool
+        The group DQ the step sets may depend on the data values (False for steps that only
+        propagate reference DQ; the fused layout's probe of jump's all-DO_NOT_USE planes then
+        need not wait for the refpix offsets, see :func:`daskramp.fused._probe_needs_offsets`).
+    not_fusable : callable, optional
+        ``not_fusable(params) -> str | None``: why the fused per-tile layout cannot run this
+        configuration of the step (None: it can); called whether or not the step is skipped.
+    image_params : tuple of (str, callable)
+        Parameters that are ``(y, x)`` images of the whole subarray, each with the loader of
+        its FITS path form (the fused layout loads them once and cuts them per window).
+    """
+
+    name: str
+    status: str
+    params: type
+    run: Callable
+    scratch: float
+    reftypes: tuple[str, ...] = ()
+    optional_reftypes: tuple[str, ...] = ()
+    refs_kwargs: Callable[[Any, Any, Any], dict] | None = None
+    refs_missing: str = "skip"
+    stats_kwargs: Callable[..., dict] | None = None
+    halo: Callable[[Any], int] | None = None
+    pools_integrations: bool = False
+    on_rate: bool = False
+    value_flags: bool = True
+    not_fusable: Callable[[Any], str | None] | None = None
+    image_params: tuple[tuple[str, Callable], ...] = ()
+
+    def __post_init__(self):
+        if self.refs_missing not in REFS_MISSING:
+            raise ValueError(f"step {self.name}: refs_missing must be one of {REFS_MISSING}")
+        extra = set(self.optional_reftypes) - set(self.reftypes)
+        if extra:
+            raise ValueError(f"step {self.name}: optional reftypes {sorted(extra)} are not among its reftypes")
+        if self.reftypes and self.refs_kwargs is None:
+            raise ValueError(f"step {self.name} reads {self.reftypes} but declares no refs_kwargs")
+
+    @property
+    def required_reftypes(self) -> tuple[str, ...]:
+        """The reftypes the step cannot run without."""
+        return tuple(rt for rt in self.reftypes if rt not in self.optional_reftypes)
+
+    def missing(self, refs) -> list[str]:
+        """The required reftypes ``refs`` (a RefSet or None) has no file for."""
+        return [rt for rt in self.required_reftypes if ref(refs, rt) is None]
+
+
+def ref(refs, reftype: str):
+    """The reference file of ``reftype`` in ``refs`` (None without one, or without ``refs``)."""
+    return None if refs is None else refs.get(reftype)
+
+
+def ref_array(reffile, ext: str = "SCI"):
+    """The array of extension ``ext`` of a reference file (None without the file or array)."""
+    return None if reffile is None else reffile.arrays.get(ext)
+
+
+def params_kwargs(params) -> dict:
+    """A step's ``Params`` as the keyword arguments of its wrapper (every field but ``skip``)."""
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.name != "skip"}
+
+
+__all__ = ["REFS_MISSING", "StepSpec", "params_kwargs", "ref", "ref_array"]
