@@ -1,10 +1,15 @@
-# daskramp worker/scheduler image: the package and its runtime dependencies.
+# daskramp image for the scheduler, the workers and the client of docker-compose.yml: the
+# package with the plot extra (matplotlib for `daskramp report`, bokeh for the scheduler's
+# dashboard on port 8787).
 FROM python:3.11-slim
 WORKDIR /opt/daskramp
 COPY pyproject.toml README.md ./
 COPY daskramp ./daskramp
 COPY workflows ./workflows
-RUN pip install --no-cache-dir .
-# the shared volume: inputs, reference files and outputs at the same path in every container
+RUN pip install --no-cache-dir ".[plot]"
+# numba caches the compiled kernels here (writable whatever the user the container runs as)
+ENV NUMBA_CACHE_DIR=/tmp/numba-cache
+# inputs, reference files and outputs: the host folder docker-compose.yml mounts at /data in
+# every container, so a path is the same for the client and the workers
 VOLUME ["/data"]
 WORKDIR /data

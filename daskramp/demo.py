@@ -7,6 +7,8 @@ FITS) and compares the recovered rates with the simulator's truth.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from pathlib import Path
 
@@ -15,23 +17,48 @@ import numpy as np
 #: the embedded default: a SOSS-like strip narrow enough to run in about a minute
 DEMO = {"preset": "niriss-soss", "ngroups": 9, "nx": 256, "seed": 1}
 
+logger = logging.getLogger("daskramp.demo")
 
-def demo(outdir="daskramp-demo", *, nints: int = 12, segments: int = 2, cluster=None) -> dict:
+
+def demo(outdir="daskramp-demo", *, nints: int = 12, segments: int = 2, cluster=None,
+         progress: bool = True) -> dict:
+    """Simulate, convert, run and compare with the truth in ``outdir``; the summary of
+    :func:`daskramp.run.run` plus the files written and the comparison with the truth.
+
+    ``progress``: the progress bars (and, when the application set up no logging, the log)
+    on stderr.  Every step is logged to the ``daskramp.demo`` logger as it starts."""
     from .cluster import connect
     from .io import ingest
+    from .io.store import consolidate
+    from .progress import RunMonitor, log_to, logging_configured
     from .run import run
     from .simulate import simulate
 
     outdir = Path(outdir)
     t0 = time.perf_counter()
-    _fresh(outdir)
-    sim = simulate(outdir / "uncal", nints=nints, segments=segments, **DEMO)
-    with connect(cluster) as client:
-        store = ingest(sim.uncal_files, outdir / "exposure.zarr", overwrite=True)
-        summary = run([store], outdir / "products", refs=sim.refs_dir, client=client)
-    summary = {"simulated_files": [str(f) for f in sim.uncal_files], "store": str(store), **summary}
-    summary.update(compare_with_truth(summary["outputs"]["rateints_zarr"], sim.truth_path))
-    summary["total_wall_s"] = time.perf_counter() - t0
+    with log_to(stderr=progress and not logging_configured()):
+        _fresh(outdir)
+        logger.info(f"1/4 simulating a NIRISS SOSS exposure of {segments} uncal segment(s) × {nints} "
+                    f"integrations × {DEMO['ngroups']} groups × 256 × {DEMO['nx']} pixels, with "
+                    f"reference files and the true rates, in {outdir / 'uncal'}")
+        sim = simulate(outdir / "uncal", nints=nints, segments=segments, **DEMO)
+        consolidate(sim.truth_path)
+        logger.info(f"2/4 starting a local dask cluster (the first demo also compiles the numba "
+                    f"kernels in each worker, cached for later runs) [{time.perf_counter() - t0:.0f} s]")
+        with connect(cluster, quiet=not progress) as client:
+            logger.info(f"3/4 converting the uncal segments to the Zarr store {outdir / 'exposure.zarr'} "
+                        f"[{time.perf_counter() - t0:.0f} s]")
+            with RunMonitor(client, stream=sys.stderr if progress else None, label="ingest"):
+                store = ingest(sim.uncal_files, outdir / "exposure.zarr", overwrite=True)
+            logger.info(f"4/4 running Detector1 on the store into {outdir / 'products'} "
+                        f"[{time.perf_counter() - t0:.0f} s]")
+            summary = run([store], outdir / "products", refs=sim.refs_dir, client=client,
+                          progress=progress)
+        logger.info("comparing the rates with the simulated truth")
+        summary = {"simulated_files": [str(f) for f in sim.uncal_files], "store": str(store), **summary}
+        summary.update(compare_with_truth(summary["outputs"]["rateints_zarr"], sim.truth_path))
+        summary["total_wall_s"] = time.perf_counter() - t0
+        logger.info(f"demo done in {summary['total_wall_s']:.0f} s")
     return summary
 
 
@@ -70,7 +97,7 @@ def compare_with_truth(rateints_path, truth_path) -> dict:
 
     from .simulate import truth_rateints
 
-    ri = xr.open_zarr(rateints_path, consolidated=False)
+    ri = xr.open_zarr(rateints_path)
     truth = truth_rateints(truth_path)
     d = ri["data"].values  # the demo exposure is small by construction
     e = ri["err"].values

@@ -160,14 +160,17 @@ def column_psd(frequency, psd, *, pixel_time=10e-6, label=None, title="PSD of th
                units="DN²/Hz") -> Figure:
     """Log-log PSD with a secondary axis giving the length scale in pixels (1/(f·10 µs)).
 
-    ``psd`` is one curve or ``{label: curve}``.
+    ``psd`` is one curve or ``{label: curve}``.  The Nyquist frequency 1/(2 · pixel_time)
+    is left out: pixels read at an even pace carry only a cosine term there, so that bin holds
+    about half the power of its neighbours and would stretch the axis down.
     """
     f = np.asarray(frequency, np.float64)
     curves = psd if isinstance(psd, dict) else {label or "PSD": psd}
+    below = f < 0.5 / pixel_time * (1.0 - 1e-9)
     fig = Figure(figsize=SQUARE, layout="constrained")
     ax = fig.add_subplot()
     for name, p in curves.items():
-        ax.plot(f, np.asarray(p, np.float64), lw=1.0, label=name)
+        ax.plot(f[below], np.asarray(p, np.float64)[..., below], lw=1.0, label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("frequency (Hz)")

@@ -132,7 +132,16 @@ def find_products(src: str | Path | Sequence[str | Path]) -> Products:
 
 
 def _open(path: Path | None) -> xr.Dataset | None:
-    return None if path is None else xr.open_zarr(path, consolidated=False)
+    # consolidated metadata when the store has it (daskramp writes it), silently otherwise
+    return None if path is None else xr.open_zarr(path, consolidated=_consolidated(path))
+
+
+def _consolidated(path: Path) -> bool:
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return (Path(path) / ".zmetadata").is_file()  # Zarr v2
+    return isinstance(meta.get("consolidated_metadata"), dict)
 
 
 def parse_ranges(text: str, n: int) -> np.ndarray:
@@ -170,9 +179,20 @@ def _smooth_profile(image: np.ndarray, col: int, half: int = 2) -> np.ndarray:
     from scipy.ndimage import gaussian_filter1d
 
     band = image[:, max(0, col - half): col + half + 1]
-    prof = np.nanmedian(band, axis=1)
+    prof = _rowwise_nanmedian(band)
     prof = np.where(np.isfinite(prof), prof, np.nanmedian(prof))
     return gaussian_filter1d(prof - np.median(prof), 3.0)
+
+
+def _rowwise_nanmedian(band: np.ndarray) -> np.ndarray:
+    """Median of the finite values of each row; NaN for a row without any (reference pixels,
+    flagged columns), without numpy's "All-NaN slice" warning."""
+    band = np.asarray(band, np.float64)
+    out = np.full(band.shape[0], np.nan)
+    rows = np.isfinite(band).any(axis=1)
+    if rows.any():
+        out[rows] = np.nanmedian(band[rows], axis=1)
+    return out
 
 
 def _noise(image: np.ndarray) -> float:
@@ -232,12 +252,60 @@ class _Entry:
     note: str | None = None
 
 
+def _number(v):
+    """A JSON number (6 significant digits for floats; None for NaN/inf) or the value as is."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return float(f"{v:.6g}") if np.isfinite(v) else None
+    return v
+
+
+def _show(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    return "n/a" if v is None else str(v)
+
+
 class _Report:
     def __init__(self, outdir: Path):
         self.outdir = outdir
         self.entries: dict[str, _Entry] = {}
-        self.numbers: dict[str, str] = {}
+        #: key numbers: name → {"value": number or text, "unit": str or None, more fields}
+        self.numbers: dict[str, dict] = {}
         self.tables: dict[str, dict] = {}
+
+    def number(self, key: str, value, unit: str | None = None, **more) -> None:
+        """A key number: ``value`` in ``unit`` (None: a count, a ratio or a text) and more
+        fields (``error``, ``note``, …), written as such to numbers.json."""
+        entry = {"value": _number(value), "unit": unit}
+        entry.update({k: _number(v) for k, v in more.items()})
+        self.numbers[key] = entry
+
+    @staticmethod
+    def shown(entry: Mapping) -> str:
+        """The HTML text of a key number: value, unit, then the other fields."""
+        text = _show(entry.get("value"))
+        unit = entry.get("unit")
+        if "error" in entry:
+            text += f" ± {_show(entry['error'])}"
+        if unit:
+            text += f" {unit}"
+        more = []
+        for k, v in entry.items():
+            if k in ("value", "unit", "error", "note"):
+                continue
+            # a field named <name>_<unit> (t0_h: hours)
+            name, _, u = k.rpartition("_") if k.endswith(("_h", "_s", "_ppm")) else (k, "", "")
+            more.append(f"{name.replace('_', ' ')} = {_show(v)}" + (f" {u}" if u else ""))
+        if entry.get("note"):
+            more.append(str(entry["note"]))
+        return text + (f" ({'; '.join(more)})" if more else "")
 
     def figure(self, key: str, fig) -> None:
         name = f"{key}.png"
@@ -254,7 +322,8 @@ class _Report:
                "table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 8px}"
                "img{max-width:100%;border:1px solid #ddd}.note{color:#a33}</style></head><body>",
                f"<h1>{esc(title)}</h1>", "<h2>Key numbers</h2>", "<table>"]
-        out += [f"<tr><th style='text-align:left'>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in self.numbers.items()]
+        out += [f"<tr><th style='text-align:left'>{esc(k)}</th><td>{esc(self.shown(v))}</td></tr>"
+                for k, v in self.numbers.items()]
         out.append("</table>")
         for name, table in self.tables.items():
             out += [f"<h3>{esc(name)}</h3>", "<table><tr><th>flag</th><th>pixels</th><th>fraction (%)</th></tr>"]
@@ -335,9 +404,9 @@ def make_report(
     ref = rate if rate is not None else rateints
     root = (found.rate or found.rateints).name.rsplit("_rate", 1)[0]
     rep = _Report(outdir)
-    nums = rep.numbers
-    nums["product"] = root
-    nums["inputs"] = ", ".join(p.name for p in (found.rate, found.rateints, *found.ramps.values()) if p)
+    num = rep.number
+    num("product", root)
+    num("inputs", [p.name for p in (found.rate, found.rateints, *found.ramps.values()) if p])
 
     # ---- DQ of the rate (or of the rateints' first integration) and per integration
     rdq = rate["dq"] if rate is not None else rateints["dq"].isel({INTEGRATION: 0}, drop=True)
@@ -364,15 +433,14 @@ def make_report(
     rep.figure("dq_summary", plots.dq_fractions(table))
     rep.figure("dq_maps", plots.flag_maps({k: v.values for k, v in got["maps"].items()}, x=x, y=y))
     for f in ("DO_NOT_USE", "SATURATED", "JUMP_DET"):
-        nums[f"{f} fraction of rate pixels"] = f"{table.get(f, (0, 0.0))[1]:.4g} %"
+        num(f"{f} fraction of rate pixels", float(table.get(f, (0, 0.0))[1]), "%")
     if "per_int" in got:
         pi = got["per_int"]
         rep.figure("flags_per_int", plots.per_integration(
             {"JUMP_DET": 100 * pi["JUMP_DET_fraction"].values, "SATURATED": 100 * pi["SATURATED_fraction"].values},
             title="Pixels flagged per integration (rateints dq)"))
-        nums["jump rate (JUMP_DET per integration)"] = (
-            f"{100 * float(pi['JUMP_DET_fraction'].mean()):.4g} % of pixels "
-            f"({float(pi['JUMP_DET'].mean()):.1f} pixels per integration)")
+        num("jump rate (JUMP_DET per integration)", 100 * float(pi["JUMP_DET_fraction"].mean()),
+            "% of pixels", pixels_per_integration=float(pi["JUMP_DET"].mean()))
     else:
         rep.skip("flags_per_int", "no rateints product: per-integration flags skipped")
     if "nsat" in got:
@@ -438,9 +506,10 @@ def make_report(
     ri = rateints
     if correct_1overf:
         ri = a1f.correct_rateints_1overf(ri, bg_mask)
-        nums["1/f correction"] = f"rateints level, column median of pixels > {mask_halfwidth:g} rows from the traces"
+        num("1/f correction", f"rateints level, column median of pixels > {mask_halfwidth:g} rows "
+                              f"from the traces")
     else:
-        nums["1/f correction"] = "none applied by the report"
+        num("1/f correction", "none applied by the report")
     trace1 = traces["trace"].sel(order=1, drop=True)
     spec = aex.extract_aperture(ri, trace1.assign_coords({X: _coord(ri, X)}), radius=radius)
     lazy = {"spec": spec}
@@ -454,7 +523,7 @@ def make_report(
             t = got["per_int_trace"].sel(order=o)
             pos[f"order {int(o)}"] = atr.trace_position(t).values
         rep.figure("trace_position", plots.trace_positions(pos))
-        nums["trace movement rms (order 1)"] = f"{np.nanstd(pos['order 1']):.4f} pixel"
+        num("trace movement rms (order 1)", float(np.nanstd(pos["order 1"])), "pixel")
     else:
         rep.skip("trace_position", "per-integration tracing switched off")
 
@@ -479,38 +548,39 @@ def make_report(
             oot = np.abs(times - float(fit["t0"])) > half
             if oot.sum() < 4:
                 oot = None
-            nums["out-of-transit integrations"] = f"{int(np.sum(oot)) if oot is not None else nint} (from the box fit)"
+            num("out-of-transit integrations", int(np.sum(oot)) if oot is not None else nint,
+                note="from the box fit")
         else:
             fit = None
-            nums["out-of-transit integrations"] = f"all {nint} (no transit found: box depth < 5σ)"
+            num("out-of-transit integrations", nint, note="all: no transit found (box depth < 5σ)")
     elif oot is not None:
-        nums["out-of-transit integrations"] = f"{int(oot.sum())} (given)"
+        num("out-of-transit integrations", int(oot.sum()), note="given")
     wl = alc.white_light(spec, out_of_transit=oot, filter_size=1) if oot is not None else wl0
     f, e = wl["flux"].values, wl["flux_err"].values
     base = np.ones(nint, bool) if oot is None else oot
     scatter, expected = float(np.std(f[base], ddof=1)), float(np.median(e[base]))
-    nums["white-light scatter (out of transit)"] = f"{scatter * 1e6:.1f} ppm"
-    nums["white-light expected scatter (from err)"] = f"{expected * 1e6:.1f} ppm"
-    nums["white-light scatter / expected"] = f"{scatter / expected:.3f}"
+    num("white-light scatter (out of transit)", scatter * 1e6, "ppm")
+    num("white-light expected scatter (from err)", expected * 1e6, "ppm")
+    num("white-light scatter / expected", scatter / expected)
     model = None
     if oot is not None and (~oot).any():
         fit = _fit_trapezoid(alc, wl["flux"], wl["flux_err"], times)
         red = max(1.0, float(fit["chi2"]) / max(1, nint - 5)) ** 0.5
-        nums["transit depth (trapezoid fit)"] = (
-            f"{float(fit['depth']) * 1e6:.0f} ± {float(fit['depth_err']) * red * 1e6:.0f} ppm "
-            f"(t0 = {float(fit['t0']) / 3600:.4f} h, T14 = {float(fit['duration']) / 3600:.4f} h, "
-            f"ingress = {float(fit.attrs['ingress']) / 3600:.4f} h; error × √(χ²/dof) when > 1)")
+        num("transit depth (trapezoid fit)", float(fit["depth"]) * 1e6, "ppm",
+            error=float(fit["depth_err"]) * red * 1e6, t0_h=float(fit["t0"]) / 3600,
+            T14_h=float(fit["duration"]) / 3600, ingress_h=float(fit.attrs["ingress"]) / 3600,
+            note="error × √(χ²/dof) when > 1")
         shape = alc.trapezoid_shape(times, t0=float(fit["t0"]), duration=float(fit["duration"]),
                                     ingress=float(fit.attrs["ingress"]))
         model = float(fit["baseline"]) * (1.0 - float(fit["depth"]) * shape)
     rep.figure("white_light", plots.white_light(times / 3600.0, f, e, model=model))
-    nums["white-light outlier replacements"] = str(int(wl["n_replaced"].sum()))
+    num("white-light outlier replacements", int(wl["n_replaced"].sum()))
 
     m = alc.normalized_lightcurves(spec, out_of_transit=oot)
     rep.figure("lc_matrix", plots.lightcurve_matrix(m["lc"].values, x=xs))
     sens = alc.sensitivity(m, out_of_transit=oot).values
     rep.figure("sensitivity", plots.sensitivity(xs, sens))
-    nums["sensitivity (median over columns)"] = f"{np.nanmedian(sens):.3f} × expected"
+    num("sensitivity (median over columns)", float(np.nanmedian(sens)), "× expected")
     nbase = int(base.sum())
     if nbase >= 8:
         bs = alc.binned_scatter(wl["flux"], out_of_transit=base)
@@ -546,7 +616,8 @@ def _finish(rep: _Report, outdir: Path, title: str) -> Path:
             rep.skip(key, "not produced")
     path = outdir / "index.html"
     path.write_text(rep.html(f"daskramp report: {title}"), encoding="utf-8")
-    (outdir / "numbers.json").write_text(json.dumps(rep.numbers, indent=1), encoding="utf-8")
+    (outdir / "numbers.json").write_text(json.dumps(rep.numbers, indent=1, ensure_ascii=False),
+                                         encoding="utf-8")
     return path
 
 
@@ -555,15 +626,15 @@ def _finish(rep: _Report, outdir: Path, title: str) -> Path:
 
 def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``daskramp report`` (shared by :func:`main` and the package CLI)."""
-    p.add_argument("products", nargs="+", help="products directory, or *_rate.zarr/*_rateints.zarr/*_ramp.zarr stores")
-    p.add_argument("--out", required=True, help="output directory of index.html and the PNG figures")
-    p.add_argument("--oot", help="out-of-transit integrations as index ranges, e.g. 0:40,110:158")
-    p.add_argument("--radius", type=float, default=15.0, help="aperture half-height in pixels (default 15)")
+    p.add_argument("products", nargs="+", metavar="PRODUCTS", help="products directory, or *_rate.zarr/*_rateints.zarr/*_ramp.zarr stores")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory of index.html and the PNG figures")
+    p.add_argument("--oot", metavar="RANGES", help="out-of-transit integrations as index ranges, e.g. 0:40,110:158")
+    p.add_argument("--radius", type=float, default=15.0, metavar="PIXELS", help="aperture half-height in pixels (default 15)")
     p.add_argument("--correct-1overf", action="store_true",
                    help="remove the column background of each integration before extraction")
     p.add_argument("--no-trace-integrations", action="store_true",
                    help="trace the median image only (skips the trace-position figure)")
-    p.add_argument("--orders", help='JSON of trace settings, e.g. \'{"1": {"x_start": 2040, "x_end": 5, "y_start": 80}}\'')
+    p.add_argument("--orders", metavar="JSON", help='JSON of trace settings, e.g. \'{"1": {"x_start": 2040, "x_end": 5, "y_start": 80}}\'')
     return p
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import sys
 import time
@@ -34,6 +35,9 @@ import xarray as xr
 
 from .cluster import ClusterProfile, connect, worker_memory_limit
 from .config import ConfigError
+
+#: what a run does, one line per event (``daskramp run --log FILE``; :mod:`daskramp.progress`)
+logger = logging.getLogger("daskramp.run")
 
 #: ``frame_stats``: "compute" (default) evaluates the whole-frame statistics (refpix offsets,
 #: jump's DO_NOT_USE planes) in a first streaming pass so the tiles then run independently;
@@ -54,8 +58,15 @@ class InputError(FileNotFoundError):
 
 
 def product_root(inputs: Sequence[Path | str]) -> str:
-    """Product file root from the first input: ``jw…_00001-seg001_nis_uncal.fits`` → ``jw…_00001_nis``."""
-    name = Path(inputs[0]).name
+    """Product file root, as the official pipeline names it, from the first input:
+    ``jw…_00001-seg001_nis_uncal.fits`` → ``jw…_00001_nis``.
+
+    A Zarr store written by ``daskramp ingest`` is named after the uncal files it was
+    converted from (recorded in the store), whatever the store is called; any other store
+    after its own name (``exposure.zarr`` → ``exposure``).
+    """
+    first = Path(inputs[0])
+    name = (_ingested_from(first) if first.is_dir() else None) or first.name
     for suffix in (".zarr", ".fits"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
@@ -64,6 +75,19 @@ def product_root(inputs: Sequence[Path | str]) -> str:
     import re
 
     return re.sub(r"-seg\d{3}", "", name)
+
+
+def _ingested_from(store: Path) -> str | None:
+    """Name of the first uncal file a store was converted from (``daskramp_ingest`` in its
+    root attributes), or None."""
+    import json
+
+    try:
+        attrs = json.loads((store / "zarr.json").read_text()).get("attributes") or {}
+        name = attrs["daskramp_ingest"]["sources"][0]["name"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return Path(str(name)).name or None
 
 
 def check_output_dir(outdir: Path) -> None:
@@ -286,15 +310,24 @@ def run(
     output directory, its lock and what it already holds, and the memory of a local cluster)
     is checked before a cluster is started.
     """
-    from .io.outdir import claim, lock_output
+    from .progress import log_to, logging_configured
 
     config = dict(config or {})
     show = (not quiet) if progress is None else progress
+    # the log goes where the application sends it (the command line: stderr, --log FILE);
+    # a caller who set up no logging and asked for progress sees it on stderr
+    with log_to(stderr=show and not logging_configured()):
+        return _run(inputs, outdir, refs=refs, config=config, overrides=overrides,
+                    save_steps=save_steps, cluster=cluster, fits=fits, quiet=quiet, client=client,
+                    show=show, report=report, overwrite=overwrite, workflow=workflow)
 
-    def log(msg: str) -> None:
-        if show:
-            print(msg, file=sys.stderr, flush=True)
 
+def _run(inputs, outdir, *, refs, config, overrides, save_steps, cluster, fits, quiet, client, show,
+         report, overwrite, workflow) -> dict:
+    from .io.outdir import claim, lock_output
+
+    log = logger.info
+    t_start = time.perf_counter()
     prep = prepare(inputs, outdir, refs=refs, config=config, overrides=overrides,
                    save_steps=save_steps, report=report, workflow=workflow, cluster=cluster,
                    client=client)
@@ -303,14 +336,19 @@ def run(
         state = claim(prep.outdir, prep.root, prep.fingerprint, overwrite=overwrite, log=log)
         if state == "resume":
             _check_products_fingerprint(prep, fits)
+        # logged once nothing can refuse the run any more: a refusal stays one line
+        _log_prepared(prep, time.perf_counter() - t_start)
         if client is not None:
             paths, summary, figures, provenance = _execute(prep, client, fits=fits, show=show,
                                                            report=report, log=log)
         else:
+            t_c = time.perf_counter()
             with connect(cluster, quiet=quiet) as c:
+                _log_cluster(c, time.perf_counter() - t_c)
                 paths, summary, figures, provenance = _execute(prep, c, fits=fits, show=show,
                                                                report=report, log=log)
     wall = time.perf_counter() - t0
+    _log_finished(prep, provenance, paths, wall, figures.get("uncal_bytes", 0))
     nbytes = figures.pop("uncal_bytes")
     out = {
         "outputs": {k: str(v) for k, v in paths.items()},
@@ -327,6 +365,71 @@ def run(
     if report is not None:
         out["report"] = str(report)
     return out
+
+
+def _log_prepared(prep: Prepared, seconds: float) -> None:
+    """The exposure, the references chosen and the steps that will run."""
+    from . import dims
+    from .pipeline import STEP_ORDER
+
+    ds, a = prep.opened, prep.opened.attrs
+    shape = " × ".join(str(ds.sizes[d]) for d in (dims.Y, dims.X))
+    what = " ".join(str(a[k]) for k in ("INSTRUME", "DETECTOR", "EXP_TYPE", "SUBARRAY") if a.get(k))
+    logger.info(f"{prep.root}: {what}; {len(dims.segment_bounds(ds))} segment(s), "
+                f"{ds.sizes[dims.INTEGRATION]} integrations × {ds.sizes[dims.GROUP]} groups × "
+                f"{shape} pixels")
+    refs = prep.refs.provenance() if prep.refs is not None else {}
+    for rt, rec in refs.items():
+        if rec.get("path"):
+            logger.info(f"reference {rt.upper()}: {rec['file']}")
+        else:
+            logger.info(f"reference {rt.upper()}: N/A ({rec.get('reason') or 'none'})")
+    run_ = [n for n in STEP_ORDER if n in prep.params and not prep.params[n].skip]
+    skip = [n for n in STEP_ORDER if n in prep.params and prep.params[n].skip]
+    logger.info(f"steps switched on: {', '.join(run_) or 'none'}; switched off (skip): "
+                f"{', '.join(skip) or 'none'} (a step switched on may still be SKIPPED by the "
+                f"exposure, as the official pipeline does)")
+    logger.info(f"inputs, parameters, references and output checked in {seconds:.1f} s; "
+                f"products: {prep.outdir / prep.root}_*")
+
+
+def _log_cluster(client, seconds: float) -> None:
+    from .progress import format_bytes
+
+    try:
+        workers = list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
+    except Exception:  # noqa: BLE001 - the log must never break the run
+        return
+    threads = sorted({int(w.get("nthreads") or 1) for w in workers})
+    mem = worker_memory_limit(client)
+    logger.info(f"dask cluster {client.scheduler.address}: {len(workers)} worker(s) × "
+                f"{'/'.join(map(str, threads)) or '?'} thread(s), "
+                f"{format_bytes(mem) if mem else 'no memory limit'} each, ready in {seconds:.1f} s"
+                + (f"; dashboard {client.dashboard_link}" if client.dashboard_link else ""))
+
+
+def _log_finished(prep: Prepared, provenance: Mapping, paths: Mapping, wall: float,
+                  nbytes: int) -> None:
+    """Every step's status (with the references it used), the products and the time."""
+    try:
+        from .pipeline import STEP_ORDER, STEP_REFTYPES
+    except ImportError:  # pragma: no cover - a pipeline without the table
+        from .pipeline import STEP_ORDER
+
+        STEP_REFTYPES = {}
+    steps = provenance.get("steps") or {}
+    files = provenance.get("reference_files") or {}
+    for name in [n for n in STEP_ORDER if n in steps] + [n for n in steps if n not in STEP_ORDER]:
+        rec = steps[name] if isinstance(steps[name], Mapping) else {"status": steps[name]}
+        status = rec.get("status")
+        used = [files[rt]["file"] for rt in STEP_REFTYPES.get(name, ())
+                if (files.get(rt) or {}).get("path")]
+        detail = ", ".join(used) if status == "COMPLETE" else (rec.get("reason") or "")
+        logger.info(f"{name}: {status}" + (f" ({detail})" if detail else ""))
+    for key, path in paths.items():
+        logger.info(f"product {key.replace('_', ' ')}: {path}")
+    logger.info(f"done in {wall:.1f} s ({nbytes / 1e6:.1f} MB of uncal data, "
+                f"{nbytes / 1e6 / wall if wall > 0 else 0:.1f} MB/s)")
 
 
 @dataclass
@@ -431,6 +534,8 @@ def _check_products_fingerprint(prep: Prepared, fits: bool) -> None:
     copied in beside a record of another run are refused)."""
     import json
 
+    import zarr
+
     from .io.outdir import StaleProductsError
     from .io.products import PROVENANCE_ATTR, is_complete
 
@@ -438,8 +543,6 @@ def _check_products_fingerprint(prep: Prepared, fits: bool) -> None:
         path = prep.outdir / f"{prep.root}_{name}.zarr"
         if not is_complete(path):
             continue
-        import zarr
-
         attrs = zarr.open_group(str(path), mode="r", zarr_format=3).attrs
         try:
             digest = json.loads(attrs.get(PROVENANCE_ATTR) or "{}").get("fingerprint", {}).get("digest")
@@ -486,6 +589,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
 
         store = outdir / f"{root}_uncal.zarr"
         log(f"converting {len(inputs)} uncal file(s) to {store}")
+        t_conv = time.perf_counter()
         # a store finished by an earlier run of the same command is reused (resume)
         try:
             source = [store if is_complete(store) else ingest(inputs, store)]
@@ -494,6 +598,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
             if clear is None:
                 raise
             raise clear from err
+        log(f"conversion done in {time.perf_counter() - t_conv:.1f} s")
     if fused:
         # the fused layout reads from the source itself, whatever its dask chunks
         ds = opened if source == inputs else open_exposure(source if len(source) > 1 else source[0])
@@ -518,8 +623,12 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
     else:
         rep = nullcontext()
     monitor = RunMonitor(client, stream=sys.stderr if show else None)
+    t_compute = time.perf_counter()
     try:
         with rep, monitor:
+            if frame_stats == "compute":
+                # the first pass: refpix offsets and jump's DO_NOT_USE planes of whole frames
+                monitor.stage = "frame statistics"
             result = detector1(
                 ds,
                 prep.refs,
@@ -545,16 +654,24 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
                     and set(products) == {"rate", "rateints"}):
                 # one segment after another: the cluster holds at most two segments'
                 # tasks, however long the exposure
-                from .segments import write_by_segment
+                from .segments import blocks_in_flight, write_by_segment
+
+                tiles = len(segments.y_bounds) * len(segments.x_bounds)
+                shown = in_flight or blocks_in_flight(sum(client.nthreads().values()), tiles)
+                n_blocks = len(segments.int_bounds)
+                log(f"computing rateints and rate segment by segment: {n_blocks} segments of "
+                    f"{tiles} tile(s), {min(shown, n_blocks)} in flight at a time")
 
                 def _stage(a, n):
-                    monitor.stage = f"segment {a + 1}/{n}"
+                    monitor.block_submitted(a, n, in_flight=shown)
 
                 paths, values = write_by_segment(
                     result, outdir, root=root, provenance=provenance, fits=fits,
                     client=client, in_flight=in_flight,
                     on_block=_stage)
             else:
+                log(f"computing {', '.join(products)} in one graph")
+                monitor.stage = "products"
                 # the figures are reduced by the same graph that writes the stores
                 paths, values = write_products(
                     products, outdir, root=root, provenance=provenance, fits=fits,
@@ -564,6 +681,9 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
         if clear is None:
             raise
         raise clear from err
+    if not complete:
+        log(f"products computed and written in {time.perf_counter() - t_compute:.1f} s "
+            f"({monitor.done} tasks)")
     if values is not None:
         summary = figures_of(values)
     else:

@@ -36,7 +36,8 @@ def test_compose_file_matches_cli():
     assert profile.scheduler.endswith(":8786")
     # workers reach the scheduler by its service name and share one volume at the same path
     assert worker["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
-    assert worker["environment"][ENV_SCHEDULER] == "tcp://scheduler:8786"
+    # the client service submits there
+    assert compose["services"]["client"]["environment"][ENV_SCHEDULER] == "tcp://scheduler:8786"
     # the workers' statistical profiler is off there as in the local clusters (the variable
     # is one dask reads: DASK_ + the config path)
     env = {k: v for k, v in worker["environment"].items() if k.startswith("DASK_")}
@@ -50,9 +51,9 @@ def test_compose_file_matches_cli():
     nthreads = worker["command"][worker["command"].index("--nthreads") + 1]
     assert worker["environment"]["ZARR_THREADING__MAX_WORKERS"] == nthreads
     assert worker["environment"]["MALLOC_ARENA_MAX"] == "1"
-    mounts = {v.split(":")[1] for v in sched["volumes"]} | {v.split(":")[1] for v in worker["volumes"]}
+    # one host folder at /data in both (the folder may be given as ${DASKRAMP_DATA:-./data})
+    mounts = {v.rsplit(":", 1)[1] for v in sched["volumes"]} | {v.rsplit(":", 1)[1] for v in worker["volumes"]}
     assert mounts == {"/data"}
-    assert "data" in compose["volumes"]
     # the image is built from the project's Dockerfile with the package installed
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install" in dockerfile and "COPY daskramp" in dockerfile

@@ -113,18 +113,28 @@ def test_key_numbers_on_known_truth(full_report):
     import json
 
     nums = json.loads((full_report.parent / "numbers.json").read_text())
+    # every key number is a value (a number, or a text) with its unit in a field of its own
+    for key, entry in nums.items():
+        assert set(entry) >= {"value", "unit"}, key
+        assert not (isinstance(entry["value"], str) and entry["unit"]), key
     # white noise only: scatter / expected ≈ 1 (16 baseline points: ±18 % one sigma on a std)
-    assert abs(float(nums["white-light scatter / expected"]) - 1.0) < 0.45
+    assert nums["white-light scatter / expected"]["unit"] is None
+    assert abs(nums["white-light scatter / expected"]["value"] - 1.0) < 0.45
     # sensitivity per column ≈ 1 for the same reason (median of ~120 columns: tight)
-    assert abs(float(nums["sensitivity (median over columns)"].split()[0]) - 1.0) < 0.1
+    assert abs(nums["sensitivity (median over columns)"]["value"] - 1.0) < 0.1
     # the box transit of 10 000 ppm: the trapezoid fit finds it (expected error: white-light
     # σ = 3·√(24·124)/(2000·124) ≈ 66 ppm per point, 8 in and 16 out → ≈ 29 ppm)
-    depth, err = (float(v) for v in re.findall(r"[-\d.]+", nums["transit depth (trapezoid fit)"])[:2])
-    assert abs(depth - 1e4) < 4 * max(err, 29.0)
+    fit = nums["transit depth (trapezoid fit)"]
+    assert fit["unit"] == "ppm" and set(fit) >= {"error", "t0_h", "T14_h", "ingress_h"}
+    assert abs(fit["value"] - 1e4) < 4 * max(fit["error"], 29.0)
     # flags: the 4 reference columns are DO_NOT_USE: 4/128 = 3.125 %
-    assert nums["DO_NOT_USE fraction of rate pixels"] == "3.125 %"
+    assert nums["DO_NOT_USE fraction of rate pixels"] == {"value": 3.125, "unit": "%"}
     # 0.2 % of pixels get a jump per integration
-    assert abs(float(nums["jump rate (JUMP_DET per integration)"].split()[0]) - 0.2) < 0.05
+    jumps = nums["jump rate (JUMP_DET per integration)"]
+    assert jumps["unit"] == "% of pixels" and abs(jumps["value"] - 0.2) < 0.05
+    # the HTML shows them with their units
+    html = full_report.read_text()
+    assert "<td>3.125 %</td>" in html and " ppm (" in html
 
 
 def test_unilluminated_product_renders_dq_figures(tmp_path):
@@ -176,3 +186,29 @@ def test_default_orders_finds_the_trace():
     assert o[1]["x_start"] == NX - 2 and abs(o[1]["y_start"] - 33.8) <= 1.0
     assert 2 not in o  # a single order
     assert default_orders(np.random.default_rng(1).normal(0, 1, (NY, NX)), np.arange(NX)) == {}
+
+
+def test_reference_rows_raise_no_all_nan_warning():
+    """Rows without a finite pixel (reference rows, flagged in every column) are skipped
+    silently when the order finder takes a column's profile."""
+    import warnings
+
+    from daskramp.report import _smooth_profile
+
+    img = np.random.default_rng(2).normal(0, 1.0, (NY, NX))
+    img[:4] = np.nan  # reference rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prof = _smooth_profile(img, 64)
+    assert prof.shape == (NY,) and np.isfinite(prof).all()
+
+
+def test_column_psd_leaves_out_the_nyquist_bin():
+    from daskramp.plots import column_psd
+
+    f = np.linspace(500.0, 0.5 / 10e-6, 50)  # the last frequency is the Nyquist one
+    p = np.full(f.size, 80.0)
+    p[-1] = 25.0  # only the cosine term there
+    fig = column_psd(f, p)
+    (line,) = fig.axes[0].get_lines()
+    assert line.get_xdata().max() < f[-1] and line.get_ydata().min() == 80.0

@@ -158,7 +158,7 @@ def prepare_partial(store, plan: Mapping, *, overwrite: bool = False) -> tuple[P
     final = Path(store)
     partial = partial_path(final)
     if final.exists() and not overwrite:
-        raise StoreError(f"{final}: store exists; pass overwrite=True to replace it")
+        raise StoreError(f"{final}: store exists; pass overwrite=True (daskramp ingest: --overwrite) to replace it")
     if partial.exists():
         old = Progress(partial).read_plan()
         if old is not None and old == _json_roundtrip(dict(plan)):
@@ -193,6 +193,7 @@ def finalize_store(partial, store, *, overwrite: bool = False) -> Path:
         raise
     group.attrs[CHUNKS_ATTR] = manifest
     group.attrs[COMPLETE_ATTR] = True
+    consolidate(partial)
     if final.exists():
         if not overwrite:
             raise StoreError(f"{final}: store appeared while writing; not replacing it")
@@ -204,6 +205,22 @@ def finalize_store(partial, store, *, overwrite: bool = False) -> Path:
     else:
         os.replace(partial, final)
     return final
+
+
+def consolidate(path) -> None:
+    """Write the consolidated metadata of the store at ``path`` (every array's metadata in
+    the root ``zarr.json``), so that ``xr.open_zarr(path)`` opens it with one read and
+    without a warning.  Written after the last attribute; daskramp's own checks
+    (:func:`verify_store`) read the arrays' metadata files themselves, not this copy."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        # zarr: "Consolidated metadata is currently not part in the Zarr format 3 specification"
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(str(path), zarr_format=3)
+
 
 # ------------------------------------------------------------------ chunks written by tasks
 
@@ -664,7 +681,8 @@ def _read_group(path: Path):
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path}: not a Zarr v3 store (no zarr.json)")
     try:
-        return zarr.open_group(str(path), mode="r", zarr_format=3)
+        # the arrays' own metadata files, not the consolidated copy in the root
+        return zarr.open_group(str(path), mode="r", zarr_format=3, use_consolidated=False)
     except Exception as err:  # zarr raises several types for unreadable metadata
         raise StoreError(f"{path}: cannot open the Zarr store ({err})") from None
 
