@@ -1,4 +1,4 @@
-"""Detector1 on a simulated NIRISS SOSS segment, daskramp and the official pipeline side by side.
+"""Detector1 on a simulated TSO segment (NIRISS SOSS by default), daskramp and the official pipeline side by side.
 
 Prints wall time and peak memory (all processes together) of:
   * daskramp on a local cluster of worker processes, from the uncal FITS segment (read + all
@@ -8,6 +8,12 @@ and the ratios.  Usage::
 
     python benchmarks/detector1.py                      # 158 × 9 × 256 × 2048 (1.49 GB)
     python benchmarks/detector1.py --nints 20 --no-jwst # a quick look
+    python benchmarks/detector1.py --preset nirspec-bots        # 155 × 70 × 32 × 2048 (1.42 GB)
+    python benchmarks/detector1.py --preset nircam-grism-tso    # 366 × 6 × 64 × 2048 (0.58 GB)
+    python benchmarks/detector1.py --preset nircam-grism-tso --noutputs 1 --readpatt RAPID
+
+``--detector/--subarray/--grating/--noutputs/--readpatt`` choose the configuration of the TSO
+presets (see :func:`daskramp.simulate.simulate`).
 """
 
 from __future__ import annotations
@@ -23,18 +29,28 @@ from _common import gib, run_daskramp, run_official, simulated  # noqa: E402
 
 
 def main(argv=None):
+    from daskramp.simulate import MODE_OPTIONS, PRESETS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nints", type=int, default=158)
+    p.add_argument("--preset", default="niriss-soss", choices=list(PRESETS), help="daskramp.simulate preset")
+    p.add_argument("--nints", type=int, default=None, help="integrations per segment (default: the preset's)")
+    p.add_argument("--ngroups", type=int, default=None, help="groups (default: the preset's)")
+    for opt, typ in MODE_OPTIONS.items():
+        p.add_argument(f"--{opt}", type=typ, help=f"simulated {opt.upper()} (TSO presets)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--memory-limit", default="4GB")
     p.add_argument("--no-jwst", action="store_true", help="skip the official pipeline")
     p.add_argument("--no-double", action="store_true", help="skip the 2× integrations run")
     p.add_argument("--maximum-cores", default="1,all")
     args = p.parse_args(argv)
+    mode = {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k) is not None}
+    if args.nints is None:
+        args.nints = PRESETS[args.preset].nints
 
-    sims = {args.nints: simulated("niriss-soss", args.nints)}
+    sims = {args.nints: simulated(args.preset, args.nints, ngroups=args.ngroups, **mode)}
     if not args.no_double:
-        sims[2 * args.nints] = simulated("niriss-soss", 2 * args.nints)
+        sims[2 * args.nints] = simulated(args.preset, 2 * args.nints, ngroups=args.ngroups, **mode)
+    print(f"# preset {args.preset} {' '.join(f'{k}={v}' for k, v in mode.items())}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="daskramp-bench-"))
     rows = []
     try:

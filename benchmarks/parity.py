@@ -1,7 +1,9 @@
-"""Parity of daskramp's Detector1 with the official jwst Detector1Pipeline on one SOSS segment.
+"""Parity of daskramp's Detector1 with the official jwst Detector1Pipeline on simulated segments.
 
 Simulates a NIRISS SOSS segment (default the real size: 158 integrations × 9 groups ×
-256 × 2048; or another :mod:`daskramp.simulate` preset), runs daskramp and the official pipeline (spec 10, offline) on the same uncal file
+256 × 2048; or another :mod:`daskramp.simulate` preset, e.g. the NIRSpec BOTS or NIRCam grism
+TSO ones with their ``--detector/--subarray/--grating/--noutputs/--readpatt`` configuration),
+runs daskramp and the official pipeline (spec 10, offline) on the same uncal file
 and reference files, and prints, for ``rateints`` and ``rate``:
 
 * data / err / var_poisson / var_rnoise: fraction of pixels finite in both that agree within
@@ -18,6 +20,8 @@ interpreter named by ``DASKRAMP_JWST_PYTHON`` (default: this one)::
     python benchmarks/parity.py --nints 20 --nx 256      # two-point jump method (< 100 ints)
     python benchmarks/parity.py --nints 120 --nx 256     # sigma-clip jump method (≥ 100 ints)
     python benchmarks/parity.py --preset nircam-full     # full frame, 4 outputs, 2 integrations
+    python benchmarks/parity.py --preset nirspec-bots --nints 20 --detector NRS2 --subarray SUB512
+    python benchmarks/parity.py --preset nircam-grism-tso --nints 20 --noutputs 1 --readpatt BRIGHT1
     python benchmarks/parity.py --uncal F_uncal.fits --refs REFS_DIR   # given files
 """
 
@@ -123,8 +127,13 @@ def verdict(results: dict) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="niriss-soss", help="daskramp.simulate preset")
+    from daskramp.simulate import MODE_OPTIONS, PRESETS
+
+    p.add_argument("--preset", default="niriss-soss", choices=list(PRESETS), help="daskramp.simulate preset")
     p.add_argument("--nints", type=int, default=None, help="integrations (default: the preset's)")
+    p.add_argument("--ngroups", type=int, default=None, help="groups (default: the preset's)")
+    for opt, typ in MODE_OPTIONS.items():
+        p.add_argument(f"--{opt}", type=typ, help=f"simulated {opt.upper()} (TSO presets)")
     p.add_argument("--nx", type=int, default=None, help="subarray width (default: the preset's)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--segments", type=int, default=1,
@@ -147,8 +156,10 @@ def main(argv=None) -> int:
         uncals, refs_dir = [Path(u) for u in args.uncal], Path(args.refs)
     else:
         geometry = {} if args.nx is None else {"nx": args.nx}
-        nints = args.nints or {"niriss-soss": 158}.get(args.preset)
-        sim = simulated(args.preset, nints, seed=args.seed, segments=args.segments, **geometry)
+        geometry |= {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k) is not None}
+        nints = args.nints or PRESETS[args.preset].nints
+        sim = simulated(args.preset, nints, seed=args.seed, segments=args.segments, ngroups=args.ngroups,
+                        **geometry)
         uncals, refs_dir = list(sim.uncal_files), sim.refs_dir
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="daskramp-parity-"))
     for u in uncals:

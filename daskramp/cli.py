@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+#: daskramp.io.refs.REFTYPES, spelled out so that ``--help`` imports neither numpy nor astropy
+#: (tests/test_cli.py holds the two equal)
 REFTYPES = ("mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise")
 
 DESCRIPTION = """\
@@ -158,9 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
                "and\nOUTDIR/truth.zarr (the true rates).  The same --seed gives the same files, "
                "bit for bit.")
     s.add_argument("outdir", metavar="OUTDIR", help="output directory (created)")
-    s.add_argument("--preset", default="niriss-soss", choices=["niriss-soss", "nircam-full", "nircam-dark"],
-                   help="instrument mode: niriss-soss (SUBSTRIP256 TSO, default), nircam-full "
-                        "(full frame), nircam-dark (dark exposure, for `daskramp darks`)")
+    s.add_argument("--preset", default="niriss-soss",
+                   choices=["niriss-soss", "nirspec-bots", "nircam-grism-tso", "nircam-full", "nircam-dark"],
+                   help="instrument mode: niriss-soss (SUBSTRIP256 TSO, default), nirspec-bots "
+                        "(NIRSpec bright-object TSO, SUB2048), nircam-grism-tso (NIRCam LW grism TSO, "
+                        "SUBGRISM64), nircam-full (full frame), nircam-dark (dark exposure, for "
+                        "`daskramp darks`)")
+    s.add_argument("--detector", help="TSO presets: detector (NRS1/NRS2; NRCALONG/NRCBLONG)")
+    s.add_argument("--subarray", help="TSO presets: subarray (nirspec-bots: SUB2048, SUB1024A, SUB1024B, "
+                                      "SUB512, SUB512S; nircam-grism-tso: SUBGRISM64/128/256)")
+    s.add_argument("--grating", help="nirspec-bots: grating (sets the subarray's rows and the filter)")
+    s.add_argument("--noutputs", type=int, choices=[1, 4], help="nircam-grism-tso: readout outputs")
+    s.add_argument("--readpatt", help="TSO presets: readout pattern (NFRAMES and GROUPGAP follow it)")
     s.add_argument("--nints", type=int, metavar="N",
                    help="integrations per segment (default: the preset's; 158 for niriss-soss)")
     s.add_argument("--ngroups", type=int, metavar="N", help="groups per integration (default: the preset's; 9 for niriss-soss)")
@@ -353,8 +364,11 @@ def _cmd_simulate(args, extra) -> int:
         _positive(f"--{name}", getattr(args, name))
     t0 = time.perf_counter()
     log.info(f"simulating a {args.preset} exposure in {args.outdir} (seed {args.seed})")
+    from .simulate import MODE_OPTIONS
+
+    mode = {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k, None) is not None}
     res = simulate(args.outdir, preset=args.preset, nints=args.nints, ngroups=args.ngroups,
-                   segments=args.segments, seed=args.seed)
+                   segments=args.segments, seed=args.seed, **mode)
     consolidate(res.truth_path)
     log.info(f"simulated {len(res.uncal_files)} uncal file(s) in {time.perf_counter() - t0:.1f} s")
     for f in res.uncal_files:

@@ -136,6 +136,16 @@ def check_keywords(attrs: dict, *, source: str = "exposure", required: Iterable[
             raise ExposureError(f"{source}: keyword {key}={attrs[key]!r} should be one of ±1, ±2")
     if "NOUTPUTS" in attrs and attrs["NOUTPUTS"] not in (1, 4, 5):
         raise ExposureError(f"{source}: keyword NOUTPUTS={attrs['NOUTPUTS']!r} should be 1, 4 or 5")
+    readpatt = str(attrs.get("READPATT") or "").upper()
+    wide = any(_isint(attrs.get(k)) and int(attrs[k]) > 2048 for k in ("SUBSIZE1", "SUBSIZE2"))
+    if readpatt.startswith("NRSIRS2") or (wide and str(attrs.get("INSTRUME", "")).upper() == "NIRSPEC"):
+        # IRS2 interleaves reference columns with the science ones (a 3200-column frame): its
+        # refpix and reference cut-outs are another algorithm, used for full-frame science,
+        # not for time series
+        raise ExposureError(
+            f"{source}: NIRSpec IRS2 readout (READPATT={attrs.get('READPATT')!r}, "
+            f"SUBSIZE1={attrs.get('SUBSIZE1')}, SUBSIZE2={attrs.get('SUBSIZE2')}) is not supported "
+            f"by daskramp; time-series modes read out with NRSRAPID, NRS or NRSRAPIDD*")
 
 
 def validate(ds: xr.Dataset, *, calibrated: bool | None = None, source: str = "exposure") -> xr.Dataset:

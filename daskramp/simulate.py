@@ -3,11 +3,13 @@
 ``simulate(outdir, preset=...)`` writes
 
 * ``OUTDIR/<root>-segNNN_<det>_uncal.fits`` — level-1b uncal segments shaped like MAST's
-  (PRIMARY keywords of spec 01 §1, SCI uint16 via BZERO, INT_TIMES with the segment's rows, a
-  minimal ASDF extension so the official pipeline's ``Step.call()`` accepts the file);
-* ``OUTDIR/refs/jwst_<instrument>_<reftype>_sim.fits`` — MASK, SATURATION, SUPERBIAS,
-  LINEARITY, GAIN, READNOISE as full-frame 2048×2048 files (so subarray cut-outs are
-  exercised) and a DARK with the science subarray shape (darks are not cut);
+  (PRIMARY keywords of spec 01 §1, SCI uint16 via BZERO, GROUP (TSO presets) and INT_TIMES
+  tables with the segment's rows, a minimal ASDF extension so the official pipeline's
+  ``Step.call()`` accepts the file);
+* ``OUTDIR/refs/jwst_<instrument>_<detector>_<reftype>_sim.fits`` — MASK, SATURATION,
+  SUPERBIAS, LINEARITY, GAIN, READNOISE as full-frame 2048×2048 files (so subarray cut-outs are
+  exercised) and a DARK with the science subarray shape and geometry (darks are not cut), each
+  with the selection keywords of spec 11 §1 and DATAMODL naming its stdatamodels class;
 * ``OUTDIR/truth.zarr`` — what was injected (see :func:`load_truth`, every variable documents
   its meaning and units in its attrs).
 
@@ -47,7 +49,8 @@ For pixel p, integration i, group g (read time t_g after the reset)::
   The fast (within-line) direction follows FASTAXIS/SLOWAXIS (spec 01 §4: NIS fast axis is
   DMS −y, NRCA1 DMS −x, NRCB1 +x; with 4 outputs the direction alternates by amplifier).
 * Dark: the DARK reference holds ``D_p·TFRAME·k`` for frames k = 0, 1, … (plane 0 = 0, NFRAMES=1,
-  GROUPGAP=0, one plane per frame the science integration spans); hot pixels have
+  GROUPGAP=0, one plane per frame the science integration spans; READPATT is the exposure's,
+  RAPID for NIRCam whose darks are not selected by it); hot pixels have
   ``D_p`` of 0.5–50 DN/s and carry HOT|DO_NOT_USE in the MASK; dead pixels respond to nothing
   (S = D = 0) and carry DEAD|DO_NOT_USE.
 * Cosmic rays: Poisson number ``cr_rate × active pixels × t_last`` per integration, uniform in
@@ -80,11 +83,38 @@ Presets (:data:`PRESETS`)
     CDS read noise 7 DN.
 ``nircam-dark``  the same detector and readout (RAPID, 10 groups, TGROUP=TFRAME), NRC_DARK,
     no illumination, 4 integrations.
+``nirspec-bots``  NIRSpec bright-object TSO (NRS_BRIGHTOBJ), NRS1, G395H/F290LP, S1600A1,
+    SUB2048 (2048×32 at SUBSTRT (1, 963), FASTAXIS=2, SLOWAXIS=1, 1 output), NRSRAPID, 70 groups,
+    TFRAME=TGROUP=0.902 s, 155 integrations per segment.  Options (spec 14 §1–§4):
+    ``detector`` NRS1/NRS2 (NRS2: FASTAXIS=−2, SLOWAXIS=−1, rows and columns mirrored),
+    ``subarray`` SUB2048, SUB1024A, SUB1024B, SUB512, SUB512S, ``grating`` (sets SUBSTRT2 and
+    FILTER), ``readpatt`` NRSRAPID, NRS, NRSRAPIDD1/D2/D6; IRS2 patterns are refused (never used
+    for subarrays).  Reference pixels: SUB2048 DMS columns 1–4 and 2045–2048 (detector bottom and
+    top rows), SUB1024A/B the 4 columns at the detector edge, none in SUB512/SUB512S (the
+    pipeline uses their first and last 4 columns, so the scene leaves them dark).  A spectral
+    trace (Gaussian σ 0.9 px, tilted 3 px over the detector) crosses every column; peak 750 DN/s
+    (≈ saturation in the last of 70 groups), background 0.2 DN/s, the SOSS transit.  Gain 1.4,
+    CDS read noise 12 DN, dark 0.005 DN/s.
+``nircam-grism-tso``  NIRCam LW grism TSO (NRC_TSGRISM), NRCALONG (FASTAXIS=−1, SLOWAXIS=2),
+    F322W2 + GRISMR, SUBGRISM64 (2048×64 at (1, 1)), 4 outputs, BRIGHT2 (NFRAMES=2,
+    GROUPGAP=0), 6 groups, TFRAME=0.34061 s, 366 integrations.  Options: ``subarray``
+    SUBGRISM64/128/256, ``noutputs`` 1 or 4, ``readpatt`` any NIRCam pattern (RAPID, BRIGHT1
+    (1, 1), BRIGHT2 (2, 0), SHALLOW2 (2, 3), …), ``detector`` NRCBLONG (module B, SUBSTRT2 =
+    2049 − rows).  Reference pixels: DMS rows 1–4 (module B: 2045–2048) and columns 1–4, 2045–2048.  A trace at row 34
+    (σ 1.2 px) from column 600 to 2000; peak 12000 DN/s, background 1 DN/s, the SOSS transit.
+    Gain 1.8, CDS read noise 9 DN, dark 0.02 DN/s.  The DARK is a RAPID dark (READPATT=RAPID,
+    NFRAMES=1, GROUPGAP=0) selected by EXP_TYPE, NOUTPUTS and SUBARRAY; dark_current averages
+    its frames per group for the other patterns.
+
+For the two TSO presets, changing ``detector``, ``subarray``, ``grating``, ``noutputs`` or
+``readpatt`` re-derives SUBSTRT/SUBSIZE, TFRAME (spec 14 §3 formula), NFRAMES/GROUPGAP, FILTER
+and MODULE (values given explicitly win); ``readpatt`` does the same NFRAMES/GROUPGAP lookup for
+every preset.  Their uncal files also carry the GROUP table.
 
 Geometry overrides ``nx``/``ny`` keep the subarray a valid cut of the detector that keeps
 reference pixels where the real one has them: SOSS keeps SUBSTRT2 = 2049 − ny (reference rows
-at the top) and SUBSTRT1 = 1 (reference columns 0–3); NIRCam subarrays sit at the (1, 1)
-corner and use 1 output.  Changed geometries are called ``GENERIC``; TFRAME keeps the preset's
+at the top) and SUBSTRT1 = 1 (reference columns 0–3); NIRCam and NIRSpec subarrays sit at the
+(1, 1) corner and use 1 output.  Changed geometries are called ``GENERIC``; TFRAME keeps the preset's
 value (override ``tframe=`` to change it), so a narrow SOSS-like strip collects the same
 signal per group as the real mode — the detector simply idles for the rest of the frame time
 (the 1/f series runs on through that time).
@@ -92,8 +122,9 @@ signal per group as the real mode — the detector simply idles for the rest of 
 Times: integration i starts one reset frame after the previous one ends
 (cycle = (frames per integration + 1)·TFRAME; SOSS 54.94 s); EXPSTART is the start of the first
 integration.  The INT_TIMES BJD_TDB columns are the MJD UTC times + 2400000.5 + 69.184 s (TT −
-UTC): no barycentric light-time correction is modelled.  No GROUP table is written (stage 1
-never reads it) and ZEROFRAM = F.
+UTC): no barycentric light-time correction is modelled.  The GROUP table (one row per
+integration and group; stage 1 never reads it) is written where the preset says so
+(``group_table``: the TSO presets) and ZEROFRAM = F.
 
 Truth (``truth.zarr``): static maps (source_rate, dark_rate, gain, readnoise, superbias,
 full_well, saturation_level, pixeldq), relative_flux per integration, bias offsets per
@@ -134,7 +165,46 @@ AXES = {
     "NRCA1": (-1, 2), "NRCA3": (-1, 2), "NRCALONG": (-1, 2), "NRCB2": (-1, 2), "NRCB4": (-1, 2),
     "NRCA2": (1, -2), "NRCA4": (1, -2), "NRCB1": (1, -2), "NRCB3": (1, -2), "NRCBLONG": (1, -2),
     "NIS": (-2, -1),
+    "NRS1": (2, 1), "NRS2": (-2, -1),
 }
+
+#: readout patterns: READPATT → (NFRAMES, GROUPGAP) per instrument (spec 14 §1)
+READOUT_PATTERNS: dict[str, dict[str, tuple[int, int]]] = {
+    "NIRSPEC": {"NRSRAPID": (1, 0), "NRS": (4, 0), "NRSRAPIDD1": (1, 1), "NRSRAPIDD2": (1, 2),
+                "NRSRAPIDD6": (1, 6)},
+    "NIRCAM": {"RAPID": (1, 0), "BRIGHT1": (1, 1), "BRIGHT2": (2, 0), "SHALLOW2": (2, 3),
+               "SHALLOW4": (4, 1), "MEDIUM2": (2, 8), "MEDIUM8": (8, 2), "DEEP2": (2, 18),
+               "DEEP8": (8, 12)},
+    "NIRISS": {"NISRAPID": (1, 0), "NIS": (4, 0)},
+}
+#: the dark reference of each instrument is a "rapid" dark (one frame per plane, spec 01 §2)
+RAPID_PATTERN = {"NIRSPEC": "NRSRAPID", "NIRCAM": "RAPID", "NIRISS": "NISRAPID"}
+
+#: NIRSpec bright-object TSO subarrays: SUBSTRT1 on NRS1, SUBSIZE1, SUBSIZE2 (spec 14 §4)
+NIRSPEC_BOTS_SUBARRAYS: dict[str, tuple[int, int, int]] = {
+    "SUB2048": (1, 2048, 32), "SUB1024A": (1, 1024, 32), "SUB1024B": (1025, 1024, 32),
+    "SUB512": (1025, 512, 32), "SUB512S": (1025, 512, 16),
+}
+#: SUBSTRT2 of the 32-row BOTS subarrays on (NRS1, NRS2) per grating (spec 14 §4); SUB512S
+#: starts 8 rows higher on both detectors
+NIRSPEC_BOTS_SUBSTRT2: dict[str, tuple[int, int]] = {
+    "G140H": (963, 1055), "G140M": (963, 1055), "G235M": (963, 1055), "G395H": (963, 1055),
+    "G235H": (967, 1051), "G395M": (946, 1072), "PRISM": (957, 1059),
+}
+#: the NIRSpec filter paired with each grating in BOTS
+NIRSPEC_GRATING_FILTER = {"G140H": "F100LP", "G140M": "F100LP", "G235H": "F170LP", "G235M": "F170LP",
+                          "G395H": "F290LP", "G395M": "F290LP", "PRISM": "CLEAR"}
+#: IRS2 readouts: NIRSpec full frame only, never subarrays or TSO (spec 14 §6, §8)
+IRS2_PATTERNS = ("NRSIRS2RAPID", "NRSIRS2")
+#: Preset fields that choose a detector configuration (command-line options of the tools):
+#: for the TSO presets they also set SUBSTRT/SUBSIZE, TFRAME, FILTER, MODULE (:func:`_resolve_mode`);
+#: ``readpatt`` sets NFRAMES/GROUPGAP from :data:`READOUT_PATTERNS`
+MODE_OPTIONS: dict[str, type] = {"detector": str, "subarray": str, "grating": str, "noutputs": int,
+                                 "readpatt": str}
+#: NIRCam LW grism TSO subarrays: name → rows (2048 columns, spec 14 §4)
+NIRCAM_GRISM_SUBARRAYS = {"SUBGRISM64": 64, "SUBGRISM128": 128, "SUBGRISM256": 256}
+#: the long-wavelength detectors of the grism TSO mode and their module
+NIRCAM_GRISM_DETECTORS = {"NRCALONG": "A", "NRCBLONG": "B"}
 
 
 @dataclass(frozen=True)
@@ -160,9 +230,15 @@ class Preset:
     tframe: float
     root: str
     filter: str
-    pupil: str
+    pupil: str | None  # None: no PUPIL keyword (NIRSpec)
     channel: str | None = None
     module: str | None = None
+    grating: str | None = None  # NIRSpec GRATING
+    fxd_slit: str | None = None  # NIRSpec FXD_SLIT
+    #: "nirspec-bots" / "nircam-grism": geometry, timing and keywords follow detector,
+    #: subarray, grating, noutputs and readpatt (see :func:`_resolve_mode`)
+    mode: str | None = None
+    group_table: bool = False  # write the GROUP table (one row per integration and group)
     targname: str = "SIMULATED"
     tsovisit: bool = False
     date_obs: str = "2022-07-10"
@@ -201,6 +277,11 @@ class Preset:
     transit_duration: float = 0.4  # fraction of the exposure
     transit_ingress: float = 0.15  # fraction of the transit duration
     transit_mid: float = 0.5  # fraction of the exposure
+    # spectral trace (scene "trace": a dispersed point source along DMS x)
+    trace_row: float | None = None  # trace centre, rows from the subarray start (None: middle)
+    trace_sigma: float = 1.0  # Gaussian cross-dispersion sigma, px
+    trace_tilt: float = 0.0  # rise of the trace over 2048 columns, px
+    trace_columns: tuple[float, float] = (0.0, 2048.0)  # full-frame DMS x range of the spectrum
 
 
 PRESETS: dict[str, Preset] = {
@@ -230,6 +311,29 @@ PRESETS: dict[str, Preset] = {
         date_obs="2022-11-20", time_obs="03:00:00.000",
         gain=2.0, readnoise=7.0, bias_level=12000.0, full_well=45000.0, background=0.0,
         peak_rate=0.0,
+    ),
+    "nirspec-bots": Preset(
+        name="nirspec-bots", scene="trace", instrument="NIRSPEC", detector="NRS1",
+        exp_type="NRS_BRIGHTOBJ", readpatt="NRSRAPID", subarray="SUB2048",
+        substrt1=1, substrt2=963, nx=2048, ny=32, noutputs=1, nframes=1, groupgap=0,
+        ngroups=70, nints=155, tframe=0.902, root="jw01366004001_04101_00001",
+        filter="F290LP", pupil=None, grating="G395H", fxd_slit="S1600A1", mode="nirspec-bots",
+        targname="WASP-39", tsovisit=True, group_table=True,
+        date_obs="2022-07-30", time_obs="20:46:39.000",
+        gain=1.4, readnoise=12.0, bias_level=12000.0, full_well=45000.0, dark_current=0.005,
+        background=0.2, peak_rate=750.0, trace_sigma=0.9, trace_tilt=3.0,
+    ),
+    "nircam-grism-tso": Preset(
+        name="nircam-grism-tso", scene="trace", instrument="NIRCAM", detector="NRCALONG",
+        exp_type="NRC_TSGRISM", readpatt="BRIGHT2", subarray="SUBGRISM64",
+        substrt1=1, substrt2=1, nx=2048, ny=64, noutputs=4, nframes=2, groupgap=0,
+        ngroups=6, nints=366, tframe=0.34061, root="jw01366002001_04103_00001",
+        filter="F322W2", pupil="GRISMR", channel="LONG", module="A", mode="nircam-grism",
+        targname="WASP-39", tsovisit=True, group_table=True,
+        date_obs="2022-07-22", time_obs="18:12:52.000",
+        gain=1.8, readnoise=9.0, bias_level=12000.0, full_well=45000.0, dark_current=0.02,
+        background=1.0, peak_rate=12000.0, trace_row=33.0, trace_sigma=1.2, trace_tilt=0.5,
+        trace_columns=(600.0, 2000.0),
     ),
 }
 
@@ -287,6 +391,12 @@ def _configure(preset: str | Preset, nints, ngroups, nx, ny, overrides) -> Prese
         changes["nints"] = int(nints)
     if ngroups is not None:
         changes["ngroups"] = int(ngroups)
+    if "readpatt" in changes:
+        _resolve_readpatt(p, changes)
+    if p.mode is not None:
+        _resolve_mode(p, changes)
+        p = dataclasses.replace(p, **changes)
+        changes = {}
     new_nx = p.nx if nx is None else int(nx)
     new_ny = p.ny if ny is None else int(ny)
     if not (8 < new_nx <= FULL and 8 < new_ny <= FULL):
@@ -305,6 +415,93 @@ def _configure(preset: str | Preset, nints, ngroups, nx, ny, overrides) -> Prese
     if p.substrt1 < 1 or p.substrt2 < 1 or p.substrt1 - 1 + p.nx > FULL or p.substrt2 - 1 + p.ny > FULL:
         raise ValueError("the subarray does not fit on the 2048×2048 detector")
     return p
+
+
+def frame_time(nx: int, ny: int, *, fastaxis: int, noutputs: int) -> float:
+    """TFRAME (s) of an ``ny × nx`` DMS image (spec 14 §3, JDox).
+
+    With n_f pixels along the fast axis and n_s along the slow one: one output
+    ``(n_f + 12)(n_s + 2) × 10 µs``; four outputs ``((n_f/4 + 12)(n_s + 1) + 1) × 10 µs``.
+    """
+    n_f, n_s = (nx, ny) if abs(fastaxis) == 1 else (ny, nx)
+    if noutputs == 4:
+        ticks = (n_f // 4 + LINE_OVERHEAD_PIXELS) * (n_s + 1) + 1
+    else:
+        ticks = (n_f + LINE_OVERHEAD_PIXELS) * (n_s + 2)
+    return round(ticks * PIXEL_TIME, 8)
+
+
+def _resolve_readpatt(p: Preset, changes: dict) -> None:
+    """NFRAMES/GROUPGAP of an overridden READPATT (unless given too); IRS2 is refused."""
+    rp = str(changes["readpatt"]).strip().upper()
+    changes["readpatt"] = rp
+    if rp in IRS2_PATTERNS:
+        raise ValueError(
+            f"READPATT {rp!r} is an IRS2 readout: IRS2 is used only for NIRSpec full frames, never "
+            f"for subarrays or time series (spec 14 §6), and daskramp does not process IRS2 data; "
+            f"use one of {', '.join(READOUT_PATTERNS['NIRSPEC'])}")
+    table = READOUT_PATTERNS.get(p.instrument, {})
+    if rp in table:
+        nframes, groupgap = table[rp]
+        changes.setdefault("nframes", nframes)
+        changes.setdefault("groupgap", groupgap)
+    elif "nframes" not in changes or "groupgap" not in changes:
+        raise ValueError(
+            f"unknown {p.instrument} readout pattern {rp!r}; known: {', '.join(table) or 'none'} "
+            f"(or give nframes= and groupgap= with it)")
+
+
+def _resolve_mode(p: Preset, changes: dict) -> None:
+    """Geometry, timing and keywords of the TSO presets from detector/subarray/grating/noutputs.
+
+    ``nirspec-bots``: DETECTOR NRS1 or NRS2, SUBARRAY one of :data:`NIRSPEC_BOTS_SUBARRAYS`,
+    GRATING one of :data:`NIRSPEC_BOTS_SUBSTRT2` (it sets SUBSTRT2 and FILTER), one output.
+    NRS2 mirrors NRS1 (SUBSTRT1 = 2050 − SUBSTRT1(NRS1) − SUBSIZE1; spec 14 §4, unverified).
+    ``nircam-grism``: DETECTOR NRCALONG (module A, SUBSTRT (1, 1)) or NRCBLONG (module B,
+    SUBSTRT2 = 2049 − rows), SUBARRAY SUBGRISM64/128/256 (2048 columns), 1 or 4 outputs.
+    TFRAME follows :func:`frame_time` unless given.  Explicit SUBSTRT/size/FILTER/TFRAME
+    overrides win.
+    """
+    det = str(changes.get("detector", p.detector)).strip().upper()
+    sub = str(changes.get("subarray", p.subarray)).strip().upper()
+    nout = int(changes.get("noutputs", p.noutputs))
+    if p.mode == "nirspec-bots":
+        if det not in ("NRS1", "NRS2"):
+            raise ValueError(f"nirspec-bots: DETECTOR must be NRS1 or NRS2, got {det!r}")
+        if sub not in NIRSPEC_BOTS_SUBARRAYS:
+            raise ValueError(f"nirspec-bots: unknown subarray {sub!r}; known: {', '.join(NIRSPEC_BOTS_SUBARRAYS)} "
+                             "(SUB32 is the target-acquisition subarray)")
+        grating = str(changes.get("grating", p.grating)).strip().upper()
+        if grating not in NIRSPEC_BOTS_SUBSTRT2:
+            raise ValueError(f"nirspec-bots: unknown grating {grating!r}; known: {', '.join(NIRSPEC_BOTS_SUBSTRT2)}")
+        if nout != 1:
+            raise ValueError(f"nirspec-bots: NIRSpec subarrays are read through one output, not {nout}")
+        x1, nx, ny = NIRSPEC_BOTS_SUBARRAYS[sub]
+        y_nrs1, y_nrs2 = NIRSPEC_BOTS_SUBSTRT2[grating]
+        shift = 8 if sub == "SUB512S" else 0
+        geo = {"substrt1": x1 if det == "NRS1" else FULL + 2 - x1 - nx,
+               "substrt2": (y_nrs1 if det == "NRS1" else y_nrs2) + shift, "nx": nx, "ny": ny}
+        changes["grating"] = grating
+        changes.setdefault("filter", NIRSPEC_GRATING_FILTER[grating])
+    elif p.mode == "nircam-grism":
+        if det not in NIRCAM_GRISM_DETECTORS:
+            raise ValueError(f"nircam-grism-tso: DETECTOR must be one of {', '.join(NIRCAM_GRISM_DETECTORS)}, got {det!r}")
+        if sub not in NIRCAM_GRISM_SUBARRAYS:
+            raise ValueError(f"nircam-grism-tso: unknown subarray {sub!r}; known: {', '.join(NIRCAM_GRISM_SUBARRAYS)}")
+        if nout not in (1, 4):
+            raise ValueError(f"nircam-grism-tso: NOUTPUTS must be 1 or 4, got {nout}")
+        n = NIRCAM_GRISM_SUBARRAYS[sub]
+        module = NIRCAM_GRISM_DETECTORS[det]
+        geo = {"substrt1": 1, "substrt2": 1 if module == "A" else FULL + 1 - n, "nx": FULL, "ny": n}
+        changes.setdefault("module", module)
+        changes.setdefault("channel", "LONG")
+    else:
+        raise ValueError(f"unknown preset mode {p.mode!r}")
+    changes.update(detector=det, subarray=sub, noutputs=nout)
+    for k, v in geo.items():
+        changes.setdefault(k, v)
+    fast = AXES[det][0]
+    changes.setdefault("tframe", frame_time(changes["nx"], changes["ny"], fastaxis=fast, noutputs=nout))
 
 
 def _dms_to_detector(Y: np.ndarray, X: np.ndarray, fast: int, slow: int):
@@ -332,8 +529,9 @@ class _Geometry:
             amp = c // width
             u = c % width
             u = np.where(amp % 2 == 0, u, width - 1 - u)  # fast direction alternates by output
-            line = r
-            self.nlines = FULL
+            # lines of the subarray only (a 4-output subarray, e.g. SUBGRISM64, reads n_s lines)
+            line = r - r.min()
+            self.nlines = int(r.max() - r.min() + 1)
         else:
             width = int(c.max() - c.min() + 1)
             amp = np.zeros_like(c)
@@ -459,12 +657,51 @@ def _stars_scene(p: Preset, rng: np.random.Generator) -> np.ndarray:
     return rate.astype(np.float32)
 
 
+def _trace_scene(p: Preset, rng: np.random.Generator) -> np.ndarray:
+    """A dispersed point source (DN/s) on the subarray: one spectral trace along DMS x.
+
+    The spectrum lies between the full-frame columns ``trace_columns`` (smooth 5 % edges), with
+    a continuum peaking at 40 % of that range and 40 absorption lines; the cross-dispersion
+    profile is a Gaussian of ``trace_sigma`` centred ``trace_row`` rows above the subarray start
+    at the detector centre, rising ``trace_tilt`` px over 2048 columns.  ``peak_rate`` is the
+    maximum of the trace.  For the NIRSpec subarrays without reference pixels (SUB512,
+    SUB512S, SUB32) the first and last four columns get no light at all: the pipeline uses
+    them as reference pixels (spec 14 §4).
+    """
+    Y = (p.substrt2 - 1 + np.arange(p.ny))[:, None].astype(np.float64)
+    # the spectrum along every detector column, so that it does not depend on the subarray
+    XF = np.arange(FULL, dtype=np.float64)
+    x0, x1 = p.trace_columns
+    xn = (XF - x0) / (x1 - x0)
+    edge = np.clip(np.minimum(xn, 1.0 - xn) / 0.05, 0.0, 1.0)
+    cont = np.sin(0.5 * np.pi * edge) ** 2 * (0.45 + 0.55 * np.exp(-0.5 * ((xn - 0.4) / 0.35) ** 2))
+    line_x = rng.uniform(x0, x1, 40)
+    line_w = rng.uniform(1.0, 4.0, 40)
+    line_d = rng.uniform(0.05, 0.4, 40)
+    for xc, w, d in zip(line_x, line_w, line_d):
+        cont = cont * (1 - d * np.exp(-0.5 * ((XF - xc) / w) ** 2))
+    cont /= max(cont.max(), 1e-12)
+    cols = slice(p.substrt1 - 1, p.substrt1 - 1 + p.nx)
+    X, cont = XF[None, cols], cont[None, cols]
+    row = (p.ny - 1) / 2.0 if p.trace_row is None else float(p.trace_row)
+    yc = p.substrt2 - 1 + row + p.trace_tilt * (X - FULL / 2) / FULL
+    rate = p.peak_rate * cont * np.exp(-0.5 * ((Y - yc) / p.trace_sigma) ** 2) + p.background
+    if p.instrument == "NIRSPEC" and p.subarray in ("SUB512", "SUB512S", "SUB32"):
+        rate[:, :REF_BORDER] = 0.0
+        rate[:, -REF_BORDER:] = 0.0
+    return rate.astype(np.float32)
+
+
+#: scenes with a transit light curve
+_TRANSIT_SCENES = ("soss", "trace")
+
+
 def _transit(t_mid_s: np.ndarray, exposure_s: float, p: Preset) -> np.ndarray:
     """Trapezoid relative flux at the integration mid-times (s since the first integration starts).
 
     ``exposure_s`` runs from the start of the first integration to the end of the last.
     """
-    if p.transit_depth == 0 or p.scene != "soss":
+    if p.transit_depth == 0 or p.scene not in _TRANSIT_SCENES:
         return np.ones_like(t_mid_s)
     t14 = p.transit_duration * exposure_s
     tin = p.transit_ingress * t14
@@ -614,6 +851,8 @@ def _build_state(p: Preset, seed: int, nints_total: int):
         src = _soss_scene(p, rng)
     elif p.scene == "stars":
         src = _stars_scene(p, rng)
+    elif p.scene == "trace":
+        src = _trace_scene(p, rng)
     else:
         src = np.zeros((p.ny, p.nx), np.float32)
     src[sub["ref"] | sub["dead"]] = 0.0
@@ -781,6 +1020,45 @@ def _int_times(p: Preset, times, mjd0: float, i0: int, i1: int) -> dict[str, np.
     }
 
 
+def _group_table(p: Preset, times, mjd0: float, i0: int, i1: int):
+    """The ``GROUP`` table of integrations ``i0 … i1 − 1``: one row per integration and group.
+
+    Columns as stdatamodels' group schema (spec 01 §1).  A group ends when its last frame is
+    read; ``end_day`` counts days since 2000-01-01, ``end_milliseconds`` the milliseconds of
+    that day and ``end_submilliseconds`` the microseconds after them (UTC, as the other times
+    here); ``bary_end_time``/``helio_end_time`` are MJD TDB without the light-time correction
+    (like the INT_TIMES BJD columns).  Stage 1 never reads this table.
+    """
+    from astropy.io import fits
+    from astropy.time import Time
+
+    frames, _, _ = _frame_layout(p)
+    last = (frames[:, -1] + 1) * p.tframe  # s after the integration starts
+    ints = np.arange(i0, i1)
+    t_end = (times["t_start"][ints][:, None] + last[None, :]).ravel()
+    mjd = mjd0 + t_end / 86400.0
+    days = np.floor(mjd - 51544.0)
+    usec = np.rint((mjd - 51544.0 - days) * 86400e6).astype(np.int64)
+    n = t_end.size
+    iso = Time(mjd, format="mjd", scale="utc", precision=6).isot
+    cols = [
+        fits.Column(name="integration_number", format="J", array=np.repeat(ints + 1, p.ngroups).astype(np.int32)),
+        fits.Column(name="group_number", format="I", array=np.tile(np.arange(1, p.ngroups + 1), ints.size).astype(np.int16)),
+        fits.Column(name="end_day", format="I", array=days.astype(np.int16)),
+        fits.Column(name="end_milliseconds", format="J", array=(usec // 1000).astype(np.int32)),
+        fits.Column(name="end_submilliseconds", format="I", array=(usec % 1000).astype(np.int16)),
+        fits.Column(name="group_end_time", format="26A", array=np.asarray(iso, dtype="S26")),
+        fits.Column(name="number_of_columns", format="I", array=np.full(n, p.nx, np.int16)),
+        fits.Column(name="number_of_rows", format="I", array=np.full(n, p.ny, np.int16)),
+        fits.Column(name="number_of_gaps", format="I", array=np.zeros(n, np.int16)),
+        fits.Column(name="completion_code_number", format="I", array=np.zeros(n, np.int16)),
+        fits.Column(name="completion_code_text", format="36A", array=np.full(n, b"COMPLETE", dtype="S36")),
+        fits.Column(name="bary_end_time", format="D", array=mjd + _TT_MINUS_UTC / 86400.0),
+        fits.Column(name="helio_end_time", format="D", array=mjd + _TT_MINUS_UTC / 86400.0),
+    ]
+    return fits.BinTableHDU.from_columns(cols, name="GROUP")
+
+
 def _primary_keywords(p: Preset, times, mjd0, nints_total, segments) -> dict:
     from astropy.time import Time
 
@@ -798,8 +1076,13 @@ def _primary_keywords(p: Preset, times, mjd0, nints_total, segments) -> dict:
         "INSTRUME": p.instrument,
         "DETECTOR": p.detector,
         "FILTER": p.filter,
-        "PUPIL": p.pupil,
     }
+    if p.pupil:
+        kw["PUPIL"] = p.pupil
+    if p.grating:
+        kw["GRATING"] = p.grating
+    if p.fxd_slit:
+        kw["FXD_SLIT"] = p.fxd_slit
     if p.channel:
         kw["CHANNEL"] = p.channel
     if p.module:
@@ -851,10 +1134,20 @@ def _primary_keywords(p: Preset, times, mjd0, nints_total, segments) -> dict:
     return kw
 
 
+#: stdatamodels class of each reference type (DATAMODL), so that ``datamodels.open`` knows it
+_REF_MODELS = {"MASK": "MaskModel", "SATURATION": "SaturationModel", "SUPERBIAS": "SuperBiasModel",
+               "LINEARITY": "LinearityModel", "DARK": "DarkModel", "GAIN": "GainModel",
+               "READNOISE": "ReadnoiseModel"}
+
+
 def _ref_common(p: Preset, reftype: str, descrip: str, *, full: bool) -> dict:
     fast, slow = AXES[p.detector]
+    model = _REF_MODELS[reftype]
+    if reftype == "DARK" and p.instrument == "NIRSPEC":
+        model = "DarkNirspecModel"
     kw = {
         "REFTYPE": reftype,
+        "DATAMODL": model,
         "DESCRIP": descrip,
         "AUTHOR": "daskramp simulate",
         "USEAFTER": "2022-01-01T00:00:00",
@@ -916,7 +1209,10 @@ def _write_refs(p: Preset, maps, sub, state, refs_dir: Path) -> dict[str, Path]:
     planes = (np.arange(nplanes, dtype=np.float32)[:, None, None] * np.float32(p.tframe)
               * sub["dark"][None]).astype(np.float32)
     kw = _ref_common(p, "DARK", "simulated dark: dark signal per frame (DN), plane 0 = 0", full=False)
-    kw |= {"EXP_TYPE": p.exp_type, "READPATT": p.readpatt, "NFRAMES": 1, "GROUPGAP": 0,
+    # NIRCam darks are not selected by READPATT (spec 11 §1): one RAPID dark serves every
+    # pattern, averaged per group by dark_current; NIRSpec/NIRISS darks select on it
+    readpatt = RAPID_PATTERN["NIRCAM"] if p.instrument == "NIRCAM" else p.readpatt
+    kw |= {"EXP_TYPE": p.exp_type, "READPATT": readpatt, "NFRAMES": 1, "GROUPGAP": 0,
            "NGROUPS": nplanes, "NINTS": 1, "NOUTPUTS": p.noutputs, "BUNIT": "DN"}
     out["dark"] = fitswrite.write_reference(
         name["dark"], meta=kw,
@@ -977,14 +1273,14 @@ def _write_truth(path: Path, p: Preset, state, sub, times, mjd0, jumps, jamps, s
     )
     ds["y"].attrs["description"] = "0-based detector row (SUBSTRT2 - 1 + index)"
     ds["x"].attrs["description"] = "0-based detector column (SUBSTRT1 - 1 + index)"
-    t14 = p.transit_duration * times["exposure"] if p.scene == "soss" else 0.0
+    t14 = p.transit_duration * times["exposure"] if p.scene in _TRANSIT_SCENES else 0.0
     ds.attrs.update({
         "description": "truth of a daskramp simulation; rate per integration = source_rate * relative_flux (DN/s)",
         "preset": p.name,
         "seed": int(seed),
         "segments": int(segments),
         "nints_per_segment": int(p.nints),
-        "transit_depth": float(p.transit_depth if p.scene == "soss" else 0.0),
+        "transit_depth": float(p.transit_depth if p.scene in _TRANSIT_SCENES else 0.0),
         "transit_mid_MJD_UTC": float(mjd0 + (times["t_start"][0] + p.transit_mid * times["exposure"]) / 86400.0),
         "transit_duration_s": float(t14),
         "transit_ingress_s": float(p.transit_ingress * t14),
@@ -1033,7 +1329,8 @@ def simulate(
     outdir : path-like
         Output directory (created).
     preset : str or Preset
-        ``"niriss-soss"``, ``"nircam-full"`` or ``"nircam-dark"`` (:data:`PRESETS`).
+        ``"niriss-soss"``, ``"nircam-full"``, ``"nircam-dark"``, ``"nirspec-bots"`` or
+        ``"nircam-grism-tso"`` (:data:`PRESETS`).
     nints : int, optional
         Integrations **per segment** (default: the preset's, 158 for SOSS).
     ngroups : int, optional
@@ -1049,7 +1346,15 @@ def simulate(
         Default: 2 (or the number of CPUs if fewer) when the exposure holds more than
         ~50 M pixel-groups, where the start-up of the processes pays off; else 1.
     **overrides
-        Any :class:`Preset` field (e.g. ``one_over_f_amplitude=0``, ``cr_rate=0``).
+        Any :class:`Preset` field (e.g. ``one_over_f_amplitude=0``, ``cr_rate=0``).  For the
+        TSO presets the configuration fields of :data:`MODE_OPTIONS` (``detector="NRS2"``,
+        ``subarray="SUB512"``, ``grating="PRISM"``, ``noutputs=1``, ``readpatt="BRIGHT1"``)
+        re-derive the geometry and timing (module docstring).
+
+    Raises
+    ------
+    ValueError
+        An unknown preset or configuration, a subarray off the detector, an IRS2 readout.
 
     Returns
     -------
@@ -1082,6 +1387,8 @@ def simulate(
         kw.update({"FILENAME": fname, "EXSEGNUM": s + 1, "INTSTART": i0 + 1, "INTEND": i1})
         asdf_tree = {"meta": {"filename": fname, "model_type": "Level1bModel"}}
         exts = [fitswrite.int_times_hdu(_int_times(p, times, mjd0, i0, i1)), fitswrite.asdf_hdu(asdf_tree)]
+        if p.group_table:
+            exts.insert(0, _group_table(p, times, mjd0, i0, i1))
         with fitswrite.UncalWriter(outdir / fname, kw, (p.nints, p.ngroups, p.ny, p.nx),
                                    extensions=exts, sci_cards={"BUNIT": "DN"}) as w:
             for _ in range(i0, i1):

@@ -289,3 +289,13 @@ def test_no_sci_extension(tmp_path, uncal):
     fits.HDUList([fits.PrimaryHDU(header=uncal.primary_header())]).writeto(p)
     with pytest.raises(UncalFormatError, match=r"nosci_uncal\.fits: no SCI extension"):
         open_uncal(p)
+
+
+@pytest.mark.parametrize("kw", [{"INSTRUME": "NIRSPEC", "READPATT": "NRSIRS2RAPID"},
+                                {"INSTRUME": "NIRSPEC", "READPATT": "NRSIRS2"}])
+def test_nirspec_irs2_readout_is_refused_when_opened(tmp_path, uncal, kw):
+    """IRS2 (full-frame science readout, reference columns interleaved) is not implemented:
+    refused on opening, naming the keyword, not met later as a missing reference."""
+    p = uncal.write_uncal(tmp_path / "irs2_uncal.fits", uncal.ramp(), **kw)
+    with pytest.raises(ExposureError, match=r"irs2_uncal\.fits: NIRSpec IRS2 readout .*is not supported"):
+        read_uncal_header(p)
