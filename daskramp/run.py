@@ -156,11 +156,11 @@ def _fused_layout(ds, steps, saved) -> int | None:
     """The ghost margin of the fused tile layout :func:`daskramp.pipeline.detector1` will
     use, or None when it uses the step-by-step graph."""
     from . import fused
-    from .pipeline import STEP_ORDER, step_params
+    from .params import validate_steps
 
     if saved:
         return None
-    params = {n: step_params(n, (steps or {}).get(n)) for n in STEP_ORDER}
+    params = validate_steps(steps)
     return fused.halo_width(params) if fused.unsupported(ds, params) is None else None
 
 
@@ -178,6 +178,7 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
     :class:`daskramp.memory.MemoryBudgetError`.
     """
     from . import dims
+    from . import steps as registry
     from .memory import (
         MemoryBudgetError,
         active_steps,
@@ -195,7 +196,11 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
         ds = dims.chunk(ds, {dims.INTEGRATION: int(integration_chunk)})
     elif budget is not None and data.chunks is not None:
         frame = ds.sizes[dims.GROUP] * max(data.chunks[2]) * max(data.chunks[3])
-        local = [s for s in active_steps(steps) if s not in ("jump", "ramp_fit", "gain_scale")]
+        # the steps that run on integration blocks: those before the first that pools
+        # integrations (the rest run on pixel tiles, sized below)
+        per_block = registry.ramp_step_names()
+        per_block = per_block[: per_block.index(registry.pooling_step())]
+        local = [s for s in active_steps(steps) if s in per_block]
         worst = max([step_factor(s) for s in local] or [1.0])
         fit = integrations_per_chunk(frame, budget=budget, factor=worst)
         if fit is not None and 1 <= fit < max(data.chunks[0]):
@@ -411,12 +416,8 @@ def _log_cluster(client, seconds: float) -> None:
 def _log_finished(prep: Prepared, provenance: Mapping, paths: Mapping, wall: float,
                   nbytes: int) -> None:
     """Every step's status (with the references it used), the products and the time."""
-    try:
-        from .pipeline import STEP_ORDER, STEP_REFTYPES
-    except ImportError:  # pragma: no cover - a pipeline without the table
-        from .pipeline import STEP_ORDER
+    from .pipeline import STEP_ORDER, STEP_REFTYPES
 
-        STEP_REFTYPES = {}
     steps = provenance.get("steps") or {}
     files = provenance.get("reference_files") or {}
     for name in [n for n in STEP_ORDER if n in steps] + [n for n in steps if n not in STEP_ORDER]:

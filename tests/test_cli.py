@@ -288,3 +288,10 @@ def test_detector1_result_repr_is_short():
     text = repr(r)
     assert len(text.splitlines()) <= 6 and len(text) < 400, text
     assert "rateints: integration 40 × y 256 × x 2048 (lazy)" in text and "jump COMPLETE" in text
+
+
+def test_override_options_cover_every_reftype():
+    from daskramp import cli
+    from daskramp.io import refs
+
+    assert cli.REFTYPES == refs.REFTYPES

@@ -176,19 +176,9 @@ class Fingerprint:
 def _plain(obj):
     """JSON's view of ``obj`` (tuples → lists, numpy scalars → numbers), so that a fingerprint
     read back from disk compares equal to one made in memory."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=_default))
+    from .products import json_default
 
-
-def _default(obj):
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (Path, os.PathLike)):
-        return os.fspath(obj)
-    return str(obj)
+    return json.loads(json.dumps(obj, sort_keys=True, default=json_default))
 
 
 # ---------------------------------------------------------------------------- products of a root

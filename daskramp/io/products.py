@@ -183,7 +183,8 @@ def product_kind(ds: xr.Dataset, key: str | None = None) -> str:
     raise ProductError(f"product {key!r}: data dims {dims} match no product kind")
 
 
-def _json_default(obj):
+def json_default(obj):
+    """JSON's view of the numpy values, paths and sets in provenance records."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -207,7 +208,7 @@ def _attr_value(v):
         return [_attr_value(x) for x in v]
     if isinstance(v, Mapping):
         return {str(k): _attr_value(x) for k, x in v.items()}
-    return json.loads(json.dumps(v, default=_json_default))
+    return json.loads(json.dumps(v, default=json_default))
 
 
 def product_attrs(attrs: Mapping, provenance: Mapping, *, kind: str) -> dict:
@@ -237,7 +238,7 @@ def product_attrs(attrs: Mapping, provenance: Mapping, *, kind: str) -> dict:
     # the model of the product, as its FITS file says (not the uncal's Level1bModel)
     out["DATAMODL"] = DATAMODELS[kind]
     out["BUNIT"] = "DN" if kind == "ramp" else "DN/s"
-    out[PROVENANCE_ATTR] = json.dumps(provenance, default=_json_default, sort_keys=True)
+    out[PROVENANCE_ATTR] = json.dumps(provenance, default=json_default, sort_keys=True)
     return out
 
 
