@@ -53,7 +53,6 @@ the FITS file is then streamed plane by plane from that store.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import math
@@ -616,17 +615,11 @@ def strip_mask_do_not_use(refs):
     dq_init copies the MASK's DO_NOT_USE into every group, which would leave hot pixels —
     what a DARK must measure above all — without a single usable sample and out of jump
     detection.  The other MASK bits (HOT, DEAD, …) still reach pixeldq.
-    """
-    from .io.refs import REFTYPES, RefSet
 
-    mask = refs.get("mask")
-    if mask is None:
-        return refs
-    arrays = dict(mask.arrays)
-    arrays["DQ"] = arrays["DQ"] & ~np.uint32(dqflags.DO_NOT_USE)
-    files = {rt: refs.get(rt) for rt in REFTYPES}
-    files["mask"] = dataclasses.replace(mask, arrays=arrays)
-    return RefSet(files)
+    The set's recipe (:meth:`daskramp.io.refs.RefSet.recipe`) records the cleared bit, so
+    the workers read the files and clear it themselves: the arrays stay out of the graphs.
+    """
+    return refs.with_bits_cleared("mask", "DQ", dqflags.DO_NOT_USE)
 
 
 def _with_rate(stats: xr.Dataset, tgroup: float) -> xr.Dataset:

@@ -400,6 +400,9 @@ def detector1(
     cols = plan_tiles(ds, memory_limit=memory_limit, stats_scope=stats_scope,
                       tile_columns=tile_columns)
     ds = _tile(ds, cols, stats_scope)
+    # the reference arrays enter the graph as dask arrays a worker reads from the files
+    # (RefSet.lazy), not as numpy data inside the tasks
+    refs = lazy_refs(refs, ds)
     provenance["tile_columns"] = cols
     intermediates: dict[str, xr.Dataset] = {}
     ds = ramp_steps(ds, refs, params, stats_scope=stats_scope, given_stats=given_stats,
@@ -458,6 +461,26 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
     return ds
 
 
+def _is_lazy(value) -> bool:
+    import dask
+
+    if isinstance(value, xr.Dataset):
+        return any(dask.is_dask_collection(v.data) for v in value.data_vars.values())
+    if isinstance(value, Mapping):
+        return any(_is_lazy(v) for v in value.values())
+    return dask.is_dask_collection(getattr(value, "data", value))
+
+
+def lazy_refs(refs, ds):
+    """``refs`` (a RefSet or None) for a graph on ``ds``: :meth:`RefSet.lazy` when ``ds`` is
+    dask-backed, so the reference arrays are read by the workers (from the files when the
+    set has a recipe) instead of travelling inside the tasks; as it is for an in-memory
+    ``ds`` (numpy all the way, nothing to ship)."""
+    if refs is None or not _is_lazy(ds):
+        return refs
+    return refs.lazy()
+
+
 def _skipped(record: dict, spec, refs) -> None:
     """Record a step skipped for want of references: the ones it cannot run without, and why
     each is missing."""
@@ -474,6 +497,8 @@ def finish(fields, ds: xr.Dataset, refs, params: Mapping, provenance: dict,
     (gain_scale; lazy)."""
     rate = rateints = None
     steps = provenance.setdefault("steps", {})
+    # lazy products: the GAIN image (rate) and header come from the workers' reference set
+    refs = lazy_refs(refs, fields)
     order = registry.step_order()
     for name in order[order.index(registry.FIT_STEP):]:
         spec = registry.spec(name)
@@ -514,6 +539,12 @@ def _tile(ds: xr.Dataset, cols: int, stats_scope: str) -> xr.Dataset:
 
     if not any(hasattr(v.data, "dask") for v in ds.data_vars.values()):
         return ds
+    pdq = ds.get(dims.PIXELDQ)
+    if pdq is not None and not hasattr(pdq.data, "dask") and not np.any(pdq.data):
+        # the zeros of an uncal exposure: made by the tasks, not shipped inside the graph
+        import dask.array as da
+
+        ds = ds.assign({dims.PIXELDQ: pdq.copy(data=da.zeros(pdq.shape, dtype=pdq.dtype, chunks=-1))})
     ds = chunk_by_segment(ds, stats_scope=stats_scope)
     return dims.chunk(ds, {dims.Y: -1, dims.X: cols})
 

@@ -748,6 +748,20 @@ def _hint(reftype: str) -> str:
             f"or --override-{reftype} N/A")
 
 
+def _clear_bits(f: RefFile | None, ext: str, bits: int) -> RefFile | None:
+    """``f`` with ``bits`` cleared in its (uint32 DQ) extension ``ext``."""
+    if f is None or ext not in f.arrays:
+        return f
+    arrays = dict(f.arrays)
+    arrays[ext] = arrays[ext] & ~np.uint32(bits)
+    return dataclasses.replace(f, arrays=arrays)
+
+
+def _array_of(refs: RefSet, reftype: str, ext: str):
+    """One array of a set (a task of :meth:`RefSet.lazy`)."""
+    return refs.get(reftype).arrays[ext]
+
+
 class RefSet:
     """The reference files of one exposure, one :class:`RefFile` (or None for "N/A") per reftype.
 
@@ -771,13 +785,15 @@ class RefSet:
         """``(files, exposure_attrs)`` from which :meth:`from_recipe` reads this set again
         (in a dask worker, instead of the arrays travelling inside the task graph), or None
         for a set not read by :meth:`from_dir`.  ``files`` maps reftype → (path, sha256) or
-        None."""
+        None.  A set made by :meth:`with_bits_cleared` has a third item, the bits to clear
+        (``((reftype, ext, bits), …)``): ``RefSet.from_recipe(*refs.recipe())`` reads it."""
         return self._recipe
 
     @classmethod
-    def from_recipe(cls, files: Mapping, exposure_attrs: Mapping) -> RefSet:
+    def from_recipe(cls, files: Mapping, exposure_attrs: Mapping, cleared=()) -> RefSet:
         """Read the files of a :meth:`recipe` again; a file changed since (another sha256) is
-        a :class:`ReferenceFileError`."""
+        a :class:`ReferenceFileError`.  ``cleared``: ``(reftype, ext, bits)`` triples, the
+        DQ bits :meth:`with_bits_cleared` clears, cleared again here."""
         out = {}
         for rt, entry in files.items():
             if entry is None:
@@ -789,7 +805,75 @@ class RefSet:
                 raise _err(rt, path, "changed on disk since the reference files were selected "
                                      f"(sha256 {f.sha256} instead of {digest})")
             out[rt] = f
+        for rt, ext, bits in cleared:
+            out[rt] = _clear_bits(out.get(rt), ext, bits)
         return cls(out)
+
+    def with_bits_cleared(self, reftype: str, ext: str, bits: int) -> RefSet:
+        """The same set with ``bits`` cleared in the DQ extension ``ext`` of ``reftype`` (e.g.
+        DO_NOT_USE of the MASK while building a dark); unchanged when there is no such file or
+        extension.  The recipe (:meth:`recipe`) says so, so a worker reading the set again
+        clears them too: the arrays still stay out of task graphs."""
+        f = self.get(reftype)
+        if f is None or ext not in f.arrays:
+            return self
+        files = dict(self._files)
+        files[reftype] = _clear_bits(f, ext, bits)
+        out = RefSet(files, reasons=self._reasons, rejections=self._rejections)
+        if self._recipe is not None:
+            cleared = (*(self._recipe[2] if len(self._recipe) > 2 else ()),
+                       (reftype, ext, int(bits)))
+            out._recipe = (*self._recipe[:2], cleared)
+        return out
+
+    def lazy(self) -> RefSet:
+        """The same set whose arrays are dask arrays read (and cut) by a worker.
+
+        With a :meth:`recipe`, one task ``RefSet.from_recipe(*recipe)`` reads the files
+        again (its key is a token of the recipe: paths, sha256 digests and exposure keywords;
+        the same key as the fused layout's, so a graph holding both reads them once) and each
+        array is a one-chunk dask array taken from it: a task graph built on them carries
+        no reference array.  Without a recipe the set itself is one key of the graph (each
+        array once, instead of once per step that uses it).  Shapes, dtypes, headers, paths,
+        checksums, reasons and the recipe are those of this set; arrays that are not numpy
+        arrays (a DataArray given by hand) are kept as they are.  A lazy set is returned as
+        it is.
+        """
+        import dask
+        import dask.array as da
+
+        if self.is_lazy():
+            return self
+        if self._recipe is not None:
+            loaded = dask.delayed(RefSet.from_recipe, pure=True)(*self._recipe)
+        else:
+            import uuid
+
+            loaded = dask.delayed(self, name=f"refset-{uuid.uuid4().hex}")
+        token = loaded.key.rsplit("-", 1)[-1]
+        files: dict[str, RefFile | None] = {}
+        for rt, f in self._files.items():
+            if f is None:
+                files[rt] = None
+                continue
+            arrays = {}
+            for ext, a in f.arrays.items():
+                if not isinstance(a, np.ndarray):
+                    arrays[ext] = a
+                    continue
+                part = dask.delayed(_array_of)(loaded, rt, ext,
+                                               dask_key_name=f"refarray-{rt}-{ext}-{token}")
+                arrays[ext] = da.from_delayed(part, a.shape, dtype=a.dtype,
+                                              name=f"ref-{rt}-{ext}-{token}")
+            files[rt] = dataclasses.replace(f, arrays=arrays)
+        out = RefSet(files, reasons=self._reasons, rejections=self._rejections)
+        out._recipe = self._recipe
+        return out
+
+    def is_lazy(self) -> bool:
+        """Whether any array of the set is a dask array (:meth:`lazy`)."""
+        return any(hasattr(a, "dask") for f in self._files.values() if f is not None
+                   for a in f.arrays.values())
 
     @classmethod
     def from_dir(

@@ -44,7 +44,10 @@ class StepSpec:
     refs_kwargs : callable, optional
         ``refs_kwargs(refs, params, ds) -> dict``: the keyword arguments of ``run`` taken from
         the reference files (a :class:`~daskramp.io.refs.RefSet`, or None), called only when
-        every required reftype is there.
+        every required reftype is there.  On a dask-backed exposure the set's arrays are dask
+        arrays a worker reads from the files (:meth:`~daskramp.io.refs.RefSet.lazy`): the
+        wrapper keeps them lazy (no ``np.asarray``, no reduction computed while the graph is
+        built), so no reference array travels inside the task graph.
     refs_missing : {"skip", "error"}
         A required reference missing skips the step (status SKIPPED with the reason), or is
         an error (:class:`~daskramp.config.ConfigError`).

@@ -36,18 +36,46 @@ class Params:
     skip: bool = boolean(False)
 
 
+def _is_dask(arr) -> bool:
+    return hasattr(arr, "dask")
+
+
+def _provided(arr) -> np.ndarray:
+    """``[[True]]`` when an AVDRKCUR image holds anything (a one-chunk block task)."""
+    return np.full((1, 1), float(np.sum(arr)) != 0.0)
+
+
 def _average_dark_current(ds, user, image, keyword):
     """AVDRKCUR (y, x): parameter > DARK 2-D array > DARK header keyword > 0."""
     coords = {Y: ds[Y], X: ds[X]}
     shape = (ds.sizes[Y], ds.sizes[X])
+    lazy = _is_dask(ds[DATA].data)
 
     def full(value):
+        if lazy:
+            import dask.array as da
+
+            # made by the tasks, not an image shipped inside the graph
+            return xr.DataArray(da.full(shape, value, dtype=np.float32, chunks=-1), dims=IMAGE_DIMS,
+                                coords=coords)
         return xr.DataArray(np.full(shape, value, np.float32), dims=IMAGE_DIMS, coords=coords)
 
     if user is not None:
         return full(float(user))
     if image is not None:
         arr = image.data if isinstance(image, xr.DataArray) else image
+        if _is_dask(arr) and tuple(arr.shape) == shape:
+            # a DARK read by the workers (RefSet.lazy): whether the image holds anything is
+            # decided there too, by the same sum as below
+            import dask.array as da
+
+            flag = arr.rechunk(-1).map_blocks(_provided, chunks=((1,),) * arr.ndim, dtype=bool)
+            img = as_image(arr, ds, "dark_avdrkcur", dtype=np.float32)
+            other = full(0.0 if keyword is None else float(keyword))
+            return img.copy(data=da.where(flag[0, 0], img.data, other.data))
+        if _is_dask(arr):
+            # an image of another shape (given by hand): decided here, as before
+            arr = np.asarray(arr)
         # an all-zero array means "not provided" in the DARK files; the sum is reference-sized
         if float(np.sum(arr)) != 0.0:
             if tuple(np.shape(arr)) != shape:
@@ -131,6 +159,14 @@ def dark_current(
 
 def _save_dark(path, avg, nframes, groupgap):
     from astropy.io import fits
+
+    if _is_dask(avg):
+        # the frame-averaged dark (reference-sized: ngroups × y × x) of a DARK the workers
+        # read (RefSet.lazy), computed for the file before the graph is built, as the numpy
+        # path does; the products' graph keeps its own lazy copy
+        import dask
+
+        (avg,) = dask.compute(avg)
 
     hdr = fits.Header()
     hdr["NFRAMES"] = nframes

@@ -122,7 +122,8 @@ def _image(arr, ds: xr.Dataset, name: str) -> xr.DataArray:
             raise ValueError(f"jump: {name} has dims {arr.dims}, expected {IMAGE_DIMS}")
         data = arr.data
     else:
-        data = np.asarray(arr)
+        # a dask array (a reference set read by the workers) stays lazy
+        data = arr if hasattr(arr, "dask") else np.asarray(arr)
     shape = (ds.sizes[Y], ds.sizes[X])
     if tuple(data.shape) != shape:
         raise ValueError(f"jump: {name} has shape {tuple(data.shape)}, expected {shape} (cut to the subarray)")

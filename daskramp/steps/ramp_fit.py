@@ -134,6 +134,11 @@ def ramp_fields(
         dark = ds[AVERAGE_DARK_CURRENT]
         if dark.dims != IMAGE_DIMS:
             raise ValueError(f"{AVERAGE_DARK_CURRENT} has dims {dark.dims}, expected {IMAGE_DIMS}")
+    elif hasattr(ds[DATA].data, "dask"):
+        # made by the tasks, not an image of zeros shipped inside the graph
+        import dask.array as da
+
+        dark = xr.DataArray(da.zeros((ds.sizes[Y], ds.sizes[X]), dtype=np.float32, chunks=-1), dims=IMAGE_DIMS)
     else:
         dark = xr.DataArray(np.zeros((ds.sizes[Y], ds.sizes[X]), np.float32), dims=IMAGE_DIMS)
     kwargs = dict(
@@ -269,6 +274,8 @@ def _finalize_lazy(sums, pixeldq: xr.DataArray, gain: xr.DataArray, *, nints: in
     for name, img in (("pixeldq", pixeldq), ("gain", gain)):
         img = img.transpose(*IMAGE_DIMS)
         if img.chunks is not None:
+            # a lazy image (pixeldq, or the GAIN the workers read: RefSet.lazy) is cut by
+            # tasks that wait for it, not root tasks
             arrays.append(img.data.rechunk(arrays[0].chunks))
         else:
             whole[name] = dask.delayed(np.asarray(img.values), pure=True)
