@@ -418,12 +418,18 @@ def release_free_memory() -> None:
         _TRIM(0)
 
 
-def _stand_ins(stats: dict) -> dict:
-    """``stats`` with the lazy statistics replaced by zeros of their shape and dtype."""
+def _stand_ins(stats: dict, *, lazy: bool = False) -> dict:
+    """``stats`` with the lazy statistics replaced by zeros of their shape and dtype; with
+    ``lazy`` the zeros are dask arrays, made by the tasks of a graph that uses them (as numpy
+    they would travel inside the graph: a few MB per hundred integrations)."""
+    import dask.array as da
+
     given = dict(stats)
     for k, v in given.items():
         if dask.is_dask_collection(v):
-            zeros = np.zeros(v.shape, v.dtype)
+            data = v.data if isinstance(v, xr.DataArray) else v
+            zeros = (da.zeros(data.shape, dtype=data.dtype, chunks=data.chunks) if lazy
+                     else np.zeros(data.shape, data.dtype))
             given[k] = v.copy(data=zeros) if isinstance(v, xr.DataArray) else zeros
     return given
 
@@ -732,7 +738,7 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
     jp = plan.params["jump"]
     if not jp.skip:
         ys, xs = probe_window(ny, nx)
-        given = stats if _probe_needs_offsets(plan.params) else _stand_ins(stats)
+        given = stats if _probe_needs_offsets(plan.params) else _stand_ins(stats, lazy=True)
         arrs = staged(plan, reader, refs_key, given, until="jump", int_bounds=ints,
                       y_bounds=[(ys.start, ys.stop)], x_bounds=[(xs.start, xs.stop)], names=(GROUPDQ,))
         probe = ((arrs[GROUPDQ] & np.uint8(1)) != 0).all(axis=(2, 3)).rechunk((nint, ngroup))
