@@ -161,16 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
                "bit for bit.")
     s.add_argument("outdir", metavar="OUTDIR", help="output directory (created)")
     s.add_argument("--preset", default="niriss-soss",
-                   choices=["niriss-soss", "nirspec-bots", "nircam-grism-tso", "nircam-full", "nircam-dark"],
-                   help="instrument mode: niriss-soss (SUBSTRIP256 TSO, default), nirspec-bots "
+                   choices=["niriss-soss", "nirspec-bots", "nircam-grism-tso", "nircam-imaging-tso", "nircam-full",
+                            "nircam-dark"],
+                   help="instrument mode: niriss-soss (SOSS TSO, SUBSTRIP256 by default), nirspec-bots "
                         "(NIRSpec bright-object TSO, SUB2048), nircam-grism-tso (NIRCam LW grism TSO, "
-                        "SUBGRISM64), nircam-full (full frame), nircam-dark (dark exposure, for "
-                        "`daskramp darks`)")
-    s.add_argument("--detector", help="TSO presets: detector (NRS1/NRS2; NRCALONG/NRCBLONG)")
-    s.add_argument("--subarray", help="TSO presets: subarray (nirspec-bots: SUB2048, SUB1024A, SUB1024B, "
-                                      "SUB512, SUB512S; nircam-grism-tso: SUBGRISM64/128/256)")
+                        "SUBGRISM64), nircam-imaging-tso (NIRCam SW weak-lens images taken with the grism "
+                        "TSO, NRCA3 SUBGRISM64; or SUB64P/SUB160P/SUB400P/FULL imaging TSO), nircam-full "
+                        "(full frame), nircam-dark (dark exposure, for `daskramp darks`)")
+    s.add_argument("--detector", help="TSO presets: detector (NRS1/NRS2; NRCALONG/NRCBLONG; nircam-imaging-tso: "
+                                      "NRCA1, NRCA3, NRCB1, NRCBLONG)")
+    s.add_argument("--subarray", help="TSO presets: subarray (niriss-soss: SUBSTRIP256, SUBSTRIP96, FULL; "
+                                      "nirspec-bots: SUB2048, SUB1024A, SUB1024B, SUB512, SUB512S; "
+                                      "nircam-grism-tso: SUBGRISM64/128/256; nircam-imaging-tso: SUBGRISM64/128/256 "
+                                      "(NRCA1/NRCA3), SUB64P/SUB160P/SUB400P (NRCA3, NRCB1, NRCBLONG), FULL)")
     s.add_argument("--grating", help="nirspec-bots: grating (sets the subarray's rows and the filter)")
-    s.add_argument("--noutputs", type=int, choices=[1, 4], help="nircam-grism-tso: readout outputs")
+    s.add_argument("--noutputs", type=int, choices=[1, 4],
+                   help="readout outputs: 1 or 4 for the SUBGRISM stripes; others follow the subarray "
+                        "(SOSS strips and SUBnP 1, FULL 4)")
     s.add_argument("--readpatt", help="TSO presets: readout pattern (NFRAMES and GROUPGAP follow it)")
     s.add_argument("--nints", type=int, metavar="N",
                    help="integrations per segment (default: the preset's; 158 for niriss-soss)")

@@ -45,6 +45,7 @@ import argparse
 import html
 import json
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ class _Plots:
 
 plots = _Plots()
 
+#: imaging exposure types: no spectral trace to look for
+IMAGING_EXP_TYPES = ("NRC_TSIMAGE", "NRC_IMAGE", "NIS_IMAGE", "NRC_DARK", "NIS_DARK", "NRS_DARK")
 #: flags whose maps are drawn
 MAP_FLAGS = ("DO_NOT_USE", "SATURATED", "JUMP_DET")
 FIGURES = ("dq_summary", "dq_maps", "flags_per_int", "saturation_groups", "rate_image", "column_psd",
@@ -175,70 +178,52 @@ def _as_mask(oot, n: int) -> np.ndarray | None:
 # ---------------------------------------------------------------- order finding
 
 
-def _smooth_profile(image: np.ndarray, col: int, half: int = 2) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter1d
-
-    band = image[:, max(0, col - half): col + half + 1]
-    prof = _rowwise_nanmedian(band)
-    prof = np.where(np.isfinite(prof), prof, np.nanmedian(prof))
-    return gaussian_filter1d(prof - np.median(prof), 3.0)
-
-
-def _rowwise_nanmedian(band: np.ndarray) -> np.ndarray:
-    """Median of the finite values of each row; NaN for a row without any (reference pixels,
-    flagged columns), without numpy's "All-NaN slice" warning."""
-    band = np.asarray(band, np.float64)
-    out = np.full(band.shape[0], np.nan)
-    rows = np.isfinite(band).any(axis=1)
-    if rows.any():
-        out[rows] = np.nanmedian(band[rows], axis=1)
-    return out
-
-
-def _noise(image: np.ndarray) -> float:
-    v = image[np.isfinite(image)]
-    if v.size == 0:
-        return np.inf
-    med = np.median(v)
-    return float(1.4826 * np.median(np.abs(v - med))) or float(np.std(v)) or 1.0
+# order finding lives in daskramp.analysis.trace (mode-agnostic: SOSS, NIRSpec BOTS, NIRCam
+# grism); these names stay for callers and import it on first use
 
 
 def default_orders(image: np.ndarray, x_detector: np.ndarray, *, snr: float = 20.0) -> dict:
-    """Guess ``trace_orders`` settings for a SOSS-like image (order 1, and order 2 if seen).
+    """:func:`daskramp.analysis.trace.find_orders` (trace settings guessed from an image)."""
+    from .analysis.trace import find_orders
 
-    Order 1 is the brightest ridge at the last usable column (traced towards the first);
-    order 2 is looked for at detector column ≤ 1750 (it fades beyond ~1800), more than 20 rows
-    from order 1.  A ridge must stand ``snr`` background-sigmas above the column median
-    (smoothed) to count.  Returns ``{}`` for an unilluminated image.
-    """
-    img = np.asarray(image, np.float64)
-    ny, nx = img.shape
-    good_cols = np.flatnonzero(np.isfinite(img).mean(axis=0) > 0.5)
-    if good_cols.size < 16:
-        return {}
-    x_lo, x_hi = int(good_cols[0]) + 1, int(good_cols[-1]) - 1
-    sig = _noise(img) / np.sqrt(5.0)  # a 5-column median profile, before the smoothing
-    p1 = _smooth_profile(img, x_hi)
-    y1 = int(np.argmax(p1))
-    if not p1[y1] > snr * sig / 4.0:  # the 3-px Gaussian smoothing lowers the noise ~4×
-        return {}
-    orders = {1: dict(x_start=x_hi, x_end=x_lo, y_start=float(y1))}
-    xd = np.asarray(x_detector)
-    cand = np.flatnonzero((xd <= 1750) & (np.arange(nx) <= x_hi) & (np.arange(nx) >= x_lo + 16))
-    if cand.size:
-        x2 = int(cand[-1])
-        prof = _smooth_profile(img, x2)
-        r1 = int(np.argmax(prof))  # order 1 at that column
-        far = np.abs(np.arange(ny) - r1) > 20
-        if far.any():
-            y2 = int(np.flatnonzero(far)[np.argmax(prof[far])])
-            if prof[y2] > snr * sig / 4.0 and prof[y2] > 0.02 * prof[r1]:
-                split = (r1 + y2) // 2
-                lo_rows, hi_rows = (0, split), (split, ny)
-                o1_rows, o2_rows = (lo_rows, hi_rows) if r1 < y2 else (hi_rows, lo_rows)
-                orders[1]["rows"] = o1_rows
-                orders[2] = dict(x_start=x2, x_end=x_lo, y_start=float(y2), rows=o2_rows)
-    return orders
+    return find_orders(image, x_detector, snr=snr)
+
+
+def _smooth_profile(image: np.ndarray, col: int, half: int = 2) -> np.ndarray:
+    from .analysis.trace import smooth_profile
+
+    return smooth_profile(image, col, half)
+
+
+def _rowwise_nanmedian(band: np.ndarray) -> np.ndarray:
+    from .analysis.trace import rowwise_nanmedian
+
+    return rowwise_nanmedian(band)
+
+
+def _noise(image: np.ndarray) -> float:
+    from .analysis.trace import image_noise
+
+    return image_noise(image)
+
+
+#: aperture half-height (pixels) for a broad (SOSS) trace; a narrow one gets 2.5 × its FWHM
+DEFAULT_RADIUS = 15.0
+
+
+def default_radius(image: np.ndarray, orders: Mapping) -> float:
+    """Aperture half-height for ``orders[1]``: :data:`DEFAULT_RADIUS` for a broad trace, else
+    ``max(3, 2.5·FWHM)`` rounded to half a pixel (FWHM of the median image's profile at the
+    order's first column)."""
+    from .analysis.trace import NARROW_FWHM, profile_fwhm
+
+    o = orders.get(1) if orders else None
+    if not o:
+        return DEFAULT_RADIUS
+    fwhm = profile_fwhm(np.asarray(image, np.float64), int(o["x_start"]), float(o.get("y_start", 0.0)))
+    if not np.isfinite(fwhm) or fwhm >= NARROW_FWHM:
+        return DEFAULT_RADIUS
+    return float(max(3.0, round(2.0 * 2.5 * fwhm) / 2.0))
 
 
 # ---------------------------------------------------------------- report
@@ -352,7 +337,7 @@ def make_report(
     *,
     out_of_transit=None,
     orders: Mapping | None = None,
-    radius: float = 15.0,
+    radius: float | None = None,
     correct_1overf: bool = False,
     mask_halfwidth: float = 30.0,
     trace_integrations: bool = True,
@@ -375,8 +360,9 @@ def make_report(
         ``{order: dict(x_start=…, x_end=…, y_start=…, rows=…)}`` for
         :func:`daskramp.analysis.trace.trace_orders` (array indices); default
         :func:`default_orders` on the median image.
-    radius : float
-        Aperture half-height (pixels) of the extraction (fractional edges).
+    radius : float, optional
+        Aperture half-height (pixels) of the extraction (fractional edges); default
+        :func:`default_radius` (15 for SOSS, 2.5 × the FWHM of a narrow NIRSpec/NIRCam trace).
     correct_1overf : bool
         Remove the column background of every integration (rateints-level 1/f correction with
         the trace mask, ``mask_halfwidth`` rows around each order) before extraction.
@@ -426,7 +412,11 @@ def make_report(
         from .analysis.diagnostics import saturation_summary
 
         lazy["nsat"] = saturation_summary(ramp)["n_saturated"]
-    (got,) = dask.compute(lazy)
+    with warnings.catch_warnings():
+        # without a rate product the image is the median of the integrations: reference and
+        # always-flagged pixels are NaN in every one (NaN is the right median there)
+        warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
+        (got,) = dask.compute(lazy)
     table = adq.flag_table(got["counts"])
     rep.tables["DQ flags of the rate image"] = table
     x, y = _coord(ref, X), _coord(ref, Y)
@@ -454,7 +444,13 @@ def make_report(
                                               else "Median rate of the integrations", units=units))
 
     # ---- traces
+    exp_type = str(ref.attrs.get("EXP_TYPE", "")).upper()
+    imaging = orders is None and exp_type in IMAGING_EXP_TYPES
+    if imaging:
+        orders = {}  # a defocused imaging-TSO PSF is not a spectral trace
     orders = dict(orders) if orders is not None else default_orders(img, x)
+    if radius is None:
+        radius = default_radius(img, orders)
     traces = None
     if orders:
         med = xr.DataArray(img, dims=(Y, X))
@@ -486,7 +482,10 @@ def make_report(
         rep.skip("column_psd", "no rateints or ramp product")
 
     if traces is None:
-        note = "no illuminated spectral trace found: tracing, extraction and light curves skipped"
+        note = ("no illuminated spectral trace found: tracing, extraction and light curves skipped"
+                if not imaging else
+                f"imaging exposure (EXP_TYPE {exp_type}): no spectral trace; time-series photometry "
+                f"(tso_photometry) is stage 2")
         for k in ("trace_overlay", "trace_position", "spectrum", "lc_matrix", "white_light",
                   "binned_scatter", "sensitivity", "white_light_psd"):
             rep.skip(k, note)
@@ -629,7 +628,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("products", nargs="+", metavar="PRODUCTS", help="products directory, or *_rate.zarr/*_rateints.zarr/*_ramp.zarr stores")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory of index.html and the PNG figures")
     p.add_argument("--oot", metavar="RANGES", help="out-of-transit integrations as index ranges, e.g. 0:40,110:158")
-    p.add_argument("--radius", type=float, default=15.0, metavar="PIXELS", help="aperture half-height in pixels (default 15)")
+    p.add_argument("--radius", type=float, default=None, metavar="PIXELS",
+                   help="aperture half-height in pixels (default 15; 2.5 × the FWHM of a narrow "
+                        "NIRSpec/NIRCam trace)")
     p.add_argument("--correct-1overf", action="store_true",
                    help="remove the column background of each integration before extraction")
     p.add_argument("--no-trace-integrations", action="store_true",

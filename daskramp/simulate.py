@@ -75,7 +75,11 @@ Presets (:data:`PRESETS`)
     centred on the exposure, lasting 40 % of it (ingress 15 % of the duration).
     Gain 1.6 e⁻/DN, CDS read noise 10.5 DN, dark 0.01 DN/s, bias ≈ 14000 DN, full well
     40000 DN (saturation at 90 %), c2 = 2.5e-6, c3 = 1e-11 (≈ 10 % non-linear at saturation),
-    cosmic rays 5e-5 /px/s, 1/f amplitude 1 DN.
+    cosmic rays 5e-5 /px/s, 1/f amplitude 1 DN.  Option ``subarray`` (spec 14 §1–§4):
+    SUBSTRIP96 (96×2048 at SUBSTRT (1, 1803), TFRAME 2.214 s; reference pixels only the
+    detector top/bottom rows = DMS columns 1–4 and 2045–2048; it holds order 1 and the edge
+    of order 2) or FULL (2048×2048, 4 outputs, TFRAME 10.73677 s; the orders sit where they do in
+    the strips).  ``readpatt`` NISRAPID or NIS.  The default is unchanged (bit-identical).
 ``nircam-full``  NIRCam/NRCA1, NRC_IMAGE, FULL 2048×2048, 4 outputs, FASTAXIS=−1, SLOWAXIS=2,
     BRIGHT1 (NFRAMES=1, GROUPGAP=1), 10 groups, TFRAME=10.737 s, TGROUP=21.474 s, F200W/CLEAR,
     2 integrations.  A field of Gaussian stars (σ = 1.2 px, log-uniform fluxes, the two
@@ -106,14 +110,31 @@ Presets (:data:`PRESETS`)
     NFRAMES=1, GROUPGAP=0) selected by EXP_TYPE, NOUTPUTS and SUBARRAY; dark_current averages
     its frames per group for the other patterns.
 
-For the two TSO presets, changing ``detector``, ``subarray``, ``grating``, ``noutputs`` or
+``nircam-imaging-tso``  NIRCam imaging time series (NRC_TSIMAGE): by default the short-wave
+    weak-lens images taken simultaneously with ``nircam-grism-tso`` (same exposure root, timing,
+    readout and transit): NRCA3 (FASTAXIS=−1, SLOWAXIS=2), F210M + WLP8, SUBGRISM64 stripe at SUBSTRT
+    (1, 134) (SIAF NRCA3_GRISMTS64; the SUBARRAY name is assumed to be the LW one, spec 14 §10),
+    4 outputs, BRIGHT2, 6 groups, TFRAME 0.34061 s, 366 integrations.  The SW stripes hold only
+    the side reference columns (SUBGRISM256 also the bottom rows): with 4 outputs refpix skips
+    the per-amplifier step (spec 14 §5).  Options: ``detector`` NRCA1/NRCA3 (SUBGRISM64/128/256,
+    1 or 4 outputs, rows per :data:`NIRCAM_TSIMAGE_SUBARRAYS`), NRCA3/NRCB1/NRCBLONG with the
+    imaging-TSO subarrays SUB64P/SUB160P/SUB400P (1 output; SIAF corners: NRCA3 SUB64P has 4
+    side columns, SUB160P/SUB400P and NRCB1/NRCBLONG SUB400P, NRCBLONG SUB160P the detector
+    corner, NRCB1 SUB64P/SUB160P and NRCBLONG SUB64P no reference pixels), FULL (4 outputs) on
+    any of them; ``noutputs``; ``readpatt``.  Scene "defocused": an annulus (outer radius
+    ``psf_radius`` = 20 px, at most 40 % of the smaller side; inner 0.35 of it) with six-fold
+    azimuthal modulation, centred on the subarray (``psf_xy``), peak 12000 DN/s, background
+    0.5 DN/s, the SOSS transit.  Gain 2.05, CDS read noise 8.5 DN, dark 0.005 DN/s.
+
+For the TSO presets, changing ``detector``, ``subarray``, ``grating``, ``noutputs`` or
 ``readpatt`` re-derives SUBSTRT/SUBSIZE, TFRAME (spec 14 §3 formula), NFRAMES/GROUPGAP, FILTER
 and MODULE (values given explicitly win); ``readpatt`` does the same NFRAMES/GROUPGAP lookup for
 every preset.  Their uncal files also carry the GROUP table.
 
 Geometry overrides ``nx``/``ny`` keep the subarray a valid cut of the detector that keeps
 reference pixels where the real one has them: SOSS keeps SUBSTRT2 = 2049 − ny (reference rows
-at the top) and SUBSTRT1 = 1 (reference columns 0–3); NIRCam and NIRSpec subarrays sit at the
+at the top; when only ``nx`` changes, the strip keeps its rows, e.g. SUBSTRIP96's 1803) and
+SUBSTRT1 = 1 (reference columns 0–3); NIRCam and NIRSpec subarrays sit at the
 (1, 1) corner and use 1 output.  Changed geometries are called ``GENERIC``; TFRAME keeps the preset's
 value (override ``tframe=`` to change it), so a narrow SOSS-like strip collects the same
 signal per group as the real mode — the detector simply idles for the rest of the frame time
@@ -130,7 +151,9 @@ Truth (``truth.zarr``): static maps (source_rate, dark_rate, gain, readnoise, su
 full_well, saturation_level, pixeldq), relative_flux per integration, bias offsets per
 (integration, group, channel), the jump table and the saturation table.  The true rate per
 integration is ``source_rate × relative_flux`` (exact: the transit is grey); :func:`load_truth`
-adds it as a lazy ``rate`` variable rather than storing nints copies of the frame.
+adds it as a lazy ``rate`` variable rather than storing nints copies of the frame.  Trace
+scenes add ``trace_y`` (the trace centre row per column), the defocused scene the PSF centre and
+radius (attrs ``psf_x``, ``psf_y``, ``psf_radius``).
 
 Determinism: every random number comes from ``numpy.random.SeedSequence(seed)``: static maps
 and the scene from spawn key ``(0,)``, integration i (0-based over the whole exposure) from
@@ -205,6 +228,33 @@ MODE_OPTIONS: dict[str, type] = {"detector": str, "subarray": str, "grating": st
 NIRCAM_GRISM_SUBARRAYS = {"SUBGRISM64": 64, "SUBGRISM128": 128, "SUBGRISM256": 256}
 #: the long-wavelength detectors of the grism TSO mode and their module
 NIRCAM_GRISM_DETECTORS = {"NRCALONG": "A", "NRCBLONG": "B"}
+#: NIRISS SOSS subarrays: name → SUBSTRT1, SUBSTRT2, SUBSIZE1, SUBSIZE2, NOUTPUTS (spec 14 §1, §4)
+NIRISS_SOSS_SUBARRAYS: dict[str, tuple[int, int, int, int, int]] = {
+    "SUBSTRIP256": (1, 1793, 2048, 256, 1), "SUBSTRIP96": (1, 1803, 2048, 96, 1), "FULL": (1, 1, 2048, 2048, 4),
+}
+#: NIRCam imaging time series (NRC_TSIMAGE): (DETECTOR, SUBARRAY) → SUBSTRT1, SUBSTRT2, SUBSIZE1,
+#: SUBSIZE2 (1-based DMS).  The SW images taken with the grism TSO (NRCA1/NRCA3, SIAF
+#: ``GRISMTSn`` apertures, SUBARRAY assumed to carry the LW stripe's name) and the imaging-TSO
+#: subarrays SUB64P/SUB160P/SUB400P (SIAF PRDOPSSOC-073 corners; spec 14 §4).  FULL (1, 1)
+#: serves every detector of the mode.
+NIRCAM_TSIMAGE_SUBARRAYS: dict[tuple[str, str], tuple[int, int, int, int]] = {
+    ("NRCA1", "SUBGRISM64"): (1, 125, 2048, 64), ("NRCA1", "SUBGRISM128"): (1, 95, 2048, 128),
+    ("NRCA1", "SUBGRISM256"): (1, 1, 2048, 256),
+    ("NRCA3", "SUBGRISM64"): (1, 134, 2048, 64), ("NRCA3", "SUBGRISM128"): (1, 104, 2048, 128),
+    ("NRCA3", "SUBGRISM256"): (1, 1, 2048, 256),
+    ("NRCA3", "SUB64P"): (1, 101, 64, 64), ("NRCA3", "SUB160P"): (1889, 1, 160, 160),
+    ("NRCA3", "SUB400P"): (1649, 1, 400, 400),
+    ("NRCB1", "SUB64P"): (1851, 1817, 64, 64), ("NRCB1", "SUB160P"): (1803, 1769, 160, 160),
+    ("NRCB1", "SUB400P"): (1649, 1649, 400, 400),
+    ("NRCBLONG", "SUB64P"): (1944, 1931, 64, 64), ("NRCBLONG", "SUB160P"): (1889, 1889, 160, 160),
+    ("NRCBLONG", "SUB400P"): (1649, 1649, 400, 400),
+}
+#: detectors of the NIRCam imaging-TSO preset: module, channel, default FILTER, PUPIL (SW: the
+#: weak lens +8 in the pupil wheel, as with the grism TSO; LW: a plain imaging filter)
+NIRCAM_TSIMAGE_DETECTORS: dict[str, tuple[str, str, str, str]] = {
+    "NRCA1": ("A", "SHORT", "F210M", "WLP8"), "NRCA3": ("A", "SHORT", "F210M", "WLP8"),
+    "NRCB1": ("B", "SHORT", "F210M", "WLP8"), "NRCBLONG": ("B", "LONG", "F444W", "CLEAR"),
+}
 
 
 @dataclass(frozen=True)
@@ -212,7 +262,7 @@ class Preset:
     """Everything that defines a simulated exposure; see the module docstring for the values."""
 
     name: str
-    scene: str  # "soss", "stars" or "dark"
+    scene: str  # "soss", "stars", "trace", "defocused" or "dark"
     instrument: str
     detector: str
     exp_type: str
@@ -235,7 +285,8 @@ class Preset:
     module: str | None = None
     grating: str | None = None  # NIRSpec GRATING
     fxd_slit: str | None = None  # NIRSpec FXD_SLIT
-    #: "nirspec-bots" / "nircam-grism": geometry, timing and keywords follow detector,
+    #: "nirspec-bots" / "nircam-grism" / "niriss-soss" / "nircam-imaging": geometry, timing and
+    #: keywords follow detector,
     #: subarray, grating, noutputs and readpatt (see :func:`_resolve_mode`)
     mode: str | None = None
     group_table: bool = False  # write the GROUP table (one row per integration and group)
@@ -282,6 +333,9 @@ class Preset:
     trace_sigma: float = 1.0  # Gaussian cross-dispersion sigma, px
     trace_tilt: float = 0.0  # rise of the trace over 2048 columns, px
     trace_columns: tuple[float, float] = (0.0, 2048.0)  # full-frame DMS x range of the spectrum
+    # defocused point source (scene "defocused": a weak-lens image)
+    psf_radius: float = 20.0  # outer radius of the defocused PSF, px
+    psf_xy: tuple[float, float] | None = None  # its centre, subarray (x, y) indices (None: middle)
 
 
 PRESETS: dict[str, Preset] = {
@@ -290,7 +344,7 @@ PRESETS: dict[str, Preset] = {
         exp_type="NIS_SOSS", readpatt="NISRAPID", subarray="SUBSTRIP256",
         substrt1=1, substrt2=1793, nx=2048, ny=256, noutputs=1, nframes=1, groupgap=0,
         ngroups=9, nints=158, tframe=5.494, root="jw01366001001_04101_00001",
-        filter="CLEAR", pupil="GR700XD", targname="WASP-39", tsovisit=True,
+        filter="CLEAR", pupil="GR700XD", mode="niriss-soss", targname="WASP-39", tsovisit=True,
     ),
     "nircam-full": Preset(
         name="nircam-full", scene="stars", instrument="NIRCAM", detector="NRCA1",
@@ -334,6 +388,17 @@ PRESETS: dict[str, Preset] = {
         gain=1.8, readnoise=9.0, bias_level=12000.0, full_well=45000.0, dark_current=0.02,
         background=1.0, peak_rate=12000.0, trace_row=33.0, trace_sigma=1.2, trace_tilt=0.5,
         trace_columns=(600.0, 2000.0),
+    ),
+    "nircam-imaging-tso": Preset(
+        name="nircam-imaging-tso", scene="defocused", instrument="NIRCAM", detector="NRCA3",
+        exp_type="NRC_TSIMAGE", readpatt="BRIGHT2", subarray="SUBGRISM64",
+        substrt1=1, substrt2=134, nx=2048, ny=64, noutputs=4, nframes=2, groupgap=0,
+        ngroups=6, nints=366, tframe=0.34061, root="jw01366002001_04103_00001",
+        filter="F210M", pupil="WLP8", channel="SHORT", module="A", mode="nircam-imaging",
+        targname="WASP-39", tsovisit=True, group_table=True,
+        date_obs="2022-07-22", time_obs="18:12:52.000",
+        gain=2.05, readnoise=8.5, bias_level=12000.0, full_well=45000.0, dark_current=0.005,
+        background=0.5, peak_rate=12000.0, psf_radius=20.0,
     ),
 }
 
@@ -403,7 +468,9 @@ def _configure(preset: str | Preset, nints, ngroups, nx, ny, overrides) -> Prese
         raise ValueError(f"nx, ny must be in 9…{FULL}, got {new_nx}, {new_ny}")
     if (new_nx, new_ny) != (p.nx, p.ny):
         if p.scene == "soss":
-            changes.update(substrt1=1, substrt2=FULL - new_ny + 1)
+            # reference rows at the top (SUBSTRIP256) unless only the columns are narrowed
+            # (SUBSTRIP96 keeps its rows)
+            changes.update(substrt1=1, substrt2=p.substrt2 if new_ny == p.ny else FULL - new_ny + 1)
         else:
             changes.update(substrt1=1, substrt2=1)
         full = new_nx == FULL and new_ny == FULL
@@ -459,13 +526,57 @@ def _resolve_mode(p: Preset, changes: dict) -> None:
     NRS2 mirrors NRS1 (SUBSTRT1 = 2050 − SUBSTRT1(NRS1) − SUBSIZE1; spec 14 §4, unverified).
     ``nircam-grism``: DETECTOR NRCALONG (module A, SUBSTRT (1, 1)) or NRCBLONG (module B,
     SUBSTRT2 = 2049 − rows), SUBARRAY SUBGRISM64/128/256 (2048 columns), 1 or 4 outputs.
+    ``niriss-soss``: DETECTOR NIS, SUBARRAY SUBSTRIP256, SUBSTRIP96 (1 output) or FULL
+    (4 outputs) from :data:`NIRISS_SOSS_SUBARRAYS`.
+    ``nircam-imaging``: DETECTOR and SUBARRAY one of :data:`NIRCAM_TSIMAGE_SUBARRAYS` or FULL;
+    SUBGRISMn 1 or 4 outputs, SUBnP 1, FULL 4 (spec 14 §1 NOUTPUTS rule); MODULE, CHANNEL,
+    FILTER and PUPIL follow the detector.
     TFRAME follows :func:`frame_time` unless given.  Explicit SUBSTRT/size/FILTER/TFRAME
-    overrides win.
+    overrides win.  NOUTPUTS defaults to the subarray's (the preset's for SUBGRISMn).
     """
     det = str(changes.get("detector", p.detector)).strip().upper()
     sub = str(changes.get("subarray", p.subarray)).strip().upper()
+    given = "noutputs" in changes
     nout = int(changes.get("noutputs", p.noutputs))
-    if p.mode == "nirspec-bots":
+    if p.mode == "niriss-soss":
+        if det != "NIS":
+            raise ValueError(f"niriss-soss: DETECTOR must be NIS, got {det!r}")
+        if sub not in NIRISS_SOSS_SUBARRAYS:
+            raise ValueError(f"niriss-soss: unknown subarray {sub!r}; known: {', '.join(NIRISS_SOSS_SUBARRAYS)} "
+                             "(the SUB*STRIPE_SOSS superstripe readouts are refused, spec 14 §8)")
+        x1, y1, nx, ny, n_sub = NIRISS_SOSS_SUBARRAYS[sub]
+        if not given:
+            nout = n_sub
+        elif nout != n_sub:
+            raise ValueError(f"niriss-soss: {sub} is read through {n_sub} output{'s' if n_sub > 1 else ''}, "
+                             f"not {nout}")
+        geo = {"substrt1": x1, "substrt2": y1, "nx": nx, "ny": ny}
+    elif p.mode == "nircam-imaging":
+        if det not in NIRCAM_TSIMAGE_DETECTORS:
+            raise ValueError(f"nircam-imaging-tso: DETECTOR must be one of {', '.join(NIRCAM_TSIMAGE_DETECTORS)}, "
+                             f"got {det!r}")
+        if sub == "FULL":
+            x1, y1, nx, ny = 1, 1, FULL, FULL
+            allowed = (4,)
+        elif (det, sub) in NIRCAM_TSIMAGE_SUBARRAYS:
+            x1, y1, nx, ny = NIRCAM_TSIMAGE_SUBARRAYS[(det, sub)]
+            allowed = (1, 4) if sub.startswith("SUBGRISM") else (1,)
+        else:
+            known = sorted({s for d, s in NIRCAM_TSIMAGE_SUBARRAYS if d == det}) + ["FULL"]
+            raise ValueError(f"nircam-imaging-tso: unknown subarray {sub!r} on {det}; known: {', '.join(known)}")
+        if not given:
+            nout = p.noutputs if p.noutputs in allowed else allowed[0]
+        elif nout not in allowed:
+            raise ValueError(f"nircam-imaging-tso: NOUTPUTS must be {' or '.join(map(str, allowed))} for {sub}, "
+                             f"got {nout}")
+        module, channel, filt, pupil = NIRCAM_TSIMAGE_DETECTORS[det]
+        geo = {"substrt1": x1, "substrt2": y1, "nx": nx, "ny": ny}
+        changes.setdefault("module", module)
+        changes.setdefault("channel", channel)
+        if "detector" in changes and channel != p.channel:
+            changes.setdefault("filter", filt)
+            changes.setdefault("pupil", pupil)
+    elif p.mode == "nirspec-bots":
         if det not in ("NRS1", "NRS2"):
             raise ValueError(f"nirspec-bots: DETECTOR must be NRS1 or NRS2, got {det!r}")
         if sub not in NIRSPEC_BOTS_SUBARRAYS:
@@ -692,8 +803,49 @@ def _trace_scene(p: Preset, rng: np.random.Generator) -> np.ndarray:
     return rate.astype(np.float32)
 
 
+def _psf_center(p: Preset) -> tuple[float, float]:
+    """Centre (x, y) of the defocused PSF in subarray indices."""
+    return ((p.nx - 1) / 2.0, (p.ny - 1) / 2.0) if p.psf_xy is None else (float(p.psf_xy[0]), float(p.psf_xy[1]))
+
+
+def _psf_radius(p: Preset) -> float:
+    """Outer radius of the defocused PSF: ``psf_radius``, at most 40 % of the smaller side."""
+    return float(min(p.psf_radius, 0.4 * min(p.nx, p.ny)))
+
+
+def _defocused_scene(p: Preset, rng: np.random.Generator) -> np.ndarray:
+    """A weak-lens (defocused) image of a point source (DN/s) on the subarray.
+
+    An annulus of outer radius R (:func:`_psf_radius`) and inner radius 0.35 R (the secondary
+    mirror's shadow), edges softened over ~1 px, its brightness modulated azimuthally
+    (0.7–1.0, six-fold like the segment pattern, plus a random low-order term) and rising
+    towards the rim; ``peak_rate`` is its maximum.  Centre :func:`_psf_center`; a uniform
+    ``background`` everywhere.
+    """
+    cx, cy = _psf_center(p)
+    R = _psf_radius(p)
+    Y = np.arange(p.ny, dtype=np.float64)[:, None]
+    X = np.arange(p.nx, dtype=np.float64)[None, :]
+    r = np.hypot(X - cx, Y - cy)
+    phi = np.arctan2(Y - cy, X - cx)
+    ring = 0.25 * (1 + np.tanh((R - r) / 0.8)) * (1 + np.tanh((r - 0.35 * R) / 0.8))
+    a1, a2 = rng.uniform(0, 2 * np.pi, 2)
+    mod = 0.85 + 0.1 * np.cos(6 * phi) + 0.05 * np.cos(phi - a1) * np.cos(2 * phi - a2)
+    mod = mod * (0.8 + 0.2 * np.clip(r / max(R, 1e-9), 0.0, 1.0))
+    img = ring * mod
+    rate = p.peak_rate * img / max(float(img.max()), 1e-12) + p.background
+    return rate.astype(np.float32)
+
+
+def _trace_center_rows(p: Preset) -> np.ndarray:
+    """Full-frame 0-based row of the trace centre at every subarray column (scene "trace")."""
+    X = np.arange(p.substrt1 - 1, p.substrt1 - 1 + p.nx, dtype=np.float64)
+    row = (p.ny - 1) / 2.0 if p.trace_row is None else float(p.trace_row)
+    return p.substrt2 - 1 + row + p.trace_tilt * (X - FULL / 2) / FULL
+
+
 #: scenes with a transit light curve
-_TRANSIT_SCENES = ("soss", "trace")
+_TRANSIT_SCENES = ("soss", "trace", "defocused")
 
 
 def _transit(t_mid_s: np.ndarray, exposure_s: float, p: Preset) -> np.ndarray:
@@ -853,6 +1005,8 @@ def _build_state(p: Preset, seed: int, nints_total: int):
         src = _stars_scene(p, rng)
     elif p.scene == "trace":
         src = _trace_scene(p, rng)
+    elif p.scene == "defocused":
+        src = _defocused_scene(p, rng)
     else:
         src = np.zeros((p.ny, p.nx), np.float32)
     src[sub["ref"] | sub["dead"]] = 0.0
@@ -1271,6 +1425,17 @@ def _write_truth(path: Path, p: Preset, state, sub, times, mjd0, jumps, jamps, s
             "group_time": ("group", state["t_read"], {"units": "s", "description": "read time after reset"}),
         },
     )
+    if p.scene == "trace":
+        x0, x1 = p.trace_columns
+        ds["trace_y"] = var(("x",), _trace_center_rows(p),
+                            "0-based detector row of the trace centre per column (the spectrum has light "
+                            f"between detector columns {x0:g} and {x1:g})", "pixel")
+    elif p.scene == "defocused":
+        cx, cy = _psf_center(p)
+        ds.attrs.update({"psf_x": float(p.substrt1 - 1 + cx), "psf_y": float(p.substrt2 - 1 + cy),
+                         "psf_radius": _psf_radius(p),
+                         "psf_description": "defocused PSF: annulus centred on (psf_x, psf_y), 0-based "
+                                            "detector coordinates, outer radius psf_radius, inner 0.35 × it"})
     ds["y"].attrs["description"] = "0-based detector row (SUBSTRT2 - 1 + index)"
     ds["x"].attrs["description"] = "0-based detector column (SUBSTRT1 - 1 + index)"
     t14 = p.transit_duration * times["exposure"] if p.scene in _TRANSIT_SCENES else 0.0
@@ -1329,8 +1494,8 @@ def simulate(
     outdir : path-like
         Output directory (created).
     preset : str or Preset
-        ``"niriss-soss"``, ``"nircam-full"``, ``"nircam-dark"``, ``"nirspec-bots"`` or
-        ``"nircam-grism-tso"`` (:data:`PRESETS`).
+        ``"niriss-soss"``, ``"nircam-full"``, ``"nircam-dark"``, ``"nirspec-bots"``,
+        ``"nircam-grism-tso"`` or ``"nircam-imaging-tso"`` (:data:`PRESETS`).
     nints : int, optional
         Integrations **per segment** (default: the preset's, 158 for SOSS).
     ngroups : int, optional
@@ -1348,7 +1513,8 @@ def simulate(
     **overrides
         Any :class:`Preset` field (e.g. ``one_over_f_amplitude=0``, ``cr_rate=0``).  For the
         TSO presets the configuration fields of :data:`MODE_OPTIONS` (``detector="NRS2"``,
-        ``subarray="SUB512"``, ``grating="PRISM"``, ``noutputs=1``, ``readpatt="BRIGHT1"``)
+        ``subarray="SUB512"`` or ``"SUBSTRIP96"``, ``grating="PRISM"``, ``noutputs=1``,
+        ``readpatt="BRIGHT1"``)
         re-derive the geometry and timing (module docstring).
 
     Raises

@@ -131,7 +131,8 @@ def test_full_presets_geometry():
         _configure("miri", None, None, None, None, {})
     with pytest.raises(TypeError, match="unknown simulation parameter"):
         _configure("niriss-soss", None, None, None, None, {"readnoize": 3})
-    assert set(PRESETS) == {"niriss-soss", "nircam-full", "nircam-dark", "nirspec-bots", "nircam-grism-tso"}
+    assert set(PRESETS) == {"niriss-soss", "nircam-full", "nircam-dark", "nirspec-bots", "nircam-grism-tso",
+                            "nircam-imaging-tso"}
 
 
 def test_asdf_extension_is_a_minimal_asdf_file(soss):

@@ -31,7 +31,7 @@ from .oneoverf import (
     pixel_times,
     subtract_group_1overf,
 )
-from .trace import trace_mask, trace_order, trace_orders, trace_position
+from .trace import find_orders, profile_fwhm, trace_mask, trace_order, trace_orders, trace_position
 
 __all__ = [
     "DaskrampAccessor",
@@ -44,6 +44,7 @@ __all__ = [
     "depth_in_out",
     "encode",
     "extract_aperture",
+    "find_orders",
     "fit_transit",
     "flag_counts",
     "flag_map",
@@ -56,6 +57,7 @@ __all__ = [
     "normalized_lightcurves",
     "pixel_ramps",
     "pixel_times",
+    "profile_fwhm",
     "saturation_summary",
     "sensitivity",
     "subtract_group_1overf",

@@ -1,12 +1,22 @@
-"""Spectral tracing of SOSS-like spectra: per-integration centroids per column and a spline.
+"""Spectral tracing: per-integration centroids per column and a spline.
+
+Every near-IR TSO spectrograph of stage 1 disperses along DMS x (NIRISS SOSS, NIRSpec BOTS,
+NIRCam grism TSO), so a trace is a row position per column in all of them; what differs is
+the cross-dispersion profile: SOSS's defocused, double-horned ~25-pixel profile against the
+2–3-pixel FWHM of NIRSpec and NIRCam, which sit in strips of only 16–256 rows.
 
 Per integration (lazily over integration chunks), each column of the order's column range is
-cleaned of outliers with a running median, smoothed with a Gaussian filter (which turns the
-double-peaked SOSS profile into a single peak) and centroided (flux-weighted) within
+cleaned of outliers with a running median, smoothed with a Gaussian filter (the default
+``gauss_filter_width = 10`` turns the double-peaked SOSS profile into a single peak; a narrow
+trace wants ~1 pixel, see :func:`find_orders`) and centroided (flux-weighted) within
 ``profile_radius`` rows of a guess.  The guess is a rough row position (then the previous
 column's centroid is followed, walking away from ``x_start``) or a template row per column.
 A least-squares B-spline through the centroids gives a smooth trace; its row at a reference
 column versus integration is a systematics vector (trace drift).
+
+:func:`find_orders` guesses the settings from an image: the illuminated column range (a
+NIRCam grism spectrum covers only part of the detector), the start row and, for a narrow
+trace, the smoothing and the centroid window.
 """
 
 from __future__ import annotations
@@ -234,3 +244,146 @@ def trace_mask(trace: xr.DataArray, shape_like: xr.DataArray, *, halfwidth: floa
 def trace_rateints(rateints: xr.Dataset, orders: dict) -> xr.Dataset:
     """:func:`trace_orders` on a rateints Dataset's ``data``."""
     return trace_orders(rateints[DATA], orders)
+
+
+# ---------------------------------------------------------------- order finding
+
+#: a trace whose full width at half maximum is below this (pixels) is "narrow" (NIRSpec, NIRCam)
+NARROW_FWHM = 6.0
+
+
+def rowwise_nanmedian(band: np.ndarray) -> np.ndarray:
+    """Median of the finite values of each row; NaN for a row without any (reference pixels,
+    flagged columns), without numpy's "All-NaN slice" warning."""
+    band = np.asarray(band, np.float64)
+    out = np.full(band.shape[0], np.nan)
+    rows = np.isfinite(band).any(axis=1)
+    if rows.any():
+        out[rows] = np.nanmedian(band[rows], axis=1)
+    return out
+
+
+def column_profile(image: np.ndarray, col: int, half: int = 2) -> np.ndarray:
+    """Cross-dispersion profile at column ``col``: row-wise median of ``2·half + 1`` columns,
+    NaN rows filled with the median, minus the median (background ≈ 0)."""
+    band = np.asarray(image)[:, max(0, col - half): col + half + 1]
+    prof = rowwise_nanmedian(band)
+    prof = np.where(np.isfinite(prof), prof, np.nanmedian(prof) if np.isfinite(prof).any() else 0.0)
+    return prof - np.median(prof)
+
+
+def smooth_profile(image: np.ndarray, col: int, half: int = 2) -> np.ndarray:
+    """:func:`column_profile` smoothed with a 3-pixel Gaussian (finds broad and narrow ridges)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(column_profile(image, col, half), 3.0)
+
+
+def image_noise(image: np.ndarray) -> float:
+    """Robust (MAD) standard deviation of the finite pixels of an image."""
+    v = np.asarray(image)[np.isfinite(image)]
+    if v.size == 0:
+        return np.inf
+    med = np.median(v)
+    return float(1.4826 * np.median(np.abs(v - med))) or float(np.std(v)) or 1.0
+
+
+def profile_fwhm(image: np.ndarray, col: int, row: float) -> float:
+    """Full width at half maximum (pixels) of the cross-dispersion profile near ``row`` at
+    ``col`` (5-column median, linear interpolation of the half-maximum crossings)."""
+    prof = column_profile(image, col)
+    r = int(np.clip(round(row), 0, prof.size - 1))
+    lo, hi = max(0, r - 3), min(prof.size, r + 4)
+    r = lo + int(np.argmax(prof[lo:hi]))
+    half = 0.5 * prof[r]
+    if not half > 0:
+        return np.nan
+    a = r
+    while a > 0 and prof[a - 1] > half:
+        a -= 1
+    b = r
+    while b < prof.size - 1 and prof[b + 1] > half:
+        b += 1
+    left = a - 1 + (half - prof[a - 1]) / (prof[a] - prof[a - 1]) if a > 0 else a - 0.5
+    right = b + (prof[b] - half) / (prof[b] - prof[b + 1]) if b < prof.size - 1 else b + 0.5
+    return float(right - left)
+
+
+def _longest_run(flags: np.ndarray, max_gap: int) -> tuple[int, int] | None:
+    """First and last index of the longest run of True, gaps of ≤ ``max_gap`` closed."""
+    idx = np.flatnonzero(flags)
+    if idx.size == 0:
+        return None
+    breaks = np.flatnonzero(np.diff(idx) > max_gap + 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [idx.size - 1]])
+    k = int(np.argmax(idx[ends] - idx[starts]))
+    return int(idx[starts[k]]), int(idx[ends[k]])
+
+
+def find_orders(image, x_detector=None, *, snr: float = 20.0) -> dict:
+    """Guess :func:`trace_orders` settings from a rate image (order 1, and order 2 if seen).
+
+    Order 1 is the brightest ridge, traced from the last illuminated column towards the first:
+    a column is illuminated when its smoothed profile peaks ``snr`` background-sigmas above
+    the column median; the longest run of such columns (gaps of ≤ 10 columns closed) is the
+    order's range, so a spectrum that covers only part of the detector (NIRCam grism,
+    detector columns ~600–2000) is not traced into the dark columns.  When every usable column
+    is lit (SOSS, NIRSpec BOTS) the range is the usable columns less one at each end.  A narrow
+    trace (FWHM < :data:`NARROW_FWHM`: NIRSpec, NIRCam) also gets ``gauss_filter_width = 1``
+    and ``profile_radius = max(4, 2·FWHM)`` instead of the SOSS defaults (10, 20).  SOSS order
+    2 is looked for at detector column ≤ 1750 (it fades beyond ~1800), more than 20 rows from
+    order 1.  Returns ``{}`` for an unilluminated image.
+    """
+    img = np.asarray(image, np.float64)
+    ny, nx = img.shape
+    xd = np.arange(nx) if x_detector is None else np.asarray(x_detector)
+    good_cols = np.flatnonzero(np.isfinite(img).mean(axis=0) > 0.5)
+    if good_cols.size < 16:
+        return {}
+    x_lo, x_hi = int(good_cols[0]) + 1, int(good_cols[-1]) - 1
+    sig = image_noise(img) / np.sqrt(5.0)  # a 5-column median profile, before the smoothing
+    level = snr * sig / 4.0  # the 3-px Gaussian smoothing lowers the noise ~4×
+    p1 = smooth_profile(img, x_hi)
+    if not p1.max() > level:
+        # the last usable column is dark: find the illuminated range
+        lit = np.zeros(nx, bool)
+        for c in range(x_lo, x_hi + 1):
+            lit[c] = smooth_profile(img, c).max() > level
+        run = _longest_run(lit, max_gap=10)
+        if run is None or run[1] - run[0] < 16:
+            return {}
+        x_lo, x_hi = run[0] + 1, run[1] - 1
+        p1 = smooth_profile(img, x_hi)
+    else:
+        lit_lo = smooth_profile(img, x_lo).max() > level
+        if not lit_lo:
+            lit = np.zeros(nx, bool)
+            for c in range(x_lo, x_hi + 1):
+                lit[c] = smooth_profile(img, c).max() > level
+            run = _longest_run(lit, max_gap=10)
+            if run is not None and run[1] >= x_hi - 10:
+                x_lo = max(x_lo, run[0] + 1)
+    y1 = int(np.argmax(p1))
+    if not p1[y1] > level:
+        return {}
+    orders = {1: dict(x_start=x_hi, x_end=x_lo, y_start=float(y1))}
+    fwhm = profile_fwhm(img, x_hi, y1)
+    if np.isfinite(fwhm) and fwhm < NARROW_FWHM:
+        orders[1].update(gauss_filter_width=1.0, profile_radius=float(max(4.0, 2.0 * fwhm)))
+        return orders  # NIRSpec/NIRCam: one order
+    cand = np.flatnonzero((xd <= 1750) & (np.arange(nx) <= x_hi) & (np.arange(nx) >= x_lo + 16))
+    if cand.size:
+        x2 = int(cand[-1])
+        prof = smooth_profile(img, x2)
+        r1 = int(np.argmax(prof))  # order 1 at that column
+        far = np.abs(np.arange(ny) - r1) > 20
+        if far.any():
+            y2 = int(np.flatnonzero(far)[np.argmax(prof[far])])
+            if prof[y2] > level and prof[y2] > 0.02 * prof[r1]:
+                split = (r1 + y2) // 2
+                lo_rows, hi_rows = (0, split), (split, ny)
+                o1_rows, o2_rows = (lo_rows, hi_rows) if r1 < y2 else (hi_rows, lo_rows)
+                orders[1]["rows"] = o1_rows
+                orders[2] = dict(x_start=x2, x_end=x_lo, y_start=float(y2), rows=o2_rows)
+    return orders
