@@ -516,7 +516,7 @@ def _cmd_report(args, extra) -> int:
 
     log = _logger("report")
     _need("matplotlib", "daskramp report")
-    _positive("--radius", args.radius, integer=False, allow_none=False)
+    _positive("--radius", args.radius, integer=False, allow_none=True)
     src = args.products[0] if len(args.products) == 1 else args.products
     _inputs_exist(args.products)
     found = find_products(src)

@@ -340,7 +340,7 @@ def _run(inputs, outdir, *, refs, config, overrides, save_steps, cluster, fits, 
     with lock_output(prep.outdir, log=log):
         state = claim(prep.outdir, prep.root, prep.fingerprint, overwrite=overwrite, log=log)
         if state == "resume":
-            _check_products_fingerprint(prep, fits)
+            _check_products_fingerprint(prep)
         # logged once nothing can refuse the run any more: a refusal stays one line
         _log_prepared(prep, time.perf_counter() - t_start)
         if client is not None:
@@ -530,7 +530,7 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
     return prep
 
 
-def _check_products_fingerprint(prep: Prepared, fits: bool) -> None:
+def _check_products_fingerprint(prep: Prepared) -> None:
     """Complete products found for a resumed run carry the run's own fingerprint (products
     copied in beside a record of another run are refused)."""
     import json
