@@ -892,30 +892,6 @@ def add_arguments(p) -> None:
     p.add_argument("--author", help="AUTHOR keyword")
 
 
-def main(args, cluster=None) -> int:
-    """Run ``daskramp darks`` from parsed arguments (``add_arguments``) on ``cluster``."""
-    from .cluster import connect
-
-    header = {k.upper(): getattr(args, k) for k in ("useafter", "pedigree", "descrip", "author")
-              if getattr(args, k, None)}
-    with connect(cluster, quiet=True):
-        res = make_dark(args.inputs, args.out, refs=args.refs, sigma=args.sigma,
-                        maxiters=args.maxiters, min_samples=args.min_samples, err=args.err,
-                        tile_columns=args.tile_columns, header=header)
-    if args.figures:
-        figures(res, args.figures)
-    j = res.jumps
-    print(f"DARK: {res.path}")
-    print(f"statistics: {res.provenance['stats_store']}")
-    print(f"exposures {res.provenance['n_exposures']}, integrations {res.provenance['n_integrations']}, "
-          f"tile columns {res.provenance['tile_columns']}")
-    print(f"pixels with >= 1 jump per integration: {100 * float(np.mean(j['jump_fraction'])):.3f} %; "
-          f"in any integration {100 * j.attrs['any_jump_fraction']:.3f} %")
-    eff = res.noise["effective_noise"].values
-    print("effective noise (DN) vs groups: " + ", ".join(f"{v:.2f}" for v in eff[1:]))
-    return 0
-
-
 __all__ = [
     "DARK_TILE_FACTOR",
     "DarkResult",
@@ -926,7 +902,6 @@ __all__ = [
     "figures",
     "group_inputs",
     "jump_counts",
-    "main",
     "make_dark",
     "plan_dark_tiles",
     "strip_mask_do_not_use",

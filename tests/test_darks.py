@@ -405,21 +405,18 @@ def test_official_dark_model_reads_the_file(dark):
 
 
 def test_command_entry_point(sim, tmp_path, capsys):
-    """``daskramp darks`` as the CLI will call it: argparse via add_arguments, then main()."""
-    import argparse
+    """``daskramp darks`` through the command line's entry point (an in-process cluster from a
+    cluster profile)."""
+    from daskramp.cli import main
 
-    from daskramp.cluster import ClusterProfile
-    from daskramp.darks import add_arguments, main
-
-    p = argparse.ArgumentParser()
-    add_arguments(p)
     out = tmp_path / "jwst_nircam_dark_cli.fits"
-    args = p.parse_args([*map(str, sim.uncal_files), "--out", str(out), "--refs", str(sim.refs_dir),
-                         "--sigma", "4", "--err", "std", "--tile-columns", "32",
-                         "--figures", str(tmp_path / "figs"), "--pedigree", "GROUND",
-                         "--useafter", "2023-01-01T00:00:00"])
-    cluster = ClusterProfile(workers=1, processes=False, dashboard_address=None)
-    assert main(args, cluster=cluster) == 0
+    profile = tmp_path / "inprocess.yaml"
+    profile.write_text("workers: 1\nprocesses: false\ndashboard_address: null\n")
+    argv = ["darks", *map(str, sim.uncal_files), "--out", str(out), "--refs", str(sim.refs_dir),
+            "--sigma", "4", "--err", "std", "--tile-columns", "32",
+            "--figures", str(tmp_path / "figs"), "--pedigree", "GROUND",
+            "--useafter", "2023-01-01T00:00:00", "--cluster", str(profile)]
+    assert main(argv) == 0
     text = capsys.readouterr().out
     assert f"DARK: {out}" in text and "effective noise (DN) vs groups" in text
     hdr = fits.getheader(out)
