@@ -152,15 +152,13 @@ def _zarr_complete(outdir: Path, root: str, names: Sequence[str]) -> bool:
     return all(is_complete(outdir / f"{root}_{n}.zarr") for n in names)
 
 
-def _fused_layout(ds, steps, saved) -> int | None:
+def _fused_layout(ds, params, saved) -> int | None:
     """The ghost margin of the fused tile layout :func:`daskramp.pipeline.detector1` will
-    use, or None when it uses the step-by-step graph."""
+    use with the validated step ``params``, or None when it uses the step-by-step graph."""
     from . import fused
-    from .params import validate_steps
 
     if saved:
         return None
-    params = validate_steps(steps)
     return fused.halo_width(params) if fused.unsupported(ds, params) is None else None
 
 
@@ -511,7 +509,7 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         workflow=workflow,
         versions=package_versions(),
     )
-    ghost = _fused_layout(opened, config.get("steps"), saved)
+    ghost = _fused_layout(opened, params, saved)
     prep = Prepared(inputs=inputs, outdir=outdir, root=root, config=config, opened=opened,
                     refs=refset, params=params, saved=saved, stats_scope=stats_scope,
                     fingerprint=fingerprint, ghost=ghost)
