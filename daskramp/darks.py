@@ -42,7 +42,7 @@ integration of a segment × all groups × all rows × a band of columns), so one
 takes the same column band of every exposure's jump output and concatenates them: its
 memory is ``DARK_TILE_FACTOR × 4 bytes × N_integrations(total) × ngroups × ny × columns``.
 The tile width is chosen from that projection and the per-task budget before anything runs
-(:func:`plan_dark_tiles`; all exposures use the same width so their tiles line up), and a
+(:func:`daskramp.engine.plan.plan_dark_tiles`; all exposures use the same width so their tiles line up), and a
 width of one column that still does not fit is refused with :class:`MemoryError`.  The
 whole-frame statistics of the early steps (refpix offsets, jump's all-DO_NOT_USE planes) are
 computed first in one streaming pass over all exposures, so tiles flow independently.
@@ -71,10 +71,6 @@ import xarray as xr
 from . import dims
 from . import dq as dqflags
 from .config import ConfigError
-
-#: peak reduction-task bytes per float32 byte of the concatenated tile (data + groupdq input,
-#: the concatenation copy of both, the numba kernel's outputs): measured, see docs/darks.md
-DARK_TILE_FACTOR = 3.0
 
 #: per-task budget used when neither ``memory_limit`` nor a dask client says otherwise
 DEFAULT_TASK_BYTES = 1 << 30
@@ -265,34 +261,6 @@ def jump_counts(groupdq, pixeldq):
 # --------------------------------------------------------------------------------- planning
 
 
-def plan_dark_tiles(nints_total: int, ngroups: int, ny: int, nx: int, *,
-                    budget: int | None, factor: float = DARK_TILE_FACTOR,
-                    tile_columns: int | None = None) -> int:
-    """Columns per tile so one reduction task over every integration fits ``budget`` bytes.
-
-    The projection is ``factor × 4 × nints_total × ngroups × ny × columns``.  A power of two
-    dividing ``nx`` is preferred (store chunks line up).  Raises :class:`MemoryError` when one
-    column does not fit.
-    """
-    per_column = factor * 4 * nints_total * ngroups * ny
-    if tile_columns is not None:
-        cols = int(tile_columns)
-    elif budget is None:
-        cols = nx
-    else:
-        cols = int(budget // per_column)
-        if cols < 1:
-            raise MemoryError(
-                f"darks: a tile of one column over all {nints_total} integrations needs "
-                f"{per_column / 2**20:.0f} MiB (ngroups={ngroups}, ny={ny}, factor {factor}) but the "
-                f"task budget is {budget / 2**20:.0f} MiB; use fewer exposures per DARK or larger workers")
-    cols = max(1, min(cols, nx))
-    p = 2 ** int(math.log2(cols))
-    while p > 1 and nx % p:
-        p //= 2
-    return p if p >= max(1, cols // 2) else cols
-
-
 def _budget(memory_limit) -> tuple[int | None, str]:
     if memory_limit is not None:
         return int(memory_limit), "given"
@@ -300,7 +268,7 @@ def _budget(memory_limit) -> tuple[int | None, str]:
         from distributed import get_client
 
         from .cluster import worker_memory_limit
-        from .memory import task_budget
+        from .engine.plan import task_budget
 
         client = get_client()
         threads = max([int(w.get("nthreads") or 1)
@@ -354,8 +322,8 @@ def _open(item) -> xr.Dataset:
 
 
 def _reopen_tiled(item, ds: xr.Dataset, cols: int) -> xr.Dataset:
+    from .engine.plan import tile_chunks
     from .io import open_exposure
-    from .pipeline import tile_chunks
 
     if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
         return dims.validate(open_exposure(item, chunks=tile_chunks(ds, cols)))
@@ -473,6 +441,7 @@ def make_dark(
     """
     import dask
 
+    from .engine.plan import DARK_TILE_FACTOR, plan_dark_tiles
     from .io.refs import RefSet
     from .pipeline import detector1, plan_tiles, validate_steps
     from .steps._apply import map_ramp_blocks
@@ -893,7 +862,6 @@ def add_arguments(p) -> None:
 
 
 __all__ = [
-    "DARK_TILE_FACTOR",
     "DarkResult",
     "add_arguments",
     "dark_header",
@@ -903,7 +871,6 @@ __all__ = [
     "group_inputs",
     "jump_counts",
     "make_dark",
-    "plan_dark_tiles",
     "strip_mask_do_not_use",
 ]
 

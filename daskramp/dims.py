@@ -290,7 +290,7 @@ def window(ds: xr.Dataset, *, y: slice = slice(None), x: slice = slice(None)) ->
     describe it, so that every pixel-local step treats it exactly as the same pixels of the
     parent.  Steps that look at whole frames (refpix's reference pixels, jump's all-DO_NOT_USE
     planes) are given their frame statistics from the parent instead (see
-    :mod:`daskramp.fused`).
+    :mod:`daskramp.engine.fused`).
     """
     out = ds.isel({Y: y, X: x})
     a = dict(ds.attrs)

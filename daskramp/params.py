@@ -7,7 +7,7 @@ with one of the declarations below (:func:`boolean`, :func:`floating`, :func:`in
 ``metadata``: the type, allowed values and range of the official step spec (jwst 3.0), the
 official values daskramp does not implement, and daskramp's own additions.  One validator,
 :func:`validate`, reads them for both execution paths (the step-by-step graph and the fused
-per-tile engine go through :func:`daskramp.pipeline.step_params`, the wrappers called
+per-tile engine go through :func:`daskramp.engine.stages.step_params`, the wrappers called
 directly through :func:`check`).
 
 Coercion (values arrive as YAML scalars from workflow files, the environment or the command
@@ -353,7 +353,7 @@ def scale_list(default=None, *, note: str = ""):
 # ---------------------------------------------------------------------- validator
 
 
-def _show(value) -> str:
+def shown(value) -> str:
     """The value given, on one short line."""
     if hasattr(value, "shape") and hasattr(value, "dtype") and np.ndim(value) > 0:
         return f"an array of shape {tuple(value.shape)}"
@@ -362,28 +362,10 @@ def _show(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def step_names() -> tuple[str, ...]:
-    """The registered steps, in order (:func:`daskramp.steps.step_order`)."""
-    from .steps import step_order
-
-    return step_order()
-
-
-def _params_class(step) -> type:
-    names = step_names()
-    if not isinstance(step, str) or step not in names:
-        close = difflib.get_close_matches(str(step), names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"steps.{step}: unknown step{hint}; steps are: {', '.join(names)}")
-    from .steps import spec
-
-    return spec(step).params
-
-
-def rules(step: str) -> dict[str, Rule]:
-    """``{parameter: Rule}`` of a step, in declaration order."""
+def rules_of(cls: type, step: str) -> dict[str, Rule]:
+    """``{parameter: Rule}`` of the ``Params`` class ``cls`` of ``step``, in declaration order."""
     out = {}
-    for f in dataclasses.fields(_params_class(step)):
+    for f in dataclasses.fields(cls):
         rule = f.metadata.get(RULE)
         if rule is None:  # a declaration error, not a configuration one
             raise TypeError(f"daskramp.steps.{step}.Params.{f.name} has no parameter rule "
@@ -392,39 +374,38 @@ def rules(step: str) -> dict[str, Rule]:
     return out
 
 
-def coerce(step: str, name: str, value, rule: Rule | None = None):
+def coerce(step: str, name: str, value, rule: Rule):
     """One parameter's value as the step uses it, or a one-line :class:`ConfigError`."""
-    rule = rules(step)[name] if rule is None else rule
     where = f"steps.{step}.{name}"
     try:
         v = rule.coerce(value)
     except _Refused as why:
         hint = why.hint.format(name=name)
-        raise ConfigError(f"{where}: {_show(value)} is not allowed ({rule.allowed()}{hint})") from None
+        raise ConfigError(f"{where}: {shown(value)} is not allowed ({rule.allowed()}{hint})") from None
     if rule.implemented is not None and v not in rule.implemented:
         done = ", ".join(repr(i) for i in rule.implemented)
         raise NotImplementedParameter(
-            f"{where}: {_show(value)} is an official value that daskramp does not implement "
+            f"{where}: {shown(value)} is an official value that daskramp does not implement "
             f"(implemented: {done})")
     return v
 
 
-def validate(step: str, given=None):
-    """The frozen ``Params`` of ``step`` from ``given`` (a mapping, None, or a ``Params``).
+def validate_params(cls: type, step: str, given=None):
+    """The frozen ``Params`` (class ``cls``) of ``step`` from ``given`` (a mapping, None, or
+    a ``Params``).
 
-    Raises :class:`ConfigError` (one line naming ``steps.<step>[.<param>]``) for an unknown
-    step, a ``given`` that is not a mapping, an unknown parameter or a value that is not
-    allowed, and :class:`NotImplementedParameter` for an official value daskramp does not
-    implement.
+    Raises :class:`ConfigError` (one line naming ``steps.<step>[.<param>]``) for a ``given``
+    that is not a mapping, an unknown parameter or a value that is not allowed, and
+    :class:`NotImplementedParameter` for an official value daskramp does not implement.
+    (By step name, through the registry: :func:`daskramp.steps.validate`.)
     """
-    cls = _params_class(step)
     if isinstance(given, cls):
         given = {f.name: getattr(given, f.name) for f in dataclasses.fields(cls)}
     elif given is None:
         given = {}
     elif not isinstance(given, Mapping):
-        raise ConfigError(f"steps.{step}: expected a mapping of parameters, got {_show(given)}")
-    known = rules(step)
+        raise ConfigError(f"steps.{step}: expected a mapping of parameters, got {shown(given)}")
+    known = rules_of(cls, step)
     values = {}
     for name, value in given.items():
         if name not in known:
@@ -446,17 +427,5 @@ def _unknown(step: str, name, known) -> str:
 def check(params):
     """``params`` (a step's ``Params`` instance) validated: what the step wrappers call, so
     that a wrapper called directly refuses what the pipeline refuses."""
-    step = type(params).__module__.rsplit(".", 1)[-1]
-    return validate(step, params)
-
-
-def validate_steps(steps: Mapping | None) -> dict:
-    """``{step: Params}`` for every registered step (:func:`step_names`; defaults for
-    those not given) from a configuration's ``steps`` mapping; the first error is raised."""
-    names = step_names()
-    if steps is None:
-        steps = {}
-    if not isinstance(steps, Mapping):
-        raise ConfigError(f"steps: expected a mapping of step names to parameters, got {_show(steps)}")
-    out = {name: validate(name, value) for name, value in steps.items()}
-    return {name: out[name] if name in out else validate(name) for name in names}
+    cls = type(params)
+    return validate_params(cls, cls.__module__.rsplit(".", 1)[-1], params)

@@ -1,9 +1,9 @@
 """Run Detector1 on a cluster and write the products: what ``daskramp run`` does.
 
 Before anything is submitted the run projects the memory of one task of every step for the
-chosen chunking and compares it with the smallest worker's limit (:mod:`daskramp.memory`):
+chosen chunking and compares it with the smallest worker's limit (:mod:`daskramp.engine.plan`):
 by default the integration chunks and tile widths are chosen to fit; a chunking given
-explicitly that cannot fit is refused with :class:`daskramp.memory.MemoryBudgetError`.
+explicitly that cannot fit is refused with :class:`daskramp.engine.plan.MemoryBudgetError`.
 While the graph runs a progress line and per-worker peak memory are collected
 (:class:`daskramp.progress.RunMonitor`); ``report=`` saves dask's performance report.
 
@@ -33,8 +33,12 @@ from pathlib import Path
 
 import xarray as xr
 
+from . import dims
+from . import steps as registry
 from .cluster import ClusterProfile, connect, worker_memory_limit
 from .config import ConfigError
+from .engine.plan import plan_chunking
+from .engine.policy import fused_ghost
 
 #: what a run does, one line per event (``daskramp run --log FILE``; :mod:`daskramp.progress`)
 logger = logging.getLogger("daskramp.run")
@@ -44,7 +48,7 @@ logger = logging.getLogger("daskramp.run")
 #: "lazy" keeps them inside the one graph (see ``daskramp.pipeline.detector1``).
 #: ``segments_in_flight``: an exposure of several segments is submitted one segment after
 #: another, at most this many at once (default: two, or enough for a round of tiles on every
-#: worker thread, ``daskramp.segments.blocks_in_flight``; 0: the whole exposure as one graph)
+#: worker thread, ``daskramp.engine.submit.blocks_in_flight``; 0: the whole exposure as one graph)
 WORKFLOW_SETTINGS = {"convert_fits", "steps", "stats_scope", "save_steps", "tile_columns", "tile_rows",
                      "integration_chunk", "frame_stats", "segments_in_flight"}
 
@@ -152,71 +156,6 @@ def _zarr_complete(outdir: Path, root: str, names: Sequence[str]) -> bool:
     return all(is_complete(outdir / f"{root}_{n}.zarr") for n in names)
 
 
-def _fused_layout(ds, params, saved) -> int | None:
-    """The ghost margin of the fused tile layout :func:`daskramp.pipeline.detector1` will
-    use with the validated step ``params``, or None when it uses the step-by-step graph."""
-    from . import fused
-
-    if saved:
-        return None
-    return fused.halo_width(params) if fused.unsupported(ds, params) is None else None
-
-
-def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, steps=None,
-                  stats_scope: str = "segment", tile_columns: int | None = None,
-                  integration_chunk: int | None = None, ghost: int = 0):
-    """Chunk ``ds`` for the run and check one task of every step fits the worker memory.
-
-    ``ghost``: columns read on each side of a tile (the fused layout's margin, counted in the
-    tile width's memory).
-
-    Without explicit sizes the integration chunks are shrunk (and the tile width chosen) so
-    every task fits; explicit ``tile_columns`` / ``integration_chunk`` that cannot fit are
-    refused.  Returns ``(ds, tile_columns, plan)``; raises
-    :class:`daskramp.memory.MemoryBudgetError`.
-    """
-    from . import dims
-    from . import steps as registry
-    from .memory import (
-        MemoryBudgetError,
-        active_steps,
-        check_memory,
-        integrations_per_chunk,
-        step_factor,
-        task_budget,
-        tile_factor,
-    )
-    from .pipeline import plan_tiles
-
-    budget = task_budget(memory_limit, threads_per_worker=threads_per_worker)
-    data = ds[dims.DATA]
-    if integration_chunk is not None:
-        ds = dims.chunk(ds, {dims.INTEGRATION: int(integration_chunk)})
-    elif budget is not None and data.chunks is not None:
-        frame = ds.sizes[dims.GROUP] * max(data.chunks[2]) * max(data.chunks[3])
-        # the steps that run on integration blocks: those before the first that pools
-        # integrations (the rest run on pixel tiles, sized below)
-        per_block = registry.ramp_step_names()
-        per_block = per_block[: per_block.index(registry.pooling_step())]
-        local = [s for s in active_steps(steps) if s in per_block]
-        worst = max([step_factor(s) for s in local] or [1.0])
-        fit = integrations_per_chunk(frame, budget=budget, factor=worst)
-        if fit is not None and 1 <= fit < max(data.chunks[0]):
-            ds = dims.chunk(ds, {dims.INTEGRATION: fit})
-    try:
-        # the tile width must fit the most demanding step that may run on tiles
-        factor = max([tile_factor(steps), *(step_factor(s) for s in active_steps(steps))])
-        cols = plan_tiles(ds, memory_limit=budget, stats_scope=stats_scope, tile_columns=tile_columns,
-                          factor=factor, ghost=ghost)
-    except MemoryBudgetError:
-        raise
-    except MemoryError as err:
-        raise MemoryBudgetError(f"step jump/ramp_fit: {err}") from None
-    plan = check_memory(ds, memory_limit=memory_limit, threads_per_worker=threads_per_worker,
-                        steps=steps, stats_scope=stats_scope, tile_columns=cols)
-    return ds, cols, plan
-
-
 #: bytes of one variable a summary task reads (whatever the exposure's size)
 SUMMARY_TASK_BYTES = 32 * 2**20
 
@@ -225,7 +164,6 @@ def _open_for_summary(path) -> xr.Dataset:
     """A product store in blocks of whole stored chunks: column bands of ≥ 256 columns and as
     many integrations as keep a block near :data:`SUMMARY_TASK_BYTES` (a block of every
     integration would grow with the exposure: 663 MB per block of 16 segments)."""
-    from . import dims
 
     ds = xr.open_zarr(path, consolidated=False, chunks=None)
     var = ds["dq"] if "dq" in ds else next(iter(ds.data_vars.values()))
@@ -296,7 +234,7 @@ def run(
 
     Raises
     ------
-    daskramp.memory.MemoryBudgetError
+    daskramp.engine.plan.MemoryBudgetError
         A task is projected not to fit the worker memory (nothing was submitted).
     OutputError
         The output location is not writable or the disk filled up.
@@ -372,8 +310,6 @@ def _run(inputs, outdir, *, refs, config, overrides, save_steps, cluster, fits, 
 
 def _log_prepared(prep: Prepared, seconds: float) -> None:
     """The exposure, the references chosen and the steps that will run."""
-    from . import dims
-    from .pipeline import STEP_ORDER
 
     ds, a = prep.opened, prep.opened.attrs
     shape = " × ".join(str(ds.sizes[d]) for d in (dims.Y, dims.X))
@@ -387,8 +323,8 @@ def _log_prepared(prep: Prepared, seconds: float) -> None:
             logger.info(f"reference {rt.upper()}: {rec['file']}")
         else:
             logger.info(f"reference {rt.upper()}: N/A ({rec.get('reason') or 'none'})")
-    run_ = [n for n in STEP_ORDER if n in prep.params and not prep.params[n].skip]
-    skip = [n for n in STEP_ORDER if n in prep.params and prep.params[n].skip]
+    run_ = [n for n in registry.STEP_ORDER if n in prep.params and not prep.params[n].skip]
+    skip = [n for n in registry.STEP_ORDER if n in prep.params and prep.params[n].skip]
     logger.info(f"steps switched on: {', '.join(run_) or 'none'}; switched off (skip): "
                 f"{', '.join(skip) or 'none'} (a step switched on may still be SKIPPED by the "
                 f"exposure, as the official pipeline does)")
@@ -414,14 +350,13 @@ def _log_cluster(client, seconds: float) -> None:
 def _log_finished(prep: Prepared, provenance: Mapping, paths: Mapping, wall: float,
                   nbytes: int) -> None:
     """Every step's status (with the references it used), the products and the time."""
-    from .pipeline import STEP_ORDER, STEP_REFTYPES
 
     steps = provenance.get("steps") or {}
     files = provenance.get("reference_files") or {}
-    for name in [n for n in STEP_ORDER if n in steps] + [n for n in steps if n not in STEP_ORDER]:
+    for name in [n for n in registry.STEP_ORDER if n in steps] + [n for n in steps if n not in registry.STEP_ORDER]:
         rec = steps[name] if isinstance(steps[name], Mapping) else {"status": steps[name]}
         status = rec.get("status")
-        used = [files[rt]["file"] for rt in STEP_REFTYPES.get(name, ())
+        used = [files[rt]["file"] for rt in (registry.spec(name).reftypes if name in registry.STEP_ORDER else ())
                 if (files.get(rt) or {}).get("path")]
         detail = ", ".join(used) if status == "COMPLETE" else (rec.get("reason") or "")
         logger.info(f"{name}: {status}" + (f" ({detail})" if detail else ""))
@@ -460,7 +395,7 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
     from .cluster import ClusterProfile, default_workers, parse_memory
     from .io import open_exposure
     from .io.outdir import Fingerprint
-    from .pipeline import STEP_ORDER, package_versions, reference_set, validate_steps
+    from .pipeline import package_versions, reference_set, validate_steps
 
     config = dict(config or {})
     unknown = set(config) - WORKFLOW_SETTINGS
@@ -474,9 +409,9 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         raise ConfigError(f"frame_stats must be 'compute' or 'lazy', got {frame_stats!r}")
     saved = list(save_steps) or list(config.get("save_steps") or [])
     for name in saved:
-        if name not in STEP_ORDER or name in ("ramp_fit", "gain_scale"):
+        if name not in registry.STEP_ORDER or name in ("ramp_fit", "gain_scale"):
             raise ConfigError(f"save_steps: {name!r} is not a ramp step; choose from "
-                              f"{', '.join(STEP_ORDER[:-2])}")
+                              f"{', '.join(registry.STEP_ORDER[:-2])}")
     for key in ("tile_columns", "tile_rows", "integration_chunk", "segments_in_flight"):
         v = config.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0
@@ -509,7 +444,7 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         workflow=workflow,
         versions=package_versions(),
     )
-    ghost = _fused_layout(opened, params, saved)
+    ghost = fused_ghost(opened, params, saved)
     prep = Prepared(inputs=inputs, outdir=outdir, root=root, config=config, opened=opened,
                     refs=refset, params=params, saved=saved, stats_scope=stats_scope,
                     fingerprint=fingerprint, ghost=ghost)
@@ -555,7 +490,6 @@ def _check_products_fingerprint(prep: Prepared) -> None:
 
 def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
     """Build, submit and write; returns ``(paths, summary, figures, provenance)``."""
-    from . import dims
     from .io import open_exposure
     from .io.products import write_products
     from .pipeline import detector1, figures_of, summarize, summary_figures
@@ -604,7 +538,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
     elif len(source) == 1 and source[0].is_dir():
         # a Zarr store is written in column bands: open it straight in the tile layout, so
         # each task reads only its own tile (no task ever holds whole frames)
-        from .pipeline import tile_chunks
+        from .engine.plan import tile_chunks
 
         ds = open_exposure(source[0], chunks=tile_chunks(ds, cols, stats_scope))
     log(f"memory: {plan.describe()}")
@@ -653,7 +587,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
                     and set(products) == {"rate", "rateints"}):
                 # one segment after another: the cluster holds at most two segments'
                 # tasks, however long the exposure
-                from .segments import blocks_in_flight, write_by_segment
+                from .engine.submit import blocks_in_flight, write_by_segment
 
                 tiles = len(segments.y_bounds) * len(segments.x_bounds)
                 shown = in_flight or blocks_in_flight(sum(client.nthreads().values()), tiles)

@@ -15,15 +15,14 @@ from hypothesis import strategies as st
 from daskramp import dq
 from daskramp.config import ConfigError
 from daskramp.darks import (
-    DARK_TILE_FACTOR,
     dark_statistics,
     figures,
     group_inputs,
     jump_counts,
     make_dark,
-    plan_dark_tiles,
     strip_mask_do_not_use,
 )
+from daskramp.engine.plan import DARK_TILE_FACTOR, plan_dark_tiles
 from daskramp.io import open_exposure
 from daskramp.io.refs import RefSet, load_reffile
 from daskramp.pipeline import detector1

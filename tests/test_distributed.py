@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from daskramp.memory import MemoryBudgetError
+from daskramp.engine.plan import MemoryBudgetError
 from daskramp.progress import _scheduler_counts, scheduler_task_prefixes
 from daskramp.run import run
 

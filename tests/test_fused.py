@@ -1,4 +1,4 @@
-"""The fused tile layout (:mod:`daskramp.fused`) against the step-by-step graph.
+"""The fused tile layout (:mod:`daskramp.engine.fused`) against the step-by-step graph.
 
 The fused layout runs the whole chain in one task per (segment × column band), reading each
 band widened by a ghost margin straight from the uncal files or the store, with the
@@ -22,12 +22,14 @@ from astropy.io import fits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskramp import dims, dq, fused
+from daskramp import dims, dq
+from daskramp.engine import chain, plan, policy, stats
 from daskramp.io import ingest, open_exposure
 from daskramp.io.refs import RefSet
 from daskramp.io.uncal import read_frames, read_window, scan_segment
-from daskramp.pipeline import STEP_ORDER, detector1, step_params
+from daskramp.pipeline import detector1, step_params
 from daskramp.simulate import simulate
+from daskramp.steps import STEP_ORDER
 from daskramp.testing.ramps import forbid_compute
 
 TILE = 16
@@ -85,7 +87,7 @@ def test_fused_equals_step_by_step(soss, edge_threshold, stats_scope, threshold_
     # blocks of 2 integrations (a window is 4 B × 6 groups × 256 rows × 16 + 12 columns a
     # integration) through the steps before jump: 3 (segment) or 5 (exposure) blocks per
     # window are assembled for jump and ramp_fit
-    monkeypatch.setattr(fused, "BLOCK_BYTES", 2 * 4 * 6 * 256 * (TILE + 12))
+    monkeypatch.setattr(chain, "BLOCK_BYTES", 2 * 4 * 6 * 256 * (TILE + 12))
     if threshold_as == "fits":
         path = tmp_path / "thresh.fits"
         fits.PrimaryHDU(edge_threshold).writeto(path)
@@ -126,7 +128,7 @@ def test_readers_agree(soss, tmp_path):
     zarr_ds = open_exposure(store)
     # a changed dask graph (here a rechunk) is read through its own arrays
     arr_ds = dims.chunk(fits_ds, {"integration": 3})
-    kinds = [fused.reader_for(d).kind for d in (fits_ds, zarr_ds, arr_ds)]
+    kinds = [chain.reader_for(d).kind for d in (fits_ds, zarr_ds, arr_ds)]
     assert kinds == ["fits", "zarr", "arrays"]
     results = [detector1(d, soss.refs_dir, tile_columns=32) for d in (fits_ds, zarr_ds, arr_ds)]
     # tiles keep to the chunks of a store or dask array (all 256 rows here); the uncal file
@@ -184,12 +186,13 @@ def test_refpix_statistics_found_by_blocks_equal_the_whole_array_ones(soss, nblo
     out of the whole ramp), the zero frame's too, whatever the block length (all 10
     integrations, 2 and 3: blocks across the segment boundary included)."""
     seen = []
-    block = fused._stats_int_block
-    monkeypatch.setattr(fused, "_stats_int_block", lambda *a: seen.append(block(*a)) or seen[-1])
+    block = plan.stats_int_block
+    monkeypatch.setattr(stats, "stats_int_block", lambda *a: seen.append(block(*a)) or seen[-1])
     if nblock is not None:
         # the largest statistics window is jump's probe (32 × 64) widened by the ghost
         # margin (3): 38 × 70 pixels of 6 float32 groups
-        monkeypatch.setattr(fused, "BLOCK_BYTES", 4 * 6 * 38 * 70 * nblock)
+        monkeypatch.setattr(plan, "BLOCK_BYTES", 4 * 6 * 38 * 70 * nblock)
+        monkeypatch.setattr(chain, "BLOCK_BYTES", 4 * 6 * 38 * 70 * nblock)
     ds = open_exposure(soss.uncal_files)
     ds["zeroframe"] = (dims.CUBE_DIMS, (ds["data"].isel(group=0) + np.uint16(3)).data)
     res = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats="compute")
@@ -213,16 +216,16 @@ def test_refpix_statistics_found_by_blocks_equal_the_whole_array_ones(soss, nblo
     (3, 1, 4, 1),       # never fewer than one integration, never more blocks than integrations
 ])
 def test_in_rounds_cases(n, step, slots, expected):
-    assert fused._in_rounds(n, step, slots) == expected
+    assert plan.in_rounds(n, step, slots) == expected
 
 
 @given(n=st.integers(1, 3000), step=st.integers(1, 400), slots=st.integers(1, 16))
 @settings(max_examples=300, deadline=None)
 def test_in_rounds_never_lengthens_and_fills_the_rounds(n, step, slots):
-    got = fused._in_rounds(n, step, slots)
+    got = plan.in_rounds(n, step, slots)
     assert 1 <= got <= min(step, n)
-    before = len(fused._bounds(n, min(step, n)))
-    after = len(fused._bounds(n, got))
+    before = len(plan.bounds(n, min(step, n)))
+    after = len(plan.bounds(n, got))
     # the blocks a round of the slots asks for, unless there are fewer integrations
     target = min(n, -(-before // slots) * slots)
     assert before <= after <= target
@@ -241,7 +244,7 @@ def test_statistics_blocks_come_in_whole_rounds_of_the_workers(soss, monkeypatch
     ds = open_exposure(soss.uncal_files)
     assert [b - a for a, b in dims.segment_bounds(ds)] == [5, 5]
     one = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats=None).frame_stats
-    monkeypatch.setattr(fused, "_worker_slots", lambda: 3)
+    monkeypatch.setattr(stats, "worker_slots", lambda: 3)
     three = detector1(ds, soss.refs_dir, tile_columns=TILE, frame_stats=None).frame_stats
     assert one["refpix_offsets"].chunks[0] == (5, 5)
     assert three["refpix_offsets"].chunks[0] == (2, 2, 2, 2, 2)
@@ -256,7 +259,7 @@ def test_all_do_not_use_planes_settled_past_the_probe(soss):
     gdq = ds["groupdq"].values.copy()
     nx = ds.sizes["x"]
     gdq[2, 3] |= dq.DO_NOT_USE  # every pixel
-    ys, xs = fused.probe_window(ds.sizes["y"], nx)
+    ys, xs = plan.probe_window(ds.sizes["y"], nx)
     gdq[6, 2, ys, xs] |= dq.DO_NOT_USE  # the probe's pixels only
     ds["groupdq"] = (ds["groupdq"].dims, gdq)
     lazy = dims.chunk(ds, {"integration": 5})
@@ -280,7 +283,7 @@ def test_all_do_not_use_planes_settled_past_the_probe(soss):
     (256, 80, 80, 6, None, 1, (256, 80)),
 ])
 def test_tile_shape_cases(ny, nx, columns, ghost, budget, align, expected):
-    from daskramp.pipeline import tile_shape
+    from daskramp.engine.plan import tile_shape
 
     assert tile_shape(ny, nx, columns=columns, ghost=ghost, pixel_budget=budget,
                       row_align=align) == expected
@@ -293,7 +296,7 @@ def test_tile_shape_cases(ny, nx, columns, ghost, budget, align, expected):
 def test_tile_shape_never_holds_more_than_the_band(ny, nx, columns, ghost, extra, align):
     """The tile never has more interior pixels than the band it replaces, its window fits the
     budget (or the band's window), and its rows keep to the source's chunks."""
-    from daskramp.pipeline import tile_shape
+    from daskramp.engine.plan import tile_shape
 
     columns = min(columns, nx)
     band = ny * (columns + 2 * ghost)
@@ -308,7 +311,7 @@ def test_tile_shape_never_holds_more_than_the_band(ny, nx, columns, ghost, extra
 
 def test_tile_rows_given_are_kept_and_checked():
     from daskramp.config import ConfigError
-    from daskramp.pipeline import tile_shape
+    from daskramp.engine.plan import tile_shape
 
     assert tile_shape(256, 2048, columns=64, ghost=3, tile_rows=16) == (16, 64)
     with pytest.raises(ConfigError, match="tile_rows must be between 1 and the 256 rows"):
@@ -317,20 +320,20 @@ def test_tile_rows_given_are_kept_and_checked():
 
 def test_halo_width_sums_the_neighbour_steps():
     p = {n: step_params(n) for n in STEP_ORDER}
-    assert fused.halo_width(p) == 2 + 1  # n_pix_grow_sat 1 → 2, jump neighbours 1
+    assert policy.halo_width(p) == 2 + 1  # n_pix_grow_sat 1 → 2, jump neighbours 1
     p["charge_migration"] = step_params("charge_migration", {"skip": False})
     p["saturation"] = step_params("saturation", {"n_pix_grow_sat": 3})
-    assert fused.halo_width(p) == 6 + 1 + 1
+    assert policy.halo_width(p) == 6 + 1 + 1
     p["jump"] = step_params("jump", {"flag_4_neighbors": False})
     p["saturation"] = step_params("saturation", {"skip": True})
-    assert fused.halo_width(p) == 1
+    assert policy.halo_width(p) == 1
 
 
 def test_probe_runs_on_stand_in_offsets_unless_a_step_flags_by_level():
     p = {n: step_params(n) for n in STEP_ORDER}
-    assert not fused._probe_needs_offsets(p)  # default: charge_migration skipped
+    assert not stats.probe_needs_offsets(p)  # default: charge_migration skipped
     p["charge_migration"] = step_params("charge_migration", {"skip": False})
-    assert fused._probe_needs_offsets(p)
+    assert stats.probe_needs_offsets(p)
 
 
 @pytest.mark.parametrize("i0,i1,ys,xs,block", [
@@ -368,7 +371,7 @@ def test_window_describes_the_subarray(soss):
 
 _FRAGMENTS = """
 import os, sys, numpy as np
-from daskramp.fused import release_free_memory
+from daskramp.engine.chain import release_free_memory
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

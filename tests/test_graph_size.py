@@ -244,19 +244,19 @@ def test_frame_statistics_graph_carries_no_stand_in_offsets(tmp_path):
     """The DO_NOT_USE probe runs on stand-in refpix offsets (zeros of the offsets' shape):
     they are made by its tasks, not shipped in the graph, whose size would otherwise grow
     with the integrations (34 MiB for a 366-integration NIRCam grism segment)."""
-    from daskramp import fused
+    from daskramp.engine import chain, policy, stats
     from daskramp.pipeline import reference_set, validate_steps
 
     sim = simulate(tmp_path / "sim", preset="nircam-grism-tso", nints=40, ngroups=4, seed=1)
     ds = open_exposure(sim.uncal_files)
     params = validate_steps(None)
     refs = reference_set(ds, sim.refs_dir, params)
-    p = fused._loaded_params(params)
-    plan = fused.Plan(skeleton=fused._skeleton(ds), var_attrs={k: dict(v.attrs) for k, v in ds.data_vars.items()},
-                      params=dict(p), stats_scope="segment", halo=fused.halo_width(p))
+    p = chain.loaded_params(params)
+    plan = chain.Plan(skeleton=chain.skeleton(ds), var_attrs={k: dict(v.attrs) for k, v in ds.data_vars.items()},
+                      params=dict(p), stats_scope="segment", halo=policy.halo_width(p))
     refs_key = dask.delayed(RefSet.from_recipe, pure=True)(*refs.recipe())
     with forbid_compute():
-        stats = fused.frame_statistics(ds, plan, fused.reader_for(ds), refs_key, compute=False)
+        stats = stats.frame_statistics(ds, plan, chain.reader_for(ds), refs_key, compute=False)
     offsets = stats["refpix_offsets"]
     assert offsets is not None and np.prod(offsets.shape) * 8 > ARRAY_LIMIT  # would be caught
     _assert_small(_graph(*(v for v in stats.values() if v is not None)), "frame_statistics")

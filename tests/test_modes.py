@@ -195,7 +195,7 @@ def test_soss_and_imaging_refusals(preset, overrides, match):
 
 
 #: case → (preset, seed, simulate() arguments, daskramp tiles).  daskramp rounds tile_columns
-#: down to a power of two dividing the 2048 columns (pipeline.plan_tiles), so a tile holds
+#: down to a power of two dividing the 2048 columns (daskramp.engine.plan.plan_tiles), so a tile holds
 #: several amplifiers only when it is ≥ 1024 columns wide: grism4's 1024-column tiles contain
 #: the boundaries at 512 and 1536; tile_rows splits the rows (the NIRSpec parity alternates
 #: along DMS rows, the NIRCam side correction varies by row)

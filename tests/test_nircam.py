@@ -24,8 +24,9 @@ import pytest
 from astropy.io import fits
 
 from daskramp import dq
+from daskramp.engine.plan import CHAIN_FACTOR as TILE_MEMORY_FACTOR
 from daskramp.io import open_exposure
-from daskramp.pipeline import TILE_MEMORY_FACTOR, detector1, plan_tiles
+from daskramp.pipeline import detector1, plan_tiles
 from daskramp.simulate import load_truth, simulate
 from daskramp.testing.parity import compare_arrays, compare_dq
 
@@ -165,7 +166,7 @@ def test_ten_groups_refpix_side_and_amplifier_corrections(tmp_path):
     rows, cols = res.provenance["tile_rows"], res.provenance["tile_columns"]
     projected = TILE_MEMORY_FACTOR * 4 * 2 * 10 * rows * cols
     # besides the tasks in flight the process holds the integration chunks read from FITS
-    # (cast to float32 before they are cut into tiles, pipeline._as_float) and the products
+    # (cast to float32 before they are cut into tiles, daskramp.engine.stages.as_float) and the products
     # (rate + rateints, 5 images each).  Measured 801–989 MiB over runs (thread scheduling
     # order); the bound says "never more than two whole copies of the float32 ramp + groupdq
     # (420 MiB each) besides the products", which a graph that materialised the exposure

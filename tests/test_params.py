@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 
 from daskramp import config, params
+from daskramp import steps as steps_registry
 from daskramp.config import ConfigError
 from daskramp.io import open_exposure
 from daskramp.params import NotImplementedParameter
-from daskramp.pipeline import STEP_ORDER, detector1, step_params, validate_steps
+from daskramp.pipeline import detector1, step_params, validate_steps
 from daskramp.simulate import simulate
+from daskramp.steps import STEP_ORDER
 
 
 def _error(step, given) -> ConfigError:
@@ -316,7 +318,7 @@ def test_darks_validate_steps(tmp_path):
 @pytest.mark.parametrize("step", STEP_ORDER)
 def test_defaults_of_every_step_validate_cleanly(step):
     mod = __import__(f"daskramp.steps.{step}", fromlist=["Params"])
-    rules = params.rules(step)  # raises if a field has no rule
+    rules = steps_registry.rules(step)  # raises if a field has no rule
     assert list(rules) == [f.name for f in dataclasses.fields(mod.Params)]
     assert step_params(step) == mod.Params()
     assert step_params(step, mod.Params()) == mod.Params()
@@ -352,7 +354,7 @@ def test_official_types_and_ranges_match_jwst():
             if "=" in line:
                 name, check = (s.strip() for s in line.split("=", 1))
                 official[name] = check
-        rules = params.rules(step)
+        rules = steps_registry.rules(step)
         for name, check in official.items():
             assert name in rules, f"{step}.{name} missing"
             rule = rules[name]
@@ -438,7 +440,7 @@ def test_every_invalid_parameter_is_refused_on_both_paths(tiny, step):
     naming ``steps.<step>.<param>`` when building either graph: no parameter can be checked on
     one path and ignored on the other."""
     paths = _paths(tiny)
-    for name, rule in params.rules(step).items():
+    for name, rule in steps_registry.rules(step).items():
         values = _invalid_values(rule)
         assert values, name
         for value in values:
@@ -497,7 +499,7 @@ def test_valid_non_default_values_are_carried_on_both_paths(tiny, step):
     mod = __import__(f"daskramp.steps.{step}", fromlist=["Params"])
     defaults = mod.Params()
     given = {}
-    for name, rule in params.rules(step).items():
+    for name, rule in steps_registry.rules(step).items():
         value = _non_default(step, name, rule, getattr(defaults, name), ds, out)
         if value is not dataclasses.MISSING:
             given[name] = value

@@ -8,9 +8,10 @@ import pytest
 import xarray as xr
 
 from daskramp import dq
+from daskramp import steps as registry
 from daskramp.config import ConfigError
 from daskramp.io import ingest, open_exposure
-from daskramp.pipeline import STATUS_KEY, detector1, plan_tiles
+from daskramp.pipeline import detector1, plan_tiles
 from daskramp.simulate import load_truth, simulate
 from daskramp.testing.ramps import forbid_compute
 
@@ -47,7 +48,7 @@ def test_statuses_and_provenance(products, soss):
     for name in ("dq_init", "saturation", "superbias", "refpix", "linearity", "dark_current",
                  "jump", "ramp_fit"):
         assert steps[name]["status"] == "COMPLETE", name
-        assert rate.attrs[STATUS_KEY[name]] == "COMPLETE"
+        assert rate.attrs[registry.spec(name).status] == "COMPLETE"
     # group_scale is a no-op when FRMDIVSR = NFRAMES, gain_scale without GAINFACT
     assert steps["group_scale"]["status"] == "SKIPPED" and steps["gain_scale"]["status"] == "SKIPPED"
     assert steps["jump"]["parameters"]["rejection_threshold"] == 4.0

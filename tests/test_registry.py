@@ -17,14 +17,16 @@ import dask
 import numpy as np
 import pytest
 
-from daskramp import fused, memory, pipeline, steps
+from daskramp import pipeline, steps
 from daskramp.config import ConfigError
 from daskramp.dims import DATA
+from daskramp.engine import plan as memory
+from daskramp.engine import policy
 from daskramp.io import open_exposure, products, refs
 from daskramp.params import boolean, floating
 from daskramp.simulate import simulate
 from daskramp.steps import StepSpec
-from daskramp.steps.convert import COMPLETE, SKIPPED, with_status
+from daskramp.steps._wrapper import COMPLETE, SKIPPED, with_status
 
 PRODUCT_VARS = ("data", "dq", "err", "var_poisson", "var_rnoise")
 
@@ -60,8 +62,7 @@ def test_the_order_and_tables_are_those_of_the_official_pipeline():
         "group_scale", "dq_init", "saturation", "superbias", "refpix", "linearity",
         "dark_current", "charge_migration", "jump", "clean_flicker_noise", "ramp_fit",
         "gain_scale")
-    assert pipeline.STEP_ORDER == steps.STEP_ORDER
-    assert pipeline.STEP_REFTYPES == {
+    assert {s.name: s.reftypes for s in steps.REGISTRY if s.reftypes} == {
         "dq_init": ("mask",), "saturation": ("saturation", "superbias"),
         "superbias": ("superbias",), "linearity": ("linearity",), "dark_current": ("dark",),
         "jump": ("gain", "readnoise"), "ramp_fit": ("gain", "readnoise"), "gain_scale": ("gain",)}
@@ -73,7 +74,7 @@ def test_the_order_and_tables_are_those_of_the_official_pipeline():
 
 def test_every_step_has_the_status_keyword_of_the_products():
     for spec in steps.REGISTRY:
-        assert products.STATUS_KEYWORDS[spec.name] == spec.status == pipeline.STATUS_KEY[spec.name]
+        assert products.STATUS_KEYWORDS[spec.name] == spec.status == steps.spec(spec.name).status
         module = sys.modules[spec.params.__module__]
         assert module.SPEC is spec and module.Params is spec.params
         assert getattr(module, "STATUS", spec.status) == spec.status
@@ -96,7 +97,7 @@ def test_every_step_declares_its_memory():
     for spec in steps.REGISTRY:
         assert memory.MEASURED_SCRATCH[spec.name] == spec.scratch >= 0
         assert memory.step_factor(spec.name) >= memory.INPUT_FACTOR
-    # the figures measured with ``python -m daskramp.memory --measure`` (see memory.py)
+    # the figures measured with ``python benchmarks/memory_factors.py`` (see its docstring)
     assert memory.MEASURED_SCRATCH == {
         "group_scale": 0.0, "dq_init": 0.28, "saturation": 1.11, "superbias": 1.03,
         "refpix": 1.03, "linearity": 1.11, "dark_current": 1.17, "charge_migration": 1.25,
@@ -105,16 +106,16 @@ def test_every_step_declares_its_memory():
 
 def test_halos_come_from_the_specs():
     p = pipeline.validate_steps(None)
-    assert fused._shrinks(p) == [("superbias", 2), ("clean_flicker_noise", 1)]
-    assert fused.halo_width(p) == 3
+    assert policy.shrinks(p) == [("superbias", 2), ("clean_flicker_noise", 1)]
+    assert policy.halo_width(p) == 3
     p = pipeline.validate_steps({"charge_migration": {"skip": False}, "saturation": {"n_pix_grow_sat": 0},
                                  "jump": {"flag_4_neighbors": False}})
-    assert fused._shrinks(p) == [("jump", 1)]
+    assert policy.shrinks(p) == [("jump", 1)]
 
 
 def test_the_steps_import_neither_engine():
     code = ("import sys, daskramp.steps.jump, daskramp.steps; "
-            "bad = [m for m in ('daskramp.pipeline', 'daskramp.fused', 'daskramp.memory') if m in sys.modules]; "
+            "bad = [m for m in ('daskramp.pipeline', 'daskramp.engine.fused', 'daskramp.engine.plan') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -198,8 +198,8 @@ def test_worker_slots_count_the_cluster_threads(client):
     of one when the active scheduler is not the cluster."""
     import dask
 
-    from daskramp import fused
+    from daskramp.engine import graph
 
-    assert fused._worker_slots() == sum(client.nthreads().values()) == 2
+    assert graph.worker_slots() == sum(client.nthreads().values()) == 2
     with dask.config.set(scheduler="sync"):
-        assert fused._worker_slots() == 1
+        assert graph.worker_slots() == 1

@@ -1,4 +1,4 @@
-"""``daskramp.segments``: an exposure submitted one segment after another.
+"""``daskramp.engine.submit``: an exposure submitted one segment after another.
 
 The products must be those of the whole exposure as one graph, bit for bit, whatever the
 number of segments in flight. The scheduler must never hold more than that number of
@@ -160,7 +160,7 @@ def test_interrupted_run_resumes_after_the_finished_segments(three, runs, tmp_pa
     computes only the other segments, and the products equal the one-graph products."""
     from distributed import Client
 
-    from daskramp import segments
+    from daskramp.engine import submit as segments
 
     files, refs = three
     out = tmp_path / "out"
@@ -206,7 +206,7 @@ def test_a_changed_setting_starts_the_segments_again(three, tmp_path, monkeypatc
     parameter is refused, and with ``overwrite`` every segment is computed again."""
     from distributed import Client
 
-    from daskramp import segments
+    from daskramp.engine import submit as segments
     from daskramp.io.outdir import StaleProductsError
 
     files, refs = three
@@ -240,7 +240,7 @@ def test_a_changed_setting_starts_the_segments_again(three, tmp_path, monkeypatc
     (2, 32, 2), (2, 1, 3), (1, 1, 2), (64, 32, 3), (64, 64, 2), (65, 32, 4), (0, 0, 2),
 ])
 def test_blocks_in_flight_queue_a_round_of_tiles(slots, tiles, expected):
-    from daskramp.segments import blocks_in_flight
+    from daskramp.engine.submit import blocks_in_flight
 
     got = blocks_in_flight(slots, tiles)
     assert got == expected
@@ -253,7 +253,7 @@ def test_a_full_disk_while_saving_a_sum_is_an_enospc_error(tmp_path):
     ENOSPC, which ``daskramp.run`` turns into its clear message), and leave no file."""
     import errno
 
-    from daskramp.segments import save_tile
+    from daskramp.engine.submit import save_tile
 
     mnt = tmp_path / "tiny"
     _helpers._mount_tmpfs(mnt, "size=64k")

@@ -482,7 +482,7 @@ def test_memory_plan_refused_before_a_local_cluster(tmp_path, data, no_cluster):
     """A local cluster's worker memory is known before it starts: a chunking that cannot fit
     is refused without spawning a process."""
     from daskramp.cluster import ClusterProfile
-    from daskramp.memory import MemoryBudgetError
+    from daskramp.engine.plan import MemoryBudgetError
     from daskramp.run import run
 
     files, refs = data

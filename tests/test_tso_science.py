@@ -77,8 +77,9 @@ from daskramp import analysis as A
 from daskramp import dq
 from daskramp.dims import make_exposure
 from daskramp.io import open_exposure
-from daskramp.pipeline import STEP_ORDER, detector1
+from daskramp.pipeline import detector1
 from daskramp.simulate import load_truth, simulate
+from daskramp.steps import STEP_ORDER
 from daskramp.steps.jump import jump
 from daskramp.testing.ramps import forbid_compute, make_attrs
 

@@ -25,7 +25,7 @@ from ..dims import DATA, FLOAT_DTYPE, GROUP, GROUPDQ, INTEGRATION, X, Y, validat
 from ..kernels import clean_flicker_noise as _k
 from ..steps import clean_flicker_noise as _step
 from ..steps._apply import map_ramp_blocks
-from ..steps.convert import with_status
+from ..steps._wrapper import with_status
 
 FREQUENCY = "frequency"
 #: detector clocking of the near-IR SIDECAR readout (seed notebook 001 §3.4)

@@ -1077,7 +1077,7 @@ def product_dataset(ds: xr.Dataset, provenance: Mapping, *, kind: str) -> xr.Dat
 def start_blockwise(ds: xr.Dataset, path, *, resume: bool = False) -> dict:
     """Create ``<path>.partial`` for ``ds`` (its metadata and in-memory coordinates written,
     as :func:`write_products` does) and return a write target for each lazy variable, by
-    name, for data computed in several submissions (:mod:`daskramp.segments`).
+    name, for data computed in several submissions (:mod:`daskramp.engine.submit`).
 
     With ``resume``, an existing ``<path>.partial`` is reopened as it is (the caller knows
     it was started for the same ``ds``); its variables must have ``ds``'s shapes and dtypes.

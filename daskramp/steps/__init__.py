@@ -3,8 +3,8 @@
 Each module ``daskramp.steps.<name>`` holds the step's ``Params`` (validated by
 :mod:`daskramp.params`), its xarray wrapper and its ``SPEC`` (:class:`StepSpec`: status
 keyword, reference files, halo, memory, …).  :data:`REGISTRY` lists the specs in pipeline
-order; the engines (:mod:`daskramp.pipeline`, :mod:`daskramp.fused`), the memory projection
-(:mod:`daskramp.memory`) and the products (:mod:`daskramp.io.products`) derive their tables
+order; the engines (:mod:`daskramp.pipeline`, :mod:`daskramp.engine.fused`), the memory projection
+(:mod:`daskramp.engine.plan`) and the products (:mod:`daskramp.io.products`) derive their tables
 from it.  Adding a step is writing its module and adding its ``SPEC`` here.
 
 A registry other than :data:`REGISTRY` (a step under development, a test's toy step) is made
@@ -16,10 +16,12 @@ local schedulers) sees it.  Workers of a distributed cluster in other processes 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import difflib
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from ..config import ConfigError
+from ..params import Rule, rules_of, shown, validate_params
 from . import (
     charge_migration,
     clean_flicker_noise,
@@ -135,6 +137,39 @@ def pooling_step() -> str:
     return next(s.name for s in _active if s.pools_integrations)
 
 
+def _params_class(step) -> type:
+    names = step_order()
+    if not isinstance(step, str) or step not in names:
+        close = difflib.get_close_matches(str(step), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"steps.{step}: unknown step{hint}; steps are: {', '.join(names)}")
+    return spec(step).params
+
+
+def rules(step: str) -> dict[str, Rule]:
+    """``{parameter: Rule}`` of a registered step, in declaration order."""
+    return rules_of(_params_class(step), step)
+
+
+def validate(step: str, given=None):
+    """The frozen ``Params`` of the registered ``step`` from ``given`` (a mapping, None, or a
+    ``Params``); an unknown step, parameter or value is a one-line :class:`ConfigError`
+    (:func:`daskramp.params.validate_params`)."""
+    return validate_params(_params_class(step), step, given)
+
+
+def validate_steps(steps: Mapping | None) -> dict:
+    """``{step: Params}`` for every step of the active registry (defaults for those not
+    given) from a configuration's ``steps`` mapping; the first error is raised."""
+    names = step_order()
+    if steps is None:
+        steps = {}
+    if not isinstance(steps, Mapping):
+        raise ConfigError(f"steps: expected a mapping of step names to parameters, got {shown(steps)}")
+    out = {name: validate(name, value) for name, value in steps.items()}
+    return {name: out[name] if name in out else validate(name) for name in names}
+
+
 __all__ = [
     "FIT_STEP",
     "REGISTRY",
@@ -147,7 +182,10 @@ __all__ = [
     "ref",
     "ref_array",
     "registry_with",
+    "rules",
     "spec",
     "step_order",
     "using",
+    "validate",
+    "validate_steps",
 ]

@@ -1,8 +1,8 @@
 """What a step declares about itself: :class:`StepSpec`, the ``SPEC`` of every step module.
 
 A step module (``daskramp.steps.<name>``) holds its validated ``Params``, its xarray wrapper
-and a ``SPEC``: the facts both engines (:mod:`daskramp.pipeline`, :mod:`daskramp.fused`),
-the memory projection (:mod:`daskramp.memory`) and the products (:mod:`daskramp.io.products`)
+and a ``SPEC``: the facts both engines (:mod:`daskramp.pipeline`, :mod:`daskramp.engine.fused`),
+the memory projection (:mod:`daskramp.engine.plan`) and the products (:mod:`daskramp.io.products`)
 read about it.  The ordered registry of specs is :data:`daskramp.steps.REGISTRY`.
 """
 
@@ -35,8 +35,8 @@ class StepSpec:
         its module documents a dispatcher (ramp_fit).
     scratch : float
         Peak scratch and output bytes of one call per byte of float32 ramp it is given, the
-        input not included (:mod:`daskramp.memory` adds it); reproduce with
-        ``python -m daskramp.memory --measure`` (see that module's docstring).
+        input not included (:mod:`daskramp.engine.plan` adds it); reproduce with
+        ``python benchmarks/memory_factors.py`` (see that module's docstring).
     reftypes : tuple of str
         Reference types the step reads (:data:`daskramp.io.refs.REFTYPES`).
     optional_reftypes : tuple of str
@@ -59,7 +59,7 @@ class StepSpec:
     halo : callable, optional
         ``halo(params) -> int``: how many pixels, on each side, the step's result at a pixel
         depends on beyond it (the fused layout widens each window by the sum, see
-        :func:`daskramp.fused.halo_width`); None: pixel-local.
+        :func:`daskramp.engine.policy.halo_width`); None: pixel-local.
     pools_integrations : bool
         The step pools statistics over the integrations of a segment (or the exposure): it
         takes ``stats_scope`` and runs on blocks holding all of them (pixel tiles).
@@ -68,7 +68,7 @@ class StepSpec:
     value_flags : bool
         The group DQ the step sets may depend on the data values (False for steps that only
         propagate reference DQ; the fused layout's probe of jump's all-DO_NOT_USE planes then
-        need not wait for the refpix offsets, see :func:`daskramp.fused._probe_needs_offsets`).
+        need not wait for the refpix offsets, see :func:`daskramp.engine.stats.probe_needs_offsets`).
     not_fusable : callable, optional
         ``not_fusable(params) -> str | None``: why the fused per-tile layout cannot run this
         configuration of the step (None: it can); called whether or not the step is skipped.

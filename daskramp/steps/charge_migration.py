@@ -15,7 +15,7 @@ from ..kernels import charge_migration as kernel
 from ..params import boolean, floating
 from ._apply import map_ramp_blocks
 from ._spec import StepSpec
-from .convert import COMPLETE, SKIPPED, with_status
+from ._wrapper import COMPLETE, SKIPPED, with_status
 
 STATUS = "S_CHGMIG"
 #: pixels on each side a result depends on (neighbour flagging)

@@ -47,7 +47,7 @@ from ..kernels import clean_flicker_noise as kernel
 from ..params import boolean, check, floating, image, int_list, option
 from ._apply import map_ramp_blocks
 from ._spec import StepSpec
-from .convert import COMPLETE, SKIPPED, with_status
+from ._wrapper import COMPLETE, SKIPPED, with_status
 
 STATUS = "S_CLNFNS"
 CHANNEL = "channel"
@@ -279,7 +279,7 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.D
     return with_status(ds, STATUS, COMPLETE, **updates)
 
 
-# scratch: an estimate, not a measurement (``python -m daskramp.memory --measure`` runs the
+# scratch: an estimate, not a measurement (``python benchmarks/memory_factors.py`` runs the
 # default configuration, in which the step is skipped and costs nothing)
 SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=clean_flicker_noise,
                 scratch=3.0,

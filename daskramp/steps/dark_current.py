@@ -18,7 +18,7 @@ from ..kernels import dark_current as kernel
 from ..params import boolean, floating, output_file
 from ._apply import map_ramp_blocks
 from ._spec import StepSpec, ref_array
-from .convert import COMPLETE, SKIPPED, as_image, as_planes, with_status
+from ._wrapper import COMPLETE, SKIPPED, as_image, as_planes, with_status
 
 STATUS = "S_DARK"
 AVERAGE_DARK_CURRENT = "average_dark_current"

@@ -14,7 +14,7 @@ from ..kernels import dq_init as kernel
 from ..params import boolean, image
 from ._apply import map_ramp_blocks
 from ._spec import StepSpec, ref_array
-from .convert import COMPLETE, SKIPPED, apply_image, as_image, with_status
+from ._wrapper import COMPLETE, SKIPPED, apply_image, as_image, with_status
 
 STATUS = "S_DQINIT"
 

@@ -13,7 +13,7 @@ import xarray as xr
 from ..kernels import gain_scale as kernel
 from ..params import boolean
 from ._spec import StepSpec, ref
-from .convert import COMPLETE, SKIPPED
+from ._wrapper import COMPLETE, SKIPPED
 
 STATUS = "S_GANSCL"
 

@@ -16,7 +16,7 @@ from ..kernels import group_scale as kernel
 from ..params import boolean
 from ._apply import map_ramp_blocks
 from ._spec import StepSpec
-from .convert import COMPLETE, SKIPPED, with_status
+from ._wrapper import COMPLETE, SKIPPED, with_status
 
 STATUS = "S_GRPSCL"
 

@@ -19,7 +19,7 @@ from ..kernels.saturation import read_pattern as make_read_pattern
 from ..params import boolean
 from ._apply import map_ramp_blocks
 from ._spec import StepSpec, ref_array
-from .convert import COMPLETE, SKIPPED, as_image, as_planes, with_status, zeroframe_blocks
+from ._wrapper import COMPLETE, SKIPPED, as_image, as_planes, with_status, zeroframe_blocks
 
 STATUS = "S_LINEAR"
 

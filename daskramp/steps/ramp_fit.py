@@ -366,7 +366,7 @@ def fold_block_terms(terms):
     (:func:`daskramp.kernels.ramp_fit.add_block_terms`): a tile holds one running sum
     (1.3 MB per SOSS tile of 64 columns), however many segments the exposure has, where a
     tree of pairwise sums keeps a partial sum per level; and the exposure's rate is the
-    same as when its segments are submitted one after another (:mod:`daskramp.segments`,
+    same as when its segments are submitted one after another (:mod:`daskramp.engine.submit`,
     which continues the same sum from files).
     """
     import dask.array as da
@@ -457,7 +457,7 @@ def run(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", fields
     """What the engines call (the spec's ``run``): :func:`ramp_fit`, or one of its two parts.
 
     ``fields_only``: :func:`ramp_fields` (the step-by-step layout: the pipeline makes the
-    products from them, :func:`daskramp.pipeline.finish`); ``products_only``:
+    products from them, :func:`daskramp.engine.stages.finish`); ``products_only``:
     :func:`ramp_products` (the in-memory window of a fused tile task: its rateints blocks and
     rate-term sums).
     """

@@ -32,7 +32,7 @@ from ..kernels import saturation as kernel
 from ..params import boolean, floating, image, integer
 from ._apply import map_ramp_blocks
 from ._spec import StepSpec, ref, ref_array
-from .convert import COMPLETE, SKIPPED, apply_image, as_image, with_status, zeroframe_blocks
+from ._wrapper import COMPLETE, SKIPPED, apply_image, as_image, with_status, zeroframe_blocks
 
 STATUS = "S_SATURA"
 

@@ -15,7 +15,7 @@ from ..kernels import superbias as kernel
 from ..params import boolean
 from ._apply import map_ramp_blocks
 from ._spec import StepSpec, ref_array
-from .convert import COMPLETE, SKIPPED, apply_image, as_image, with_status, zeroframe_blocks
+from ._wrapper import COMPLETE, SKIPPED, apply_image, as_image, with_status, zeroframe_blocks
 
 STATUS = "S_SUPERB"
 

@@ -134,7 +134,7 @@ def test_chunk_lost_after_opening_is_an_error_not_the_fill_value(store):
             dask.config.set(scheduler="sync"):
         ds["data"].compute()
     # the fused layout's reader reads the store through the same checks
-    from daskramp.fused import reader_for
+    from daskramp.engine.chain import reader_for
 
     reader = reader_for(ds)
     assert reader.kind == "zarr"

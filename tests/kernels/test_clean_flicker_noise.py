@@ -202,6 +202,7 @@ def _striped_exposure(nint=3, ngroup=4, ny=32, nx=48, stripe_sigma=2.0, seed=1):
 
 def test_default_is_skip_in_the_pipeline():
     from daskramp import pipeline
+    from daskramp.engine import stages
 
     ds, _ = _striped_exposure()
     assert Params().skip is True
@@ -211,7 +212,7 @@ def test_default_is_skip_in_the_pipeline():
     assert np.array_equal(out["data"].values, ds["data"].values)
     # the pipeline checks Params.skip and then calls the wrapper without ``skip``: it must run
     p = pipeline.step_params("clean_flicker_noise", {"skip": False, "n_sigma": 2.5})
-    ran = pipeline._call_step("clean_flicker_noise", ds, None, p, stats_scope="segment")
+    ran = stages.call_step("clean_flicker_noise", ds, None, p, stats_scope="segment")
     assert ran.attrs["S_CLNFNS"] == "COMPLETE"
     np.testing.assert_array_equal(ran["data"].values,
                                   clean_flicker_noise(ds, n_sigma=2.5)["data"].values)

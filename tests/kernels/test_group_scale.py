@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from daskramp.kernels import group_scale as K
 from daskramp.steps import group_scale as S
-from daskramp.steps.convert import to_float32
+from daskramp.steps._wrapper import to_float32
 from daskramp.testing.ramps import chunkings, forbid_compute, make_ramp
 
 

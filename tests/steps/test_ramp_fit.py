@@ -416,7 +416,7 @@ def test_rate_terms_of_many_blocks_are_added_in_order():
 @pytest.mark.parametrize("n, split", [(1, 0), (2, 1), (5, 2), (16, 1), (16, 15), (16, 8)])
 def test_rate_terms_continued_from_a_saved_sum_equal_one_graph(n, split):
     """The segment-by-segment path's sum (the first blocks summed and saved, the rest added
-    to it one at a time, :mod:`daskramp.segments`) equals the one graph's, bit for bit."""
+    to it one at a time, :mod:`daskramp.engine.submit`) equals the one graph's, bit for bit."""
     from daskramp.kernels.ramp_fit import add_block_terms
     from daskramp.steps.ramp_fit import fold_block_terms
 

@@ -1,4 +1,4 @@
-"""Input conversions shared by the pixel-local step wrappers.
+"""What the step wrappers share: input conversions, reference images, status keywords.
 
 * :func:`to_float32` — uint16 raw ramp (and zero frame) → float32 DN, lazily;
 * :func:`as_image` / :func:`as_planes` — a reference array (numpy or ``xr.DataArray``) checked

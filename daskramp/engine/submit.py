@@ -8,7 +8,7 @@ workers keep the tasks whose results a reduction over the whole exposure still w
 than the cluster has worker threads: :func:`blocks_in_flight`), so the workers never wait
 for the next block:
 
-* block ``a``'s windows (the tiles of one segment, :class:`daskramp.fused.SegmentProducts`)
+* block ``a``'s windows (the tiles of one segment, :class:`daskramp.engine.fused.SegmentProducts`)
   write its integrations into the ``rateints`` store, and return the per-integration
   figures (a few numbers) and their rate terms. As each tile's terms are computed, a task
   adds them to the running sum of the blocks before
@@ -34,11 +34,11 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from . import dq as _dq
+from .. import dq as _dq
+from .graph import read_tile_files
 
 __all__ = ["blocks_in_flight", "write_by_segment"]
 
@@ -70,8 +70,8 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     """
     from distributed import as_completed, futures_of
 
-    from .dims import PIXELDQ_DTYPE
-    from .io.products import (
+    from ..dims import PIXELDQ_DTYPE
+    from ..io.products import (
         ProductError,
         _counted,
         export_all,
@@ -79,9 +79,9 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         start_blockwise,
         write_products,
     )
-    from .io.store import finalize_store, is_complete, partial_path
-    from .kernels.ramp_fit import RATE_TERMS
-    from .pipeline import summary_figures
+    from ..io.store import finalize_store, is_complete, partial_path
+    from ..kernels.ramp_fit import RATE_TERMS
+    from ..pipeline import summary_figures
 
     seg = result.segments
     if seg is None:
@@ -189,9 +189,9 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     if targets is not None:
         finalize_store(partial_path(zpath), zpath, overwrite=True)
 
-    acc = _read_files(tdir / str(n - 1), seg, leading=(1, len(RATE_TERMS)), dtype=np.float64,
+    acc = read_tile_files(tdir / str(n - 1), seg, leading=(1, len(RATE_TERMS)), dtype=np.float64,
                       token=token)
-    pixeldq = _read_files(tdir / "pixeldq", seg, leading=(), dtype=PIXELDQ_DTYPE, token=token)
+    pixeldq = read_tile_files(tdir / "pixeldq", seg, leading=(), dtype=PIXELDQ_DTYPE, token=token)
     rate = seg.rate(acc, pixeldq)
     figures = summary_figures(rate)
     paths, values = write_products({"rate": rate}, outdir, root=root, provenance=provenance,
@@ -240,7 +240,7 @@ def add_terms_to_file(block: np.ndarray, prev: str | None, path: str) -> np.ndar
     A file appears only whole (written aside, then renamed), so a task run again (its worker
     died, or the run was interrupted and resumed) finds its sum saved and keeps it.
     """
-    from .kernels.ramp_fit import add_block_terms
+    from ..kernels.ramp_fit import add_block_terms
 
     if os.path.exists(path):
         return np.ones((1, 1), np.int64)
@@ -265,19 +265,6 @@ def save_tile(block: np.ndarray, path: str) -> np.ndarray:
         raise
     os.replace(tmp, path)
     return np.ones((1, 1), np.int64)
-
-
-def _read_files(bdir: Path, seg, *, leading: tuple, dtype, token: str) -> da.Array:
-    """The tiles saved in ``bdir`` as a lazy (*leading, y, x) array, a task per tile (keys
-    named by the run's ``token``: the same path holds other sums in another run)."""
-    ychunks = tuple(b - a for a, b in seg.y_bounds)
-    xchunks = tuple(b - a for a, b in seg.x_bounds)
-    name = f"tiles-read-{tokenize(str(bdir), ychunks, xchunks, leading, token)}"
-    zeros = (0,) * len(leading)
-    dsk = {(name, *zeros, b, c): (np.load, str(Path(bdir) / f"{b}_{c}.npy"))
-           for b in range(len(ychunks)) for c in range(len(xchunks))}
-    chunks = (*((n,) for n in leading), ychunks, xchunks)
-    return da.Array(dsk, name, chunks=chunks, dtype=dtype)
 
 
 def _fingerprint(template, seg, provenance) -> str:

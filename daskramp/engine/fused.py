@@ -1,0 +1,206 @@
+"""Detector1 fused: one task per tile runs every step (:mod:`daskramp.engine.chain`).
+
+Tiles never exchange data, so the graph is one task per tile (plus small getters) and a
+worker's memory is one tile's chain; the whole-frame statistics come first
+(:mod:`daskramp.engine.stats`).  :class:`SegmentProducts` gives the same products one
+integration block at a time (:mod:`daskramp.engine.submit`).  The products equal the
+step-by-step layout's exactly (``tests/test_fused.py``)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .. import dims
+from ..config import ConfigError
+from ..dims import GROUP, INTEGRATION, PIXELDQ, X, Y
+from ..io.refs import RefSet
+from .chain import Plan, Reader, loaded_params, reader_for, row_align, skeleton, status_of
+from .graph import distributed_client, staged
+from .plan import CHAIN_FACTOR, bounds, int_bounds, plan_tiles, tile_shape
+from .policy import halo_width
+from .stages import Detector1Result, finish
+from .stats import (
+    computed_stats,
+    finished_stats,
+    frame_statistics,
+    status_stats,
+    statuses,
+    with_stats,
+)
+
+
+def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_scope: str,
+                    memory_limit: int | None, tile_columns: int | None, frame_stats,
+                    tile_rows: int | None = None):
+    """:func:`daskramp.pipeline.detector1` in the fused tile layout (same arguments, same
+    products).  ``frame_stats``: "compute" computes the whole-frame statistics first (small
+    windows, see :func:`frame_statistics`), None leaves them lazy in the product graph, a
+    mapping gives them."""
+    p = loaded_params(params)
+    h = halo_width(p)
+    plan = Plan(skeleton=skeleton(ds), var_attrs={k: dict(v.attrs) for k, v in ds.data_vars.items()},
+                params=dict(p), stats_scope=stats_scope, halo=h)
+    reader = reader_for(ds)
+    # the reference files are one graph key, not inside every task; a set read from files is
+    # read again by the worker that computes the key (tens of MB stay out of the graph)
+    if refs is None:
+        refs_key = None
+    elif refs.recipe() is not None:
+        refs_key = dask.delayed(RefSet.from_recipe, pure=True)(*refs.recipe())
+    else:
+        refs_key = dask.delayed(refs, pure=True)
+    if isinstance(frame_stats, Mapping):
+        stats = {k: frame_stats.get(k) for k in ("refpix_offsets", "refpix_zf_offsets", "plane_dnu")}
+        if stats["plane_dnu"] is None and not p["jump"].skip:
+            stats = frame_statistics(ds, plan, reader, refs_key)
+    elif frame_stats in ("compute", "submit"):
+        if refs_key is not None:
+            # read once and kept for the products too: computed only for the statistics,
+            # the key would be released after them and read again by the product graph
+            (refs_key,) = dask.persist(refs_key)
+        stats = frame_statistics(ds, plan, reader, refs_key, compute=False)
+        client = distributed_client() if frame_stats == "submit" else None
+        if client is None:
+            # the statuses (the chain on a one-pixel window) found by a worker meanwhile
+            status = dask.delayed(status_of, pure=True)(plan, reader, refs_key,
+                                                         status_stats(plan, stats), "ramp_fit")
+            stats, status = computed_stats(stats, status)
+        else:
+            # the statistics run on the cluster while this process builds and submits the
+            # product graph, whose tiles wait for them there.  The statuses (needed for the
+            # products' attributes) are found here, on a one-pixel window: as a task they
+            # would queue behind the reference files' load and the statistics windows
+            lazy = stats
+            (stats,) = client.compute([dask.delayed(finished_stats, pure=True)(lazy)])
+            status = statuses(plan, reader, refs, lazy, until="ramp_fit")
+    elif frame_stats is None:
+        stats = frame_statistics(ds, plan, reader, refs_key, compute=False)
+    else:
+        raise ConfigError(f"frame_stats must be a mapping, 'compute' or 'submit', got {frame_stats!r}")
+    extra = {}
+    gain = None if refs is None else refs.get("gain")
+    if gain is not None:
+        # after-jump thresholds scale with the median gain of the whole subarray, not a window's
+        extra["gain_median"] = float(np.nanmedian(np.asarray(gain.arrays["SCI"], np.float32)))
+    if isinstance(stats, dict):
+        if isinstance(stats.get("plane_dnu"), xr.DataArray):
+            stats["plane_dnu"] = stats["plane_dnu"].data
+        stats.update(extra)
+        result_stats = stats
+    else:
+        # a Future of the statistics, with the figures found here: one key for every tile
+        stats = dask.delayed(with_stats, pure=True)(stats, extra)
+        result_stats = {k: stats[k] for k in ("refpix_offsets", "refpix_zf_offsets", "plane_dnu")}
+
+    # the ghost margin is part of each task's memory too
+    cols = plan_tiles(ds, memory_limit=memory_limit, stats_scope=stats_scope, tile_columns=tile_columns,
+                      ghost=h)
+    nx, ny = ds.sizes[X], ds.sizes[Y]
+    ints = int_bounds(ds, stats_scope)
+    # the same pixels in a shorter, wider tile: fewer rows of each frame to read
+    budget = None
+    if memory_limit is not None:
+        nint = max(b - a for a, b in ints)
+        budget = int(memory_limit // (CHAIN_FACTOR * 4 * nint * ds.sizes[GROUP]))
+    rows, cols = tile_shape(ny, nx, columns=cols, ghost=h, pixel_budget=budget,
+                            row_align=row_align(reader, ds), tile_rows=tile_rows)
+    cube = ["data", "err", "var_poisson", "var_rnoise", "dq"]
+    if p["ramp_fit"].save_intercepts:
+        cube.append("intercept")
+    arrs = staged(plan, reader, refs_key, stats, until="ramp_fit", int_bounds=ints,
+                  y_bounds=bounds(ny, rows), x_bounds=bounds(nx, cols),
+                  names=(*cube, "rate_terms", PIXELDQ))
+    cube_coords = {k: v for k, v in plan.skeleton.coords.items() if set(v.dims) <= set(dims.CUBE_DIMS)}
+    parts = {k: xr.DataArray(arrs[k], dims=dims.CUBE_DIMS, coords=cube_coords) for k in cube}
+    parts["rate_terms"] = xr.DataArray(arrs["rate_terms"], dims=("block", "term", *dims.IMAGE_DIMS),
+                                       coords={Y: ds[Y], X: ds[X]})
+    parts["nints"] = ds.sizes[INTEGRATION]
+    pixeldq = xr.DataArray(arrs[PIXELDQ], dims=dims.IMAGE_DIMS, coords={Y: ds[Y], X: ds[X]})
+    if frame_stats not in ("compute", "submit"):
+        status = statuses(plan, reader, refs, stats, until="ramp_fit")
+    status_attrs, records = status
+    provenance["steps"].update(records)
+    provenance["tile_columns"] = cols
+    provenance["tile_rows"] = rows
+    provenance["layout"] = {"fused": True, "ghost_columns": h,
+                            "tiles": len(ints) * len(bounds(ny, rows)) * len(bounds(nx, cols))}
+    meta = plan.skeleton.assign({PIXELDQ: pixeldq})
+    meta.attrs.update(status_attrs)
+    segments = SegmentProducts(plan=plan, reader=reader, refs_key=refs_key, stats=stats, refs=refs,
+                               params=p, provenance=copy.deepcopy(provenance),
+                               status_attrs=dict(status_attrs), int_bounds=tuple(ints),
+                               y_bounds=tuple(bounds(ny, rows)), x_bounds=tuple(bounds(nx, cols)),
+                               cube=tuple(cube))
+    rate, rateints = finish(parts, meta, refs, p, provenance, pixeldq=pixeldq)
+    return Detector1Result(rate=rate, rateints=rateints, intermediates={}, provenance=provenance,
+                           frame_stats=result_stats, segments=segments)
+
+
+@dataclass(frozen=True)
+class SegmentProducts:
+    """The fused products of one integration block (a segment) at a time, and the rate from
+    their summed terms: what :mod:`daskramp.engine.submit` submits one block after another.
+
+    The windows of block ``a`` are the windows of the whole-exposure graph of
+    :func:`detector1_fused` with the same arguments, so every value is the same.
+    """
+
+    plan: Plan
+    reader: Reader
+    refs_key: object
+    stats: object
+    refs: object
+    params: dict
+    provenance: dict
+    status_attrs: dict
+    int_bounds: tuple
+    y_bounds: tuple
+    x_bounds: tuple
+    cube: tuple
+
+    def _parts(self, a: int):
+        i0, i1 = self.int_bounds[a]
+        arrs = staged(self.plan, self.reader, self.refs_key, self.stats, until="ramp_fit",
+                      int_bounds=[(i0, i1)], y_bounds=list(self.y_bounds), x_bounds=list(self.x_bounds),
+                      names=(*self.cube, "rate_terms", PIXELDQ))
+        sk = self.plan.skeleton.isel({INTEGRATION: slice(i0, i1)})
+        coords = {k: v for k, v in sk.coords.items() if set(v.dims) <= set(dims.CUBE_DIMS)}
+        image = {Y: sk[Y], X: sk[X]}
+        parts = {k: xr.DataArray(arrs[k], dims=dims.CUBE_DIMS, coords=coords) for k in self.cube}
+        parts["rate_terms"] = xr.DataArray(arrs["rate_terms"], dims=("block", "term", *dims.IMAGE_DIMS),
+                                           coords=image)
+        parts["nints"] = i1 - i0
+        pixeldq = xr.DataArray(arrs[PIXELDQ], dims=dims.IMAGE_DIMS, coords=image)
+        return sk, parts, pixeldq
+
+    def _finish(self, sk: xr.Dataset, parts: dict, pixeldq: xr.DataArray):
+        meta = sk.assign({PIXELDQ: pixeldq})
+        meta.attrs.update(self.status_attrs)
+        return finish(parts, meta, self.refs, self.params, copy.deepcopy(self.provenance),
+                      pixeldq=pixeldq)
+
+    def block(self, a: int) -> tuple[xr.Dataset, da.Array, da.Array]:
+        """Block ``a``'s lazy ``rateints`` (its integrations only), its rate terms
+        (1, term, y, x) float64 and its pixeldq (y, x): one task per tile and block."""
+        sk, parts, pixeldq = self._parts(a)
+        _, rateints = self._finish(sk, parts, pixeldq)
+        return rateints, parts["rate_terms"].data, pixeldq.data
+
+    def rate(self, terms: da.Array, pixeldq: da.Array) -> xr.Dataset:
+        """The exposure's lazy ``rate`` from its terms summed over every block in order
+        (1, term, y, x; :func:`daskramp.kernels.ramp_fit.add_block_terms`) and the first
+        block's pixeldq."""
+        _, parts, _ = self._parts(0)  # their rateints is built but never computed
+        image = {Y: self.plan.skeleton[Y], X: self.plan.skeleton[X]}
+        parts["rate_terms"] = xr.DataArray(terms, dims=("block", "term", *dims.IMAGE_DIMS), coords=image)
+        parts["nints"] = self.int_bounds[-1][1]
+        pdq = xr.DataArray(pixeldq, dims=dims.IMAGE_DIMS, coords=image)
+        rate, _ = self._finish(self.plan.skeleton, parts, pdq)
+        return rate

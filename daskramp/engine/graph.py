@@ -1,0 +1,172 @@
+"""The doorway to dask for the engine: the graphs of windows, built by hand.
+
+A window task returns a dict of numpy arrays (:func:`daskramp.engine.chain.run_window`);
+the graph here gives each array of a grid of windows as a dask array of small getters, so a
+grid is one task per window however many products it has.  The reference set, the plan and
+the statistics each travel as one key, not inside every task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from dask.delayed import Delayed
+
+from .. import dims
+from ..dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, ZEROFRAME
+from ..kernels.ramp_fit import RATE_TERMS
+from ..steps import params_kwargs
+from ..steps import refpix as refpix_step
+from .chain import Plan, Reader, refpix_block, run_window, settle_planes
+
+
+def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until: str,
+           int_bounds, y_bounds, x_bounds, names=(DATA, GROUPDQ, PIXELDQ)) -> dict[str, da.Array]:
+    """Lazy arrays of the chain run up to ``until`` on a grid of windows (one task each).
+
+    ``stats``: the whole-frame statistics (a mapping, or one delayed mapping); ``*bounds``
+    are lists of (start, stop) along integration, y and x.  Returns dask arrays
+    for ``names`` (``fields`` for ``until="ramp_fit"``); ``pixeldq`` comes from the first
+    integration block.  Blocks that nothing asks for are never computed.
+    """
+    sk = plan.skeleton
+    # the statistics (computed or lazy) travel as one key, like the reference files
+    stats_key = stats if isinstance(stats, Delayed) else dask.delayed(dict(stats), pure=True)
+    # and so does the plan: its skeleton holds the exposure's per-integration coordinates
+    # (194 KiB unpickled for 16 SOSS segments), and a worker keeps each task's own unpickled
+    # copy of its arguments for as long as it remembers the task, which for a window is
+    # until the counts of its stored blocks are added up
+    plan_key = dask.delayed(plan, pure=True, traverse=False)
+    token = tokenize(plan.params, plan.stats_scope, plan.halo, reader, until, int_bounds, y_bounds,
+                     x_bounds, refs_key, stats_key, plan_key)
+    wname = f"window-{until}-{token}"
+    dsk: dict = {}
+    deps = [plan_key, stats_key] if refs_key is None else [plan_key, refs_key, stats_key]
+    refs_arg = None if refs_key is None else refs_key.key
+    for a, (i0, i1) in enumerate(int_bounds):
+        for b, (y0, y1) in enumerate(y_bounds):
+            for c, (x0, x1) in enumerate(x_bounds):
+                dsk[(wname, a, b, c)] = (run_window, plan_key.key, reader, refs_arg, stats_key.key,
+                                         i0, i1, slice(y0, y1), slice(x0, x1), until)
+    ichunks = tuple(b - a for a, b in int_bounds)
+    ychunks = tuple(b - a for a, b in y_bounds)
+    xchunks = tuple(b - a for a, b in x_bounds)
+    ngroup = sk.sizes[GROUP]
+    out = {}
+    for name in names:
+        lname = f"{name}-{wname}"
+        layer = {}
+        if name == PIXELDQ:
+            for b in range(len(y_bounds)):
+                for c in range(len(x_bounds)):
+                    layer[(lname, b, c)] = (dict.__getitem__, (wname, 0, b, c), name)
+            chunks, dtype = (ychunks, xchunks), dims.PIXELDQ_DTYPE
+        else:
+            if name == "rate_terms":
+                chunks = ((1,) * len(int_bounds), (len(RATE_TERMS),), ychunks, xchunks)
+                dtype, zero_axis = np.float64, True
+            elif until == "ramp_fit" or name == ZEROFRAME:
+                # rateints variables (integration, y, x)
+                dtype = {ZEROFRAME: dims.FLOAT_DTYPE, "dq": np.uint32}.get(name, np.float32)
+                chunks, zero_axis = (ichunks, ychunks, xchunks), False
+            else:
+                chunks = (ichunks, (ngroup,), ychunks, xchunks)
+                dtype = dims.FLOAT_DTYPE if name == DATA else dims.GROUPDQ_DTYPE
+                zero_axis = True  # the single group / term block
+            for a in range(len(int_bounds)):
+                for b in range(len(y_bounds)):
+                    for c in range(len(x_bounds)):
+                        key = (lname, a, 0, b, c) if zero_axis else (lname, a, b, c)
+                        layer[key] = (dict.__getitem__, (wname, a, b, c), name)
+        graph = {**dsk, **layer}
+        for d in deps:
+            graph.update(d.__dask_graph__())
+        out[name] = da.Array(graph, lname, chunks=chunks, dtype=dtype)
+    return out
+
+
+def settled(probe: da.Array, plan: Plan, reader: Reader, refs_key, stats: dict,
+             int_block: int) -> da.Array:
+    """:func:`settle_planes` as one task of a lazy (integration, group) array."""
+    stats_key = dask.delayed(dict(stats), pure=True)
+    name = "plane-dnu-" + tokenize(probe, plan, reader, refs_key, stats_key, int_block)
+    refs_arg = None if refs_key is None else refs_key.key
+    graph = {(name, 0, 0): (settle_planes, (probe.name, 0, 0), plan, reader, refs_arg,
+                            stats_key.key, int_block)}
+    graph.update(probe.__dask_graph__())
+    graph.update(stats_key.__dask_graph__())
+    if refs_key is not None:
+        graph.update(refs_key.__dask_graph__())
+    return da.Array(graph, name, chunks=tuple((n,) for n in probe.shape), dtype=bool)
+
+
+def refpix_statistics(plan: Plan, reader: Reader, refs_key, ints) -> dict:
+    """Lazy ``refpix_offsets`` and ``refpix_zf_offsets`` DataArrays ``(integration, group,
+    refpix_term)``, one :func:`refpix_block` task per block of integrations ``ints``."""
+    sk = plan.skeleton
+    ngroup = sk.sizes[GROUP]
+    plan_key = dask.delayed(plan, pure=True, traverse=False)
+    name = "refpix-block-" + tokenize(plan_key, reader, refs_key, ints)
+    refs_arg = None if refs_key is None else refs_key.key
+    blocks = {(name, a): (refpix_block, plan_key.key, reader, refs_arg, i0, i1)
+              for a, (i0, i1) in enumerate(ints)}
+    deps = [plan_key] if refs_key is None else [plan_key, refs_key]
+    nterms = refpix_step.offsets_size(sk, **params_kwargs(plan.params["refpix"]))
+    out = {}
+    for key, groups, keep in (("refpix_offsets", ngroup, {INTEGRATION, GROUP}),
+                              ("refpix_zf_offsets", 1, {INTEGRATION})):
+        if key == "refpix_zf_offsets" and not reader.has_zeroframe:
+            out[key] = None
+            continue
+        kname = f"{key}-{name}"
+        layer = {(kname, a, 0, 0): (dict.__getitem__, (name, a), key) for a in range(len(ints))}
+        graph = {**blocks, **layer}
+        for d in deps:
+            graph.update(d.__dask_graph__())
+        arr = da.Array(graph, kname, chunks=(tuple(b - a for a, b in ints), (groups,), (nterms,)),
+                       dtype=np.float64)
+        coords = {k: v for k, v in sk.coords.items() if set(v.dims) <= keep}
+        out[key] = xr.DataArray(arr, dims=(INTEGRATION, GROUP, refpix_step.TERM_DIM), coords=coords)
+    return out
+
+
+def distributed_client():
+    """The dask.distributed client that is the active scheduler, or None."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return None
+    from dask.base import get_scheduler
+
+    return client if get_scheduler() == client.get else None
+
+
+def worker_slots() -> int:
+    """Worker threads of the dask.distributed cluster that is the active scheduler (1 when
+    there is none: the local schedulers gain nothing from rounds)."""
+    client = distributed_client()
+    if client is None:
+        return 1
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # a scheduler that does not answer is no reason to fail the run
+        return 1
+
+
+def read_tile_files(bdir: Path, seg, *, leading: tuple, dtype, token: str) -> da.Array:
+    """The tiles saved in ``bdir`` as a lazy (*leading, y, x) array, a task per tile (keys
+    named by the run's ``token``: the same path holds other sums in another run)."""
+    ychunks = tuple(b - a for a, b in seg.y_bounds)
+    xchunks = tuple(b - a for a, b in seg.x_bounds)
+    name = f"tiles-read-{tokenize(str(bdir), ychunks, xchunks, leading, token)}"
+    zeros = (0,) * len(leading)
+    dsk = {(name, *zeros, b, c): (np.load, str(Path(bdir) / f"{b}_{c}.npy"))
+           for b in range(len(ychunks)) for c in range(len(xchunks))}
+    chunks = (*((n,) for n in leading), ychunks, xchunks)
+    return da.Array(dsk, name, chunks=chunks, dtype=dtype)

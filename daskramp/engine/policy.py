@@ -1,0 +1,60 @@
+"""The fusion policy: which stages run as one task per tile.
+
+By default every ramp step and ramp_fit run fused, one task per tile
+(:mod:`daskramp.engine.fused`).  A configuration runs step by step, one dask layer per step
+(:mod:`daskramp.engine.stepwise`), when intermediates are saved (``save_steps``), when a
+step says it cannot run on a window (its spec's ``not_fusable``: clean_flicker_noise fits
+whole frames, dark_current's ``dark_output`` is the whole frame, ramp_fit skipped leaves no
+products), or when the exposure is held in memory.  Both give the same products."""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from .. import steps as registry
+
+
+def shrinks(params) -> list[tuple[str, int]]:
+    """Where a window's exact region shrinks: ``(step, k)`` = the steps before ``step`` have
+    made the outermost ``k`` columns/rows on each side depend on pixels outside the window.
+
+    Each step that runs and looks at neighbours (its spec's ``halo``: saturation growth
+    ``2·n_pix_grow_sat``, charge_migration 1, jump's neighbour flagging 1) shrinks it by its
+    halo before the step that follows it; the other steps are pixel-local.
+    """
+    specs = registry.active()
+    out = []
+    for s, after in zip(specs, specs[1:]):
+        p = params[s.name]
+        k = 0 if s.halo is None or p.skip else int(s.halo(p))
+        if k:
+            out.append((after.name, k))
+    return out
+
+
+def halo_width(params) -> int:
+    """Ghost columns/rows each window needs so that its interior equals the whole-frame result:
+    the sum of the :func:`shrinks` of the steps that look at neighbours."""
+    return sum(k for _, k in shrinks(params))
+
+
+def unsupported(ds: xr.Dataset, params) -> str | None:
+    """Why the fused layout cannot run this configuration (None: it can): a step's reason
+    (its spec's ``not_fusable``: clean_flicker_noise fits whole frames, ramp_fit skipped
+    leaves no products, dark_current's ``dark_output`` is the whole frame), or an exposure
+    held in memory."""
+    for s in registry.active():
+        why = None if s.not_fusable is None else s.not_fusable(params[s.name])
+        if why is not None:
+            return why
+    if not any(hasattr(v.data, "dask") for v in ds.data_vars.values()):
+        return "the exposure is in memory"
+    return None
+
+
+def fused_ghost(ds: xr.Dataset, params, saved=()) -> int | None:
+    """The ghost margin of the fused tile layout that :func:`daskramp.pipeline.detector1`
+    uses with the validated step ``params``, or None when it runs step by step."""
+    if saved:
+        return None
+    return halo_width(params) if unsupported(ds, params) is None else None
