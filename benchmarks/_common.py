@@ -68,8 +68,9 @@ def run_official(uncal, refs_dir, outdir, maximum_cores="1", python=None, *,
     return report
 
 
-def run_daskramp(files, refs, workers, memory_limit, out):
-    """``daskramp.run.run`` on a fresh local cluster; (wall s, peak all processes, largest process, summary)."""
+def run_daskramp(files, refs, workers, memory_limit, out, config=None):
+    """``daskramp.run.run`` on a fresh local cluster (``config``: a workflow mapping, default
+    none); (wall s, peak all processes, largest process, summary)."""
     from daskramp.cluster import ClusterProfile
     from daskramp.run import run
     from daskramp.testing.memory import TreeMemorySampler
@@ -79,7 +80,7 @@ def run_daskramp(files, refs, workers, memory_limit, out):
     warm(files)
     with TreeMemorySampler(interval=0.1) as mem:
         t0 = time.perf_counter()
-        summary = run(files, out, refs=refs, cluster=prof, quiet=True)
+        summary = run(files, out, refs=refs, cluster=prof, quiet=True, config=config)
         wall = time.perf_counter() - t0
     return wall, mem.peak, mem.peak_per_process, summary
 

@@ -42,6 +42,9 @@ def main(argv=None):
     p.add_argument("--no-jwst", action="store_true", help="skip the official pipeline")
     p.add_argument("--no-double", action="store_true", help="skip the 2× integrations run")
     p.add_argument("--maximum-cores", default="1,all")
+    p.add_argument("--with-step", action="append", default=[], metavar="STEP",
+                   help="also run daskramp with this optional step on (e.g. group_1overf, "
+                        "clean_flicker_noise) and print its time and memory against the default")
     args = p.parse_args(argv)
     mode = {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k) is not None}
     if args.nints is None:
@@ -61,6 +64,13 @@ def main(argv=None):
             rows.append(("daskramp", n, f"{args.workers} workers", wall, peak, peak1, size))
             print(f"daskramp  nints={n:4d}  wall {wall:7.1f} s  {size / 1e6 / wall:7.1f} MB/s  "
                   f"peak all processes {gib(peak)}  largest process {gib(peak1)}", flush=True)
+            for step in args.with_step:
+                config = {"steps": {step: {"skip": False}}}
+                wall, peak, peak1, summary = run_daskramp(sim.uncal_files, sim.refs_dir, args.workers,
+                                                          args.memory_limit, tmp / f"dr{n}-{step}", config)
+                rows.append((f"daskramp +{step}", n, f"{args.workers} workers", wall, peak, peak1, size))
+                print(f"daskramp +{step}  nints={n:4d}  wall {wall:7.1f} s  peak all processes {gib(peak)}  "
+                      f"largest process {gib(peak1)}", flush=True)
         if not args.no_jwst:
             sim = sims[args.nints]
             size = sum(f.stat().st_size for f in sim.uncal_files)
@@ -85,6 +95,12 @@ def main(argv=None):
         w, pk = ours[args.nints]
         print(f"\nwall-time ratio jwst(best maximum_cores) / daskramp = {best[0] / w:.1f}  (target ≥ 5)")
         print(f"peak-memory ratio jwst / daskramp = {best[1] / pk:.1f}")
+    for step in args.with_step:
+        for n in sims:
+            w = [r for r in rows if r[0] == f"daskramp +{step}" and r[1] == n]
+            if w and n in ours:
+                print(f"daskramp +{step} / default, nints={n}: wall {w[0][3] / ours[n][0]:.2f}  "
+                      f"(target ≤ 1.5), peak {w[0][4] / ours[n][1]:.2f}")
     if 2 * args.nints in ours:
         print(f"daskramp peak memory at 2× integrations / 1× = "
               f"{ours[2 * args.nints][1] / ours[args.nints][1]:.2f}  (target: ≈1, ≤ 2 GB each)")

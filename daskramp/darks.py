@@ -454,6 +454,9 @@ def make_dark(
     user_steps = {k: dict(v or {}) for k, v in (steps or {}).items()}
     if "skip" in user_steps.get("dark_current", {}) and not checked["dark_current"].skip:
         raise ConfigError("darks: dark_current cannot run when building a DARK")
+    if not checked["group_1overf"].skip:
+        raise ConfigError("darks: group_1overf cannot run when building a DARK (it removes the "
+                          "background of every line, the dark signal itself)")
     run_steps = {**user_steps}
     for name, p in DARK_STEPS.items():
         run_steps[name] = {**run_steps.get(name, {}), **p}

@@ -316,12 +316,13 @@ def string(default, *, none: bool = False, note: str = ""):
     return _field(default, Rule("string", none=none, note=note))
 
 
-def option(default, options: Sequence, *, implemented: Sequence | None = None, note: str = ""):
+def option(default, options: Sequence, *, implemented: Sequence | None = None, official: bool = True,
+           note: str = ""):
     """An official ``option(...)``: one of ``options`` (case-sensitive; None in ``options``
     allows None); ``implemented``: the ones daskramp implements."""
     return _field(default, Rule("option", none=None in options, options=tuple(options),
                                 implemented=None if implemented is None else tuple(implemented),
-                                note=note))
+                                official=official, note=note))
 
 
 def cores(default: str = "1", *, note: str = "accepted for compatibility; dask provides the parallelism"):

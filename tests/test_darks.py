@@ -372,6 +372,8 @@ def test_mismatched_inputs_and_dark_current_refused(sim, tmp_path):
     with pytest.raises(ConfigError, match="dark_current"):
         make_dark(exps, tmp_path / "x.fits", refs=sim.refs_dir,
                   steps={"dark_current": {"skip": False}})
+    with pytest.raises(ConfigError, match="group_1overf cannot run when building a DARK"):
+        make_dark(exps, tmp_path / "x.fits", refs=sim.refs_dir, steps={"group_1overf": {"skip": False}})
     assert not (tmp_path / "x.fits").exists()
 
 

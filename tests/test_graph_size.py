@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from daskramp import darks, dq, pipeline
+from daskramp import darks, dq
 from daskramp.darks import make_dark, strip_mask_do_not_use
+from daskramp.engine import stages, stepwise
 from daskramp.io import open_exposure
 from daskramp.io.refs import RefSet
 from daskramp.pipeline import detector1
@@ -187,7 +188,8 @@ def test_products_bit_identical_to_numpy_references(soss, refs, fused, tmp_path,
         return _products(res), size
 
     lazy, lazy_size = run("lazy")
-    monkeypatch.setattr(pipeline, "lazy_refs", lambda refs, ds: refs)
+    monkeypatch.setattr(stages, "lazy_refs", lambda refs, ds: refs)
+    monkeypatch.setattr(stepwise, "lazy_refs", lambda refs, ds: refs)
     numpy, numpy_size = run("numpy")
     # the numpy references travelled inside that graph (the GAIN alone is 2 MiB)
     assert numpy_size > lazy_size + 2_000_000

@@ -60,7 +60,7 @@ TOY = StepSpec(name="toy", status=TOY_STATUS, params=ToyParams, run=toy, scratch
 def test_the_order_and_tables_are_those_of_the_official_pipeline():
     assert steps.STEP_ORDER == (
         "group_scale", "dq_init", "saturation", "superbias", "refpix", "linearity",
-        "dark_current", "charge_migration", "jump", "clean_flicker_noise", "ramp_fit",
+        "dark_current", "group_1overf", "charge_migration", "jump", "clean_flicker_noise", "ramp_fit",
         "gain_scale")
     assert {s.name: s.reftypes for s in steps.REGISTRY if s.reftypes} == {
         "dq_init": ("mask",), "saturation": ("saturation", "superbias"),
@@ -100,7 +100,7 @@ def test_every_step_declares_its_memory():
     # the figures measured with ``python benchmarks/memory_factors.py`` (see its docstring)
     assert memory.MEASURED_SCRATCH == {
         "group_scale": 0.0, "dq_init": 0.28, "saturation": 1.11, "superbias": 1.03,
-        "refpix": 1.03, "linearity": 1.11, "dark_current": 1.17, "charge_migration": 1.25,
+        "refpix": 1.03, "linearity": 1.11, "dark_current": 1.17, "group_1overf": 1.5, "charge_migration": 1.25,
         "jump": 0.50, "clean_flicker_noise": 3.0, "ramp_fit": 3.24, "gain_scale": 0.0}
 
 
@@ -137,7 +137,8 @@ def test_a_registered_step_is_validated_like_the_others():
     with steps.using(steps.registry_with(TOY, after="linearity")):
         p = pipeline.validate_steps({"toy": {"factor": "2"}})
         assert list(p) == ["group_scale", "dq_init", "saturation", "superbias", "refpix", "linearity",
-                           "toy", "dark_current", "charge_migration", "jump", "clean_flicker_noise",
+                           "toy", "dark_current", "group_1overf", "charge_migration", "jump",
+                           "clean_flicker_noise",
                            "ramp_fit", "gain_scale"]
         assert p["toy"].factor == 2.0
         with pytest.raises(ConfigError, match=r"steps\.toy\.factor"):

@@ -34,6 +34,7 @@ from .. import steps as registry
 from ..dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, ZEROFRAME, X, Y
 from ..io.store import VerifiedArray
 from ..io.uncal import read_window
+from ..kernels import group_1overf as oneoverf_kernel
 from ..steps import params_kwargs
 from ..steps import refpix as refpix_step
 from .plan import BLOCK_BYTES, bounds
@@ -187,7 +188,8 @@ def given_stats(stats: dict, i0: int, i1: int) -> dict:
         if v is None or np.ndim(v) == 0:
             out[k] = v  # None, or a scalar of the whole exposure (gain_median)
         elif isinstance(v, xr.DataArray):
-            out[k] = v.isel({INTEGRATION: slice(i0, i1)})
+            # images of the whole frame (the draft rate) are the same for every integration
+            out[k] = v.isel({INTEGRATION: slice(i0, i1)}) if INTEGRATION in v.dims else v
         else:
             out[k] = (v if dask.is_dask_collection(v) else np.asarray(v))[i0:i1]
     return out
@@ -389,6 +391,25 @@ def settle_planes(probe: np.ndarray, plan: Plan, reader: Reader, refs, stats: di
             todo &= ((gdq & np.uint8(1)) != 0).all(axis=(2, 3))
         planes[i0:i1] = todo
     return planes
+
+
+def draft_window(reader: Reader, i0: int, i1: int, ys: slice, xs: slice, *, ngroup: int, tgroup: float,
+                 block_bytes: int = BLOCK_BYTES) -> np.ndarray:
+    """The draft slope (:func:`daskramp.kernels.group_1overf.draft_slope`) of the raw
+    window ``[i0:i1, :, ys, xs]`` of one segment, (y, x) float32 DN/s.  The window is read
+    ``block_bytes`` of raw ramp at a time, keeping only its first and last groups."""
+    npix = len(range(*ys.indices(10**9))) * len(range(*xs.indices(10**9)))
+    if ngroup < 2:
+        return np.zeros((len(range(*ys.indices(10**9))), len(range(*xs.indices(10**9)))), np.float32)
+    step = max(1, int(block_bytes) // max(1, 2 * ngroup * npix))
+    ends = []
+    for a in range(i0, i1, step):
+        raw = reader.read(a, min(i1, a + step), ys, xs)[DATA]
+        ends.append(raw[:, [0, -1]])
+        del raw
+    ramp = np.concatenate(ends)
+    # the two groups are (ngroup - 1) group times apart
+    return oneoverf_kernel.draft_slope(ramp, tgroup=tgroup * (ngroup - 1))
 
 
 def refpix_block(plan: Plan, reader: Reader, refs, i0: int, i1: int) -> dict:

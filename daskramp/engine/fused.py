@@ -24,9 +24,10 @@ from ..io.refs import RefSet
 from .chain import Plan, Reader, loaded_params, reader_for, row_align, skeleton, status_of
 from .graph import distributed_client, staged
 from .plan import CHAIN_FACTOR, bounds, int_bounds, plan_tiles, tile_shape
-from .policy import halo_width
+from .policy import halo_width, needs_draft_rate, whole_axis
 from .stages import Detector1Result, finish
 from .stats import (
+    STAT_KEYS,
     computed_stats,
     finished_stats,
     frame_statistics,
@@ -57,8 +58,9 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     else:
         refs_key = dask.delayed(refs, pure=True)
     if isinstance(frame_stats, Mapping):
-        stats = {k: frame_stats.get(k) for k in ("refpix_offsets", "refpix_zf_offsets", "plane_dnu")}
-        if stats["plane_dnu"] is None and not p["jump"].skip:
+        stats = {k: frame_stats.get(k) for k in STAT_KEYS}
+        if ((stats["plane_dnu"] is None and not p["jump"].skip)
+                or (stats["draft_rate"] is None and needs_draft_rate(p))):
             stats = frame_statistics(ds, plan, reader, refs_key)
     elif frame_stats in ("compute", "submit"):
         if refs_key is not None:
@@ -97,7 +99,7 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     else:
         # a Future of the statistics, with the figures found here: one key for every tile
         stats = dask.delayed(with_stats, pure=True)(stats, extra)
-        result_stats = {k: stats[k] for k in ("refpix_offsets", "refpix_zf_offsets", "plane_dnu")}
+        result_stats = {k: stats[k] for k in STAT_KEYS}
 
     # the ghost margin is part of each task's memory too
     cols = plan_tiles(ds, memory_limit=memory_limit, stats_scope=stats_scope, tile_columns=tile_columns,
@@ -110,7 +112,7 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
         nint = max(b - a for a, b in ints)
         budget = int(memory_limit // (CHAIN_FACTOR * 4 * nint * ds.sizes[GROUP]))
     rows, cols = tile_shape(ny, nx, columns=cols, ghost=h, pixel_budget=budget,
-                            row_align=row_align(reader, ds), tile_rows=tile_rows)
+                            row_align=row_align(reader, ds), tile_rows=tile_rows, whole=whole_axis(ds, p))
     cube = ["data", "err", "var_poisson", "var_rnoise", "dq"]
     if p["ramp_fit"].save_intercepts:
         cube.append("intercept")

@@ -18,10 +18,11 @@ from dask.delayed import Delayed
 
 from .. import dims
 from ..dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, ZEROFRAME
+from ..kernels.group_1overf import mean_of
 from ..kernels.ramp_fit import RATE_TERMS
 from ..steps import params_kwargs
 from ..steps import refpix as refpix_step
-from .chain import Plan, Reader, refpix_block, run_window, settle_planes
+from .chain import Plan, Reader, draft_window, refpix_block, run_window, settle_planes
 
 
 def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until: str,
@@ -170,3 +171,20 @@ def read_tile_files(bdir: Path, seg, *, leading: tuple, dtype, token: str) -> da
            for b in range(len(ychunks)) for c in range(len(xchunks))}
     chunks = (*((n,) for n in leading), ychunks, xchunks)
     return da.Array(dsk, name, chunks=chunks, dtype=dtype)
+
+
+def draft_rate_graph(reader: Reader, segments, ny: int, nx: int, *, band: int, ngroup: int,
+                     tgroup: float) -> da.Array:
+    """The exposure's draft rate, (y, x) float32 DN/s, lazily: one
+    :func:`~daskramp.engine.chain.draft_window` task per segment and band of ``band``
+    columns (all rows), the segments' images averaged in one task
+    (:func:`daskramp.kernels.group_1overf.mean_of`)."""
+    per_segment = []
+    for i0, i1 in segments:
+        bands = [da.from_delayed(dask.delayed(draft_window, pure=True)(reader, i0, i1, slice(0, ny),
+                                                                        slice(x0, min(nx, x0 + band)),
+                                                                        ngroup=ngroup, tgroup=tgroup),
+                                 shape=(ny, min(nx, x0 + band) - x0), dtype=np.float32)
+                 for x0 in range(0, nx, band)]
+        per_segment.append(da.concatenate(bands, axis=1).rechunk(-1))
+    return da.map_blocks(mean_of, *per_segment, dtype=np.float32)

@@ -343,7 +343,8 @@ def _pow2_divisors(n: int, align: int = 1) -> list[int]:
 
 
 def tile_shape(ny: int, nx: int, *, columns: int, ghost: int = 0, pixel_budget: int | None = None,
-               row_align: int = 1, tile_rows: int | None = None) -> tuple[int, int]:
+               row_align: int = 1, tile_rows: int | None = None,
+               whole: str | None = None) -> tuple[int, int]:
     """Rows and columns of a tile of the fused layout (:mod:`daskramp.engine.fused`).
 
     :func:`plan_tiles` sizes a band of all ``ny`` rows × ``columns``; the same number of
@@ -357,14 +358,22 @@ def tile_shape(ny: int, nx: int, *, columns: int, ghost: int = 0, pixel_budget: 
 
     ``row_align``: the source's chunk length along ``y`` (a Zarr store's chunks are decoded
     whole, so tiles keep to them); ``tile_rows``: the rows asked for (``columns`` is then
-    kept as given).  Returns ``(rows, columns)``.
+    kept as given).  ``whole``: ``"y"`` or ``"x"``, a dim every tile spans (a step needs
+    whole fast-read lines); the same number of pixels is then laid out along the other one.
+    Returns ``(rows, columns)``.
     """
     columns = max(1, min(int(columns), nx))
+    if whole == "y":
+        return ny, columns
+    if whole == "x" and tile_rows is None:
+        fit = max(1, ny * columns // nx)
+        divisors = [h for h in _pow2_divisors(ny, max(1, int(row_align))) if h <= fit]
+        return (max(divisors) if divisors else min(ny, max(1, int(row_align)))), nx
     if tile_rows is not None:
         rows = int(tile_rows)
         if not 1 <= rows <= ny:
             raise ConfigError(f"tile_rows must be between 1 and the {ny} rows of the subarray, got {tile_rows}")
-        return rows, columns
+        return rows, (nx if whole == "x" else columns)
     g = int(ghost)
     area = ny * columns
     budget = max(ny * (columns + 2 * g), int(pixel_budget or 0))

@@ -52,6 +52,20 @@ def unsupported(ds: xr.Dataset, params) -> str | None:
     return None
 
 
+def whole_axis(ds: xr.Dataset, params) -> str | None:
+    """The dim (``"y"`` or ``"x"``) a fused tile must span because a step that runs needs
+    whole fast-read lines (its spec's ``fast_lines``): ``y`` for ``|FASTAXIS| = 2`` (the
+    lines are columns), ``x`` for 1; None when no step does."""
+    if not any(s.fast_lines is not None and s.fast_lines(params[s.name]) for s in registry.active()):
+        return None
+    return "y" if abs(int(ds.attrs["FASTAXIS"])) == 2 else "x"
+
+
+def needs_draft_rate(params) -> bool:
+    """Whether a step that runs takes the exposure's draft rate (its spec's ``draft_rate``)."""
+    return any(s.draft_rate is not None and s.draft_rate(params[s.name]) for s in registry.active())
+
+
 def fused_ghost(ds: xr.Dataset, params, saved=()) -> int | None:
     """The ghost margin of the fused tile layout that :func:`daskramp.pipeline.detector1`
     uses with the validated step ``params``, or None when it runs step by step."""

@@ -27,8 +27,12 @@ from ..dims import GROUP, GROUPDQ, INTEGRATION, X, Y
 from ..steps import params_kwargs
 from ..steps.refpix import reference_boxes
 from .chain import Plan, Reader, given_stats, status_of
-from .graph import refpix_statistics, settled, staged, worker_slots
-from .plan import SETTLE_INT_BLOCK, bounds, in_rounds, probe_window, stats_int_block
+from .graph import draft_rate_graph, refpix_statistics, settled, staged, worker_slots
+from .plan import BLOCK_BYTES, SETTLE_INT_BLOCK, bounds, in_rounds, probe_window, stats_int_block
+from .policy import needs_draft_rate
+
+#: the whole-frame statistics the tiles are given
+STAT_KEYS = ("refpix_offsets", "refpix_zf_offsets", "plane_dnu", "draft_rate")
 
 
 def stand_ins(stats: dict, *, lazy: bool = False) -> dict:
@@ -66,7 +70,7 @@ def status_stats(plan: Plan, stats: dict) -> dict:
     given = stand_ins(given_stats(stats, 0, 1))
     # statistics the caller has not computed yet only need the right shape here
     given.setdefault("plane_dnu", np.zeros((1, plan.skeleton.sizes[GROUP]), bool))
-    for key in ("refpix_offsets", "refpix_zf_offsets"):
+    for key in ("refpix_offsets", "refpix_zf_offsets", "draft_rate"):
         given.setdefault(key, None)
     return given
 
@@ -78,8 +82,8 @@ def statuses(plan: Plan, reader: Reader, refs, stats: dict, until: str) -> tuple
 
 def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, compute: bool = True,
                      int_block: int | None = None) -> dict:
-    """The whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``, ``plane_dnu``)
-    from small windows (see the module docstring); ``int_block`` integrations per window
+    """The whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``, ``plane_dnu``,
+    ``draft_rate`` when a step takes it) from small windows (see the module docstring); ``int_block`` integrations per window
     (default :func:`stats_int_block`, shortened by :func:`in_rounds` to whole rounds of
     the cluster's worker threads).
 
@@ -111,7 +115,21 @@ def frame_statistics(ds: xr.Dataset, plan: Plan, reader: Reader, refs_key, *, co
         stats["plane_dnu"] = settled(probe, plan, reader, refs_key, given, SETTLE_INT_BLOCK)
     else:
         stats["plane_dnu"] = None
+    stats["draft_rate"] = draft_rate(ds, reader) if needs_draft_rate(plan.params) else None
     return computed_stats(stats)[0] if compute else stats
+
+
+def draft_rate(ds: xr.Dataset, reader: Reader) -> xr.DataArray:
+    """The exposure's draft rate (y, x) DN/s from its raw ramp, lazily: per segment, bands of
+    all rows holding about :data:`~daskramp.engine.plan.BLOCK_BYTES` of float32 slopes;
+    the same numbers as :func:`daskramp.steps.group_1overf.exposure_draft_rate`."""
+    ny, nx = ds.sizes[Y], ds.sizes[X]
+    segments = dims.segment_bounds(ds)
+    longest = max(b - a for a, b in segments)
+    band = max(1, min(nx, BLOCK_BYTES // (4 * longest * ny)))
+    arr = draft_rate_graph(reader, segments, ny, nx, band=band, ngroup=ds.sizes[GROUP],
+                           tgroup=float(ds.attrs["TGROUP"]))
+    return xr.DataArray(arr, dims=dims.IMAGE_DIMS, coords={Y: ds[Y], X: ds[X]})
 
 
 def finished_stats(stats: dict) -> dict:

@@ -21,7 +21,9 @@ from .. import steps as registry
 from ..config import ConfigError
 from ..io import open_exposure
 from ..steps._apply import chunk_by_segment
+from ..steps.group_1overf import exposure_draft_rate
 from .plan import plan_tiles, tile_chunks
+from .policy import needs_draft_rate
 from .stages import Detector1Result, as_float, call_step, finish, lazy_refs, ramp_steps
 
 
@@ -67,6 +69,9 @@ def detector1_stepwise(ds: xr.Dataset, refs, *, params: Mapping, provenance: dic
                                   tile_columns=tile_columns, frame_stats=computed)
     given_stats = dict(frame_stats or {})
     lazy_stats: dict = {}
+    if needs_draft_rate(params) and given_stats.get("draft_rate") is None:
+        # from the raw ramp, before any step: the fused layout's statistics pass reads it so
+        lazy_stats["draft_rate"] = given_stats["draft_rate"] = exposure_draft_rate(ds)
 
     ds = as_float(ds)
     # the whole chain runs on pixel tiles (all integrations of a segment × a band of columns),

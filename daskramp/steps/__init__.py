@@ -28,6 +28,7 @@ from . import (
     dark_current,
     dq_init,
     gain_scale,
+    group_1overf,
     group_scale,
     jump,
     linearity,
@@ -38,8 +39,9 @@ from . import (
 )
 from ._spec import StepSpec, params_kwargs, ref, ref_array
 
-#: near-IR step order of jwst 3.0 calwebb_detector1 (spec 00 §4); ipc, picture_frame and
-#: persistence are out of scope for NIR TSO/imaging and not registered
+#: near-IR step order of jwst 3.0 calwebb_detector1 (spec 00 §4), with daskramp's own
+#: group-level 1/f correction (group_1overf, off by default) before jump; ipc, picture_frame
+#: and persistence are out of scope for NIR TSO/imaging and not registered
 REGISTRY: tuple[StepSpec, ...] = (
     group_scale.SPEC,
     dq_init.SPEC,
@@ -48,6 +50,7 @@ REGISTRY: tuple[StepSpec, ...] = (
     refpix.SPEC,
     linearity.SPEC,
     dark_current.SPEC,
+    group_1overf.SPEC,
     charge_migration.SPEC,
     jump.SPEC,
     clean_flicker_noise.SPEC,

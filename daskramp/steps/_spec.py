@@ -75,6 +75,14 @@ class StepSpec:
     image_params : tuple of (str, callable)
         Parameters that are ``(y, x)`` images of the whole subarray, each with the loader of
         its FITS path form (the fused layout loads them once and cuts them per window).
+    draft_rate : callable, optional
+        ``draft_rate(params) -> bool``: the step takes the exposure's draft rate, ``(y, x)``
+        DN/s from the raw ramp (``draft_rate`` in its ``stats_kwargs``' ``given``), which the
+        engine computes first (:func:`daskramp.engine.stats.draft_rate`).
+    fast_lines : callable, optional
+        ``fast_lines(params) -> bool``: a call needs every pixel of a fast-read line (a whole
+        column for ``|FASTAXIS| = 2``, a whole row for 1): the fused layout's tiles then span
+        the fast axis.
     """
 
     name: str
@@ -93,6 +101,8 @@ class StepSpec:
     value_flags: bool = True
     not_fusable: Callable[[Any], str | None] | None = None
     image_params: tuple[tuple[str, Callable], ...] = ()
+    draft_rate: Callable[[Any], bool] | None = None
+    fast_lines: Callable[[Any], bool] | None = None
 
     def __post_init__(self):
         if self.refs_missing not in REFS_MISSING:
