@@ -71,9 +71,9 @@ def measure(uncal, refs_dir, *, nint: int, x0: int, nx: int, steps: Iterable[str
     first (unmeasured) so each step sees realistic input.  Each step is called once on a
     small slice to warm up, then measured on the block.
     """
-    from .io import open_exposure
-    from .io.refs import RefSet
-    from .pipeline import step_params
+    from daskramp.io import open_exposure
+    from daskramp.io.refs import RefSet
+    from daskramp.pipeline import step_params
 
     src = open_exposure(uncal)
     steps = set(steps)

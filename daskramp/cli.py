@@ -103,7 +103,7 @@ def _step_names() -> str:
     import textwrap
 
     try:
-        from .pipeline import STEP_ORDER
+        from .steps import STEP_ORDER
 
         names = ", ".join(STEP_ORDER)
     except Exception:  # noqa: BLE001 - help must answer whatever happens
