@@ -150,7 +150,8 @@ def worker_pids(client) -> dict[str, int]:
 
 
 def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: bool,
-             tile_columns: int | None = None, segments_in_flight: int | None = None) -> dict:
+             tile_columns: int | None = None, segments_in_flight: int | None = None,
+             steps_on: tuple = ()) -> dict:
     """Convert + run one exposure on a fresh local cluster; measured figures."""
     from daskramp.cluster import ClusterProfile, connect
     from daskramp.io import ingest
@@ -162,6 +163,8 @@ def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: 
     cfg = {"tile_columns": tile_columns} if tile_columns else {}
     if segments_in_flight is not None:
         cfg["segments_in_flight"] = segments_in_flight
+    if steps_on:
+        cfg["steps"] = {s: {"skip": False} for s in steps_on}
     with connect(prof, quiet=True) as client:
         pids = worker_pids(client)
         r0, w0 = io_chars()
@@ -276,6 +279,8 @@ def main(argv=None) -> int:
     p.add_argument("--segments-in-flight", type=int, default=None,
                    help="segments submitted at once (default: the run's, 2; 0: one graph)")
     p.add_argument("--workdir", default=None, help="where stores and products go (default: a temp dir)")
+    p.add_argument("--with-step", action="append", default=[], metavar="STEP",
+                   help="run with this optional step on (e.g. group_1overf, clean_flicker_noise)")
     args = p.parse_args(argv)
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -283,7 +288,8 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sizes = fit_sizes(sizes, work, args.fits)
     print(f"# load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
-          f"{args.workers} workers × 1 thread, memory limit {args.memory_limit} each", flush=True)
+          f"{args.workers} workers × 1 thread, memory limit {args.memory_limit} each"
+          + (f"; steps on: {', '.join(args.with_step)}" if args.with_step else ""), flush=True)
     rows: dict[int, list[dict]] = {}
     try:
         took = warm_client(work, workers=args.workers, memory_limit=args.memory_limit)
@@ -295,7 +301,7 @@ def main(argv=None) -> int:
             d = work / f"x{k}"
             res = run_size(sim.uncal_files, sim.refs_dir, d, workers=args.workers,
                            memory_limit=args.memory_limit, fits=args.fits,
-                           segments_in_flight=args.segments_in_flight)
+                           segments_in_flight=args.segments_in_flight, steps_on=tuple(args.with_step))
             shutil.rmtree(d, ignore_errors=True)
             rows.setdefault(k, []).append(res)
             peaks = ", ".join(f"{n}: {gib(b)}" for n, b in sorted(res["peak_worker"].items()))

@@ -23,6 +23,7 @@ from ..io.refs import RefSet
 from ..steps import params_kwargs, ref, ref_array, validate
 from ..steps import ramp_fit as _ramp_fit
 from ..steps import validate_steps as _validate_steps
+from ..steps._apply import rechunk_method
 
 
 def step_params(name: str, given: Mapping | None = None):
@@ -190,11 +191,26 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
             _skipped(record, spec, refs)
             _set_status(ds, name, "SKIPPED")
         else:
-            ds = out
+            ds = laid_out_as(out, ds)
             record["status"] = ds.attrs.get(spec.status, "COMPLETE")
         if name in save_steps and intermediates is not None:
             intermediates[name] = ds
     return ds
+
+
+def laid_out_as(out: xr.Dataset, before: xr.Dataset) -> xr.Dataset:
+    """A step's lazy output with the ramp laid out in its input's chunks again: a step that
+    works on blocks of whole frames (clean_flicker_noise) returns them, and the next steps
+    (jump, ramp_fit) pool integrations in pixel tiles.  Under a dask.distributed scheduler
+    the rechunk is dask's peer-to-peer shuffle, which spills to disk, so the exposure is
+    never held in memory between the two layouts."""
+    changed = {}
+    for name in (dims.DATA, dims.GROUPDQ):
+        if name in out and name in before and out[name].chunks is not None and before[name].chunks is not None \
+                and out[name].chunks != before[name].chunks:
+            changed[name] = out[name].copy(data=out[name].data.rechunk(before[name].data.chunks,
+                                                                     method=rechunk_method()))
+    return out.assign(changed) if changed else out
 
 
 def is_lazy(value) -> bool:

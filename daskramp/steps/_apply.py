@@ -143,6 +143,20 @@ def map_ramp_blocks(
     return xr.DataArray(out, dims=out_dims, coords=coords)
 
 
+def rechunk_method() -> str:
+    """``"p2p"`` (disk-backed) when a dask.distributed client is the active scheduler, else
+    dask's in-memory ``"tasks"`` rechunk."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return "tasks"
+    from dask.base import get_scheduler
+
+    return "p2p" if get_scheduler() == client.get else "tasks"
+
+
 def chunk_by_segment(ds: xr.Dataset, *, stats_scope: str = "segment") -> xr.Dataset:
     """Rechunk ``integration`` so each block holds one whole segment (or the whole exposure).
 

@@ -40,12 +40,11 @@ from ..dims import (
     PIXELDQ,
     X,
     Y,
-    chunk,
     validate,
 )
 from ..kernels import clean_flicker_noise as kernel
 from ..params import boolean, check, floating, image, int_list, option
-from ._apply import map_ramp_blocks
+from ._apply import map_ramp_blocks, rechunk_method
 from ._spec import StepSpec
 from ._wrapper import COMPLETE, SKIPPED, with_status
 
@@ -187,7 +186,9 @@ def whole_frames(ds: xr.Dataset, names=(DATA, GROUPDQ)) -> xr.Dataset:
         return sub
     frame_bytes = 4 * ds.sizes[GROUP] * ds.sizes[Y] * ds.sizes[X]
     k = int(max(1, min(ds.sizes[INTEGRATION], STATS_BLOCK_BYTES // max(frame_bytes, 1))))
-    return chunk(sub, {INTEGRATION: k, GROUP: -1, Y: -1, X: -1})
+    method = rechunk_method()
+    return sub.assign({n: v.copy(data=v.data.rechunk((k, -1, -1, -1), method=method))
+                       for n, v in sub.data_vars.items()})
 
 
 def fast_dim(axis: int) -> str:
@@ -271,7 +272,9 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.D
         fit_by_channel=by_channel,
         name="flicker_stripes",
     )
-    updates = {DATA: apply_line_values(ds, stripes, channel, axis)}
+    # applied on the whole-frame blocks, not on the input's tiles: the input is then read
+    # once, into those blocks, and never waits in memory for the stripes of every frame
+    updates = {DATA: apply_line_values(frames, stripes, channel, axis), GROUPDQ: frames[GROUPDQ]}
     if p.save_mask:
         updates[MASK_VAR] = mask
     if p.save_noise:

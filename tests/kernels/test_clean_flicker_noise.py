@@ -247,7 +247,12 @@ def test_lazy_equals_eager_and_builds_nothing():
         lazy_in = ds.chunk(chunks)
         with forbid_compute():
             lazy = clean_flicker_noise(lazy_in, save_mask=True)
-        assert lazy["data"].chunks == lazy_in["data"].chunks  # layout kept for later steps
+        # blocks of whole frames (the engine lays them back out for the next steps)
+        assert lazy["data"].chunks[1:] == ((ds.sizes["group"],), (ds.sizes["y"],), (ds.sizes["x"],))
+        assert lazy["groupdq"].chunks == lazy["data"].chunks
+        from daskramp.engine.stages import laid_out_as
+
+        assert laid_out_as(lazy, lazy_in)["data"].chunks == lazy_in["data"].chunks
         with dask.config.set(scheduler="synchronous"):
             np.testing.assert_array_equal(lazy["data"].values, eager["data"].values)
             np.testing.assert_array_equal(lazy["flicker_mask"].values, eager["flicker_mask"].values)
