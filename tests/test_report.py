@@ -137,6 +137,38 @@ def test_key_numbers_on_known_truth(full_report):
     assert "<td>3.125 %</td>" in html and " ppm (" in html
 
 
+def test_white_light_ratio_is_the_analysis_function(tmp_path, monkeypatch):
+    """The report's "white-light scatter / expected" is lightcurve.scatter_ratio of its white
+    light (benchmarks/lightcurve.py prints the same function's ratio)."""
+    import json
+
+    from daskramp.analysis import lightcurve as alc
+
+    calls = []
+    real = alc.scatter_ratio
+
+    def spy(flux, flux_err, **kw):
+        out = real(flux, flux_err, **kw)
+        calls.append((flux, flux_err, kw, out))
+        return out
+
+    monkeypatch.setattr(alc, "scatter_ratio", spy)
+    prod = _products(tmp_path / "p", ramp=False)
+    oot = np.ones(NINT, bool)
+    oot[IN_TRANSIT] = False
+    html = make_report(prod, tmp_path / "out", out_of_transit=oot, radius=12.0, trace_integrations=False)
+    nums = json.loads((html.parent / "numbers.json").read_text())
+    assert len(calls) == 1
+    flux, flux_err, kw, out = calls[0]
+    np.testing.assert_array_equal(kw["out_of_transit"], oot)
+    assert nums["white-light scatter / expected"]["value"] == pytest.approx(float(out["ratio"]), rel=1e-5)
+    # the same as the plain formula on that white light
+    f, e = flux.values[oot], flux_err.values[oot]
+    assert float(out["ratio"]) == pytest.approx(np.std(f, ddof=1) / np.median(e), rel=1e-12)
+    assert nums["white-light scatter (out of transit)"]["value"] == pytest.approx(np.std(f, ddof=1) * 1e6, rel=1e-5)
+    assert nums["white-light expected scatter (from err)"]["value"] == pytest.approx(np.median(e) * 1e6, rel=1e-5)
+
+
 def test_unilluminated_product_renders_dq_figures(tmp_path):
     prod = _products(tmp_path / "p", illuminated=False, ramp=False)
     html = make_report(prod, tmp_path / "out")

@@ -22,6 +22,7 @@ from .lightcurve import (
     integration_scale,
     lightcurve_psd,
     normalized_lightcurves,
+    scatter_ratio,
     sensitivity,
     white_light,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "pixel_times",
     "profile_fwhm",
     "saturation_summary",
+    "scatter_ratio",
     "sensitivity",
     "subtract_group_1overf",
     "trace_mask",

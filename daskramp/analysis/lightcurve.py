@@ -110,6 +110,29 @@ def sensitivity(lightcurves: xr.Dataset, *, out_of_transit=None) -> xr.DataArray
     return (lc.std(INTEGRATION, skipna=True) / nanmedian(err, INTEGRATION)).rename("sensitivity")
 
 
+def scatter_ratio(flux: xr.DataArray, flux_err: xr.DataArray, *, out_of_transit=None) -> xr.Dataset:
+    """Out-of-transit scatter of a light curve against the scatter its errors predict.
+
+    ``scatter`` is the sample standard deviation (``ddof=1``) of the ``out_of_transit``
+    points (default: all), ``expected`` the median of their ``flux_err``, ``ratio`` =
+    ``scatter / expected``: ≈ 1 when the errors describe the noise, above 1 when the data
+    hold noise the errors leave out (1/f noise: ``err`` carries photon and read noise only).
+    NaN points are left out.  ``daskramp report`` prints this ratio for the white light.
+
+    Returns
+    -------
+    xarray.Dataset: ``scatter`` and ``expected`` (units of ``flux``), ``ratio`` and ``n``
+    (points used), with any extra dims of ``flux`` (e.g. x for a spectroscopic matrix).
+    """
+    oot = _oot(flux, out_of_transit)
+    f = _whole_integration(flux).where(oot)
+    e = _whole_integration(flux_err).where(oot & np.isfinite(f))
+    scatter = f.std(INTEGRATION, ddof=1, skipna=True)
+    expected = nanmedian(e, INTEGRATION)
+    return xr.Dataset({"scatter": scatter, "expected": expected, "ratio": scatter / expected,
+                       "n": np.isfinite(f).sum(INTEGRATION)})
+
+
 def _median_filter_x(a: xr.DataArray, size: int) -> xr.DataArray:
     from scipy.ndimage import median_filter
 
