@@ -348,6 +348,11 @@ def test_read_window_matches_read_frames(soss, i0, i1, ys, xs, block):
     got = read_window(seg.path, seg.offset, seg.frame_shape, i0, i1, ys, xs, block_bytes=block)
     np.testing.assert_array_equal(got, whole[i0:i1, ..., ys, xs])
     assert got.dtype == np.uint16 and got.flags.c_contiguous
+    # the first and last groups only (group_1overf's draft rate reads no other)
+    ends = read_window(seg.path, seg.offset, seg.frame_shape, i0, i1, ys, xs, block_bytes=block,
+                       groups=(0, seg.frame_shape[0] - 1))
+    np.testing.assert_array_equal(ends, whole[i0:i1, [0, -1]][..., ys, xs])
+    assert ends.flags.c_contiguous
 
 
 def test_window_describes_the_subarray(soss):

@@ -61,15 +61,18 @@ class Reader:
     arrays: tuple = ()
     has_zeroframe: bool = False
 
-    def read(self, i0: int, i1: int, ys: slice, xs: slice) -> dict[str, np.ndarray]:
+    def read(self, i0: int, i1: int, ys: slice, xs: slice, groups=None) -> dict[str, np.ndarray]:
         """``data`` (uint16 or as stored), ``groupdq``/``pixeldq`` when the source has them,
-        ``zeroframe`` when present; integrations ``i0:i1`` of the exposure."""
+        ``zeroframe`` when present; integrations ``i0:i1`` of the exposure; only the
+        ``groups`` (indices) of the ramps when given."""
+        gs = slice(None) if groups is None else list(groups)
         if self.kind == "fits":
-            return self._read_fits(i0, i1, ys, xs)
+            return self._read_fits(i0, i1, ys, xs, groups)
         if self.kind == "zarr":
             # a lost chunk or one whose crc32c does not match raises, naming it (never the
             # fill value)
-            out = {DATA: VerifiedArray(self.path, DATA)[i0:i1, :, ys, xs]}
+            data = VerifiedArray(self.path, DATA)[i0:i1, :, ys, xs]
+            out = {DATA: data if groups is None else data[:, gs]}
             if self.has_zeroframe:
                 out[ZEROFRAME] = VerifiedArray(self.path, ZEROFRAME)[i0:i1, ys, xs]
             return out
@@ -77,16 +80,18 @@ class Reader:
         for name, arr in self.arrays:
             key = {4: (slice(i0, i1), slice(None), ys, xs), 3: (slice(i0, i1), ys, xs), 2: (ys, xs)}[arr.ndim]
             part = arr[key]
+            if arr.ndim == 4 and groups is not None:
+                part = part[:, gs]
             out[name] = np.asarray(part.compute(scheduler="sync") if hasattr(part, "dask") else part)
         return out
 
-    def _read_fits(self, i0, i1, ys, xs):
+    def _read_fits(self, i0, i1, ys, xs, groups=None):
         data, zf = [], []
         start = 0
         for path, offset, frame, nint, zeroframe in self.segments:
             a, b = max(i0, start), min(i1, start + nint)
             if a < b:
-                data.append(read_window(path, offset, frame, a - start, b - start, ys, xs))
+                data.append(read_window(path, offset, frame, a - start, b - start, ys, xs, groups=groups))
                 if self.has_zeroframe:
                     zf.append(read_window(path, zeroframe[0], zeroframe[1], a - start, b - start, ys, xs))
             start += nint
@@ -396,17 +401,15 @@ def settle_planes(probe: np.ndarray, plan: Plan, reader: Reader, refs, stats: di
 def draft_window(reader: Reader, i0: int, i1: int, ys: slice, xs: slice, *, ngroup: int, tgroup: float,
                  block_bytes: int = BLOCK_BYTES) -> np.ndarray:
     """The draft slope (:func:`daskramp.kernels.group_1overf.draft_slope`) of the raw
-    window ``[i0:i1, :, ys, xs]`` of one segment, (y, x) float32 DN/s.  The window is read
-    ``block_bytes`` of raw ramp at a time, keeping only its first and last groups."""
+    window ``[i0:i1, :, ys, xs]`` of one segment, (y, x) float32 DN/s, from its first and
+    last groups, read ``block_bytes`` at a time."""
     npix = len(range(*ys.indices(10**9))) * len(range(*xs.indices(10**9)))
     if ngroup < 2:
         return np.zeros((len(range(*ys.indices(10**9))), len(range(*xs.indices(10**9)))), np.float32)
-    step = max(1, int(block_bytes) // max(1, 2 * ngroup * npix))
-    ends = []
-    for a in range(i0, i1, step):
-        raw = reader.read(a, min(i1, a + step), ys, xs)[DATA]
-        ends.append(raw[:, [0, -1]])
-        del raw
+    # only the first and last groups are read: the pages of the others are never touched
+    step = max(1, int(block_bytes) // max(1, 2 * 2 * npix))
+    ends = [reader.read(a, min(i1, a + step), ys, xs, groups=(0, ngroup - 1))[DATA]
+            for a in range(i0, i1, step)]
     ramp = np.concatenate(ends)
     # the two groups are (ngroup - 1) group times apart
     return oneoverf_kernel.draft_slope(ramp, tgroup=tgroup * (ngroup - 1))

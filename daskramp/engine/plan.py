@@ -35,8 +35,8 @@ from ..dims import INTEGRATION
 from ..steps import validate
 
 #: scratch + output bytes per float32 ramp byte of each step, as its spec declares it
-#: (:attr:`daskramp.steps.StepSpec.scratch`).  Measured with ``python -m daskramp.memory
-#: --measure`` on the cached 158-int NIRISS SOSS segment of ``benchmarks/_common.simulated``:
+#: (:attr:`daskramp.steps.StepSpec.scratch`).  Measured with ``python benchmarks/memory_factors.py``
+#: on the cached 158-int NIRISS SOSS segment of ``benchmarks/_common.simulated``:
 #: pixel-local steps on integrations 0–7 at full width (8 × 9 × 256 × 2048), jump and ramp_fit
 #: on a 158 × 9 × 256 × 64 tile (columns 0–63 and 512–575 give the same figures); numpy 2.4,
 #: numba 0.68.  clean_flicker_noise's figure is an estimate (the measurement runs the default

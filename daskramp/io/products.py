@@ -90,11 +90,10 @@ FITS_BLOCK = 2880
 PROVENANCE_ATTR = "daskramp_provenance"
 #: FITS primary keyword holding the provenance JSON (long-string CONTINUE cards)
 PROVENANCE_KEYWORD = "DRPROV"
-#: bytes of one FITS slab; measured peak memory of the export is about 4–5 slabs (the slab,
-#: its dask assembly and its big-endian copy).  32 MiB: a 1.66 GB rateints is ≈ 50 tasks,
-#: each several times the scheduling round trip that separates two tasks of a worker (16 MiB
-#: slabs spent ≈ 20 % of the export between tasks); larger slabs are too few for the
-#: scheduler to spread evenly over the workers (measured with 64 MiB: 2.5 s and 1.3 s)
+#: bytes of one FITS slab.  The export holds about 4–5 slabs per worker at once (the slab,
+#: its dask assembly and its big-endian copy); a slab must take several times the
+#: scheduling round trip between two tasks of a worker, and a product must still make
+#: enough slabs to spread evenly over the workers (a 1.66 GB rateints: ≈ 50 tasks)
 DEFAULT_SLAB_BYTES = 32 * 2**20
 
 #: block counts added up this many at a time (a tree of small sums: each count is released

@@ -427,19 +427,23 @@ def _from_fits_int16(raw, out):
 
 
 def read_window(path, offset: int, frame_shape, i0: int, i1: int, ys: slice = slice(None),
-                xs: slice = slice(None), *, out=None, block_bytes: int | None = WINDOW_BLOCK_BYTES
-                ) -> np.ndarray:
+                xs: slice = slice(None), *, groups=None, out=None,
+                block_bytes: int | None = WINDOW_BLOCK_BYTES) -> np.ndarray:
     """A window ``[i0:i1, ..., ys, xs]`` of a uint16 image stored as FITS int16, in DN.
 
     ``frame_shape`` is the shape of one integration (``(ngroups, ny, nx)`` or ``(ny, nx)``);
     ``ys``/``xs`` slice its last two axes (steps of 1).  The file is mapped
     ``block_bytes`` at a time (whole integrations, at least one; None: all at once) and each
     block is unmapped before the next, so reading a narrow column band touches only its own
-    bytes and never holds the whole file mapped.
+    bytes and never holds the whole file mapped.  ``groups`` (a sequence of group indices of a
+    4-D image) reads only those groups: the pages of the others are never touched.
     """
     frame_shape = tuple(frame_shape)
     lead, (ny, nx) = frame_shape[:-2], frame_shape[-2:]
     ys, xs = slice(*ys.indices(ny)), slice(*xs.indices(nx))
+    if groups is not None:
+        groups = list(groups)
+        lead = (len(groups),)
     wshape = (i1 - i0, *lead, len(range(ny)[ys]), len(range(nx)[xs]))
     if out is None:
         out = np.empty(wshape, RAW_DTYPE)
@@ -467,6 +471,8 @@ def read_window(path, offset: int, frame_shape, i0: int, i1: int, ys: slice = sl
                 # the big-endian words viewed as native ones: the kernel swaps the bytes
                 raw = np.frombuffer(mm, dtype=np.uint16, count=(b - a) * frame, offset=lo - base)
                 raw = raw.reshape((b - a, -1, *frame_shape[-2:]))[..., ys, xs]
+                if groups is not None:
+                    raw = raw[:, groups]
                 dst = out[a - i0 : b - i0]
                 _from_fits_int16(raw, dst[:, None] if dst.ndim == 3 else dst)
             finally:
