@@ -311,9 +311,10 @@ def integer(default, *, min=None, max=None, none: bool = False, official: bool =
     return _field(default, Rule("integer", none=none, min=min, max=max, official=official, note=note))
 
 
-def string(default, *, none: bool = False, note: str = ""):
-    """A ``string``; None allowed with ``none``."""
-    return _field(default, Rule("string", none=none, note=note))
+def string(default, *, none: bool = False, implemented: tuple | None = None, note: str = ""):
+    """A ``string``; None allowed with ``none``; ``implemented=(None,)`` when daskramp
+    implements only the official default None (any string given is refused)."""
+    return _field(default, Rule("string", none=none, implemented=implemented, note=note))
 
 
 def option(default, options: Sequence, *, implemented: Sequence | None = None, official: bool = True,

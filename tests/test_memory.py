@@ -58,7 +58,7 @@ def test_every_step_declares_a_factor():
     # the pipeline sizes tiles with at least the measured factor of the fused chain
     assert CHAIN_FACTOR >= max(step_factor(s) for s in TILE_STEPS)
     with pytest.raises(ValueError, match="no memory factor"):
-        step_factor("persistence")
+        step_factor("picture_frame")
 
 
 def test_task_budget_hand_numbers():

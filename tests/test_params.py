@@ -191,6 +191,8 @@ def test_maximum_cores_refused(value):
     ("clean_flicker_noise", "apply_flat_field", True),
     ("clean_flicker_noise", "fit_histogram", True),
     ("clean_flicker_noise", "save_background", True),
+    ("persistence", "persistence_array_file", "persistence.asdf"),
+    ("persistence", "save_persistence", "persistence.asdf"),
 ])
 def test_official_values_not_implemented_are_refused(step, name, value):
     err = _error(step, {name: value})
@@ -342,6 +344,7 @@ def test_official_types_and_ranges_match_jwst():
                "dark_current": "jwst.dark_current.DarkCurrentStep",
                "charge_migration": "jwst.charge_migration.ChargeMigrationStep", "jump": "jwst.jump.JumpStep",
                "clean_flicker_noise": "jwst.clean_flicker_noise.CleanFlickerNoiseStep",
+               "persistence": "jwst.persistence.PersistenceStep",
                "ramp_fit": "jwst.ramp_fitting.RampFitStep", "gain_scale": "jwst.gain_scale.GainScaleStep"}
     kinds = {"boolean": "boolean", "float": "float", "integer": "integer", "string": "string",
              "option": "option", "int_list": "int_list", "output_file": "output_file"}
@@ -466,7 +469,7 @@ def _non_default(step, name, rule, default, ds, out):
     if k == "integer":
         return str(1 if default is None else default + 1)
     if k == "string":
-        return "given"
+        return "given" if rule.implemented is None else dataclasses.MISSING
     if k == "option":
         others = [o for o in (rule.implemented or rule.options) if o != default]
         return others[0] if others else dataclasses.MISSING

@@ -60,16 +60,19 @@ TOY = StepSpec(name="toy", status=TOY_STATUS, params=ToyParams, run=toy, scratch
 def test_the_order_and_tables_are_those_of_the_official_pipeline():
     assert steps.STEP_ORDER == (
         "group_scale", "dq_init", "saturation", "superbias", "refpix", "linearity",
-        "dark_current", "group_1overf", "charge_migration", "jump", "clean_flicker_noise", "ramp_fit",
-        "gain_scale")
+        "dark_current", "group_1overf", "charge_migration", "jump", "clean_flicker_noise", "persistence",
+        "ramp_fit", "gain_scale")
     assert {s.name: s.reftypes for s in steps.REGISTRY if s.reftypes} == {
         "dq_init": ("mask",), "saturation": ("saturation", "superbias"),
         "superbias": ("superbias",), "linearity": ("linearity",), "dark_current": ("dark",),
-        "jump": ("gain", "readnoise"), "ramp_fit": ("gain", "readnoise"), "gain_scale": ("gain",)}
-    # steps that run without one of their references
+        "jump": ("gain", "readnoise"), "clean_flicker_noise": ("gain", "readnoise"),
+        "ramp_fit": ("gain", "readnoise"), "gain_scale": ("gain",)}
+    # steps that run without one of their references (clean_flicker_noise: its draft rate)
     optional = {s.name: s.optional_reftypes for s in steps.REGISTRY if s.optional_reftypes}
-    assert optional == {"saturation": ("superbias",), "gain_scale": ("gain",)}
-    assert memory.TILE_STEPS == ("jump", "ramp_fit")
+    assert optional == {"saturation": ("superbias",), "clean_flicker_noise": ("gain", "readnoise"),
+                        "gain_scale": ("gain",)}
+    # persistence carries its windows from integration to integration: whole segments too
+    assert memory.TILE_STEPS == ("jump", "persistence", "ramp_fit")
 
 
 def test_every_step_has_the_status_keyword_of_the_products():
@@ -79,7 +82,7 @@ def test_every_step_has_the_status_keyword_of_the_products():
         assert module.SPEC is spec and module.Params is spec.params
         assert getattr(module, "STATUS", spec.status) == spec.status
     # the official steps daskramp does not run keep their keywords
-    for name, key in (("ipc", "S_IPC"), ("picture_frame", "S_PCTFRM"), ("persistence", "S_PERSIS")):
+    for name, key in (("ipc", "S_IPC"), ("picture_frame", "S_PCTFRM")):
         assert products.STATUS_KEYWORDS[name] == key and name not in steps.STEP_ORDER
 
 
@@ -101,7 +104,8 @@ def test_every_step_declares_its_memory():
     assert memory.MEASURED_SCRATCH == {
         "group_scale": 0.0, "dq_init": 0.28, "saturation": 1.11, "superbias": 1.03,
         "refpix": 1.03, "linearity": 1.11, "dark_current": 1.17, "group_1overf": 1.5, "charge_migration": 1.25,
-        "jump": 0.50, "clean_flicker_noise": 3.0, "ramp_fit": 3.24, "gain_scale": 0.0}
+        "jump": 0.50, "clean_flicker_noise": 3.0, "persistence": 0.25, "ramp_fit": 3.24,
+        "gain_scale": 0.0}
 
 
 def test_halos_come_from_the_specs():
@@ -138,7 +142,7 @@ def test_a_registered_step_is_validated_like_the_others():
         p = pipeline.validate_steps({"toy": {"factor": "2"}})
         assert list(p) == ["group_scale", "dq_init", "saturation", "superbias", "refpix", "linearity",
                            "toy", "dark_current", "group_1overf", "charge_migration", "jump",
-                           "clean_flicker_noise",
+                           "clean_flicker_noise", "persistence",
                            "ramp_fit", "gain_scale"]
         assert p["toy"].factor == 2.0
         with pytest.raises(ConfigError, match=r"steps\.toy\.factor"):

@@ -32,6 +32,7 @@ from . import (
     group_scale,
     jump,
     linearity,
+    persistence,
     ramp_fit,
     refpix,
     saturation,
@@ -40,8 +41,9 @@ from . import (
 from ._spec import StepSpec, params_kwargs, ref, ref_array
 
 #: near-IR step order of jwst 3.0 calwebb_detector1 (spec 00 §4), with daskramp's own
-#: group-level 1/f correction (group_1overf, off by default) before jump; ipc, picture_frame
-#: and persistence are out of scope for NIR TSO/imaging and not registered
+#: group-level 1/f correction (group_1overf, off by default) before jump; persistence
+#: (flag-only, off by default) after clean_flicker_noise; ipc and picture_frame are out of
+#: scope for NIR TSO/imaging and not registered
 REGISTRY: tuple[StepSpec, ...] = (
     group_scale.SPEC,
     dq_init.SPEC,
@@ -54,6 +56,7 @@ REGISTRY: tuple[StepSpec, ...] = (
     charge_migration.SPEC,
     jump.SPEC,
     clean_flicker_noise.SPEC,
+    persistence.SPEC,
     ramp_fit.SPEC,
     gain_scale.SPEC,
 )
