@@ -38,9 +38,12 @@ step parameters (the official pipeline's step and parameter names):
   DASKRAMP_STEPS__<STEP>__<PARAM>=VALUE   environment, e.g.
                                           DASKRAMP_STEPS__JUMP__REJECTION_THRESHOLD=10
   steps: <step>: <param>: VALUE      in the workflow YAML given with --config
-  Precedence: step defaults < --config < environment < command line.  Values are YAML
-  scalars (10, 4.5, true, null); every value is checked against the official type and
-  range before anything runs.
+  --config pars-jumpstep.asdf        official parameter files (ASDF) as CRDS serves them or
+                                     export_config writes them
+  Precedence: step defaults < parameter files (single-step < pipeline) < workflow YAML <
+  environment < command line.  Values are YAML scalars (10, 4.5, true, null); every value
+  is checked against the official type and range before anything runs; an official
+  parameter daskramp does not implement is refused unless at its official default.
 {steps}
 
 log: one line per event on stderr, e.g.
@@ -210,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the official name from the uncal files)")
     r.add_argument("--refs", metavar="DIR",
                    help="directory of CRDS-format reference files (selected by the official rules)")
-    r.add_argument("--config", metavar="YAML", help="workflow YAML: step parameters and settings (workflows/*.yaml)")
+    r.add_argument("--config", metavar="FILE", action="append",
+                   help="workflow YAML (step parameters and settings, workflows/*.yaml) or an "
+                        "official parameter file (ASDF: pars-detector1pipeline, pars-<step>, or "
+                        "written by export_config); repeat it for several files")
     r.add_argument("--save-steps", default="", metavar="STEP,...",
                    help="comma-separated steps whose output ramps are saved, e.g. linearity,jump")
     r.add_argument("--stats-scope", choices=["segment", "exposure"],

@@ -1,4 +1,4 @@
-"""Layered configuration: step defaults < workflow YAML < environment < command line.
+"""Layered configuration: step defaults < configuration files < environment < command line.
 
 A workflow file (``workflows/*.yaml``) holds the science recipe::
 
@@ -12,7 +12,13 @@ A workflow file (``workflows/*.yaml``) holds the science recipe::
 Cluster profiles (``workflows/clusters/*.yaml``) are separate: they say where the graph runs
 and with how much memory, never what it computes.  Environment variables
 ``DASKRAMP_STEPS__<STEP>__<PARAM>=value`` override the file; ``--steps.<step>.<param>=value``
-on the command line overrides both.  Values are parsed as YAML scalars (``10``, ``true``,
+on the command line overrides both.
+
+The official pipeline's parameter files (ASDF, ``pars-detector1pipeline``, ``pars-jumpstep``,
+files ``export_config`` writes; :mod:`daskramp.parsfile`) are configuration files too, below
+the workflow YAML as the official pipeline puts CRDS parameter files below the user's:
+single-step files < pipeline files < workflow YAML files, each kind in the order given
+(:func:`from_files`).  Values are parsed as YAML scalars (``10``, ``true``,
 ``4.5``, ``null``); text that is not valid YAML stays the string given.  Nothing here judges
 a step parameter: :mod:`daskramp.params` coerces and checks every value once, whichever
 layer it came from, and names ``steps.<step>.<param>`` in its one-line error.
@@ -131,11 +137,65 @@ def parse_overrides(args: Iterable[str]) -> dict:
     return cfg
 
 
-def layered(*, workflow=None, environ: Mapping[str, str] | None = None, cli: Iterable[str] = ()) -> dict:
-    """The effective configuration: workflow file < environment < command line."""
+#: precedence of the kinds of configuration file, lowest first (spec 11 §4: CRDS step files <
+#: the CRDS pipeline file < the user's configuration)
+FILE_KINDS = ("step", "pipeline", "yaml")
+
+
+def as_paths(files) -> list[Path]:
+    """``files`` (one path or a sequence of paths, or None) as a list of paths."""
+    if files is None:
+        return []
+    if isinstance(files, (str, os.PathLike)):
+        return [Path(files)]
+    return [Path(f) for f in files]
+
+
+def read_file(path) -> tuple[str, dict, dict]:
+    """``(kind, configuration, record)`` of one configuration file: an official parameter
+    file (ASDF; kind "pipeline" or "step") or a workflow YAML (kind "yaml").  ``record`` is
+    what the run's provenance keeps of it (name, sha256 and, for a parameter file, the values
+    daskramp took from it)."""
+    import hashlib
+
+    from . import parsfile
+
+    path = Path(path)
+    if parsfile.is_asdf(path):
+        pf = parsfile.read(path)
+        return pf.kind, pf.config(), pf.record()
+    data = load_yaml(path)
+    if "class" in data and "parameters" in data:
+        raise ConfigError(f"{path}: an official parameter tree (class, parameters) in plain YAML: "
+                          f"daskramp reads official parameter files in ASDF, as export_config "
+                          f"writes them and CRDS serves them")
+    record = {"file": path.name, "path": str(path), "format": "yaml",
+              "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return "yaml", data, record
+
+
+def from_files(files) -> tuple[dict, list[dict]]:
+    """The configuration of several files merged in the official precedence (single-step
+    parameter files < pipeline parameter files < workflow YAML; files of one kind in the
+    order given, the later winning), and their provenance records in the order applied."""
+    read = [read_file(p) for p in as_paths(files)]
+    ordered = sorted(read, key=lambda r: FILE_KINDS.index(r[0]))  # stable: given order kept
     cfg: dict = {"steps": {}}
-    if workflow is not None:
-        cfg = merge(cfg, load_yaml(workflow))
+    for _kind, data, record in ordered:
+        try:
+            cfg = merge(cfg, data)
+        except ConfigError as err:
+            raise ConfigError(f"{record['path']}: {err}") from None
+    return cfg, [record for _, _, record in ordered]
+
+
+def layered(*, workflow=None, environ: Mapping[str, str] | None = None, cli: Iterable[str] = ()) -> dict:
+    """The effective configuration: files < environment < command line.
+
+    ``workflow``: one configuration file or a sequence of them, workflow YAML or official
+    parameter files (ASDF), layered as :func:`from_files` does.
+    """
+    cfg, _ = from_files(workflow)
     cfg = merge(cfg, from_env(environ))
     cfg = merge(cfg, parse_overrides(cli))
     return cfg

@@ -182,7 +182,7 @@ def run(
     outdir: str | Path,
     *,
     refs: str | Path | None = None,
-    config: Mapping | None = None,
+    config: Mapping | str | Path | Sequence[str | Path] | None = None,
     overrides: Mapping[str, str] | None = None,
     save_steps: Sequence[str] = (),
     cluster: ClusterProfile | None = None,
@@ -192,7 +192,7 @@ def run(
     progress: bool | None = None,
     report: str | Path | None = None,
     overwrite: bool = False,
-    workflow: str | Path | None = None,
+    workflow: str | Path | Sequence[str | Path] | None = None,
 ) -> dict:
     """Open the exposure, check memory, execute the graph on a dask cluster, write the products.
 
@@ -205,7 +205,9 @@ def run(
     refs, overrides, save_steps, config
         Reference files directory, per-reftype overrides, ramps to save, workflow settings
         (``steps``, ``stats_scope``, ``save_steps``, ``tile_columns``, ``tile_rows``,
-        ``integration_chunk``).
+        ``integration_chunk``).  ``config`` may also be a configuration file or a sequence
+        of them: workflow YAML and official parameter files (ASDF, ``pars-*`` or written by
+        ``export_config``), layered as :func:`daskramp.config.from_files` does.
     cluster : ClusterProfile, optional
         Where to run when no ``client`` is given.
     fits : bool
@@ -221,8 +223,11 @@ def run(
     overwrite : bool
         Replace products of this exposure made by another run (other inputs, parameters,
         references, …) instead of refusing; nothing of theirs survives.
-    workflow : path, optional
-        The workflow file ``config`` was read from (its sha256 goes into the fingerprint).
+    workflow : path or sequence of paths, optional
+        The configuration file(s) ``config`` was read from (default: those given as
+        ``config``).  Each is recorded in the provenance (``config_files``: name, sha256 and,
+        for a parameter file, the values taken from it); one file's sha256 goes into the
+        fingerprint (``workflow``), several files' into its settings.
 
     Returns
     -------
@@ -251,8 +256,14 @@ def run(
     output directory, its lock and what it already holds, and the memory of a local cluster)
     is checked before a cluster is started.
     """
+    from .config import as_paths, from_files
     from .progress import log_to, logging_configured
 
+    if config is not None and not isinstance(config, Mapping):
+        files = as_paths(config)
+        config, _ = from_files(files)
+        if workflow is None:
+            workflow = files
     config = dict(config or {})
     show = (not quiet) if progress is None else progress
     # the log goes where the application sends it (the command line: stderr, --log FILE);
@@ -317,6 +328,16 @@ def _log_prepared(prep: Prepared, seconds: float) -> None:
     logger.info(f"{prep.root}: {what}; {len(dims.segment_bounds(ds))} segment(s), "
                 f"{ds.sizes[dims.INTEGRATION]} integrations × {ds.sizes[dims.GROUP]} groups × "
                 f"{shape} pixels")
+    for rec in prep.config_files:
+        if rec["format"] == "yaml":
+            logger.info(f"configuration {rec['file']} (workflow YAML)")
+            continue
+        from .parsfile import changes
+
+        changed = changes(rec["values"])
+        logger.info(f"configuration {rec['file']} (official {rec['kind']} parameter file, "
+                    f"{rec['class'].rsplit('.', 1)[-1]}): "
+                    + (", ".join(f"{k}={v!r}" for k, v in changed.items()) or "step defaults only"))
     refs = prep.refs.provenance() if prep.refs is not None else {}
     for rt, rec in refs.items():
         if rec.get("path"):
@@ -383,6 +404,8 @@ class Prepared:
     ghost: int | None
     #: (chunked dataset, tile columns, memory plan) when the worker memory is known up front
     plan: tuple | None = None
+    #: provenance records of the configuration files, in the order they were applied
+    config_files: list = dataclasses.field(default_factory=list)
 
 
 def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_steps=(), report=None,
@@ -417,8 +440,12 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0
                               or (v == 0 and key != "segments_in_flight")):
             raise ConfigError(f"{key} must be a positive integer, got {v!r}")
-    if workflow is not None and not Path(workflow).is_file():
-        raise ConfigError(f"{workflow}: workflow file not found")
+    from .config import as_paths
+
+    workflow = as_paths(workflow)
+    for wf in workflow:
+        if not wf.is_file():
+            raise ConfigError(f"{wf}: workflow file not found")
     outdir = Path(outdir)
     check_output_dir(outdir)
     inputs = [Path(p) for p in inputs]
@@ -434,20 +461,24 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
             raise ConfigError("--report needs the bokeh package (pip install 'bokeh>=3.1')")
     opened = open_exposure(inputs if len(inputs) > 1 else inputs[0])
     params = validate_steps(config.get("steps"))
+    config_files = _config_files(workflow, opened)
     refset = reference_set(opened, refs, params, overrides, strict=True)
     root = product_root(inputs)
+    settings = {"stats_scope": stats_scope}
+    if len(workflow) > 1:
+        settings["config_files"] = [rec["sha256"] for rec in config_files]
     fingerprint = Fingerprint.make(
         inputs=inputs,
         steps={n: dataclasses.asdict(p) for n, p in params.items()},
         references=refset.provenance() if refset is not None else {},
-        settings={"stats_scope": stats_scope},
-        workflow=workflow,
+        settings=settings,
+        workflow=workflow[0] if len(workflow) == 1 else None,
         versions=package_versions(),
     )
     ghost = fused_ghost(opened, params, saved)
     prep = Prepared(inputs=inputs, outdir=outdir, root=root, config=config, opened=opened,
                     refs=refset, params=params, saved=saved, stats_scope=stats_scope,
-                    fingerprint=fingerprint, ghost=ghost)
+                    fingerprint=fingerprint, ghost=ghost, config_files=config_files)
     profile = cluster or ClusterProfile()
     local = client is None and not (profile.scheduler or os.environ.get("DASKRAMP_SCHEDULER"))
     if local:
@@ -461,6 +492,19 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
             tile_columns=config.get("tile_columns"),
             integration_chunk=config.get("integration_chunk"), ghost=ghost or 0)
     return prep
+
+
+def _config_files(files: Sequence[Path], opened: xr.Dataset) -> list[dict]:
+    """Provenance records of the configuration files (read again: the configuration given
+    to the run is already merged), after the check a parameter file needs the exposure for
+    (:func:`daskramp.parsfile.check_exposure`)."""
+    from . import parsfile
+    from .config import from_files
+
+    records = from_files(files)[1] if files else []
+    for rec in records:
+        parsfile.check_exposure(rec, opened.attrs)
+    return records
 
 
 def _check_products_fingerprint(prep: Prepared) -> None:
@@ -578,6 +622,8 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
             provenance["inputs"] = [str(p) for p in inputs]
             provenance["fingerprint"] = prep.fingerprint.to_dict()
             provenance["workflow"] = prep.fingerprint.workflow
+            if prep.config_files:
+                provenance["config_files"] = prep.config_files
             products = result.products()
             segments = getattr(result, "segments", None)
             in_flight = config.get("segments_in_flight")
