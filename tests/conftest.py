@@ -63,7 +63,7 @@ class RealCluster:
         for p in [*self.workers, self.scheduler]:
             if p.poll() is None:
                 p.terminate()
-        deadline = time.time() + 15
+        deadline = time.time() + 3  # a dask worker asked to stop may wait out its own timeouts; nothing is kept
         for p in [*self.workers, self.scheduler]:
             try:
                 p.wait(timeout=max(0.1, deadline - time.time()))
