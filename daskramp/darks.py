@@ -70,7 +70,15 @@ import xarray as xr
 
 from . import dims
 from . import dq as dqflags
+from .cluster import worker_memory_limit
 from .config import ConfigError
+from .engine.plan import DARK_TILE_FACTOR, plan_dark_tiles, task_budget, tile_chunks
+from .io import open_exposure
+from .io.fitswrite import FITS_BLOCK, dq_def_hdu
+from .io.products import image_header
+from .io.refs import RefSet
+from .pipeline import detector1, plan_tiles, validate_steps
+from .steps._apply import map_ramp_blocks
 
 #: per-task budget used when neither ``memory_limit`` nor a dask client says otherwise
 DEFAULT_TASK_BYTES = 1 << 30
@@ -267,9 +275,6 @@ def _budget(memory_limit) -> tuple[int | None, str]:
     try:
         from distributed import get_client
 
-        from .cluster import worker_memory_limit
-        from .engine.plan import task_budget
-
         client = get_client()
         threads = max([int(w.get("nthreads") or 1)
                        for w in client.scheduler_info(n_workers=-1).get("workers", {}).values()] or [1])
@@ -312,7 +317,6 @@ def group_inputs(inputs: Sequence) -> list:
 
 
 def _open(item) -> xr.Dataset:
-    from .io import open_exposure
 
     if isinstance(item, xr.Dataset):
         return item
@@ -322,8 +326,6 @@ def _open(item) -> xr.Dataset:
 
 
 def _reopen_tiled(item, ds: xr.Dataset, cols: int) -> xr.Dataset:
-    from .engine.plan import tile_chunks
-    from .io import open_exposure
 
     if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
         return dims.validate(open_exposure(item, chunks=tile_chunks(ds, cols)))
@@ -441,10 +443,6 @@ def make_dark(
     """
     import dask
 
-    from .engine.plan import DARK_TILE_FACTOR, plan_dark_tiles
-    from .io.refs import RefSet
-    from .pipeline import detector1, plan_tiles, validate_steps
-    from .steps._apply import map_ramp_blocks
 
     if err not in ("sem", "std"):
         raise ConfigError(f"darks: err must be 'sem' or 'std', got {err!r}")
@@ -728,9 +726,6 @@ def _fits_bytes(block: np.ndarray, dtype) -> np.ndarray:
 def _write_dark_fits(out: Path, stats: xr.Dataset, attrs: Mapping, *, header, gain, provenance):
     """Stream the DARK FITS from the statistics store, one plane (or image) at a time."""
     from astropy.io import fits
-
-    from .io.fitswrite import FITS_BLOCK, dq_def_hdu
-    from .io.products import image_header
 
     ng = stats.sizes[dims.GROUP]
     tgroup = float(attrs["TGROUP"])

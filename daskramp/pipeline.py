@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import dask
-import dask.array as da
-import numpy as np
 import xarray as xr
 
-from . import dims, dq
+from . import dims
 from . import steps as registry
 from .config import ConfigError
 from .engine.fused import detector1_fused
@@ -24,9 +21,12 @@ from .engine.plan import plan_tiles, tile_shape
 from .engine.policy import unsupported
 from .engine.stages import (
     Detector1Result,
+    figures_of,
     package_versions,
     reference_set,
     step_params,
+    summarize,
+    summary_figures,
     validate_steps,
 )
 from .engine.stepwise import detector1_stepwise, open_tiled
@@ -123,6 +123,10 @@ def detector1(
         "reference_files": refs.provenance() if refs is not None else {},
         "versions": package_versions(),
     }
+    crds = getattr(refs, "crds", None)
+    if crds:
+        # files CRDS chose (daskramp.io.crds): the context, as the official products record it
+        provenance["crds"] = dict(crds)
 
     if fused is None:
         fused = not save_steps
@@ -138,36 +142,3 @@ def detector1(
     return detector1_stepwise(ds, refs, params=params, provenance=provenance, stats_scope=stats_scope,
                               save_steps=save_steps, memory_limit=memory_limit, tile_columns=tile_columns,
                               frame_stats=frame_stats)
-
-
-def summary_figures(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> dict:
-    """The figures of :func:`summarize` as lazy dask values (nothing computed): computed in
-    the graph that writes the products, they cost no second pass over the data."""
-    if rate is None:
-        return {}
-    r = da.asarray(rate["data"].data)
-    rdq = da.asarray(rate["dq"].data)
-    # the rate image is small: gather it with plain tasks, not a distributed shuffle
-    with dask.config.set({"array.rechunk.method": "tasks"}):
-        flat = r.ravel().rechunk(-1)
-    out = {
-        "rate_median_DN_s": da.nanmedian(flat, axis=0),
-        "finite_fraction": da.isfinite(r).mean(),
-        "jump_flagged_fraction": ((rdq & dq.JUMP_DET) != 0).mean(),
-        "saturated_fraction": ((rdq & dq.SATURATED) != 0).mean(),
-    }
-    if rateints is not None:
-        idq = da.asarray(rateints["dq"].data)
-        out["jump_fraction_per_integration"] = ((idq & dq.JUMP_DET) != 0).mean(axis=(1, 2))
-    return out
-
-
-def figures_of(values: dict) -> dict:
-    """Computed :func:`summary_figures` as plain floats and lists."""
-    return {k: (v.tolist() if np.ndim(v) else float(v)) for k, v in values.items()}
-
-
-def summarize(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> dict:
-    """A few figures describing written (or lazy) products, computed through dask reductions."""
-    (vals,) = dask.compute(summary_figures(rate, rateints))
-    return figures_of(vals)

@@ -14,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dask
+import dask.array as da
+import numpy as np
 import xarray as xr
 
-from .. import dims
+from .. import dims, dq
 from .. import steps as registry
 from ..config import ConfigError
 from ..io.refs import RefSet
@@ -281,3 +283,39 @@ def finish(fields, ds: xr.Dataset, refs, params: Mapping, provenance: dict,
 
 def _set_status(ds: xr.Dataset, name: str, status: str) -> None:
     ds.attrs[registry.spec(name).status] = status
+
+
+# ---------------------------------------------------------------- summary of the products
+
+
+def summary_figures(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> dict:
+    """The figures of :func:`summarize` as lazy dask values (nothing computed): computed in
+    the graph that writes the products, they cost no second pass over the data."""
+    if rate is None:
+        return {}
+    r = da.asarray(rate["data"].data)
+    rdq = da.asarray(rate["dq"].data)
+    # the rate image is small: gather it with plain tasks, not a distributed shuffle
+    with dask.config.set({"array.rechunk.method": "tasks"}):
+        flat = r.ravel().rechunk(-1)
+    out = {
+        "rate_median_DN_s": da.nanmedian(flat, axis=0),
+        "finite_fraction": da.isfinite(r).mean(),
+        "jump_flagged_fraction": ((rdq & dq.JUMP_DET) != 0).mean(),
+        "saturated_fraction": ((rdq & dq.SATURATED) != 0).mean(),
+    }
+    if rateints is not None:
+        idq = da.asarray(rateints["dq"].data)
+        out["jump_fraction_per_integration"] = ((idq & dq.JUMP_DET) != 0).mean(axis=(1, 2))
+    return out
+
+
+def figures_of(values: dict) -> dict:
+    """Computed :func:`summary_figures` as plain floats and lists."""
+    return {k: (v.tolist() if np.ndim(v) else float(v)) for k, v in values.items()}
+
+
+def summarize(rate: xr.Dataset | None, rateints: xr.Dataset | None = None) -> dict:
+    """A few figures describing written (or lazy) products, computed through dask reductions."""
+    (vals,) = dask.compute(summary_figures(rate, rateints))
+    return figures_of(vals)

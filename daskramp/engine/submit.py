@@ -38,7 +38,19 @@ import numpy as np
 from dask.base import tokenize
 
 from .. import dq as _dq
+from ..dims import PIXELDQ_DTYPE
+from ..io.products import (
+    ProductError,
+    _counted,
+    export_all,
+    product_dataset,
+    start_blockwise,
+    write_products,
+)
+from ..io.store import finalize_store, is_complete, partial_path
+from ..kernels.ramp_fit import RATE_TERMS, add_block_terms
 from .graph import read_tile_files
+from .stages import summary_figures
 
 __all__ = ["blocks_in_flight", "write_by_segment"]
 
@@ -66,22 +78,9 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     -------
     (dict, dict)
         The paths of the products written (as ``write_products``), and the computed
-        :func:`daskramp.pipeline.summary_figures`.
+        :func:`daskramp.engine.stages.summary_figures`.
     """
     from distributed import as_completed, futures_of
-
-    from ..dims import PIXELDQ_DTYPE
-    from ..io.products import (
-        ProductError,
-        _counted,
-        export_all,
-        product_dataset,
-        start_blockwise,
-        write_products,
-    )
-    from ..io.store import finalize_store, is_complete, partial_path
-    from ..kernels.ramp_fit import RATE_TERMS
-    from ..pipeline import summary_figures
 
     seg = result.segments
     if seg is None:
@@ -240,8 +239,6 @@ def add_terms_to_file(block: np.ndarray, prev: str | None, path: str) -> np.ndar
     A file appears only whole (written aside, then renamed), so a task run again (its worker
     died, or the run was interrupted and resumed) finds its sum saved and keeps it.
     """
-    from ..kernels.ramp_fit import add_block_terms
-
     if os.path.exists(path):
         return np.ones((1, 1), np.int64)
     acc = add_block_terms(None if prev is None else np.load(prev), block)
