@@ -43,16 +43,22 @@ def warm(files) -> None:
 
 
 def run_official(uncal, refs_dir, outdir, maximum_cores="1", python=None, *,
-                 allow_failure: bool = False) -> dict:
+                 allow_failure: bool = False, steps: dict | None = None, local_crds: bool = False) -> dict:
     """The official pipeline in its own process; returns its JSON report plus peak tree RSS.
 
     With ``allow_failure`` a failed run (e.g. killed for lack of memory) is reported as
-    ``{"failed": returncode, ...}`` instead of raising."""
+    ``{"failed": returncode, ...}`` instead of raising.  ``steps``: extra step parameters
+    (``{step: {param: value}}``); ``local_crds``: a local CRDS cache serves the references
+    to lookups no override reaches (``daskramp.testing.official --local-crds``)."""
     from daskramp.testing.memory import TreeMemorySampler
 
     python = python or os.environ.get("DASKRAMP_JWST_PYTHON", sys.executable)
     cmd = [python, "-m", "daskramp.testing.official", str(uncal), "--refs", str(refs_dir),
            "--out", str(outdir), "--maximum-cores", str(maximum_cores)]
+    if steps:
+        cmd += ["--steps-json", json.dumps(steps)]
+    if local_crds:
+        cmd.append("--local-crds")
     warm([uncal])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

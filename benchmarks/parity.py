@@ -23,6 +23,12 @@ interpreter named by ``DASKRAMP_JWST_PYTHON`` (default: this one)::
     python benchmarks/parity.py --preset nirspec-bots --nints 20 --detector NRS2 --subarray SUB512
     python benchmarks/parity.py --preset nircam-grism-tso --nints 20 --noutputs 1 --readpatt BRIGHT1
     python benchmarks/parity.py --uncal F_uncal.fits --refs REFS_DIR   # given files
+    python benchmarks/parity.py --nints 20 --nx 256 --segments 2 --with-step clean_flicker_noise
+
+``--with-step STEP`` turns an optional step on (``skip=False``, its other parameters at their
+defaults) in both pipelines; the official run then also gets a local CRDS cache serving the
+same reference files (``daskramp.testing.official --local-crds``), because clean_flicker_noise's
+draft ramp fit looks GAIN and READNOISE up in CRDS whatever the overrides say.
 """
 
 from __future__ import annotations
@@ -47,10 +53,11 @@ FLOAT_VARS = ("data", "err", "var_poisson", "var_rnoise")
 
 
 def run_daskramp(uncal, refs_dir, *, memory_limit: int, tile_columns: int | None = None,
-                 stats_scope: str = "segment", workers: int = 2) -> tuple[dict, float]:
+                 stats_scope: str = "segment", workers: int = 2, steps: dict | None = None) -> tuple[dict, float]:
     """daskramp Detector1 in this process (threads); returns numpy rate/rateints and wall time.
 
-    ``uncal`` is one segment or a list of the segments of one exposure (stitched).
+    ``uncal`` is one segment or a list of the segments of one exposure (stitched); ``steps``
+    step parameters (``{step: {param: value}}``).
     """
     import dask
 
@@ -61,7 +68,7 @@ def run_daskramp(uncal, refs_dir, *, memory_limit: int, tile_columns: int | None
     files = uncal if isinstance(uncal, (list, tuple)) and len(uncal) > 1 else (
         uncal[0] if isinstance(uncal, (list, tuple)) else uncal)
     res = detector1(open_exposure(files), refs_dir, memory_limit=memory_limit, tile_columns=tile_columns,
-                    stats_scope=stats_scope)
+                    stats_scope=stats_scope, steps=steps)
     with dask.config.set(scheduler="threads", num_workers=workers):
         rate, rateints = dask.compute(res.rate, res.rateints)
     wall = time.perf_counter() - t0
@@ -136,6 +143,8 @@ def main(argv=None) -> int:
         p.add_argument(f"--{opt}", type=typ, help=f"simulated {opt.upper()} (TSO presets)")
     p.add_argument("--nx", type=int, default=None, help="subarray width (default: the preset's)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--one-over-f", type=float, default=None, metavar="DN",
+                   help="simulated 1/f amplitude, DN (default: the preset's)")
     p.add_argument("--segments", type=int, default=1,
                    help="uncal segments: the official pipeline runs each, daskramp the stitched exposure; "
                         "rateints is compared segment by segment, rate only with one segment")
@@ -147,8 +156,16 @@ def main(argv=None) -> int:
     p.add_argument("--maximum-cores", default="1", help="official jump/ramp_fit maximum_cores")
     p.add_argument("--memory-limit", type=float, default=1.0, help="daskramp tile budget, GB")
     p.add_argument("--tile-columns", type=int, help="daskramp jump/ramp_fit tile width (default: planned)")
+    p.add_argument("--with-step", action="append", default=[], metavar="STEP",
+                   help="turn this optional step on in both pipelines (repeatable), e.g. clean_flicker_noise")
     p.add_argument("--json", help="write the comparison as JSON here")
     args = p.parse_args(argv)
+    from daskramp.steps import REGISTRY
+
+    unknown = sorted(set(args.with_step) - {s.name for s in REGISTRY})
+    if unknown:
+        p.error(f"--with-step: unknown step(s) {', '.join(unknown)}")
+    steps = {name: {"skip": False} for name in args.with_step}
 
     if args.uncal:
         if not args.refs:
@@ -157,6 +174,8 @@ def main(argv=None) -> int:
     else:
         geometry = {} if args.nx is None else {"nx": args.nx}
         geometry |= {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k) is not None}
+        if args.one_over_f is not None:
+            geometry["one_over_f_amplitude"] = args.one_over_f
         nints = args.nints or PRESETS[args.preset].nints
         sim = simulated(args.preset, nints, seed=args.seed, segments=args.segments, ngroups=args.ngroups,
                         **geometry)
@@ -171,7 +190,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("DASKRAMP_JWST_PYTHON", sys.executable)
     reps = []
     for k, u in enumerate(uncals):
-        rep = run_official(u, refs_dir, out / f"official{k + 1:03d}", args.maximum_cores)
+        rep = run_official(u, refs_dir, out / f"official{k + 1:03d}", args.maximum_cores, steps=steps,
+                           local_crds=bool(steps))
         reps.append(rep)
         print(f"# official segment {k + 1}: wall {rep['process_wall_s']:.1f} s, "
               f"peak RSS {gib(rep['peak_rss_bytes'])}", flush=True)
@@ -179,9 +199,11 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v:.1f} s" for k, v in rep["step_s"].items()), flush=True)
 
     ours, wall = run_daskramp(uncals, refs_dir, memory_limit=int(args.memory_limit * 1e9),
-                              tile_columns=args.tile_columns, stats_scope=args.stats_scope)
+                              tile_columns=args.tile_columns, stats_scope=args.stats_scope, steps=steps)
     print(f"# daskramp: wall {wall:.1f} s (in process, 2 threads, graph build + compute, "
           f"stats_scope={args.stats_scope})", flush=True)
+    if steps:
+        print(f"# steps turned on in both pipelines: {', '.join(steps)}", flush=True)
 
     theirs = [read_official(r["rateints"]) for r in reps]
     results = {"rateints": compare(ours["rateints"],
@@ -201,7 +223,7 @@ def main(argv=None) -> int:
     print("targets met (rateints ≥ 99.9 % within 1e-4, NaN pattern identical, DQ ≥ 99.9 %)" if not fails
           else "targets NOT met: " + "; ".join(fails))
     if args.json:
-        Path(args.json).write_text(json.dumps({"uncal": [str(u) for u in uncals], "official": reps,
+        Path(args.json).write_text(json.dumps({"uncal": [str(u) for u in uncals], "official": reps, "with_steps": list(steps),
                                                "daskramp_wall_s": wall, "stats_scope": args.stats_scope,
                                                "results": results}, indent=1))
     return 1 if fails else 0

@@ -1,4 +1,4 @@
-"""clean_flicker_noise kernels (spec 06): 1/f stripes of group differences.
+"""clean_flicker_noise kernels (spec 06, spec 12 §3): 1/f stripes of group differences.
 
 1/f ("flicker") noise of the near-IR SIDECAR readout is correlated in read order: pixels read
 one after the other along the *fast* axis (10 µs apart) share nearly the same offset, so each
@@ -11,10 +11,15 @@ values are then rebuilt cumulatively from the unchanged group 0.
 Because the correction of a group difference is one number per line (and channel), the work
 splits into
 
-* :func:`flicker_stripes` / :func:`line_stripes` — per ``(integration, group)`` frame, the
-  line values ``s`` (needs whole frames; the output is small);
-* :func:`apply_stripes` — ``out[g] = data[g] − Σ_{h≤g} s[h]`` on any ``(integration, y, x)``
-  block holding every group, with the official NaN propagation.
+* :func:`flicker_terms` — per ``(integration, group)`` frame, the line values ``s`` and the
+  background level ``b`` of the official algorithm (needs whole frames; the output is small);
+  :func:`flicker_stripes` is its line values alone, :func:`line_stripes` a simpler variant;
+* :func:`apply_clean` — the official float32 rebuild ``out[g] = out[g−1] + ((D − b) − s) + b``
+  on any block holding every group (:func:`apply_stripes`: ``data[g] − Σ_{h≤g} s[h]``);
+* :func:`draft_rate_terms` / :func:`draft_rateints` — the official draft rate, an ``OLS_C``
+  ramp fit with RampFitStep's code defaults (:mod:`daskramp.kernels.ramp_fit`), from which
+  the scene mask is made (:func:`scene_mask`); :func:`draft_slopes` is a quick stand-in
+  needing no reference file.
 
 Conventions: ``stripes`` arrays have shape ``(nchan, nint, ngroup, nline)`` float32, where
 ``nline`` is the length of the slow axis (``nx`` for ``axis_to_correct = 1``, ``ny`` for 2),
@@ -28,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dq as _dq
+from . import ramp_fit as _rf
 
 #: sigma and iterations of the basic clipped statistics (astropy ``sigma_clipped_stats`` defaults)
 SIGMA_LIMIT = 3.0
@@ -59,18 +65,20 @@ def sigma_clipped_stats(values, *, sigma: float = SIGMA_LIMIT, maxiters: int = M
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
+    # np.nanmedian / np.nanstd: what astropy evaluates when bottleneck is absent, so that
+    # a value on a clip limit falls on the same side
     for _ in range(maxiters):
         if v.size == 0:
             break
-        med = np.median(v)
-        std = v.std()
-        keep = (v >= med - sigma * std) & (v <= med + sigma * std)
+        med = np.nanmedian(v)
+        std = np.nanstd(v)
+        keep = (v >= med - std * sigma) & (v <= med + std * sigma)
         if keep.all():
             break
         v = v[keep]
     if v.size == 0:
         return np.nan, np.nan, np.nan
-    return float(v.mean()), float(np.median(v)), float(v.std())
+    return float(np.nanmean(v)), float(np.nanmedian(v)), float(np.nanstd(v))
 
 
 def clip_to_background(
@@ -221,7 +229,7 @@ def _frame_mask(mask, i: int) -> np.ndarray:
 def clean_difference(
     diff, mask, *, axis_to_correct: int, n_sigma: float, background_method, chan: np.ndarray, nchan: int
 ):
-    """Line values of one group difference (official default algorithm).
+    """Line values and background level of one group difference (official default algorithm).
 
     Parameters
     ----------
@@ -234,8 +242,11 @@ def clean_difference(
 
     Returns
     -------
-    numpy.ndarray (nchan, nline) float64, or None when no background pixel is left (the
-    official step then leaves this difference uncorrected).
+    (stripes, background) : numpy.ndarray (nchan, nline) float32 DN, numpy.float32 DN
+        The line values of the background-subtracted difference (0 for a line without a
+        background pixel) and the level removed before measuring them (0 without a
+        background method; NaN if the clip left no pixel).  None when no background pixel
+        is left at all: the official step then leaves this difference uncorrected.
     """
     diff = np.asarray(diff, dtype=np.float32)
     nan_pix = np.isnan(diff)
@@ -244,6 +255,7 @@ def clean_difference(
     if not mask.any():
         return None
     if background_method is None:
+        background = np.float32(0)
         bkg_sub = image
     else:
         # preliminary level: median of the background after a 3σ clip of the lower-half
@@ -251,13 +263,62 @@ def clean_difference(
         # so it only shifts which pixels count as background
         mask = clip_to_background(image, mask, sigma_lower=SIGMA_LIMIT, sigma_upper=SIGMA_LIMIT,
                                   lower_half_only=True)
-        background = np.median(image[mask]) if mask.any() else np.float32(0)
-        bkg_sub = image - np.float32(background)
+        with _quiet():
+            background = np.float32(np.nanmedian(image[mask]))
+        bkg_sub = image - background
         if n_sigma > 0:
             mask = clip_to_background(bkg_sub, mask, sigma_lower=n_sigma, sigma_upper=n_sigma,
                                       lower_half_only=True)
     axis = axis_to_correct - 1  # array axis the medians run along (the fast axis)
-    return _masked_line_median(bkg_sub, mask, axis, chan, nchan)
+    stripes = _masked_line_median(bkg_sub, mask, axis, chan, nchan).astype(np.float32)
+    return stripes, background
+
+
+def flicker_terms(
+    data,
+    groupdq,
+    mask,
+    *,
+    axis_to_correct: int,
+    n_sigma: float = 2.0,
+    background_method: str | None = "median",
+    fit_by_channel: bool = False,
+) -> np.ndarray:
+    """Per-difference line values and background levels of the default algorithm.
+
+    Same inputs as :func:`flicker_stripes`.
+
+    Returns
+    -------
+    numpy.ndarray (nchan + 1, integration, group, nline), float32, DN
+        Planes ``0 … nchan−1``: the line values (:func:`flicker_stripes`); plane ``nchan``:
+        the background level of each difference, repeated along ``nline`` (0 for group 0 and
+        for skipped differences).  :func:`apply_clean` takes both.
+    """
+    if axis_to_correct not in (1, 2):
+        raise ValueError(f"axis_to_correct must be 1 or 2, got {axis_to_correct}")
+    if background_method not in ("median", None):
+        raise ValueError(f"background_method must be 'median' or None, got {background_method!r}")
+    nint, ngroup, ny, nx = data.shape
+    fast = ny if axis_to_correct == 1 else nx
+    nline = nx if axis_to_correct == 1 else ny
+    chan = channel_index(fast, fit_by_channel=fit_by_channel)
+    nchan = int(chan.max()) + 1
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros((nchan + 1, nint, ngroup, nline), np.float32)
+    for i in range(nint):
+        for g in range(1, ngroup):
+            # float32 difference, as the official step takes it from the float32 ramp
+            diff = data[i, g].astype(np.float32) - data[i, g - 1].astype(np.float32)
+            m = _frame_mask(mask, i) & ((groupdq[i, g] & UNUSABLE) == 0)
+            res = clean_difference(diff, m, axis_to_correct=axis_to_correct, n_sigma=n_sigma,
+                                   background_method=background_method, chan=chan, nchan=nchan)
+            if res is None:
+                out[:nchan, i, g] = np.nan
+            else:
+                out[:nchan, i, g] = res[0]
+                out[nchan, i, g] = res[1]
+    return out
 
 
 def flicker_stripes(
@@ -292,25 +353,8 @@ def flicker_stripes(
     numpy.ndarray (nchan, integration, group, nline), float32, DN
         See the module docstring; skipped differences are NaN.
     """
-    if axis_to_correct not in (1, 2):
-        raise ValueError(f"axis_to_correct must be 1 or 2, got {axis_to_correct}")
-    if background_method not in ("median", None):
-        raise ValueError(f"background_method must be 'median' or None, got {background_method!r}")
-    nint, ngroup, ny, nx = data.shape
-    fast = ny if axis_to_correct == 1 else nx
-    nline = nx if axis_to_correct == 1 else ny
-    chan = channel_index(fast, fit_by_channel=fit_by_channel)
-    nchan = int(chan.max()) + 1
-    mask = np.asarray(mask, dtype=bool)
-    out = np.zeros((nchan, nint, ngroup, nline), np.float32)
-    for i in range(nint):
-        for g in range(1, ngroup):
-            diff = data[i, g].astype(np.float32) - data[i, g - 1].astype(np.float32)
-            m = _frame_mask(mask, i) & ((groupdq[i, g] & UNUSABLE) == 0)
-            s = clean_difference(diff, m, axis_to_correct=axis_to_correct, n_sigma=n_sigma,
-                                 background_method=background_method, chan=chan, nchan=nchan)
-            out[:, i, g] = np.nan if s is None else s
-    return out
+    return flicker_terms(data, groupdq, mask, axis_to_correct=axis_to_correct, n_sigma=n_sigma,
+                         background_method=background_method, fit_by_channel=fit_by_channel)[:-1]
 
 
 # ---------------------------------------------------------------- simple variant
@@ -431,11 +475,53 @@ def apply_stripes(data, channel, *stripes, axis_to_correct: int) -> np.ndarray:
     return out
 
 
+def apply_clean(data, channel, background, *stripes, axis_to_correct: int) -> np.ndarray:
+    """Rebuild a ramp block from its cleaned group differences, as the official step does.
+
+    In float32, group by group: ``clean = ((D − b) − s) + b`` with ``D = data[g] − data[g−1]``,
+    ``b`` the difference's background level and ``s`` the line value of the pixel's line, and
+    ``out[g] = out[g−1] + clean``, ``out[0] = data[0]``.  A skipped difference (line values
+    all NaN) leaves ``out[g] = data[g]`` and the rebuild resumes from it.  A NaN sample makes
+    the differences it enters NaN, so the pixel stays NaN until a skipped difference.
+
+    Parameters
+    ----------
+    data : array (integration, group, y, x), float32, DN
+        Any spatial block; every group.
+    channel : array (y,) for ``axis_to_correct = 1`` or (x,) for 2, int
+        Channel of each block position along the fast axis.
+    background : array (integration, group), float32, DN
+        Background level of each difference (plane ``nchan`` of :func:`flicker_terms`).
+    *stripes : arrays (integration, group, x) for 1 or (integration, group, y) for 2
+        Line values, one array per channel (planes ``0 … nchan−1`` of :func:`flicker_terms`).
+
+    Returns
+    -------
+    numpy.ndarray, same shape as ``data``, float32.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    st = np.stack([np.asarray(s, dtype=np.float32) for s in stripes])  # (nchan, i, g, line)
+    bkg = np.asarray(background, dtype=np.float32)
+    ngroup = data.shape[1]
+    out = np.empty_like(data)
+    out[:, 0] = data[:, 0]
+    for g in range(1, ngroup):
+        s = st[:, :, g]
+        skipped = np.isnan(s).all(axis=(0, 2))  # (i,)
+        lines = expand_stripes(s, channel, axis_to_correct=axis_to_correct)  # (i, y, x)
+        b = bkg[:, g, None, None]
+        with np.errstate(invalid="ignore"):
+            clean = ((data[:, g] - data[:, g - 1]) - b - lines) + b
+            out[:, g] = np.where(skipped[:, None, None], data[:, g], out[:, g - 1] + clean)
+    return out
+
+
 # ---------------------------------------------------------------- draft rate
 
 
 def draft_slopes(data, groupdq, pixeldq, *, tgroup: float) -> np.ndarray:
-    """A quick per-integration slope for the scene mask, (integration, y, x) float32 DN/s.
+    """A quick per-integration slope, (integration, y, x) float32 DN/s, needing no reference
+    file (not the official draft rate, :func:`draft_rate_terms`).
 
     ``(data[last] − data[first]) / ((last − first)·TGROUP)`` over the first and last groups
     that are neither DO_NOT_USE nor SATURATED.  Jumps are not removed: they raise the
@@ -456,3 +542,28 @@ def draft_slopes(data, groupdq, pixeldq, *, tgroup: float) -> np.ndarray:
     bad_pix = (np.asarray(pixeldq) & (_dq.DO_NOT_USE | _dq.REFERENCE_PIXEL)) != 0
     slope = np.where((span < 1) | bad_pix[None], np.nan, slope)
     return slope.astype(np.float32)
+
+
+def draft_rate_terms(data, groupdq, pixeldq, gain, readnoise, average_dark_current, *,
+                     nframes: int, tframe: float, tgroup: float) -> np.ndarray:
+    """Rate terms of the official draft ramp fit of one block, ``(term, y, x)`` float64.
+
+    The block holds every integration of one segment (any spatial tile).  The fit is
+    ``OLS_C`` with the code defaults of the official RampFitStep (``suppress_one_group``,
+    every group): :func:`daskramp.kernels.ramp_fit.fit_products`, of which only the sums
+    over integrations of :data:`~daskramp.kernels.ramp_fit.RATE_TERMS` are kept;
+    :func:`daskramp.kernels.ramp_fit.combine_rate` turns them into the segment's rate.
+    Inputs as :func:`daskramp.kernels.ramp_fit.ramp_fit`.
+    """
+    res = _rf.fit_products(data, groupdq, pixeldq, gain, readnoise, average_dark_current,
+                           nframes=nframes, tframe=tframe, tgroup=tgroup)
+    return res["rate_terms"][0]
+
+
+def draft_rateints(data, groupdq, pixeldq, gain, readnoise, average_dark_current, *,
+                   nframes: int, tframe: float, tgroup: float) -> np.ndarray:
+    """Per-integration slopes of the official draft ramp fit (see :func:`draft_rate_terms`),
+    ``(integration, y, x)`` float32 DN/s: the draft ``rateints`` (``single_mask=False``)."""
+    res = _rf.fit_products(data, groupdq, pixeldq, gain, readnoise, average_dark_current,
+                           nframes=nframes, tframe=tframe, tgroup=tgroup)
+    return res["data"]

@@ -1,4 +1,4 @@
-"""clean_flicker_noise step wrapper (spec 06): 1/f noise removed at group level.
+"""clean_flicker_noise step wrapper (spec 06, spec 12 §3): 1/f noise removed at group level.
 
 Default official path (``fit_method='median'``): draft rate → scene mask → for every group
 difference, the median of the background pixels of each fast-read line (one value per
@@ -6,18 +6,21 @@ difference, the median of the background pixels of each fast-read line (one valu
 
 Laziness and layout:
 
-1. **Draft rate** — instead of a full ramp fit, a per-pixel slope
-   ``(last − first usable group) / time`` per integration, median over integrations
-   (:func:`daskramp.kernels.clean_flicker_noise.draft_slopes`).  The mask only needs to tell
-   sources and bad pixels from background, for which this estimate is as good as the fitted
-   rate, and it is one small reduction instead of a second ramp_fit graph.
-2. **Scene mask** — clipped statistics of the draft rate image (one image-sized task).
-3. **Line values** — blocks of ``k`` integrations × all groups × whole frames (the background
-   level and the clip limits are whole-frame statistics); the output is tiny:
-   ``(channel, integration, group, line)``.
-4. **Apply** — ``data − cumulative line values`` through
-   :func:`daskramp.steps._apply.map_ramp_blocks` on the input's own chunks (integration
-   chunks or pixel tiles), so the layout of later steps is unchanged.
+1. **Draft rate** — as the official step: an ``OLS_C`` ramp fit with the code defaults of
+   RampFitStep, using the GAIN and READNOISE references, of each uncal segment on its own
+   (the official pipeline processes one segment file at a time), so one scene mask per
+   segment (:func:`official_scene_mask`).  It runs on the input's pixel tiles, holding
+   every integration of a segment (:func:`daskramp.kernels.clean_flicker_noise.draft_rate_terms`),
+   and keeps only the rate terms; the rate is finalized as ramp_fit finalizes its own.
+   Without GAIN/READNOISE (the wrapper called on its own) a quick endpoint slope stands in
+   (:func:`draft_rate`), which is not the official mask.
+2. **Scene mask** — clipped statistics of each draft rate image (one image-sized task each).
+3. **Line values and background levels** — blocks of ``k`` integrations × all groups ×
+   whole frames (the background level and the clip limits are whole-frame statistics); the
+   output is tiny: ``(channel + 1, integration, group, line)``.
+4. **Rebuild** — the official float32 recurrence ``out[g] = out[g−1] + ((D − b) − s) + b``
+   on the same whole-frame blocks, so the layout of later steps is unchanged (the engine
+   lays the blocks back out as the input's chunks).
 
 Only ``data`` changes; ``groupdq`` and ``pixeldq`` are returned as they are.
 """
@@ -40,12 +43,15 @@ from ..dims import (
     PIXELDQ,
     X,
     Y,
+    segment_bounds,
     validate,
 )
 from ..kernels import clean_flicker_noise as kernel
+from ..kernels import ramp_fit as _fit_kernel
 from ..params import boolean, check, floating, image, int_list, option
-from ._apply import map_ramp_blocks, rechunk_method
-from ._spec import StepSpec
+from . import ramp_fit as _ramp_fit
+from ._apply import chunk_by_segment, map_ramp_blocks, rechunk_method
+from ._spec import StepSpec, ref, ref_array
 from ._wrapper import COMPLETE, SKIPPED, with_status
 
 STATUS = "S_CLNFNS"
@@ -144,10 +150,12 @@ def read_user_mask(user_mask, ds: xr.Dataset) -> xr.DataArray:
 
 
 def draft_rate(ds: xr.Dataset, *, per_integration: bool = False) -> xr.DataArray:
-    """Lazy draft rate for the scene mask, DN/s: ``(y, x)`` or ``(integration, y, x)``.
+    """Lazy quick draft rate, DN/s: ``(y, x)`` or ``(integration, y, x)``, needing no reference.
 
     Per integration, the slope between the first and last usable groups; the exposure rate is
-    their median over integrations (robust against a cosmic ray in one integration).
+    their median over integrations (robust against a cosmic ray in one integration).  The
+    step uses it only when it is not given GAIN and READNOISE; the official draft rate is
+    :func:`official_draft_rates`.
     """
     slopes = map_ramp_blocks(
         kernel.draft_slopes,
@@ -162,6 +170,80 @@ def draft_rate(ds: xr.Dataset, *, per_integration: bool = False) -> xr.DataArray
     if per_integration:
         return slopes
     return slopes.median(INTEGRATION, skipna=True)
+
+
+def _draft_inputs(ds: xr.Dataset, gain, readnoise):
+    """GAIN, READNOISE and average dark current as (y, x) DataArrays on the science grid."""
+    g = _ramp_fit._image(gain, ds, "gain")
+    rn = _ramp_fit._image(readnoise, ds, "readnoise")
+    if _ramp_fit.AVERAGE_DARK_CURRENT in ds:
+        dark = ds[_ramp_fit.AVERAGE_DARK_CURRENT]
+    else:
+        dark = xr.DataArray(np.zeros((ds.sizes[Y], ds.sizes[X]), np.float32), dims=IMAGE_DIMS)
+    return g, rn, dark
+
+
+def official_draft_rates(ds: xr.Dataset, *, gain, readnoise, per_integration: bool = False):
+    """The official draft rate (lazy), DN/s: an ``OLS_C`` fit with RampFitStep's code defaults.
+
+    Each uncal segment is fitted on its own, as the official pipeline, which runs the step on
+    one segment file at a time, does.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The ramp as the step receives it (after jump: JUMP_DET groups are left out of the fit).
+    gain, readnoise : array-like or xarray.DataArray, (y, x)
+        GAIN (e⁻/DN) and READNOISE (DN), cut to the subarray.
+    per_integration : bool
+        Return the draft ``rateints`` ``(integration, y, x)`` instead (``single_mask=False``).
+
+    Returns
+    -------
+    list of ((start, stop), xarray.DataArray (y, x) float32), one per segment in order, or an
+    xarray.DataArray (integration, y, x) float32 with ``per_integration``.
+    """
+    g, rn, dark = _draft_inputs(ds, gain, readnoise)
+    a = ds.attrs
+    kw = dict(nframes=int(a["NFRAMES"]), tframe=float(a["TFRAME"]), tgroup=float(a["TGROUP"]))
+    tiles = chunk_by_segment(ds[[DATA, GROUPDQ, PIXELDQ]], stats_scope="segment")
+    if per_integration:
+        bounds = segment_bounds(ds)
+        parts = [tiles.isel({INTEGRATION: slice(lo, hi)}) for lo, hi in bounds]
+        cubes = [map_ramp_blocks(kernel.draft_rateints, p[DATA], p[GROUPDQ], p[PIXELDQ], g, rn, dark,
+                                 dims_out=CUBE_DIMS, dtype=FLOAT_DTYPE, name="draft_rateints", **kw)
+                 for p in parts]
+        return cubes[0] if len(cubes) == 1 else xr.concat(cubes, dim=INTEGRATION)
+    nterm = len(_fit_kernel.RATE_TERMS)
+    rates = []
+    for lo, hi in segment_bounds(ds):
+        part = tiles.isel({INTEGRATION: slice(lo, hi)})
+        terms = map_ramp_blocks(kernel.draft_rate_terms, part[DATA], part[GROUPDQ], part[PIXELDQ], g, rn,
+                                dark, dims_out=IMAGE_DIMS, new_axis=("term", nterm), dtype=np.float64,
+                                name="draft_rate_terms", **kw)
+        sums = [terms.isel(term=k, drop=True) for k in range(nterm)]
+        rate = _ramp_fit.finalize_rate(sums, part[PIXELDQ], g, nints=hi - lo)[DATA]
+        rates.append(((lo, hi), rate))
+    return rates
+
+
+def official_scene_mask(ds: xr.Dataset, *, gain, readnoise, n_sigma: float,
+                        single_mask: bool = True) -> xr.DataArray:
+    """Scene mask (True = background) from the official draft rate, lazily.
+
+    ``(y, x)`` for a one-segment exposure with ``single_mask``; ``(integration, y, x)``
+    otherwise: each integration gets its segment's mask (``single_mask``) or its own
+    (from the draft ``rateints``).
+    """
+    if not single_mask:
+        rateints = official_draft_rates(ds, gain=gain, readnoise=readnoise, per_integration=True)
+        return make_scene_mask(rateints, n_sigma=n_sigma)
+    masks = [(hi - lo, make_scene_mask(rate, n_sigma=n_sigma))
+             for (lo, hi), rate in official_draft_rates(ds, gain=gain, readnoise=readnoise)]
+    if len(masks) == 1:
+        return masks[0][1]
+    per_int = [m.expand_dims({INTEGRATION: n}) for n, m in masks]
+    return xr.concat(per_int, dim=INTEGRATION).rename(MASK_VAR)
 
 
 def make_scene_mask(rate: xr.DataArray, *, n_sigma: float) -> xr.DataArray:
@@ -213,7 +295,22 @@ def apply_line_values(ds: xr.Dataset, stripes: xr.DataArray, channel: np.ndarray
     )
 
 
-def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.Dataset:
+def rebuild(ds: xr.Dataset, stripes: xr.DataArray, background: xr.DataArray, channel: np.ndarray,
+            axis: int) -> xr.DataArray:
+    """The cleaned ramp from line values and background levels, on ``ds``'s chunks (lazy)
+    (:func:`daskramp.kernels.clean_flicker_noise.apply_clean`)."""
+    fd = fast_dim(axis)
+    chan = xr.DataArray(np.asarray(channel, np.int8), dims=(fd,), coords={fd: ds[fd]})
+    pieces = [stripes.isel({CHANNEL: c}, drop=True) for c in range(stripes.sizes[CHANNEL])]
+    data = ds[DATA] if ds[DATA].dtype == FLOAT_DTYPE else ds[DATA].astype(FLOAT_DTYPE)
+    return map_ramp_blocks(
+        kernel.apply_clean, data, chan, background, *pieces, dtype=FLOAT_DTYPE, axis_to_correct=axis,
+        name="clean_flicker_noise",
+    )
+
+
+def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readnoise=None,
+                        **params) -> xr.Dataset:
     """Remove 1/f noise from every group difference (lazy).
 
     As for every wrapper, calling it runs the step (``skip=False``); the pipeline default of
@@ -226,6 +323,10 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.D
         groups are left out of the background).  Uses SLOWAXIS, TGROUP, SUBARRAY, INSTRUME.
     skip : bool
         Return ``ds`` unchanged with status SKIPPED.
+    gain, readnoise : array-like or xarray.DataArray (y, x), optional
+        GAIN (e⁻/DN) and READNOISE (DN) cut to the subarray, for the official draft rate
+        (:func:`official_draft_rates`; the pipeline passes the references of jump/ramp_fit).
+        Without them the scene mask comes from the quick :func:`draft_rate`.
     **params
         Other :class:`Params` fields (official names); unknown names raise TypeError.
 
@@ -251,6 +352,9 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.D
 
     if p.user_mask is not None:
         mask = read_user_mask(p.user_mask, ds)
+    elif gain is not None and readnoise is not None:
+        mask = official_scene_mask(ds, gain=gain, readnoise=readnoise, n_sigma=p.n_sigma,
+                                   single_mask=p.single_mask)
     else:
         rate = draft_rate(ds, per_integration=not p.single_mask)
         mask = make_scene_mask(rate, n_sigma=p.n_sigma)
@@ -258,23 +362,27 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.D
     frames = whole_frames(ds)
     fast_size = ds.sizes[fast_dim(axis)]
     channel = kernel.channel_index(fast_size, fit_by_channel=by_channel)
-    stripes = map_ramp_blocks(
-        kernel.flicker_stripes,
+    nchan = int(channel.max()) + 1
+    ldim = line_dim(axis)
+    terms = map_ramp_blocks(
+        kernel.flicker_terms,
         frames[DATA],
         frames[GROUPDQ],
         mask,
-        dims_out=(INTEGRATION, GROUP, line_dim(axis)),
-        new_axis=(CHANNEL, int(channel.max()) + 1),
+        dims_out=(INTEGRATION, GROUP, ldim),
+        new_axis=(CHANNEL, nchan + 1),
         dtype=np.float32,
         axis_to_correct=axis,
         n_sigma=float(p.n_sigma),
         background_method=background_method,
         fit_by_channel=by_channel,
-        name="flicker_stripes",
+        name="flicker_terms",
     )
+    stripes = terms.isel({CHANNEL: slice(0, nchan)})
+    background = terms.isel({CHANNEL: nchan, ldim: 0}, drop=True)
     # applied on the whole-frame blocks, not on the input's tiles: the input is then read
     # once, into those blocks, and never waits in memory for the stripes of every frame
-    updates = {DATA: apply_line_values(frames, stripes, channel, axis), GROUPDQ: frames[GROUPDQ]}
+    updates = {DATA: rebuild(frames, stripes, background, channel, axis), GROUPDQ: frames[GROUPDQ]}
     if p.save_mask:
         updates[MASK_VAR] = mask
     if p.save_noise:
@@ -282,8 +390,15 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, **params) -> xr.D
     return with_status(ds, STATUS, COMPLETE, **updates)
 
 
+def _refs_kwargs(refs, params, ds) -> dict:
+    # the draft rate's ramp fit reads GAIN and READNOISE (the official RampFitStep asks CRDS
+    # for them); without them the step runs on the quick draft rate
+    return {"gain": ref_array(ref(refs, "gain")), "readnoise": ref_array(ref(refs, "readnoise"))}
+
+
 # scratch: an estimate, not a measurement (``python benchmarks/memory_factors.py`` runs the
 # default configuration, in which the step is skipped and costs nothing)
 SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=clean_flicker_noise,
-                scratch=3.0,
+                scratch=3.0, reftypes=("gain", "readnoise"), optional_reftypes=("gain", "readnoise"),
+                refs_kwargs=_refs_kwargs,
                 not_fusable=lambda p: None if p.skip else "clean_flicker_noise fits whole frames")

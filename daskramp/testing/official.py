@@ -2,11 +2,16 @@
 
 Needs the ``parity`` extra (``pip install -e ".[parity]"``).  Follows spec 10: CRDS is never
 contacted (private cache, a refusing server address, local mode, no parameter reference
-files) and every reference file is given as an ``override_<reftype>``.
+files) and every reference file is given as an ``override_<reftype>``.  A lookup no override
+reaches — clean_flicker_noise's draft ``RampFitStep()`` asks CRDS for GAIN and READNOISE — is
+served by a local CRDS cache of the same files (spec 11 §3, :func:`write_crds_cache`,
+``--local-crds``; on by default when clean_flicker_noise runs).
 
 Run as a separate process so its memory can be measured on its own::
 
     python -m daskramp.testing.official UNCAL --refs REFS_DIR --out OUTDIR [--maximum-cores all]
+    python -m daskramp.testing.official UNCAL --refs REFS_DIR --out OUTDIR \
+        --steps-json '{"clean_flicker_noise": {"skip": false}}'
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ STEP_OVERRIDES = {
 
 
 def configure_offline(crds_path: str | Path, context: str = "jwst_1300.pmap") -> None:
-    """Environment that keeps CRDS and astropy off the network (call before importing jwst)."""
+    """Environment that keeps CRDS and astropy off the network (call before importing jwst).
+
+    ``context`` names the pmap CRDS would use; it is only opened for a reference that no
+    ``override_<reftype>`` gives (a cache written by :func:`write_crds_cache` serves those).
+    """
     crds_path = Path(crds_path)
     cfg = crds_path / "config" / "jwst"
     cfg.mkdir(parents=True, exist_ok=True)
@@ -50,6 +59,8 @@ def configure_offline(crds_path: str | Path, context: str = "jwst_1300.pmap") ->
                 "force_remote_mode": False,
                 "last_synced": "2026-01-01 00:00:00",
                 "bad_files": "",
+                # real lookups read it (spec 11 §3)
+                "bad_files_list": [],
                 "download_metadata": "",
             }
         )
@@ -59,8 +70,85 @@ def configure_offline(crds_path: str | Path, context: str = "jwst_1300.pmap") ->
         CRDS_SERVER_URL="https://127.0.0.1:9",
         CRDS_MODE="local",
         CRDS_CONTEXT=context,
+        # the hand-written mappings carry no sha1sum
+        CRDS_IGNORE_MAPPING_CHECKSUM="1",
         STPIPE_DISABLE_CRDS_STEPPARS="True",
     )
+
+
+#: context of the cache :func:`write_crds_cache` writes
+LOCAL_CONTEXT = "jwst_9000.pmap"
+#: reftypes a NIR Detector1 run (with its optional steps) may ask CRDS for that the local cache
+#: answers N/A when no file is given (CRDS answers N/A for them on NIR data, or the step runs
+#: without them: clean_flicker_noise's FLAT and PASTASOSS are only read by options that are
+#: off by default)
+LOCAL_NA = ("ipc", "refpix", "sirskernel", "rscd", "reset", "emicorr", "flat", "pastasoss",
+            "persat", "trapdensity", "trappars")
+
+
+def _mapping_text(header: dict, selector: str) -> str:
+    """A CRDS mapping file: its ``header`` dict and ``selector`` expression."""
+    items = [f"    {k!r} : {v!r}," for k, v in sorted(header.items())]
+    return "\n".join(["header = {", *items, "}", "", f"selector = {selector}", ""])
+
+
+def write_crds_cache(crds_path: str | Path, refs: dict[str, str], attrs: dict, *,
+                     context: str = LOCAL_CONTEXT) -> str:
+    """A minimal offline CRDS cache that serves the given reference files (spec 11 §3).
+
+    The official pipeline asks CRDS for references that no ``override_<reftype>`` can reach:
+    clean_flicker_noise's draft rate is a fresh ``RampFitStep()`` that looks GAIN and
+    READNOISE up itself.  This writes one pmap, one imap for the exposure's instrument and
+    one rmap per reftype of ``refs`` (every DETECTOR value matched, one USEAFTER in 1900, so
+    the file is chosen whatever the observation date), links the files into the cache's
+    ``references/jwst/<instrument>/`` and answers N/A for :data:`LOCAL_NA`.  Then it calls
+    :func:`configure_offline` with the context, so call it before importing jwst.
+
+    Parameters
+    ----------
+    crds_path : path
+        Cache root (created).
+    refs : mapping
+        ``{reftype: path}`` (lower-case reftypes, as :data:`STEP_OVERRIDES` names them).
+    attrs : mapping
+        The exposure's primary header (INSTRUME).
+
+    Returns
+    -------
+    str : the context name (``CRDS_CONTEXT``).
+    """
+    crds_path = Path(crds_path)
+    instrument = str(attrs["INSTRUME"]).strip().upper()
+    inst = instrument.lower()
+    serial = context.removeprefix("jwst_").removesuffix(".pmap")
+    maps = crds_path / "mappings" / "jwst"
+    files = crds_path / "references" / "jwst" / inst
+    maps.mkdir(parents=True, exist_ok=True)
+    files.mkdir(parents=True, exist_ok=True)
+    common = {"observatory": "JWST", "derived_from": "daskramp.testing.official"}
+    imap = f"jwst_{inst}_{serial}.imap"
+    pmap_header = {**common, "mapping": "PIPELINE", "name": context, "parkey": ("META.INSTRUMENT.NAME",)}
+    (maps / context).write_text(_mapping_text(pmap_header, repr({instrument: imap})))
+    selector = {rt.upper(): "N/A" for rt in LOCAL_NA}
+    for reftype, path in refs.items():
+        path = Path(path).resolve()
+        link = files / path.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(path)
+        rmap = f"jwst_{inst}_{reftype.lower()}_{serial}.rmap"
+        header = {**common, "mapping": "REFERENCE", "name": rmap, "instrument": instrument,
+                  "filekind": reftype.upper(), "classes": ("Match", "UseAfter"),
+                  "parkey": (("META.INSTRUMENT.DETECTOR",), ("META.OBSERVATION.DATE", "META.OBSERVATION.TIME"))}
+        # any DETECTOR; one USEAFTER before every observation
+        body = f"Match({{\n    ('ANY',) : UseAfter({{\n        '1900-01-01 00:00:00' : {path.name!r},\n    }}),\n}})"
+        (maps / rmap).write_text(_mapping_text(header, body))
+        selector[reftype.upper()] = rmap
+    imap_header = {**common, "mapping": "INSTRUMENT", "name": imap, "instrument": instrument,
+                   "parkey": ("REFTYPE",)}
+    (maps / imap).write_text(_mapping_text(imap_header, repr(dict(sorted(selector.items())))))
+    configure_offline(crds_path, context=context)
+    return context
 
 
 def step_config(refs: dict[str, str], extra: dict | None = None) -> dict:
@@ -77,11 +165,22 @@ def step_config(refs: dict[str, str], extra: dict | None = None) -> dict:
 
 
 def run_official(uncal, refs: dict[str, str], outdir, *, steps: dict | None = None,
-                 crds_path=None) -> dict:
-    """Run Detector1Pipeline on one uncal segment; return output paths and step timings."""
+                 crds_path=None, local_crds: bool = False) -> dict:
+    """Run Detector1Pipeline on one uncal segment; return output paths and step timings.
+
+    ``local_crds``: CRDS serves ``refs`` from a local cache (:func:`write_crds_cache`), for
+    the references a step looks up without an override (clean_flicker_noise's draft ramp
+    fit); otherwise the cache is empty and every lookup must be overridden.
+    """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    configure_offline(crds_path or outdir / "crds_cache")
+    crds_path = crds_path or outdir / "crds_cache"
+    if local_crds:
+        from astropy.io import fits
+
+        write_crds_cache(crds_path, refs, dict(fits.getheader(str(uncal), 0)))
+    else:
+        configure_offline(crds_path)
     from astropy.utils import iers
 
     iers.conf.auto_download = False
@@ -131,6 +230,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--maximum-cores", default="1")
     p.add_argument("--steps-json", help="extra step parameters as JSON")
+    p.add_argument("--local-crds", action="store_true",
+                   help="serve the references from a local CRDS cache too (for lookups no "
+                        "override reaches, e.g. clean_flicker_noise's draft ramp fit; implied "
+                        "when --steps-json turns clean_flicker_noise on)")
     args = p.parse_args(argv)
     refs_arg = Path(args.refs)
     if refs_arg.is_dir():
@@ -148,7 +251,9 @@ def main(argv=None) -> int:
     extra = json.loads(args.steps_json) if args.steps_json else {}
     for step in ("jump", "ramp_fit"):
         extra.setdefault(step, {})["maximum_cores"] = args.maximum_cores
-    out = run_official(args.uncal, refs, args.out, steps=extra)
+    # the draft ramp fit of clean_flicker_noise cannot be given overrides: CRDS must serve it
+    cfn_on = not extra.get("clean_flicker_noise", {}).get("skip", True)
+    out = run_official(args.uncal, refs, args.out, steps=extra, local_crds=args.local_crds or cfn_on)
     print(json.dumps(out))
     return 0
 

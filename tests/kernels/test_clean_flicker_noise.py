@@ -11,6 +11,7 @@ import pytest
 import xarray as xr
 
 from daskramp import dq
+from daskramp.dims import chunk
 from daskramp.kernels import clean_flicker_noise as k
 from daskramp.steps.clean_flicker_noise import Params, clean_flicker_noise
 from daskramp.testing.ramps import forbid_compute, make_ramp
@@ -159,6 +160,47 @@ def test_apply_on_spatial_blocks_equals_whole():
     np.testing.assert_array_equal(whole[:, :, 2:, 3:], right)
 
 
+def test_background_level_is_the_last_plane_of_the_terms():
+    # the case of test_median_background_is_restored: background 5, line values −1, +1
+    diffs = np.array([[[4.0, 6.0]] * 4])
+    data = _ramp_from_diffs(diffs, g0=np.full((4, 2), 100.0))
+    t = k.flicker_terms(data, np.zeros(data.shape, np.uint8), np.ones((4, 2), bool), axis_to_correct=1)
+    assert t.shape == (2, 1, 2, 2) and t.dtype == np.float32
+    np.testing.assert_array_equal(t[0, 0, 1], [-1.0, 1.0])
+    np.testing.assert_array_equal(t[1, 0, 1], [5.0, 5.0])
+    np.testing.assert_array_equal(t[:, 0, 0], 0.0)  # group 0 is never a difference
+    np.testing.assert_array_equal(k.flicker_stripes(data, np.zeros(data.shape, np.uint8),
+                                                    np.ones((4, 2), bool), axis_to_correct=1), t[:1])
+
+
+def test_apply_clean_hand_case():
+    # one column of 3 rows, 4 groups.  Difference 1: D = 5, background b = 2, line value 1 →
+    # clean = ((5 − 2) − 1) + 2 = 4.  Difference 2 skipped (NaN line values): group 2 as read.
+    # Difference 3: D = 7 − 3 = 4 (group 3 − group 2 of the input), b = 1, s = 0.5 → 3.5.
+    data = np.zeros((1, 4, 3, 1), np.float32)
+    data[0, :, :, 0] = np.array([10.0, 15.0, 3.0, 7.0])[:, None]
+    data[0, 1, 2, 0] = np.nan  # a NaN sample: NaN until the skipped difference
+    bkg = np.array([[0.0, 2.0, 0.0, 1.0]], np.float32)
+    s = np.array([[[0.0], [1.0], [np.nan], [0.5]]], np.float32)  # (integration, group, x)
+    out = k.apply_clean(data, np.zeros(3, np.int8), bkg, s, axis_to_correct=1)
+    np.testing.assert_array_equal(out[0, :, 0, 0], [10.0, 14.0, 3.0, 6.5])
+    assert np.isnan(out[0, 1, 2, 0]) and out[0, 2, 2, 0] == 3.0 and out[0, 3, 2, 0] == 6.5
+
+
+def test_apply_clean_rounds_as_the_official_float32_recurrence():
+    # float32 spacing is 2 at 2**24.  Groups 2**24, 2**24 + 2, 2**24 + 4, line value 0.75
+    # in both differences, no background:
+    #   official: clean = 2 − 0.75 = 1.25; out1 = fl(2**24 + 1.25) = 2**24 + 2,
+    #             out2 = fl(2**24 + 2 + 1.25) = 2**24 + 4;
+    #   data − accumulated line values: fl(2**24 + 4 − 1.5) = 2**24 + 2.
+    base = np.float32(2**24)
+    data = np.array([base, base + 2, base + 4], np.float32).reshape(1, 3, 1, 1)
+    s = np.array([[[0.0], [0.75], [0.75]]], np.float32)
+    out = k.apply_clean(data, np.zeros(1, np.int8), np.zeros((1, 3), np.float32), s, axis_to_correct=1)
+    assert out[0, 2, 0, 0] == base + 4
+    assert k.apply_stripes(data, np.zeros(1, np.int8), s, axis_to_correct=1)[0, 2, 0, 0] == base + 2
+
+
 def test_draft_slopes_hand_case():
     # TGROUP 10 s; pixel (0,0): 0, 10, 20, 30 DN → (30 − 0)/(3·10) = 1 DN/s.
     # pixel (0,1): saturated from group 2 → groups 0..1: (10 − 0)/10 = 1 DN/s... with 5 → 0.5.
@@ -278,6 +320,85 @@ def test_unimplemented_options_raise():
             clean_flicker_noise(ds, **kw)
 
 
+def _two_segment_exposure(source_in_second=True):
+    """Striped NIRISS-like exposure of 2 segments × 2 integrations, with GAIN (1.5 e⁻/DN)
+    and READNOISE (10 DN) images; a bright pixel (7, 9) only in the second segment."""
+    ds, _ = _striped_exposure(nint=4, ngroup=5, ny=24, nx=32, stripe_sigma=3.0, seed=4)
+    ds = ds.assign_coords(segment=("integration", np.array([1, 1, 2, 2], np.int32)))
+    if source_in_second:
+        ds["data"].values[2:, :, 7, 9] += (np.arange(5) * 400.0)[None, :]
+    gain = np.full((24, 32), 1.5, np.float32)
+    readnoise = np.full((24, 32), 10.0, np.float32)
+    return ds, gain, readnoise
+
+
+def test_official_draft_rate_is_the_ramp_fit_rate_of_each_segment():
+    from daskramp.steps.clean_flicker_noise import official_draft_rates
+    from daskramp.steps.ramp_fit import ramp_fit
+
+    ds, gain, rn = _two_segment_exposure()
+    rates = official_draft_rates(ds, gain=gain, readnoise=rn)
+    assert [b for b, _ in rates] == [(0, 2), (2, 4)]
+    for (lo, hi), rate in rates:
+        # the official draft: RampFitStep() with its code defaults on the segment's ramp
+        expected = ramp_fit(ds.isel(integration=slice(lo, hi)), gain=gain, readnoise=rn)[0]["data"]
+        np.testing.assert_array_equal(rate.values, expected.values)
+    lazy_in = chunk(ds, {"integration": 1, "x": 16})
+    with forbid_compute():
+        lazy = official_draft_rates(lazy_in, gain=gain, readnoise=rn)
+        ints = official_draft_rates(lazy_in, gain=gain, readnoise=rn, per_integration=True)
+    with dask.config.set(scheduler="synchronous"):
+        for (_, a), (_, b) in zip(lazy, rates):
+            np.testing.assert_array_equal(a.values, b.values)
+        for lo, hi in ((0, 2), (2, 4)):
+            expected = ramp_fit(ds.isel(integration=slice(lo, hi)), gain=gain, readnoise=rn)[1]["data"]
+            np.testing.assert_array_equal(ints.values[lo:hi], expected.values)
+
+
+def test_each_segment_gets_its_own_scene_mask():
+    from daskramp.steps.clean_flicker_noise import official_scene_mask
+
+    ds, gain, rn = _two_segment_exposure()
+    m = official_scene_mask(ds, gain=gain, readnoise=rn, n_sigma=2.0)
+    assert m.dims == ("integration", "y", "x")
+    # the source (rate ≈ 400 DN/s / TGROUP) is masked in the second segment only
+    assert m.values[:2, 7, 9].all() and not m.values[2:, 7, 9].any()
+    np.testing.assert_array_equal(m.values[0], m.values[1])
+    np.testing.assert_array_equal(m.values[2], m.values[3])
+    # the stripe-free band of bright rows (test exposure) is masked in both
+    assert not m.values[:, 15, :].any()
+    one, gain1, rn1 = _two_segment_exposure(source_in_second=False)
+    one = one.isel(integration=slice(0, 2))
+    assert official_scene_mask(one, gain=gain1, readnoise=rn1, n_sigma=2.0).dims == ("y", "x")
+
+
+def test_lazy_equals_eager_with_the_official_draft_rate():
+    ds, gain, rn = _two_segment_exposure()
+    eager = clean_flicker_noise(ds, gain=gain, readnoise=rn, save_mask=True)
+    # the official masks, one per segment (the quick draft makes one for the exposure)
+    assert eager["flicker_mask"].dims == ("integration", "y", "x")
+    assert clean_flicker_noise(ds, save_mask=True)["flicker_mask"].dims == ("y", "x")
+    for chunks in ({"integration": 1}, {"integration": 2, "x": 16}, {"x": 8, "y": 12}):
+        with forbid_compute():
+            lazy = clean_flicker_noise(chunk(ds, chunks), gain=gain, readnoise=rn, save_mask=True)
+        with dask.config.set(scheduler="synchronous"):
+            np.testing.assert_array_equal(lazy["data"].values, eager["data"].values)
+            np.testing.assert_array_equal(lazy["flicker_mask"].values, eager["flicker_mask"].values)
+
+
+def test_the_step_takes_gain_and_readnoise_from_the_references():
+    from types import SimpleNamespace
+
+    from daskramp.steps import clean_flicker_noise as step
+
+    files = {"gain": SimpleNamespace(arrays={"SCI": "GAIN"}), "readnoise": SimpleNamespace(arrays={"SCI": "RN"})}
+    refs = SimpleNamespace(get=files.get)
+    assert step.SPEC.refs_kwargs(refs, step.Params(skip=False), None) == {"gain": "GAIN", "readnoise": "RN"}
+    # optional: without them the step still runs (quick draft rate), it is never skipped for them
+    assert step.SPEC.refs_kwargs(None, step.Params(skip=False), None) == {"gain": None, "readnoise": None}
+    assert set(step.SPEC.optional_reftypes) == {"gain", "readnoise"} and step.SPEC.missing(None) == []
+
+
 @pytest.mark.parity
 def test_parity_with_official_user_mask(tmp_path):
     import importlib.util
@@ -305,3 +426,113 @@ def test_parity_with_official_user_mask(tmp_path):
                                         user_mask=str(tmp_path / "mask.fits")).data
     ours = clean_flicker_noise(ds, user_mask=m)["data"].values
     np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
+#: environment variables :func:`daskramp.testing.official.write_crds_cache` sets
+_CRDS_ENV = ("CRDS_PATH", "CRDS_SERVER_URL", "CRDS_MODE", "CRDS_CONTEXT", "CRDS_IGNORE_MAPPING_CHECKSUM",
+             "STPIPE_DISABLE_CRDS_STEPPARS")
+
+
+@pytest.mark.parity
+def test_parity_with_official_step_default_settings(tmp_path, monkeypatch):
+    """The official CleanFlickerNoiseStep at its defaults on daskramp's jump output (bit for
+    bit the official one), against the wrapper given the same GAIN/READNOISE.
+
+    Its draft RampFitStep asks CRDS for GAIN and READNOISE: a local cache in ``tmp_path``
+    serves the simulated files (spec 11 §3)."""
+    import importlib.util
+
+    if importlib.util.find_spec("jwst") is None:
+        pytest.skip("jwst is not installed")
+    from daskramp.io import open_exposure
+    from daskramp.io.refs import RefSet
+    from daskramp.pipeline import detector1
+    from daskramp.simulate import simulate
+    from daskramp.testing.official import write_crds_cache
+
+    sim = simulate(tmp_path / "sim", preset="niriss-soss", nints=3, ngroups=6, nx=64, seed=5,
+                   one_over_f_amplitude=4.0)
+    uncal = sim.uncal_files[0]
+    res = detector1(open_exposure(uncal), sim.refs_dir, save_steps=["jump"])
+    with dask.config.set(scheduler="synchronous"):
+        ramp = res.intermediates["jump"].compute()
+    refs = RefSet.from_dir(sim.refs_dir, ramp.attrs)
+    gain, rn = (np.asarray(refs.get(rt).arrays["SCI"]) for rt in ("gain", "readnoise"))
+    ours = clean_flicker_noise(ramp, gain=gain, readnoise=rn)["data"].values
+
+    for key in _CRDS_ENV:
+        monkeypatch.setenv(key, "")  # restored after the test; write_crds_cache sets them
+    from astropy.io import fits
+
+    write_crds_cache(tmp_path / "crds", {rt: str(f) for rt, f in sim.refs.items()}, dict(fits.getheader(uncal)))
+    from jwst.clean_flicker_noise import CleanFlickerNoiseStep
+    from stdatamodels.jwst import datamodels
+
+    with datamodels.RampModel(str(uncal)) as model:
+        model.data = ramp["data"].values
+        model.groupdq = ramp["groupdq"].values
+        model.pixeldq = ramp["pixeldq"].values
+        model.err = np.zeros(model.data.shape, np.float32)
+        model.average_dark_current = ramp["average_dark_current"].values
+        before = model.data.copy()
+        out = CleanFlickerNoiseStep.call(model, skip=False, override_flat="N/A", override_pastasoss="N/A")
+        theirs = np.asarray(out.data)
+        assert out.meta.cal_step.clean_flicker_noise == "COMPLETE"
+    # the 1/f stripes moved the ramp by ~DN; the two cleanings agree to the float32 bit
+    assert np.nanmedian(np.abs(theirs - before)) > 0.1
+    same = (ours == theirs) | (np.isnan(ours) & np.isnan(theirs))
+    assert same.mean() >= 0.999, same.mean()
+    assert np.nanmax(np.abs(ours.astype(np.float64) - theirs)) <= 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_parity_with_official_default_settings(tmp_path):
+    """Detector1 with clean_flicker_noise at its defaults, official and daskramp, same inputs.
+
+    Two SOSS segments with 4 DN of 1/f noise; the official pipeline runs offline with a local
+    CRDS cache serving the simulated GAIN/READNOISE to its draft ramp fit (spec 11 §3)."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("jwst") is None:
+        pytest.skip("jwst is not installed")
+    from astropy.io import fits
+
+    from daskramp.io import open_exposure
+    from daskramp.pipeline import detector1
+    from daskramp.simulate import simulate
+    from daskramp.testing.parity import compare_arrays
+
+    sim = simulate(tmp_path / "sim", preset="niriss-soss", nints=3, segments=2, ngroups=6, nx=64, seed=5,
+                   one_over_f_amplitude=4.0)
+    on = {"clean_flicker_noise": {"skip": False}}
+    argv = [[str(u), "--refs", str(sim.refs_dir), "--out", str(tmp_path / f"official{k}"), "--local-crds",
+             "--steps-json", json.dumps(on)] for k, u in enumerate(sim.uncal_files)]
+    code = ("import sys, json\nfrom daskramp.testing.official import main\n"
+            "for a in json.loads(sys.argv[1]):\n    main(a)\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    official = {}
+    for r in reports:
+        with fits.open(r["rateints"]) as h:
+            assert h[0].header["S_CLNFNS"] == "COMPLETE"
+            for v, e in (("data", "SCI"), ("dq", "DQ")):
+                official.setdefault(v, []).append(np.asarray(h[e].data))
+    official = {v: np.concatenate(a) for v, a in official.items()}
+
+    def ours(steps):
+        res = detector1(open_exposure(sim.uncal_files), sim.refs_dir, steps=steps)
+        with dask.config.set(scheduler="synchronous"):
+            return res.rateints.compute()
+
+    cleaned, plain = ours(on), ours(None)
+    r = compare_arrays(cleaned["data"].values, official["data"])
+    assert r["nan_pattern_identical"], r
+    assert r["fraction_close"] >= 0.999, r
+    np.testing.assert_array_equal(cleaned["dq"].values, official["dq"])
+    # the comparison is not vacuous: the step moves most rates by more than the tolerance
+    assert compare_arrays(plain["data"].values, official["data"])["fraction_close"] < 0.5
