@@ -201,3 +201,28 @@ def test_monitor_non_tty_lines_and_peaks():
                         "peak_memory_per_worker": mon.peak_memory})
     assert "throughput (MB/s)" in s and "w1" in s and "50.00 MiB" in s
     assert format_bytes(3 * GiB) == "3.00 GiB"
+
+
+def test_large_workers_get_full_speed_tiles_not_the_largest():
+    """Tiles are sized for FULL_SPEED_TASK_BYTES when the workers have more memory: a 12 GB
+    worker gets the tiles of a ~2 GB one; explicit sizes are not capped, and a worker with
+    less memory still gets tiles that fit it."""
+    from daskramp.engine.plan import FULL_SPEED_TASK_BYTES, plan_tiles, sizing_budget
+
+    ds = _exposure(nint=158, ngroups=9)
+    per_column = CHAIN_FACTOR * 4 * 158 * 9 * 256  # ≈ 11.4 MB
+    big, cap = 12 * GiB, FULL_SPEED_TASK_BYTES
+    cols_big = plan_tiles(ds, memory_limit=task_budget(big))
+    assert cols_big == plan_tiles(ds, memory_limit=cap)
+    assert cols_big * per_column <= cap < 2 * 2048 * per_column
+    # hand numbers: 1 GiB / 11.4 MB = 94 columns → the power of two 64
+    assert int(cap // per_column) == 94 and cols_big == 64
+    # a smaller worker: its own budget, below the cap
+    assert plan_tiles(ds, memory_limit=task_budget(1 * GiB)) == 32
+    assert sizing_budget(None) is None and sizing_budget(10) == 10
+    # explicit widths stay as asked, and the memory check still uses the whole budget
+    assert plan_tiles(ds, memory_limit=task_budget(big), tile_columns=512) == 512
+    _, cols, plan = plan_chunking(ds, memory_limit=big, tile_columns=512)
+    assert cols == 512 and plan.budget == task_budget(big)
+    # the default plan on a 12 GB worker: the same 64-column tiles
+    assert plan_chunking(ds, memory_limit=big)[1] == 64

@@ -23,7 +23,7 @@ from ..dims import GROUP, INTEGRATION, PIXELDQ, X, Y
 from ..io.refs import RefSet
 from .chain import Plan, Reader, loaded_params, reader_for, row_align, skeleton, status_of
 from .graph import distributed_client, staged
-from .plan import CHAIN_FACTOR, bounds, int_bounds, plan_tiles, tile_shape
+from .plan import CHAIN_FACTOR, bounds, int_bounds, plan_tiles, sizing_budget, tile_shape
 from .policy import halo_width, needs_draft_rate, whole_axis
 from .stages import Detector1Result, finish
 from .stats import (
@@ -110,7 +110,7 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     budget = None
     if memory_limit is not None:
         nint = max(b - a for a, b in ints)
-        budget = int(memory_limit // (CHAIN_FACTOR * 4 * nint * ds.sizes[GROUP]))
+        budget = int(sizing_budget(memory_limit) // (CHAIN_FACTOR * 4 * nint * ds.sizes[GROUP]))
     rows, cols = tile_shape(ny, nx, columns=cols, ghost=h, pixel_budget=budget,
                             row_align=row_align(reader, ds), tile_rows=tile_rows, whole=whole_axis(ds, p))
     cube = ["data", "err", "var_poisson", "var_rnoise", "dq"]

@@ -78,6 +78,21 @@ TILE_STEPS = tuple(s.name for s in registry.REGISTRY if s.pools_integrations)
 USABLE_FRACTION = 0.6
 
 
+#: the task memory tiles are sized for when the workers have more.  A tile task of this size
+#: already runs at full speed: its fixed costs (opening the window, the steps' per-call
+#: overhead, reading a page per row of each frame) are a few per cent of its work, and a
+#: larger tile only holds more memory for the same wall time (``benchmarks/floor.py`` runs
+#: the defaults, ``benchmarks/detector1.py --memory-limit`` other sizes).  Explicit sizes
+#: (``tile_columns``, ``tile_rows``, ``integration_chunk``) are not capped.
+FULL_SPEED_TASK_BYTES = 2**30
+
+
+def sizing_budget(budget: int | None) -> int | None:
+    """The bytes a task is sized for: the task budget, at most :data:`FULL_SPEED_TASK_BYTES`
+    (None: no limit, every column in one tile)."""
+    return None if budget is None else min(int(budget), FULL_SPEED_TASK_BYTES)
+
+
 class MemoryBudgetError(MemoryError):
     """A task of the chosen chunking is projected to need more memory than a worker has."""
 
@@ -308,7 +323,9 @@ def columns_within(nx: int, per_column: float, budget: int | None, *, tile_colum
     elif budget is None:
         cols = nx
     else:
-        cols = int(budget // per_column) - 2 * int(ghost)
+        cols = int(sizing_budget(budget) // per_column) - 2 * int(ghost)
+        if cols < 1 and budget // per_column - 2 * int(ghost) >= 1:
+            cols = 1  # one column fits the worker, if not the full-speed size
         if cols < 1:
             raise (too_big() if too_big is not None else MemoryError(
                 f"one column of {per_column / 2**20:.0f} MiB does not fit {budget / 2**20:.0f} MiB"))
@@ -427,7 +444,7 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
         per_block = per_block[: per_block.index(registry.pooling_step())]
         local = [s for s in active_steps(steps) if s in per_block]
         worst = max([step_factor(s) for s in local] or [1.0])
-        fit = integrations_per_chunk(frame, budget=budget, factor=worst)
+        fit = integrations_per_chunk(frame, budget=sizing_budget(budget), factor=worst)
         if fit is not None and 1 <= fit < max(data.chunks[0]):
             ds = dims.chunk(ds, {dims.INTEGRATION: fit})
     try:
