@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run calwebb_detector1 on uncal segments or a Zarr store",
                        epilog=RUN_EPILOG.format(steps=_step_names()),
-                       usage="%(prog)s INPUT [INPUT ...] --out DIR [--refs DIR] "
+                       usage="%(prog)s INPUT [INPUT ...] --out DIR [--refs DIR | --crds] "
                              "[--steps.<step>.<param>=VALUE ...] [options]")
     r.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="the uncal FITS segments of one exposure, or one Zarr store from `daskramp ingest`")
@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the official name from the uncal files)")
     r.add_argument("--refs", metavar="DIR",
                    help="directory of CRDS-format reference files (selected by the official rules)")
+    r.add_argument("--crds", action="store_true",
+                   help="take every reference and the parameter reference files (pars-*) from "
+                        "the CRDS cache $CRDS_PATH, context $CRDS_CONTEXT, as the official "
+                        "pipeline does (offline with CRDS_MODE=local); instead of --refs")
     r.add_argument("--config", metavar="FILE", action="append",
                    help="workflow YAML (step parameters and settings, workflows/*.yaml) or an "
                         "official parameter file (ASDF: pars-detector1pipeline, pars-<step>, or "
@@ -438,7 +442,7 @@ def _cmd_run(args, extra) -> int:
     summary = run(args.inputs, args.out, refs=args.refs, config=cfg, overrides=overrides,
                   save_steps=save, cluster=_cluster_profile(args), fits=not args.no_fits,
                   progress=not args.no_progress, report=args.report,
-                  overwrite=args.overwrite, workflow=args.config)
+                  overwrite=args.overwrite, workflow=args.config, crds=args.crds)
     _print_run_summary(summary)
     return 0
 

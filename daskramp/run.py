@@ -193,6 +193,7 @@ def run(
     report: str | Path | None = None,
     overwrite: bool = False,
     workflow: str | Path | Sequence[str | Path] | None = None,
+    crds: bool = False,
 ) -> dict:
     """Open the exposure, check memory, execute the graph on a dask cluster, write the products.
 
@@ -228,6 +229,11 @@ def run(
         ``config``).  Each is recorded in the provenance (``config_files``: name, sha256 and,
         for a parameter file, the values taken from it); one file's sha256 goes into the
         fingerprint (``workflow``), several files' into its settings.
+    crds : bool
+        Take every reference, and the parameter reference files, from the user's CRDS cache
+        (``CRDS_PATH``, ``CRDS_CONTEXT``; :mod:`daskramp.io.crds`) instead of ``refs``: the
+        parameter files go under ``config``, as the official pipeline puts them under the
+        user's; ``overrides`` still beat CRDS's choice.  Exclusive with ``refs``.
 
     Returns
     -------
@@ -271,18 +277,18 @@ def run(
     with log_to(stderr=show and not logging_configured()):
         return _run(inputs, outdir, refs=refs, config=config, overrides=overrides,
                     save_steps=save_steps, cluster=cluster, fits=fits, quiet=quiet, client=client,
-                    show=show, report=report, overwrite=overwrite, workflow=workflow)
+                    show=show, report=report, overwrite=overwrite, workflow=workflow, crds=crds)
 
 
 def _run(inputs, outdir, *, refs, config, overrides, save_steps, cluster, fits, quiet, client, show,
-         report, overwrite, workflow) -> dict:
+         report, overwrite, workflow, crds=False) -> dict:
     from .io.outdir import claim, lock_output
 
     log = logger.info
     t_start = time.perf_counter()
     prep = prepare(inputs, outdir, refs=refs, config=config, overrides=overrides,
                    save_steps=save_steps, report=report, workflow=workflow, cluster=cluster,
-                   client=client)
+                   client=client, crds=crds)
     t0 = time.perf_counter()
     with lock_output(prep.outdir, log=log):
         state = claim(prep.outdir, prep.root, prep.fingerprint, overwrite=overwrite, log=log)
@@ -328,6 +334,10 @@ def _log_prepared(prep: Prepared, seconds: float) -> None:
     logger.info(f"{prep.root}: {what}; {len(dims.segment_bounds(ds))} segment(s), "
                 f"{ds.sizes[dims.INTEGRATION]} integrations × {ds.sizes[dims.GROUP]} groups × "
                 f"{shape} pixels")
+    crds = getattr(prep.refs, "crds", None)
+    if crds:
+        logger.info(f"CRDS context {crds['context']} (crds {crds['version']}, {crds['mode']} "
+                    f"best references, cache {crds['path']})")
     for rec in prep.config_files:
         if rec["format"] == "yaml":
             logger.info(f"configuration {rec['file']} (workflow YAML)")
@@ -335,7 +345,8 @@ def _log_prepared(prep: Prepared, seconds: float) -> None:
         from .parsfile import changes
 
         changed = changes(rec["values"])
-        logger.info(f"configuration {rec['file']} (official {rec['kind']} parameter file, "
+        logger.info(f"configuration {rec['file']} ({'CRDS ' if rec.get('crds') else ''}"
+                    f"official {rec['kind']} parameter file, "
                     f"{rec['class'].rsplit('.', 1)[-1]}): "
                     + (", ".join(f"{k}={v!r}" for k, v in changed.items()) or "step defaults only"))
     refs = prep.refs.provenance() if prep.refs is not None else {}
@@ -409,9 +420,13 @@ class Prepared:
 
 
 def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_steps=(), report=None,
-            workflow=None, cluster=None, client=None) -> Prepared:
+            workflow=None, cluster=None, client=None, crds=False) -> Prepared:
     """Check everything a run needs that can be checked without computing, in the order a user
     fixes them: settings, output location, inputs, parameters, references, memory.
+
+    ``crds``: the references and parameter reference files come from the CRDS cache
+    (:mod:`daskramp.io.crds`); the cache is checked with the settings, the lookups follow
+    the opening of the inputs.
 
     Raises the errors listed in :func:`run`; nothing is written but the output directory.
     """
@@ -421,6 +436,9 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
     from .pipeline import package_versions, reference_set, validate_steps
 
     config = dict(config or {})
+    if crds and refs is not None:
+        raise ConfigError("--crds and --refs exclude each other: the references come from the "
+                          "CRDS cache or from a directory; give one")
     unknown = set(config) - WORKFLOW_SETTINGS
     if unknown:
         raise ConfigError(f"unknown workflow settings {sorted(unknown)}; known: {sorted(WORKFLOW_SETTINGS)}")
@@ -446,6 +464,11 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
     for wf in workflow:
         if not wf.is_file():
             raise ConfigError(f"{wf}: workflow file not found")
+    cache = None
+    if crds:
+        from .io import crds as crds_io
+
+        cache = crds_io.open_cache()
     outdir = Path(outdir)
     check_output_dir(outdir)
     inputs = [Path(p) for p in inputs]
@@ -460,11 +483,27 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         if importlib.util.find_spec("bokeh") is None:
             raise ConfigError("--report needs the bokeh package (pip install 'bokeh>=3.1')")
     opened = open_exposure(inputs if len(inputs) > 1 else inputs[0])
+    crds_files = []
+    if cache is not None:
+        # CRDS parameter files under everything the user gave (spec 11 §4)
+        crds_config, crds_files = crds_io.parameters(opened.attrs, cache, under=config)
+        config = crds_io.layered_under(crds_config, config)
     params = validate_steps(config.get("steps"))
     config_files = _config_files(workflow, opened)
-    refset = reference_set(opened, refs, params, overrides, strict=True)
+    if crds_files:
+        from .parsfile import check_exposure
+
+        for rec in crds_files:
+            check_exposure(rec, opened.attrs)
+        config_files = crds_files + config_files
+    if cache is not None:
+        refset = crds_io.reference_set(opened.attrs, params, overrides=overrides, cache=cache)
+    else:
+        refset = reference_set(opened, refs, params, overrides, strict=True)
     root = product_root(inputs)
     settings = {"stats_scope": stats_scope}
+    if cache is not None:
+        settings["crds_context"] = cache.context
     if len(workflow) > 1:
         settings["config_files"] = [rec["sha256"] for rec in config_files]
     fingerprint = Fingerprint.make(

@@ -215,7 +215,8 @@ def product_attrs(attrs: Mapping, provenance: Mapping, *, kind: str) -> dict:
 
     Statuses already in ``attrs`` (set by the step wrappers) win over those derived from
     ``provenance["steps"][name]["status"]``; ``R_xxxxxx`` keywords come from
-    ``provenance["reference_files"]`` (as returned by ``RefSet.provenance()``).
+    ``provenance["reference_files"]`` (as returned by ``RefSet.provenance()``), ``CRDS_CTX``
+    and ``CRDS_VER`` from ``provenance["crds"]`` (references chosen by CRDS).
     """
     out = {
         str(k): _attr_value(v)
@@ -233,7 +234,12 @@ def product_attrs(attrs: Mapping, provenance: Mapping, *, kind: str) -> dict:
     for rt, rec in (provenance.get("reference_files") or {}).items():
         key = REFERENCE_KEYWORDS.get(rt)
         if key and isinstance(rec, Mapping) and rec.get("file"):
-            out[key] = str(rec["file"])
+            # a file CRDS chose is named by its URI (crds://…), as the official products name it
+            out[key] = str(rec.get("uri") or rec["file"])
+    crds = provenance.get("crds")
+    if isinstance(crds, Mapping) and crds.get("context"):
+        out["CRDS_CTX"] = str(crds["context"])
+        out["CRDS_VER"] = str(crds.get("version", ""))
     # the model of the product, as its FITS file says (not the uncal's Level1bModel)
     out["DATAMODL"] = DATAMODELS[kind]
     out["BUNIT"] = "DN" if kind == "ramp" else "DN/s"

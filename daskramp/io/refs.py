@@ -876,6 +876,26 @@ class RefSet:
                    for a in f.arrays.values())
 
     @classmethod
+    def from_files(cls, files: Mapping[str, str | Path | None], exposure_attrs: Mapping, *,
+                   reasons: Mapping[str, str] | None = None) -> RefSet:
+        """Read files chosen elsewhere (by CRDS, :mod:`daskramp.io.crds`), one per reftype.
+
+        Each file is read and checked as an override is (REFTYPE, INSTRUME, DETECTOR, layout,
+        subarray; no selector or USEAFTER check: whoever chose it selected).  A reftype given
+        None, or not given, has no file: its reason is ``reasons[reftype]`` (the step is
+        skipped, as for "N/A").  The set has a :meth:`recipe`, as one :meth:`from_dir` reads.
+        """
+        unknown = set(files) - set(REFTYPES)
+        if unknown:
+            raise ReferenceFileError(f"unknown reftype(s) {sorted(unknown)}; known: {REFTYPES}")
+        loaded = {rt: None if files.get(rt) is None else load_reffile(rt, files[rt], exposure_attrs)
+                  for rt in REFTYPES}
+        out = cls(loaded, reasons=reasons)
+        out._recipe = ({rt: None if f is None else (str(f.path), f.sha256) for rt, f in loaded.items()},
+                       dict(exposure_attrs))
+        return out
+
+    @classmethod
     def from_dir(
         cls,
         refs_dir,
