@@ -81,8 +81,9 @@ def run_daskramp(files, refs, workers, memory_limit, out, config=None):
     from daskramp.run import run
     from daskramp.testing.memory import TreeMemorySampler
 
-    prof = ClusterProfile(workers=workers, threads_per_worker=1, memory_limit=memory_limit,
-                          dashboard_address=None)
+    # None: daskramp's own default (as `daskramp run` without the option)
+    given = {k: v for k, v in (("workers", workers), ("memory_limit", memory_limit)) if v is not None}
+    prof = ClusterProfile(threads_per_worker=1, dashboard_address=None, **given)
     warm(files)
     with TreeMemorySampler(interval=0.1) as mem:
         t0 = time.perf_counter()

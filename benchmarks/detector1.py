@@ -2,7 +2,8 @@
 
 Prints wall time and peak memory (all processes together) of:
   * daskramp on a local cluster of worker processes, from the uncal FITS segment (read + all
-    steps + products written), and with the segment doubled in integrations;
+    steps + products written), and with the segment doubled in integrations — with
+    daskramp's default settings unless ``--workers``/``--memory-limit`` are given;
   * the official jwst Detector1Pipeline (parity extra) with each ``maximum_cores`` setting;
 and the ratios.  Usage::
 
@@ -37,8 +38,9 @@ def main(argv=None):
     p.add_argument("--ngroups", type=int, default=None, help="groups (default: the preset's)")
     for opt, typ in MODE_OPTIONS.items():
         p.add_argument(f"--{opt}", type=typ, help=f"simulated {opt.upper()} (TSO presets)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--memory-limit", default="4GB")
+    p.add_argument("--workers", type=int, default=None, help="daskramp workers (default: daskramp's, one per core)")
+    p.add_argument("--memory-limit", default=None,
+                   help="per daskramp worker (default: daskramp's, the machine's memory shared by the workers)")
     p.add_argument("--no-jwst", action="store_true", help="skip the official pipeline")
     p.add_argument("--no-double", action="store_true", help="skip the 2× integrations run")
     p.add_argument("--maximum-cores", default="1,all")
@@ -54,6 +56,8 @@ def main(argv=None):
     if not args.no_double:
         sims[2 * args.nints] = simulated(args.preset, 2 * args.nints, ngroups=args.ngroups, **mode)
     print(f"# preset {args.preset} {' '.join(f'{k}={v}' for k, v in mode.items())}", flush=True)
+    setting = (f"{args.workers or 'default'} workers × {args.memory_limit or 'default memory'}"
+               if args.workers or args.memory_limit else "default settings")
     tmp = Path(tempfile.mkdtemp(prefix="daskramp-bench-"))
     rows = []
     try:
@@ -61,14 +65,14 @@ def main(argv=None):
             size = sum(f.stat().st_size for f in sim.uncal_files)
             wall, peak, peak1, summary = run_daskramp(sim.uncal_files, sim.refs_dir, args.workers,
                                                       args.memory_limit, tmp / f"dr{n}")
-            rows.append(("daskramp", n, f"{args.workers} workers", wall, peak, peak1, size))
+            rows.append(("daskramp", n, setting, wall, peak, peak1, size))
             print(f"daskramp  nints={n:4d}  wall {wall:7.1f} s  {size / 1e6 / wall:7.1f} MB/s  "
                   f"peak all processes {gib(peak)}  largest process {gib(peak1)}", flush=True)
             for step in args.with_step:
                 config = {"steps": {step: {"skip": False}}}
                 wall, peak, peak1, summary = run_daskramp(sim.uncal_files, sim.refs_dir, args.workers,
                                                           args.memory_limit, tmp / f"dr{n}-{step}", config)
-                rows.append((f"daskramp +{step}", n, f"{args.workers} workers", wall, peak, peak1, size))
+                rows.append((f"daskramp +{step}", n, setting, wall, peak, peak1, size))
                 print(f"daskramp +{step}  nints={n:4d}  wall {wall:7.1f} s  peak all processes {gib(peak)}  "
                       f"largest process {gib(peak1)}", flush=True)
         if not args.no_jwst:
