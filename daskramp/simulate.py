@@ -58,6 +58,13 @@ For pixel p, integration i, group g (read time t_g after the reset)::
   law ``cr_min_dn·U^(−1/cr_alpha)`` capped at 30000 DN (median ≈ 43 DN, ~3 % above 1000 DN).
   A hit lands in the first group read after it and affects every later group.  Reference and
   dead pixels are not hit.
+* Snowballs (off by default, ``snowball_rate`` > 0): a Poisson number ``snowball_rate`` per
+  integration, each at one time (uniform between the reset and the last read) and a uniform
+  centre: every active pixel within ``r_core`` (uniform in ``snowball_core_radius``, px) of
+  the centre gets ``snowball_core_dn`` (enough to saturate), every one out to ``r_halo``
+  (uniform in ``snowball_halo_radius``) ``snowball_halo_dn`` × U(0.5, 1.5); the hits join the
+  cosmic-ray table and truth.zarr gains ``snowball_*`` (integration, group, centre y/x,
+  radii).  Drawn after the cosmic rays, so the default output is unchanged.
 * GAIN reference: the gain map, with 0 on the reference-pixel border as in flight GAIN files
   (so the official ramp_fit flags those pixels NO_GAIN_VALUE|DO_NOT_USE).
 * Frames averaged on board (NFRAMES > 1): the read time of a group is the mean of its frame
@@ -317,6 +324,11 @@ class Preset:
     nonlin_c3: float = 1e-11  # 1/DN²
     nonlin_rms: float = 0.1  # fractional pixel-to-pixel spread of c2, c3
     cr_rate: float = 5e-5  # per pixel per second
+    snowball_rate: float = 0.0  # snowballs per integration (0: none)
+    snowball_core_radius: tuple[float, float] = (2.5, 4.5)  # px, uniform
+    snowball_halo_radius: tuple[float, float] = (7.0, 14.0)  # px, uniform
+    snowball_core_dn: float = 60000.0  # linear DN per core pixel (saturates)
+    snowball_halo_dn: float = 400.0  # linear DN per halo pixel (× U(0.5, 1.5))
     cr_min_dn: float = 20.0
     cr_alpha: float = 0.9
     poisson_exact_below: float = 10.0  # e- per group
@@ -1079,6 +1091,10 @@ def _one_integration(state, i: int):
     jt = rng.uniform(0.0, t_last, nj)
     jgrp = np.searchsorted(state["t_read"], jt, side="left").astype(np.int64)
     jamp = np.minimum(p.cr_min_dn * (1.0 - rng.random(nj)) ** (-1.0 / p.cr_alpha), 30000.0)
+    snow = np.zeros((6, 0), np.float32)
+    if p.snowball_rate > 0:
+        jflat, jgrp, jamp, snow = _snowballs(state, rng, jflat, jgrp, jamp, i)
+        nj = jflat.size
     order = np.argsort(jflat, kind="stable")
     jflat, jgrp, jamp = jflat[order], jgrp[order], jamp[order]
     jptr = np.concatenate([[0], np.cumsum(np.bincount(jflat, minlength=ny * nx))]).astype(np.int64)
@@ -1098,10 +1114,48 @@ def _one_integration(state, i: int):
             int(state["nl_eff"]), jptr, jgrp, jamp, z1, z2,
         )
     jy, jx = np.divmod(jflat, nx)
-    jumps = np.stack([np.full(nj, i), jgrp, jy, jx]).astype(np.int32), jamp.astype(np.float32)
+    jumps = np.stack([np.full(nj, i), jgrp, jy, jx]).astype(np.int32), jamp.astype(np.float32), snow
     sy, sx = np.nonzero(first_sat < ng)
     sat = np.stack([np.full(sy.size, i), first_sat[sy, sx], sy, sx]).astype(np.int32)
     return out, jumps, sat, offs
+
+
+def _snowballs(state, rng, jflat, jgrp, jamp, i):
+    """Add this integration's snowballs to the cosmic-ray table (see the module docstring).
+
+    Returns the extended ``jflat, jgrp, jamp`` and the truth rows (6, n) float32:
+    integration, group, centre y, centre x, core radius, halo radius (px).
+    """
+    p: Preset = state["p"]
+    ny, nx = p.ny, p.nx
+    n = rng.poisson(p.snowball_rate)
+    t = rng.uniform(0.0, state["t_read"][-1], n)
+    grp = np.searchsorted(state["t_read"], t, side="left").astype(np.int64)
+    cy, cx = rng.uniform(0, ny, n), rng.uniform(0, nx, n)
+    rc = rng.uniform(*p.snowball_core_radius, n)
+    rh = np.maximum(rng.uniform(*p.snowball_halo_radius, n), rc)
+    active = state["active_flat"]
+    flats, grps, amps = [jflat], [jgrp], [jamp]
+    for k in range(n):
+        r = int(math.ceil(rh[k]))
+        y0, y1 = max(int(cy[k]) - r, 0), min(int(cy[k]) + r + 1, ny)
+        x0, x1 = max(int(cx[k]) - r, 0), min(int(cx[k]) + r + 1, nx)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        d = np.hypot(yy + 0.5 - cy[k], xx + 0.5 - cx[k]).ravel()
+        flat = (yy * nx + xx).ravel()
+        if active.size == 0:
+            continue
+        pos = np.minimum(np.searchsorted(active, flat), active.size - 1)
+        ok = (d <= rh[k]) & (active[pos] == flat)
+        flat, d = flat[ok], d[ok]
+        amp = np.where(d <= rc[k], p.snowball_core_dn,
+                       p.snowball_halo_dn * rng.uniform(0.5, 1.5, flat.size))
+        flats.append(flat)
+        grps.append(np.full(flat.size, grp[k], np.int64))
+        amps.append(amp)
+    jflat, jgrp, jamp = np.concatenate(flats), np.concatenate(grps), np.concatenate(amps)
+    snow = np.stack([np.full(n, i), grp, cy, cx, rc, rh]).astype(np.float32)
+    return jflat, jgrp, jamp, snow
 
 
 _WORKER_STATE = None
@@ -1374,7 +1428,8 @@ def _write_refs(p: Preset, maps, sub, state, refs_dir: Path) -> dict[str, Path]:
     return out
 
 
-def _write_truth(path: Path, p: Preset, state, sub, times, mjd0, jumps, jamps, sats, offsets, seed, segments):
+def _write_truth(path: Path, p: Preset, state, sub, times, mjd0, jumps, jamps, sats, offsets, seed, segments,
+                 snowballs=None):
     import xarray as xr
 
     from daskramp.dims import detector_coords
@@ -1436,6 +1491,16 @@ def _write_truth(path: Path, p: Preset, state, sub, times, mjd0, jumps, jamps, s
                          "psf_radius": _psf_radius(p),
                          "psf_description": "defocused PSF: annulus centred on (psf_x, psf_y), 0-based "
                                             "detector coordinates, outer radius psf_radius, inner 0.35 × it"})
+    if snowballs is not None:
+        names = (("integration", "integration (0-based over the exposure)", "1"),
+                 ("group", "group (0-based) of the hit; its pixels are also in the jump table", "1"),
+                 ("y", "centre row (subarray pixels, continuous: pixel k spans [k, k+1))", "pixel"),
+                 ("x", "centre column (subarray pixels, continuous)", "pixel"),
+                 ("core_radius", "radius of the saturating core", "pixel"),
+                 ("halo_radius", "outer radius of the jump halo", "pixel"))
+        for row, (name, desc, units) in zip(snowballs, names):
+            data = row.astype(np.int32) if units == "1" else row
+            ds[f"snowball_{name}"] = var(("snowball",), data, desc, units)
     ds["y"].attrs["description"] = "0-based detector row (SUBSTRT2 - 1 + index)"
     ds["x"].attrs["description"] = "0-based detector column (SUBSTRT1 - 1 + index)"
     t14 = p.transit_duration * times["exposure"] if p.scene in _TRANSIT_SCENES else 0.0
@@ -1540,7 +1605,7 @@ def simulate(
     del maps
     base = _primary_keywords(p, times, mjd0, nints_total, segments)
     det = p.detector.lower()
-    files, jump_rows, jump_amps, sat_rows, offsets = [], [], [], [], []
+    files, jump_rows, jump_amps, sat_rows, offsets, snow_rows = [], [], [], [], [], []
     if workers is None:
         big = nints_total * p.ngroups * p.ny * p.nx > 50_000_000
         workers = min(2, os.cpu_count() or 1) if big else 1
@@ -1558,8 +1623,9 @@ def simulate(
         with fitswrite.UncalWriter(outdir / fname, kw, (p.nints, p.ngroups, p.ny, p.nx),
                                    extensions=exts, sci_cards={"BUNIT": "DN"}) as w:
             for _ in range(i0, i1):
-                data, (jrows, jamp), sat, offs = next(gen)
+                data, (jrows, jamp, snow), sat, offs = next(gen)
                 w.write(data)
+                snow_rows.append(snow)
                 jump_rows.append(jrows)
                 jump_amps.append(jamp)
                 sat_rows.append(sat)
@@ -1572,7 +1638,8 @@ def simulate(
     jamps = np.concatenate(jump_amps)
     sats = np.concatenate(sat_rows, axis=1)
     truth = _write_truth(outdir / "truth.zarr", p, state, sub, times, mjd0, jumps, jamps, sats,
-                         offsets, seed, segments)
+                         offsets, seed, segments,
+                         snowballs=np.concatenate(snow_rows, axis=1) if p.snowball_rate > 0 else None)
     return SimulationResult(
         uncal_files=files, refs_dir=outdir / "refs", truth_path=truth, attrs=first_attrs,
         refs=refs, preset=p, n_jumps=int(jamps.size), n_saturated=int(sats.shape[1]),

@@ -525,3 +525,61 @@ def test_official_pipeline_runs_on_simulated_exposure(tmp_path, monkeypatch):
     # the reference-pixel border: GAIN 0 → NO_GAIN_VALUE|DO_NOT_USE on top of REFERENCE_PIXEL
     assert dqa[0, 0, 0] == 2148007937
 
+
+
+def test_snowballs_truth_cores_halos_and_default_unchanged(tmp_path):
+    """snowball_rate > 0: truth rows inside the subarray, saturated cores from the hit group on,
+    halos stepping the ramp up; the cosmic rays are those of the default run, and rate 0 is it."""
+    kw = dict(preset="nircam-dark", nx=64, ny=64, nints=3, ngroups=5, seed=4, **QUIET)
+    base = simulate(tmp_path / "base", **kw)
+    off = simulate(tmp_path / "off", snowball_rate=0, **kw)
+    on = simulate(tmp_path / "on", snowball_rate=3, **kw)
+    tb, t = load_truth(base.truth_path), load_truth(on.truth_path)
+    assert not any(v.startswith("snowball") for v in tb.variables)
+    assert "snowball" not in tb.dims
+    np.testing.assert_array_equal(exposure(off), exposure(base))
+
+    names = ("integration", "group", "y", "x", "core_radius", "halo_radius")
+    i, g, cy, cx, rc, rh = (t[f"snowball_{n}"].values for n in names)
+    n = t.sizes["snowball"]
+    assert 3 <= n <= 20                    # Poisson(3) per integration × 3
+    assert np.all(np.diff(i) >= 0) and set(i) <= {0, 1, 2}
+    assert np.all((g >= 0) & (g < 5))
+    assert np.all((cy >= 0) & (cy < 64) & (cx >= 0) & (cx < 64))
+    assert np.all((rc >= 2.5) & (rc <= 4.5) & (rh >= 7) & (rh <= 14) & (rh >= rc))
+
+    # the default run's cosmic rays are all there; the extra rows are the snowballs' pixels
+    jcols = ("jump_integration", "jump_group", "jump_y", "jump_x", "jump_amplitude")
+    rows_on = set(zip(*(t[c].values.tolist() for c in jcols)))
+    rows_base = set(zip(*(tb[c].values.tolist() for c in jcols)))
+    assert rows_base <= rows_on
+    extra = rows_on - rows_base
+    assert len(extra) > n * 30             # a 7 px halo alone covers > 150 pixels
+    pixeldq = t["pixeldq"].values
+    active = (pixeldq & (dq.REFERENCE_PIXEL | dq.DEAD)) == 0
+    assert all(active[y, x] for _, _, y, x, _ in extra)
+
+    data = exposure(on).astype(np.float64)
+    sat = ref(on, "saturation")
+    yy, xx = np.mgrid[:64, :64] + 0.5
+    checked_core = checked_halo = 0
+    for k in range(n):
+        d = np.hypot(yy - cy[k], xx - cx[k])
+        core = (d <= rc[k] - 0.5) & active
+        halo = (d > rc[k] + 1) & (d < rh[k] - 1) & active
+        # another snowball of the same integration may overlap: leave its pixels out
+        for o in np.flatnonzero((i == i[k]) & (np.arange(n) != k)):
+            near = np.hypot(yy - cy[o], xx - cx[o]) <= rh[o] + 1
+            core &= ~near
+            halo &= ~near
+        if core.any():
+            assert np.all(data[i[k], g[k]:][:, core] >= sat[core]), k
+            if g[k] > 0:
+                assert np.all(data[i[k], :g[k]][:, core] < sat[core]), k
+            checked_core += 1
+        if halo.any() and g[k] > 0:
+            # the halo adds 400 DN × U(0.5, 1.5) in its group; CDS noise here is ~10 DN
+            step = data[i[k], g[k], halo] - data[i[k], g[k] - 1, halo]
+            assert np.all(step > 150), (k, step.min())
+            checked_halo += 1
+    assert checked_core >= n // 2 and checked_halo >= n // 2

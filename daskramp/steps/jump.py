@@ -11,9 +11,17 @@ Not reproduced on spatial tiles: the sigma-clip rule that resets JUMP_DET-only g
 plane where every pixel of the frame has JUMP_DET or DO_NOT_USE (see
 :mod:`daskramp.kernels.jump`); it is applied exactly when the frame is one block.
 
+With ``expand_large_events`` the snowball pass (:mod:`daskramp.kernels.snowball`, spec 12 §1)
+runs as its own stage on the group DQ after the tiled detection: the flags are rechunked to
+whole ``(y, x)`` planes with every group, a few integrations per block (one byte per
+pixel-group), so the result does not depend on the pixel tiles.  The cores of integration i
+flag the next integration (``mask_snowball_core_next_int``) across integration blocks, within
+an uncal segment as the official step does per segment file (with ``stats_scope="exposure"``
+across segments too).  The fused per-tile layout cannot run it (the spec's ``not_fusable``).
+
 PRIMECRS/EXTNCRS are not produced: counting "primary" jumps needs the flags before neighbour
-flagging, a second output the one-array kernel contract does not carry; EXTNCRS is 0 without
-snowball/shower flagging.
+flagging, a second output the one-array kernel contract does not carry; the snowball count is
+not carried out of the lazy graph either.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -39,6 +48,7 @@ from ..dims import (
     validate,
 )
 from ..kernels import jump as kernel
+from ..kernels import snowball as snowball_kernel
 from ..params import boolean, check, cores, floating, integer, scale_list
 from ._apply import chunk_by_segment, map_ramp_blocks
 from ._spec import StepSpec, ref_array
@@ -62,13 +72,13 @@ class Params:
     after_jump_flag_time1: float = floating(0.0)
     after_jump_flag_dn2: float = floating(0.0)
     after_jump_flag_time2: float = floating(0.0)
-    #: snowball flagging (NIR); not implemented, only False is accepted; the snowball
-    #: parameters below are checked as the official step does and have no effect
-    expand_large_events: bool = boolean(False, implemented=(False,))
+    #: snowball flagging (NIR): grow saturated cores, flag a halo around them and the cores in
+    #: the next integration (spec 12 §1; whole-plane stage, see the module docstring)
+    expand_large_events: bool = boolean(False)
     min_sat_area: float = floating(1.0)
     min_jump_area: float = floating(5.0)
     expand_factor: float = floating(2.0)
-    use_ellipses: bool = boolean(False, note="deprecated")
+    use_ellipses: bool = boolean(False, note="deprecated; ignored, as officially")
     sat_required_snowball: bool = boolean(True)
     min_sat_radius_extend: float = floating(2.5)
     sat_expand: int = integer(2)
@@ -171,6 +181,75 @@ def _integration_scale(value, ds: xr.Dataset) -> np.ndarray | None:
     return arr
 
 
+#: parameters passed on to the snowball kernel
+_SNOWBALL_PARAMS = (
+    "min_jump_area",
+    "min_sat_area",
+    "expand_factor",
+    "sat_required_snowball",
+    "min_sat_radius_extend",
+    "sat_expand",
+    "edge_size",
+    "max_extended_radius",
+)
+
+#: bytes of group DQ per snowball block (whole planes, a few integrations)
+_SNOWBALL_BLOCK_BYTES = 64 * 2**20
+
+
+def _integration_chunks(chunks: tuple[int, ...], bounds: list[tuple[int, int]], per_block: int) -> tuple[int, ...]:
+    """Integration chunks of at most ``per_block`` that split at every chunk and segment edge."""
+    edges = {0}
+    pos = 0
+    for c in chunks:
+        pos += c
+        edges.add(pos)
+    edges.update(a for a, _ in bounds)
+    edges = sorted(edges)
+    out = []
+    for a, b in zip(edges, edges[1:]):
+        while b - a > per_block:
+            out.append(per_block)
+            a += per_block
+        if b > a:
+            out.append(b - a)
+    return tuple(out)
+
+
+def _snowball_stage(gdq, bounds: list[tuple[int, int]], p: Params, tgroup: float):
+    """Snowball flags on ``gdq`` (integration, group, y, x) uint8, numpy or dask (any chunks:
+    the result is the same); ``bounds`` are the integration ranges the next-integration
+    masking does not cross.  Returns an array of the same kind and chunks."""
+    kw = {name: getattr(p, name) for name in _SNOWBALL_PARAMS}
+    nint, ng, ny, nx = gdq.shape
+    if hasattr(gdq, "dask"):
+        per = max(1, _SNOWBALL_BLOCK_BYTES // max(1, ng * ny * nx))
+        ichunks = _integration_chunks(gdq.chunks[0], bounds, per)
+        planes = gdq.rechunk((ichunks, ng, ny, nx))
+        both = planes.map_blocks(snowball_kernel.snowball_block, dtype=np.uint8,
+                                 chunks=(ichunks, (ng + 1,), (ny,), (nx,)), name="snowball", **kw)
+        out, cores = both[:, :ng], both[:, ng]
+        xp = da
+    else:
+        both = snowball_kernel.snowball_block(np.asarray(gdq), **kw)
+        out, cores = both[:, :ng], both[:, ng]
+        xp = np
+    n_next = snowball_kernel.n_next_groups(p.snowball_time_masked_next_int, tgroup)
+    if p.mask_snowball_core_next_int and n_next >= 1 and nint > 1:
+        last = min(n_next, ng)
+        # each integration takes the core map of the one before it, none at a segment start
+        first = np.zeros(nint, bool)
+        first[[a for a, _ in bounds]] = True
+        prev = xp.concatenate([xp.zeros((1, ny, nx), dtype=np.uint8), cores[:-1]], axis=0)
+        prev = xp.where(first[:, None, None], np.uint8(0), prev)
+        groups = np.zeros(ng, np.uint8)
+        groups[1:last] = 0xFF
+        out = np.bitwise_or(out, np.bitwise_and(prev[:, None], groups[None, :, None, None]))
+    if hasattr(gdq, "dask"):
+        out = out.rechunk(gdq.chunks)
+    return out.astype(np.uint8)
+
+
 def _halo(p: Params) -> int:
     """Pixels on each side a pixel's flags depend on: neighbour flagging reaches one."""
     return 1 if p.flag_4_neighbors else 0
@@ -231,8 +310,8 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
         ``"COMPLETE"``, or ``"SKIPPED"`` (unchanged arrays) when ``skip`` or NGROUPS ≤ 2.
         ``data`` is not modified; with dask input the ramp is rechunked to whole segments.
     """
-    # validated as the pipeline does (daskramp.params): expand_large_events/find_showers=True
-    # raise NotImplementedParameter
+    # validated as the pipeline does (daskramp.params): find_showers=True raises
+    # NotImplementedParameter
     p = check(Params(**params))
     validate(ds, calibrated=True, source="jump")
     if p.skip or ds.sizes[GROUP] <= 2:
@@ -307,6 +386,9 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
         new_gdq = gdq_parts[0]
     else:
         new_gdq = np.concatenate(gdq_parts, axis=0)
+    if p.expand_large_events:
+        bounds = segment_bounds(ds) if stats_scope == "segment" else [(0, ds.sizes[INTEGRATION])]
+        new_gdq = _snowball_stage(new_gdq, bounds, p, kw["tgroup"])
 
     new_pdq = xr.apply_ufunc(kernel.bad_gain_pixeldq, ds_c[PIXELDQ], g, dask="allowed")
     out = ds_c.assign(
@@ -340,6 +422,14 @@ def _stats_kwargs(ds: xr.Dataset, params, given, lazy, frame_shape) -> dict:
     return out
 
 
+def _not_fusable(p: Params) -> str | None:
+    """Snowballs span tens of pixels and need whole planes: step by step only."""
+    if p.expand_large_events and not p.skip:
+        return "jump's snowball flagging (expand_large_events) needs whole frames"
+    return None
+
+
 SPEC = StepSpec(name="jump", status=STATUS, params=Params, run=jump, scratch=0.50,
                 reftypes=("gain", "readnoise"), refs_kwargs=_refs_kwargs, refs_missing="error",
-                stats_kwargs=_stats_kwargs, halo=_halo, pools_integrations=True)
+                stats_kwargs=_stats_kwargs, halo=_halo, pools_integrations=True,
+                not_fusable=_not_fusable)

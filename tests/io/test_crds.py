@@ -275,19 +275,19 @@ def test_served_value_daskramp_lacks_is_refused_unless_the_user_gives_it(cache, 
 
     files = small[0]
     snow = pars_file(tmp_path / "snow.asdf", "jwst.jump.jump_step.JumpStep",
-                     {"rejection_threshold": 6.0, "expand_large_events": True}, reftype="pars-jumpstep")
+                     {"rejection_threshold": 6.0, "find_showers": True}, reftype="pars-jumpstep")
     _, _, n = cache(pars={"pars-jumpstep": snow})
     served = cache_name("NIRISS", "pars-jumpstep", n + 1, "asdf")
     with pytest.raises(ConfigError) as err:
         _prepare(files, tmp_path / "a")
     text = one_line(err)
     assert text.startswith(f"{tmp_path / 'crds' / 'references' / 'jwst' / 'niriss' / served}: "
-                           f"steps.jump.expand_large_events: True is an official value")
+                           f"steps.jump.find_showers: True is an official value")
     assert text.endswith("(a parameter file CRDS chose: give the value yourself, e.g. "
                          "--steps.<step>.<parameter>=…, or set STPIPE_DISABLE_CRDS_STEPPARS=true "
                          "to use none)")
     # the user's value wins, so the file's is never used: the file's other values still apply
-    cfg = layered(cli=["--steps.jump.expand_large_events=false"])
+    cfg = layered(cli=["--steps.jump.find_showers=false"])
     prep = _prepare(files, tmp_path / "b", config=cfg)
     assert prep.params["jump"].rejection_threshold == 6.0
     assert prep.config_files[0]["values"] == {"jump": {"rejection_threshold": 6.0}}
@@ -296,7 +296,7 @@ def test_served_value_daskramp_lacks_is_refused_unless_the_user_gives_it(cache, 
     assert _prepare(files, tmp_path / "c", config=cfg).params["jump"].skip
     # switched off as stpipe switches them off ("TRUE" does not, spec 11 §4)
     no_crds_env.setenv("STPIPE_DISABLE_CRDS_STEPPARS", "TRUE")
-    with pytest.raises(ConfigError, match="expand_large_events"):
+    with pytest.raises(ConfigError, match="find_showers"):
         _prepare(files, tmp_path / "d")
     no_crds_env.setenv("STPIPE_DISABLE_CRDS_STEPPARS", "true")
     prep = _prepare(files, tmp_path / "e")

@@ -100,8 +100,6 @@ def test_skipped_for_two_groups_or_skip():
 def test_parameters_checked():
     ds = exposure(np.zeros((1, 5, 3, 3), np.float32))
     gain, rn = refs(3, 3)
-    with pytest.raises(NotImplementedError, match="expand_large_events"):
-        jump(ds, gain=gain, readnoise=rn, expand_large_events=True)
     with pytest.raises(NotImplementedError, match="find_showers"):
         jump(ds, gain=gain, readnoise=rn, find_showers=True)
     with pytest.raises(TypeError):
