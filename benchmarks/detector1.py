@@ -47,7 +47,11 @@ def main(argv=None):
     p.add_argument("--with-step", action="append", default=[], metavar="STEP",
                    help="also run daskramp with this optional step on (e.g. group_1overf, "
                         "clean_flicker_noise) and print its time and memory against the default")
+    p.add_argument("--algorithm", default="OLS_C", choices=("OLS_C", "LIKELY"),
+                   help="ramp_fit algorithm, for daskramp and jwst both")
     args = p.parse_args(argv)
+    # the ramp_fit algorithm of both pipelines (None: their default, OLS_C)
+    fit = {"ramp_fit": {"algorithm": args.algorithm}} if args.algorithm != "OLS_C" else {}
     mode = {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k) is not None}
     if args.nints is None:
         args.nints = PRESETS[args.preset].nints
@@ -55,7 +59,8 @@ def main(argv=None):
     sims = {args.nints: simulated(args.preset, args.nints, ngroups=args.ngroups, **mode)}
     if not args.no_double:
         sims[2 * args.nints] = simulated(args.preset, 2 * args.nints, ngroups=args.ngroups, **mode)
-    print(f"# preset {args.preset} {' '.join(f'{k}={v}' for k, v in mode.items())}", flush=True)
+    print(f"# preset {args.preset} {' '.join(f'{k}={v}' for k, v in mode.items())}"
+          f"{' ramp_fit algorithm=' + args.algorithm if fit else ''}", flush=True)
     setting = (f"{args.workers or 'default'} workers × {args.memory_limit or 'default memory'}"
                if args.workers or args.memory_limit else "default settings")
     tmp = Path(tempfile.mkdtemp(prefix="daskramp-bench-"))
@@ -64,12 +69,13 @@ def main(argv=None):
         for n, sim in sims.items():
             size = sum(f.stat().st_size for f in sim.uncal_files)
             wall, peak, peak1, summary = run_daskramp(sim.uncal_files, sim.refs_dir, args.workers,
-                                                      args.memory_limit, tmp / f"dr{n}")
+                                                      args.memory_limit, tmp / f"dr{n}",
+                                                      {"steps": fit} if fit else None)
             rows.append(("daskramp", n, setting, wall, peak, peak1, size))
             print(f"daskramp  nints={n:4d}  wall {wall:7.1f} s  {size / 1e6 / wall:7.1f} MB/s  "
                   f"peak all processes {gib(peak)}  largest process {gib(peak1)}", flush=True)
             for step in args.with_step:
-                config = {"steps": {step: {"skip": False}}}
+                config = {"steps": {**fit, step: {"skip": False}}}
                 wall, peak, peak1, summary = run_daskramp(sim.uncal_files, sim.refs_dir, args.workers,
                                                           args.memory_limit, tmp / f"dr{n}-{step}", config)
                 rows.append((f"daskramp +{step}", n, setting, wall, peak, peak1, size))
@@ -79,7 +85,8 @@ def main(argv=None):
             sim = sims[args.nints]
             size = sum(f.stat().st_size for f in sim.uncal_files)
             for cores in args.maximum_cores.split(","):
-                rep = run_official(sim.uncal_files[0], sim.refs_dir, tmp / f"jwst{cores}", cores)
+                rep = run_official(sim.uncal_files[0], sim.refs_dir, tmp / f"jwst{cores}", cores,
+                                   steps=fit or None)
                 rows.append(("jwst", args.nints, f"maximum_cores={cores}", rep["process_wall_s"],
                              rep["peak_rss_bytes"], None, size))
                 steps = ", ".join(f"{k} {v:.0f}s" for k, v in rep["step_s"].items() if v > 1)

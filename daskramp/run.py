@@ -39,6 +39,7 @@ from .cluster import ClusterProfile, connect, worker_memory_limit
 from .config import ConfigError
 from .engine.plan import plan_chunking
 from .engine.policy import fused_ghost
+from .steps import ramp_fit as _ramp_fit
 
 #: what a run does, one line per event (``daskramp run --log FILE``; :mod:`daskramp.progress`)
 logger = logging.getLogger("daskramp.run")
@@ -667,9 +668,13 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
             segments = getattr(result, "segments", None)
             in_flight = config.get("segments_in_flight")
             in_flight = None if in_flight is None else int(in_flight)
+            # LIKELY combines the rate from every integration at once, not from the sums
+            # the segments carry from one to the next: one graph
+            rate_from_sums = not _ramp_fit.uses_likely(prep.params[registry.FIT_STEP].algorithm,
+                                                       ds.sizes[dims.GROUP])
             if ((in_flight is None or in_flight > 0) and segments is not None
                     and len(segments.int_bounds) > 1 and frame_stats != "lazy"
-                    and set(products) == {"rate", "rateints"}):
+                    and set(products) == {"rate", "rateints"} and rate_from_sums):
                 # one segment after another: the cluster holds at most two segments'
                 # tasks, however long the exposure
                 from .engine.submit import blocks_in_flight, write_by_segment

@@ -107,10 +107,10 @@ def test_the_lead_example_messages():
     assert str(_error("jump", {"rejection_threshold": -5})) == \
         "steps.jump.rejection_threshold: -5 is not allowed (a float >= 0)"
     assert str(_error("jump", 5)) == "steps.jump: expected a mapping of parameters, got 5"
-    err = _error("ramp_fit", {"algorithm": "LIKELY"})
+    err = _error("ramp_fit", {"save_opt": True})
     assert isinstance(err, NotImplementedParameter) and isinstance(err, NotImplementedError)
-    assert str(err) == ("steps.ramp_fit.algorithm: 'LIKELY' is an official value that daskramp "
-                        "does not implement (implemented: 'OLS_C')")
+    assert str(err) == ("steps.ramp_fit.save_opt: True is an official value that daskramp "
+                        "does not implement (implemented: False)")
 
 
 # ---------------------------------------------------------------------------- None
@@ -177,10 +177,9 @@ def test_maximum_cores_refused(value):
 # ---------------------------------------------------------------------------- not implemented
 
 @pytest.mark.parametrize("step, name, value", [
-    ("ramp_fit", "algorithm", "LIKELY"),
     ("ramp_fit", "save_opt", True),
-    ("jump", "expand_large_events", True),
-    ("jump", "expand_large_events", "true"),
+    ("jump", "find_showers", True),
+    ("jump", "find_showers", "true"),
     ("jump", "find_showers", "yes"),
     ("refpix", "refpix_algorithm", "sirs"),
     ("clean_flicker_noise", "fit_method", "fft"),
@@ -213,10 +212,10 @@ def test_implemented_values_of_those_parameters_are_accepted():
 def test_wrappers_called_directly_refuse_the_same_values():
     from daskramp.steps import jump, ramp_fit, refpix
 
-    with pytest.raises(NotImplementedParameter, match="^steps.jump.expand_large_events: True is an official"):
-        jump.jump(None, gain=None, readnoise=None, expand_large_events=True)
-    with pytest.raises(NotImplementedParameter, match="^steps.ramp_fit.algorithm: 'LIKELY'"):
-        ramp_fit.ramp_fit(None, gain=None, readnoise=None, algorithm="LIKELY")
+    with pytest.raises(NotImplementedParameter, match="^steps.jump.find_showers: True is an official"):
+        jump.jump(None, gain=None, readnoise=None, find_showers=True)
+    with pytest.raises(NotImplementedParameter, match="^steps.ramp_fit.save_opt: True"):
+        ramp_fit.ramp_fit(None, gain=None, readnoise=None, save_opt=True)
     with pytest.raises(NotImplementedParameter, match="^steps.refpix.refpix_algorithm: 'sirs'"):
         refpix.refpix(None, refpix_algorithm="sirs")
     with pytest.raises(ConfigError, match=r"^steps.jump.rejection_threshold: -1 is not allowed"):
@@ -283,7 +282,7 @@ def test_unknown_step_and_parameter():
 
 def test_validate_steps_reports_the_first_error_and_fills_defaults():
     with pytest.raises(ConfigError, match=r"^steps\.jump\.rejection_threshold"):
-        validate_steps({"jump": {"rejection_threshold": -5}, "ramp_fit": {"algorithm": "LIKELY"}})
+        validate_steps({"jump": {"rejection_threshold": -5}, "ramp_fit": {"save_opt": True}})
     out = validate_steps({"ramp_fit": {"suppress_one_group": "no"}})
     assert tuple(out) == STEP_ORDER
     assert out["ramp_fit"].suppress_one_group is False
@@ -300,8 +299,8 @@ def test_cli_and_env_values_are_judged_by_the_validator():
     with pytest.raises(ConfigError, match=r"^steps\.jump\.rejection_threshold: 'nan' is not allowed"):
         validate_steps(cfg["steps"])
     cfg = config.layered(environ={"DASKRAMP_STEPS__RAMP_FIT__FIRSTGROUP": "2"},
-                         cli=["--steps.jump.expand_large_events"])
-    with pytest.raises(NotImplementedParameter, match=r"^steps\.jump\.expand_large_events: True is an official"):
+                         cli=["--steps.jump.find_showers"])
+    with pytest.raises(NotImplementedParameter, match=r"^steps\.jump\.find_showers: True is an official"):
         validate_steps(cfg["steps"])
     assert validate_steps({"ramp_fit": cfg["steps"]["ramp_fit"]})["ramp_fit"].firstgroup == 2
 

@@ -289,8 +289,8 @@ REFUSED = [
      "steps.jump.find_showers: True is an official value that daskramp does not implement"),
     (pipeline_tree({"jump": {"rejection_threshold": "abc"}}), ConfigError,
      "steps.jump.rejection_threshold: 'abc' is not allowed"),
-    (pipeline_tree({"ramp_fit": {"algorithm": "LIKELY"}}), NotImplementedParameter,
-     "steps.ramp_fit.algorithm: 'LIKELY' is an official value that daskramp does not implement"),
+    (pipeline_tree({"ramp_fit": {"save_opt": True}}), NotImplementedParameter,
+     "steps.ramp_fit.save_opt: True is an official value that daskramp does not implement"),
     (pipeline_tree({"emicorr": {"skip": False}}), ConfigError,
      "steps.emicorr.skip: False is not accepted: daskramp does not run the official emicorr step (MIRI only)"),
     (pipeline_tree({"picture_frame": {"skip": False}}), ConfigError,
@@ -347,7 +347,7 @@ def test_unreadable_and_plain_yaml_trees_are_refused(tmp_path):
 
 
 def test_cli_refusal_is_one_line_before_any_cluster(tmp_path):
-    f = write_asdf(tmp_path / "pars-jumpstep.asdf", step_tree("jump", {"expand_large_events": True}))
+    f = write_asdf(tmp_path / "pars-jumpstep.asdf", step_tree("jump", {"find_showers": True}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASKRAMP_STEPS__")}
     env["DASKRAMP_SCHEDULER"] = "tcp://127.0.0.1:1"
     p = subprocess.run([sys.executable, "-m", "daskramp.cli", "run", str(tmp_path / "x_uncal.fits"),
@@ -355,7 +355,7 @@ def test_cli_refusal_is_one_line_before_any_cluster(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert p.stderr.strip().splitlines() == [
-        f"daskramp run: error: {f}: steps.jump.expand_large_events: True is an official value "
+        f"daskramp run: error: {f}: steps.jump.find_showers: True is an official value "
         f"that daskramp does not implement (implemented: False)"]
 
 

@@ -203,3 +203,20 @@ def test_worker_slots_count_the_cluster_threads(client):
     assert graph.worker_slots() == sum(client.nthreads().values()) == 2
     with dask.config.set(scheduler="sync"):
         assert graph.worker_slots() == 1
+
+
+def test_likely_on_several_segments_runs_as_one_graph(tmp_path, data, client):
+    """LIKELY combines the rate from every integration at once, so a multi-segment run does
+    not submit segment by segment (whose rate is continued from per-segment sums): it runs
+    as one graph and gives the rate of the in-process pipeline."""
+    from daskramp.io import open_exposure
+    from daskramp.pipeline import detector1
+
+    files, refs = data
+    steps = {"ramp_fit": {"algorithm": "LIKELY"}}
+    run(files, tmp_path / "out", refs=refs, client=client, quiet=True, config={"steps": steps})
+    stores = {p.name.rsplit("_", 1)[-1]: p for p in (tmp_path / "out").glob("*.zarr")}
+    assert set(stores) == {"rate.zarr", "rateints.zarr"} and all(is_complete(p) for p in stores.values())
+    with xr.open_zarr(stores["rate.zarr"]) as got:
+        ours = detector1(open_exposure(files), refs, steps=steps).rate["data"].compute()
+        np.testing.assert_array_equal(got["data"].values, ours.values)

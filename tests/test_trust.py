@@ -403,13 +403,13 @@ def test_cli_debug_shows_the_traceback(tmp_path, data):
 
 
 @pytest.mark.parametrize("args, said", [
-    (["--steps.ramp_fit.algorithm=LIKELY"], "steps.ramp_fit.algorithm: 'LIKELY' is an official value "
-                                            "that daskramp does not implement"),
+    (["--steps.ramp_fit.save_opt=true"], "steps.ramp_fit.save_opt: True is an official value "
+                                         "that daskramp does not implement"),
     (["--steps.jump.rejection_threshold=-5"], "steps.jump.rejection_threshold: -5"),
     (["--steps.jump.rejection_threshold=nan"], "steps.jump.rejection_threshold: "),
     (["--steps.jump.rejection_threshold=abc"], "steps.jump.rejection_threshold: 'abc'"),
     (["--steps.jump.skip=maybe"], "steps.jump.skip: 'maybe'"),
-    (["--steps.jump.expand_large_events=true"], "steps.jump.expand_large_events: True is an official "
+    (["--steps.jump.find_showers=true"], "steps.jump.find_showers: True is an official "
                                                 "value that daskramp does not implement"),
     (["--steps.no_such_step.x=1"], "no_such_step"),
     (["--stats-scope", "exposure", "--steps.jump.nonsense=1"], "steps.jump"),

@@ -263,7 +263,8 @@ def finish(fields, ds: xr.Dataset, refs, params: Mapping, provenance: dict,
             continue
         if name == registry.FIT_STEP:
             rate, rateints = _ramp_fit.products(fields, ds, gain=ref_array(ref(refs, "gain")),
-                                               save_intercepts=p.save_intercepts, pixeldq=pixeldq)
+                                               save_intercepts=p.save_intercepts, pixeldq=pixeldq,
+                                               algorithm=getattr(p, "algorithm", "OLS_C"))
             record["status"] = "COMPLETE"
             continue
         scope = provenance.get("stats_scope", "segment")

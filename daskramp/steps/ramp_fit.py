@@ -35,6 +35,7 @@ from ..dims import (
     validate,
 )
 from ..kernels import ramp_fit as _k
+from ..kernels import ramp_fit_likely as _kl
 from ..params import boolean, check, cores, integer, option, string
 from ._apply import chunk_by_segment, map_ramp_blocks
 from ._spec import StepSpec, ref_array
@@ -57,13 +58,15 @@ class Params:
 
     ``maximum_cores``, ``opt_name`` and ``int_name`` are accepted for compatibility and
     ignored (dask provides the parallelism; file names belong to the io layer; the official
-    step does not use ``int_name`` either).  ``algorithm='LIKELY'`` and ``save_opt=True`` are
-    refused (:class:`~daskramp.params.NotImplementedParameter`).  ``save_intercepts`` adds an
+    step does not use ``int_name`` either).  ``algorithm='LIKELY'`` is the likelihood fit
+    (:mod:`daskramp.kernels.ramp_fit_likely`; with fewer than 4 groups OLS_C, as the official
+    step falls back); ``save_opt=True`` is refused
+    (:class:`~daskramp.params.NotImplementedParameter`).  ``save_intercepts`` adds an
     ``intercept`` variable (DN at the time of group 0, from the first segment's fit) to
     ``rateints``.
     """
 
-    algorithm: str = option("OLS_C", ("OLS_C", "LIKELY"), implemented=("OLS_C",))
+    algorithm: str = option("OLS_C", ("OLS_C", "LIKELY"))
     suppress_one_group: bool = boolean(True)
     #: zero-indexed (official integer without a minimum; daskramp refuses negative ones)
     firstgroup: int | None = integer(None, min=0, none=True)
@@ -121,10 +124,13 @@ def ramp_fields(
     suppress_one_group: bool = True,
     firstgroup: int | None = None,
     lastgroup: int | None = None,
+    algorithm: str = "OLS_C",
 ) -> xr.DataArray:
     """Per-integration kernel fields, dims ``(field, integration, y, x)``, float64 (lazy).
 
-    ``field`` is labelled with :data:`daskramp.kernels.ramp_fit.FIELDS`.
+    ``field`` is labelled with :data:`daskramp.kernels.ramp_fit.FIELDS`.  ``algorithm``
+    ``"LIKELY"`` fits with :func:`daskramp.kernels.ramp_fit_likely.ramp_fit` (each
+    integration on its own: ``stats_scope`` changes nothing) when there are at least 4 groups.
     """
     validate(ds, source="ramp_fit input")
     a = ds.attrs
@@ -149,6 +155,11 @@ def ramp_fields(
         firstgroup=firstgroup,
         lastgroup=lastgroup,
     )
+    kernel = _k.ramp_fit
+    if uses_likely(algorithm, ds.sizes[GROUP]):
+        kernel = _kl.ramp_fit
+        kwargs = dict(nframes=kwargs["nframes"], tframe=kwargs["tframe"], groupgap=_groupgap(a),
+                      firstgroup=firstgroup, lastgroup=lastgroup)
 
     def apply(part: xr.Dataset) -> xr.DataArray:
         args = [part[DATA], part[GROUPDQ], part[PIXELDQ], g, rn, dark]
@@ -157,7 +168,7 @@ def ramp_fields(
                 raise ValueError(f"zeroframe has dims {part[ZEROFRAME].dims}, expected {CUBE_DIMS}")
             args.append(part[ZEROFRAME])
         return map_ramp_blocks(
-            _k.ramp_fit,
+            kernel,
             *args,
             dims_out=CUBE_DIMS,
             new_axis=("field", _k.NFIELDS),
@@ -175,6 +186,16 @@ def ramp_fields(
         parts = [apply(ds.isel({INTEGRATION: slice(lo, hi)})) for lo, hi in segment_bounds(ds)]
         out = parts[0] if len(parts) == 1 else xr.concat(parts, dim=INTEGRATION)
     return out.assign_coords(field=list(_k.FIELDS))
+
+
+def uses_likely(algorithm: str, ngroups: int) -> bool:
+    """Whether the LIKELY fit runs: chosen, and enough groups (else the official step fits
+    with OLS_C)."""
+    return str(algorithm).upper() == "LIKELY" and ngroups >= _kl.LIKELY_MIN_NGROUPS
+
+
+def _groupgap(attrs) -> int:
+    return int(attrs.get("GROUPGAP", 0) or 0)
 
 
 def _finalize(*arrays, nints):
@@ -197,7 +218,8 @@ def block_products(fields: np.ndarray, *, save_intercepts: bool = False) -> dict
 
 def ramp_products(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment",
                   suppress_one_group: bool = True, firstgroup: int | None = None,
-                  lastgroup: int | None = None, save_intercepts: bool = False) -> dict[str, np.ndarray]:
+                  lastgroup: int | None = None, save_intercepts: bool = False,
+                  algorithm: str = "OLS_C") -> dict[str, np.ndarray]:
     """:func:`block_products` of an in-memory (numpy) exposure, fitted without keeping its
     fields (:func:`daskramp.kernels.ramp_fit.fit_products`): what one fused tile task needs.
 
@@ -213,6 +235,11 @@ def ramp_products(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segmen
     kwargs = dict(nframes=int(a["NFRAMES"]), tframe=float(a["TFRAME"]), tgroup=float(a["TGROUP"]),
                   suppress_one_group=bool(suppress_one_group), firstgroup=firstgroup,
                   lastgroup=lastgroup, save_intercepts=save_intercepts)
+    fit = _k.fit_products
+    if uses_likely(algorithm, ds.sizes[GROUP]):
+        fit = _kl.fit_products
+        kwargs = dict(nframes=kwargs["nframes"], tframe=kwargs["tframe"], groupgap=_groupgap(a),
+                      firstgroup=firstgroup, lastgroup=lastgroup, save_intercepts=save_intercepts)
     g = np.asarray(_image(gain, ds, "gain").values)
     rn = np.asarray(_image(readnoise, ds, "readnoise").values)
     if AVERAGE_DARK_CURRENT in ds:
@@ -224,7 +251,7 @@ def ramp_products(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segmen
     for lo, hi in bounds:
         part = ds.isel({INTEGRATION: slice(lo, hi)}) if len(bounds) > 1 else ds
         zf = np.asarray(part[ZEROFRAME].values) if _uses_zeroframe(part) else None
-        parts.append(_k.fit_products(np.asarray(part[DATA].values), np.asarray(part[GROUPDQ].values),
+        parts.append(fit(np.asarray(part[DATA].values), np.asarray(part[GROUPDQ].values),
                                      np.asarray(part[PIXELDQ].values), g, rn, dark, zf, **kwargs))
     if len(parts) == 1:
         return parts[0]
@@ -309,7 +336,8 @@ def finalize_rate(sums, pixeldq: xr.DataArray, gain: xr.DataArray, *, nints: int
 def ramp_fit(
     ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", **params
 ) -> tuple[xr.Dataset, xr.Dataset] | tuple[None, None]:
-    """Fit slopes with optimal weighting (official ``OLS_C``); return ``(rate, rateints)``.
+    """Fit slopes with optimal weighting (official ``OLS_C``) or the likelihood fit
+    (``algorithm="LIKELY"``); return ``(rate, rateints)``.
 
     Parameters
     ----------
@@ -350,8 +378,9 @@ def ramp_fit(
         suppress_one_group=p.suppress_one_group,
         firstgroup=p.firstgroup,
         lastgroup=p.lastgroup,
+        algorithm=p.algorithm,
     )
-    return products(fields, ds, gain=gain, save_intercepts=p.save_intercepts)
+    return products(fields, ds, gain=gain, save_intercepts=p.save_intercepts, algorithm=p.algorithm)
 
 
 def _add_squeezed(acc, block):
@@ -410,8 +439,34 @@ def _sum_blocks(terms: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(data, dims=dims_out, coords=coords)
 
 
+def _likely_rate(ints: Mapping) -> xr.Dataset:
+    """Exposure ``rate`` (y, x) of LIKELY rateints: every integration of a pixel is needed
+    at once (:func:`daskramp.kernels.ramp_fit_likely.combine_integrations` starts from their
+    median), so ``integration`` is one chunk per (y, x) block (lazy)."""
+    names = (DATA, "err", "var_poisson", "var_rnoise", "dq")
+    args = [ints[k].transpose(INTEGRATION, *IMAGE_DIMS) for k in names]
+    if args[0].chunks is not None:
+        args = [a.chunk({INTEGRATION: -1}) for a in args]
+
+    def combine(*arrs):
+        return np.moveaxis(_kl.combine_integrations(*(np.moveaxis(a, -1, 0) for a in arrs)), 0, -1)
+
+    res = xr.apply_ufunc(combine, *args, input_core_dims=[[INTEGRATION]] * len(args),
+                         output_core_dims=[["rate_field"]], dask="parallelized",
+                         output_dtypes=[np.float64],
+                         dask_gufunc_kwargs={"output_sizes": {"rate_field": len(_k.RATE_FIELDS)}})
+    res = res.assign_coords(rate_field=list(_k.RATE_FIELDS))
+    out = {}
+    for var, field, dtype, units in _OUTPUTS:
+        v = res.sel(rate_field=field, drop=True).astype(dtype).transpose(*IMAGE_DIMS)
+        if units:
+            v.attrs["units"] = units
+        out[var] = v
+    return xr.Dataset(out)
+
+
 def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
-             pixeldq: xr.DataArray | None = None) -> tuple[xr.Dataset, xr.Dataset]:
+             pixeldq: xr.DataArray | None = None, algorithm: str = "OLS_C") -> tuple[xr.Dataset, xr.Dataset]:
     """``(rate, rateints)`` from the per-integration fields of :func:`ramp_fields` (lazy).
 
     ``fields`` is the fields DataArray, or a mapping of :func:`block_products` assembled as
@@ -419,8 +474,11 @@ def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
     (block, term, y, x)) plus ``nints``.
 
     ``ds`` supplies the attrs and coordinates (its data are not used when ``pixeldq`` is
-    given); ``pixeldq`` (y, x) defaults to ``ds["pixeldq"]``.
+    given); ``pixeldq`` (y, x) defaults to ``ds["pixeldq"]``.  With the LIKELY fit
+    (:func:`uses_likely`) the rate combines the rateints planes of every integration
+    (:func:`_likely_rate`), so ``fields`` must hold them all.
     """
+    likely = uses_likely(algorithm, ds.sizes.get(GROUP, 0))
     attrs = dict(ds.attrs)
     gain_attrs = getattr(gain, "attrs", {}) or {}
     if gain_attrs.get("GAINFACT") is not None:
@@ -432,14 +490,21 @@ def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
         # per-block products (block_products, assembled lazily): rateints variables as they
         # are, the rate from the blocks' term sums summed over the blocks
         ints = {k: v.copy() for k, v in fields.items() if k not in ("rate_terms", "nints")}
-        terms = _sum_blocks(fields["rate_terms"])
-        sums = [terms.isel(term=i, drop=True) for i in range(len(_k.RATE_TERMS))]
-        rate = finalize_rate(sums, pdq, _image(gain, ds, "gain"), nints=int(fields["nints"]))
+        if likely:
+            if ints[DATA].sizes[INTEGRATION] != int(fields["nints"]):
+                raise NotImplementedError(
+                    "ramp_fit algorithm='LIKELY' combines the rate from every integration at "
+                    "once; it cannot be continued from one integration block's sums")
+            rate = _likely_rate(ints)
+        else:
+            terms = _sum_blocks(fields["rate_terms"])
+            sums = [terms.isel(term=i, drop=True) for i in range(len(_k.RATE_TERMS))]
+            rate = finalize_rate(sums, pdq, _image(gain, ds, "gain"), nints=int(fields["nints"]))
     else:
         ints = {var: fields.sel(field=field, drop=True).astype(dtype) for var, field, dtype, _ in _OUTPUTS}
         if save_intercepts:
             ints["intercept"] = fields.sel(field="intercept", drop=True).astype(np.float32)
-        rate = combine_rate(fields, pdq, _image(gain, ds, "gain"))
+        rate = _likely_rate(ints) if likely else combine_rate(fields, pdq, _image(gain, ds, "gain"))
     for var, _, _, units in _OUTPUTS:
         if units:
             ints[var].attrs["units"] = units
@@ -465,7 +530,8 @@ def run(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", fields
         return ramp_fit(ds, gain=gain, readnoise=readnoise, stats_scope=stats_scope, **params)
     p = Params(**params)
     kw = dict(gain=gain, readnoise=readnoise, stats_scope=stats_scope,
-              suppress_one_group=p.suppress_one_group, firstgroup=p.firstgroup, lastgroup=p.lastgroup)
+              suppress_one_group=p.suppress_one_group, firstgroup=p.firstgroup, lastgroup=p.lastgroup,
+              algorithm=p.algorithm)
     if products_only:
         return ramp_products(ds, save_intercepts=p.save_intercepts, **kw)
     return ramp_fields(ds, **kw)

@@ -211,8 +211,8 @@ def test_parameters():
     )
     ds, gain, rn = random_exposure(5)
     assert ramp_fit(ds, gain=gain, readnoise=rn, skip=True) == (None, None)
-    with pytest.raises(NotImplementedError, match="LIKELY"):
-        ramp_fit(ds, gain=gain, readnoise=rn, algorithm="LIKELY")
+    with pytest.raises(NotImplementedError, match="save_opt"):
+        ramp_fit(ds, gain=gain, readnoise=rn, save_opt=True)
     with pytest.raises(TypeError):
         ramp_fit(ds, gain=gain, readnoise=rn, weighting="unweighted")
     rate, ints = ramp_fit(ds, gain=gain, readnoise=rn, algorithm="OLS_C", maximum_cores="all")
