@@ -12,6 +12,8 @@ and the ratios.  Usage::
     python benchmarks/detector1.py --preset nirspec-bots        # 155 × 70 × 32 × 2048 (1.42 GB)
     python benchmarks/detector1.py --preset nircam-grism-tso    # 366 × 6 × 64 × 2048 (0.58 GB)
     python benchmarks/detector1.py --preset nircam-grism-tso --noutputs 1 --readpatt RAPID
+    python benchmarks/detector1.py --algorithm LIKELY --no-double       # both pipelines with LIKELY
+    python benchmarks/detector1.py --set jump.expand_large_events=true  # both with snowball flagging
 
 ``--detector/--subarray/--grating/--noutputs/--readpatt`` choose the configuration of the TSO
 presets (see :func:`daskramp.simulate.simulate`).
@@ -24,6 +26,8 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import gib, run_daskramp, run_official, simulated  # noqa: E402
@@ -49,9 +53,17 @@ def main(argv=None):
                         "clean_flicker_noise) and print its time and memory against the default")
     p.add_argument("--algorithm", default="OLS_C", choices=("OLS_C", "LIKELY"),
                    help="ramp_fit algorithm, for daskramp and jwst both")
+    p.add_argument("--set", action="append", default=[], metavar="STEP.PARAM=VALUE",
+                   help="a step parameter for daskramp and jwst both, e.g. jump.expand_large_events=true")
     args = p.parse_args(argv)
-    # the ramp_fit algorithm of both pipelines (None: their default, OLS_C)
+    # the step parameters of both pipelines (none: their defaults)
     fit = {"ramp_fit": {"algorithm": args.algorithm}} if args.algorithm != "OLS_C" else {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        step, _, param = key.partition(".")
+        if not (step and param and value):
+            p.error(f"--set {item!r}: expected STEP.PARAM=VALUE")
+        fit.setdefault(step, {})[param] = yaml.safe_load(value)
     mode = {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k) is not None}
     if args.nints is None:
         args.nints = PRESETS[args.preset].nints
@@ -60,7 +72,7 @@ def main(argv=None):
     if not args.no_double:
         sims[2 * args.nints] = simulated(args.preset, 2 * args.nints, ngroups=args.ngroups, **mode)
     print(f"# preset {args.preset} {' '.join(f'{k}={v}' for k, v in mode.items())}"
-          f"{' ramp_fit algorithm=' + args.algorithm if fit else ''}", flush=True)
+          + "".join(f" {st}.{k}={v}" for st, kv in fit.items() for k, v in kv.items()), flush=True)
     setting = (f"{args.workers or 'default'} workers × {args.memory_limit or 'default memory'}"
                if args.workers or args.memory_limit else "default settings")
     tmp = Path(tempfile.mkdtemp(prefix="daskramp-bench-"))
