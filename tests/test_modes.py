@@ -906,7 +906,7 @@ SCIENCE = {
 }
 
 
-@pytest.fixture(scope="module", params=list(SCIENCE))
+@pytest.fixture(scope="module", params=[pytest.param("bots", marks=pytest.mark.slow), "grism"])
 def science(request, tmp_path_factory):
     import dask
 

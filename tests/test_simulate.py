@@ -467,6 +467,7 @@ def _offline_crds(tmp_path):
             "CRDS_CONTEXT": ctx, "STPIPE_DISABLE_CRDS_STEPPARS": "True"}
 
 
+@pytest.mark.slow  # the parity tests run the official pipeline on simulated exposures too
 @pytest.mark.parity
 def test_official_pipeline_runs_on_simulated_exposure(tmp_path, monkeypatch):
     """Detector1Pipeline (spec 10 offline recipe) runs end to end and recovers the truth."""
