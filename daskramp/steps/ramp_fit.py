@@ -323,14 +323,7 @@ def finalize_rate(sums, pixeldq: xr.DataArray, gain: xr.DataArray, *, nints: int
             _finalize, *sums, pixeldq, gain, output_core_dims=[["rate_field"]],
             kwargs={"nints": nints}, dask="parallelized", output_dtypes=[np.float64],
             dask_gufunc_kwargs={"output_sizes": {"rate_field": len(_k.RATE_FIELDS)}})
-    res = res.assign_coords(rate_field=list(_k.RATE_FIELDS))
-    out = {}
-    for var, field, dtype, units in _OUTPUTS:
-        v = res.sel(rate_field=field, drop=True).astype(dtype).transpose(*IMAGE_DIMS)
-        if units:
-            v.attrs["units"] = units
-        out[var] = v
-    return xr.Dataset(out)
+    return _rate_dataset(res)
 
 
 def ramp_fit(
@@ -455,14 +448,7 @@ def _likely_rate(ints: Mapping) -> xr.Dataset:
                          output_core_dims=[["rate_field"]], dask="parallelized",
                          output_dtypes=[np.float64],
                          dask_gufunc_kwargs={"output_sizes": {"rate_field": len(_k.RATE_FIELDS)}})
-    res = res.assign_coords(rate_field=list(_k.RATE_FIELDS))
-    out = {}
-    for var, field, dtype, units in _OUTPUTS:
-        v = res.sel(rate_field=field, drop=True).astype(dtype).transpose(*IMAGE_DIMS)
-        if units:
-            v.attrs["units"] = units
-        out[var] = v
-    return xr.Dataset(out)
+    return _rate_dataset(res)
 
 
 def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
@@ -545,3 +531,16 @@ SPEC = StepSpec(name="ramp_fit", status=STATUS, params=Params, run=run, scratch=
                 reftypes=("gain", "readnoise"), refs_kwargs=_refs_kwargs, refs_missing="error",
                 pools_integrations=True,
                 not_fusable=lambda p: "ramp_fit is skipped (no products)" if p.skip else None)
+
+
+def _rate_dataset(res: xr.DataArray) -> xr.Dataset:
+    """The rate products (y, x) from their fields stacked along a ``rate_field`` dim (in the
+    order of :data:`daskramp.kernels.ramp_fit.RATE_FIELDS`)."""
+    res = res.assign_coords(rate_field=list(_k.RATE_FIELDS))
+    out = {}
+    for var, field, dtype, units in _OUTPUTS:
+        v = res.sel(rate_field=field, drop=True).astype(dtype).transpose(*IMAGE_DIMS)
+        if units:
+            v.attrs["units"] = units
+        out[var] = v
+    return xr.Dataset(out)
