@@ -16,6 +16,7 @@ import xarray as xr
 from . import dims
 from . import steps as registry
 from .config import ConfigError
+from .engine.checkpoint import frame_step
 from .engine.fused import detector1_fused
 from .engine.plan import plan_tiles, tile_shape
 from .engine.policy import unsupported
@@ -49,6 +50,7 @@ def detector1(
     frame_stats: Mapping | str | None = None,
     fused: bool | None = None,
     tile_rows: int | None = None,
+    scratch=None,
 ) -> Detector1Result:
     """Build the calwebb_detector1 graph for an exposure; nothing is computed.
 
@@ -92,9 +94,14 @@ def detector1(
         client it is ``"compute"``); a mapping passes results computed earlier.
     fused : bool, optional
         Run the chain as one task per tile (:mod:`daskramp.engine.fused`; same products).  Default:
-        whenever no intermediate is saved and the configuration allows it (not with
-        clean_flicker_noise, nor for an exposure held in memory); ``False`` builds one
-        dask layer per step.
+        whenever no intermediate is saved and the exposure is not held in memory; ``False``
+        builds one dask layer per step.
+    scratch : path, optional
+        Directory of the checkpoint stores the fused layout writes when a step that needs
+        whole frames runs (clean_flicker_noise: :mod:`daskramp.engine.checkpoint`), about 5
+        bytes per pixel and group of one segment; it must be visible to every worker.
+        Default: a new temporary directory, removed when this process exits (``daskramp
+        run`` uses the output directory and removes the stores as the products are written).
 
     Returns
     -------
@@ -133,12 +140,25 @@ def detector1(
     if fused:
         why = unsupported(ds, params)
         if why is None:
+            if scratch is None and frame_step(params) is not None:
+                scratch = _temporary_scratch()
             return detector1_fused(
                 ds, refs, params=params, provenance=provenance, stats_scope=stats_scope,
                 memory_limit=memory_limit, tile_columns=tile_columns, frame_stats=frame_stats,
-                tile_rows=tile_rows)
+                tile_rows=tile_rows, scratch=scratch)
         provenance["fused"] = f"not used: {why}"
 
     return detector1_stepwise(ds, refs, params=params, provenance=provenance, stats_scope=stats_scope,
                               save_steps=save_steps, memory_limit=memory_limit, tile_columns=tile_columns,
                               frame_stats=frame_stats)
+
+
+def _temporary_scratch() -> str:
+    """A new temporary directory for checkpoint stores, removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="daskramp-checkpoints-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path

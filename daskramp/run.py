@@ -24,6 +24,7 @@ import dataclasses
 import errno
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -129,8 +130,6 @@ def _translate(err: BaseException, inputs: Sequence[Path], outdir: Path) -> Base
         return None
     fname = getattr(err, "filename", None)
     if err.errno == errno.ENOSPC:
-        import shutil
-
         try:
             free = shutil.disk_usage(outdir).free
         except OSError:
@@ -640,6 +639,9 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
     else:
         rep = nullcontext()
     monitor = RunMonitor(client, stream=sys.stderr if show else None)
+    # checkpoint stores of a step that needs whole frames (engine.checkpoint): beside the
+    # products, where every worker writes; gone once the products are
+    scratch = outdir / f".{root}_checkpoints.partial"
     t_compute = time.perf_counter()
     try:
         with rep, monitor:
@@ -657,6 +659,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
                 tile_rows=config.get("tile_rows"),
                 # on the cluster while this process submits the products
                 frame_stats="submit" if frame_stats == "compute" else None,
+                scratch=scratch,
             )
             provenance = dict(result.provenance)
             provenance["inputs"] = [str(p) for p in inputs]
@@ -704,6 +707,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
         if clear is None:
             raise
         raise clear from err
+    shutil.rmtree(scratch, ignore_errors=True)
     if not complete:
         log(f"products computed and written in {time.perf_counter() - t_compute:.1f} s "
             f"({monitor.done} tasks)")

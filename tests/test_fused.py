@@ -150,9 +150,42 @@ def test_default_is_fused_and_lazy(soss):
     # saving intermediates needs the step-by-step graph
     res2 = detector1(ds, soss.refs_dir, save_steps=["jump"])
     assert "layout" not in res2.provenance and "jump" in res2.intermediates
-    # so do whole-frame steps and in-memory exposures
-    res3 = detector1(ds, soss.refs_dir, steps={"clean_flicker_noise": {"skip": False}})
-    assert res3.provenance["fused"].startswith("not used: clean_flicker_noise")
+    # a step that needs whole frames runs fused through a checkpoint; saving its mask needs
+    # the step-by-step graph
+    with forbid_compute():
+        res3 = detector1(ds, soss.refs_dir, steps={"clean_flicker_noise": {"skip": False}})
+    assert res3.provenance["layout"]["checkpoint"]["before"] == "clean_flicker_noise"
+    res4 = detector1(ds, soss.refs_dir, steps={"clean_flicker_noise": {"skip": False, "save_mask": True}})
+    assert res4.provenance["fused"].startswith("not used: clean_flicker_noise saves")
+
+
+@pytest.mark.parametrize("stats_scope,cfn", [
+    ("segment", {}),
+    ("exposure", {}),
+    ("segment", {"single_mask": False, "n_sigma": 1.5}),
+    ("segment", {"background_method": None}),
+])
+def test_checkpointed_step_equals_step_by_step(tmp_path, stats_scope, cfn):
+    """clean_flicker_noise in the fused layout (tiles up to it written to a checkpoint, its
+    line values found on whole frames read back, the tiles resumed from the checkpoint)
+    gives the step-by-step products bit for bit: narrow tiles of a few rows, two segments,
+    strong 1/f, the official draft rate (GAIN/READNOISE given) or a per-integration mask."""
+    sim = simulate(tmp_path / "sim", preset="niriss-soss", nints=4, segments=2, ngroups=5, nx=48,
+                   seed=3, one_over_f_amplitude=4.0)
+    ds = open_exposure(sim.uncal_files)
+    steps = {"clean_flicker_noise": {"skip": False, **cfn}}
+    fused = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=16,
+                      tile_rows=TILE_ROWS, frame_stats="compute", scratch=tmp_path / "scratch")
+    assert fused.provenance["layout"]["tiles"] > 2
+    stepwise = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, fused=False)
+    ri, r = _compute(fused)
+    ri0, r0 = _compute(stepwise)
+    _assert_same(ri, ri0)
+    _assert_same(r, r0)
+    assert ri.attrs["S_CLNFNS"] == "COMPLETE"
+    # the step did change the data (strong 1/f): the same chain without it differs
+    plain = detector1(ds, sim.refs_dir, stats_scope=stats_scope, tile_columns=16)
+    assert not np.array_equal(_compute(plain)[0]["data"].values, ri["data"].values, equal_nan=True)
 
 
 def test_submitted_statistics_feed_the_same_products(soss):

@@ -32,6 +32,7 @@ import zarr
 from .. import dims
 from .. import steps as registry
 from ..dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, ZEROFRAME, X, Y
+from ..io import checkpoint as checkpoint_store
 from ..io.store import VerifiedArray
 from ..io.uncal import read_window
 from ..kernels import group_1overf as oneoverf_kernel
@@ -50,9 +51,10 @@ class Reader:
     """Where the raw ramp of an exposure lives; :meth:`read` returns numpy windows.
 
     ``kind`` is ``"fits"`` (uncal segment files: ``segments`` = (path, byte offset,
-    frame shape, nints, zeroframe (offset, shape) or None)), ``"zarr"`` (a store at ``path``)
-    or ``"arrays"`` (``arrays``: variable → numpy or dask array, sliced and computed in the
-    task).
+    frame shape, nints, zeroframe (offset, shape) or None)), ``"zarr"`` (a store at ``path``),
+    ``"checkpoint"`` (the ramp as a step receives it, every variable of it, in a store at
+    ``path``: :mod:`daskramp.io.checkpoint`) or ``"arrays"`` (``arrays``: variable → numpy or
+    dask array, sliced and computed in the task).
     """
 
     kind: str
@@ -68,6 +70,10 @@ class Reader:
         gs = slice(None) if groups is None else list(groups)
         if self.kind == "fits":
             return self._read_fits(i0, i1, ys, xs, groups)
+        if self.kind == "checkpoint":
+            if groups is not None:
+                raise ValueError("a checkpoint is read with every group")
+            return checkpoint_store.read(self.path, i0, i1, ys, xs)
         if self.kind == "zarr":
             # a lost chunk or one whose crc32c does not match raises, naming it (never the
             # fill value)
@@ -153,6 +159,11 @@ def _window_exposure(plan: Plan, raw: dict, i0, i1, ys: slice, xs: slice) -> xr.
     if ZEROFRAME in raw:
         variables[ZEROFRAME] = (dims.CUBE_DIMS, raw[ZEROFRAME].astype(dims.FLOAT_DTYPE),
                                 plan.var_attrs.get(ZEROFRAME, {}))
+    for name, arr in raw.items():
+        # what the steps before a checkpoint added (average_dark_current)
+        if name not in variables:
+            shape_dims = {2: dims.IMAGE_DIMS, 3: dims.CUBE_DIMS, 4: dims.RAMP_DIMS}[arr.ndim]
+            variables[name] = (shape_dims, arr, plan.var_attrs.get(name, {}))
     return win.assign(variables)
 
 
@@ -250,7 +261,7 @@ def _assemble(plan: Plan, parts: list, blocks: list, i0: int, i1: int) -> xr.Dat
 
 def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: slice, wx: slice,
            until: str, provenance: dict | None = None, keep: tuple[slice, slice] | None = None,
-           block: int | None = None):
+           block: int | None = None, start: str | None = None):
     """Read the window ``[i0:i1, :, wy, wx]`` and run the steps before ``until`` on it as
     numpy; returns the window's exposure after them, the reference files cut to it and its
     ``(y, x)`` slices of the frame.
@@ -264,12 +275,26 @@ def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: 
     (the whole-frame statistics they need are given): they run ``block`` integrations at a
     time (default: blocks of about :data:`BLOCK_BYTES`) and the blocks are assembled for jump
     and ramp_fit.
+
+    With ``start`` (a step after jump) the window is read from a checkpoint (``reader`` of
+    kind ``"checkpoint"``: the ramp as that step receives it) and the steps from ``start`` on
+    are run.
     """
     order = registry.step_order().index
     stops = []
     if keep is not None:
-        stops = [(s, k) for s, k in shrinks(plan.params) if order(s) < order(until)]
+        stops = [(s, k) for s, k in shrinks(plan.params)
+                 if order(s) < order(until) and (start is None or order(s) > order(start))]
     pool = registry.pooling_step()
+    if start is not None:
+        # the ramp as ``start`` receives it, from a checkpoint: the steps left run on every
+        # integration of the window at once, as after the pooling step
+        if order(start) <= order(pool):
+            raise ValueError(f"a window starts at {start!r}, before {pool!r}: only after it")
+        ds = _window_exposure(plan, reader.read(i0, i1, wy, wx), i0, i1, wy, wx)
+        ds, wrefs, wy, wx, _ = _run_stages(plan, ds, refs, given, [*stops, (until, 0)], start, wy, wx,
+                                           plan.halo, keep, provenance)
+        return ds, wrefs, (wy, wx)
     local = pool if order(until) > order(pool) else until
     first = [(s, k) for s, k in stops if order(s) <= order(local)]
     if not first or first[-1][0] != local:
@@ -300,17 +325,17 @@ def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: 
 
 
 def run_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, ys: slice,
-               xs: slice, until: str) -> dict[str, np.ndarray]:
-    """Read a window widened by the ghost margin, run the steps before ``until`` on it and
-    return its interior: ``data``/``groupdq``/``pixeldq`` (and ``zeroframe``), or for
-    ``until="ramp_fit"`` the :func:`daskramp.steps.ramp_fit.block_products` of its ramps and
-    ``pixeldq``."""
+               xs: slice, until: str, start: str | None = None) -> dict[str, np.ndarray]:
+    """Read a window widened by the ghost margin, run the steps before ``until`` on it (from
+    ``start``, reading a checkpoint, when given) and return its interior:
+    ``data``/``groupdq``/``pixeldq`` (and ``zeroframe``), or for ``until="ramp_fit"`` the
+    :func:`daskramp.steps.ramp_fit.block_products` of its ramps and ``pixeldq``."""
     sk = plan.skeleton
     ny, nx = sk.sizes[Y], sk.sizes[X]
     wy, _ = _widen(ys, plan.halo, ny)
     wx, _ = _widen(xs, plan.halo, nx)
     out, wrefs, (wy, wx) = _chain(plan, reader, refs, given_stats(stats, i0, i1), i0, i1, wy, wx,
-                                  until, keep=(ys, xs))
+                                  until, keep=(ys, xs), start=start)
     iy = slice(ys.start - wy.start, ys.stop - wy.start)
     ix = slice(xs.start - wx.start, xs.stop - wx.start)
     if until == "ramp_fit":
@@ -359,6 +384,42 @@ def status_of(plan: Plan, reader: Reader, refs, given: dict, until: str) -> tupl
     out, _, _ = _chain(plan, reader, refs, given, 0, 1, slice(0, 1), slice(0, 1), until, provenance=prov)
     attrs = {k: v for k, v in out.attrs.items() if k.startswith("S_")}
     return attrs, prov.get("steps", {})
+
+
+def layout_at(plan: Plan, reader: Reader, refs, given: dict, step: str) -> tuple[dict, dict]:
+    """The variables ``{name: (dims, dtype)}`` of the ramp as ``step`` receives it, and its
+    attributes (those of a window's position left out), from the chain run on one pixel."""
+    out, _, _ = _chain(plan, reader, refs, given, 0, 1, slice(0, 1), slice(0, 1), step)
+    layout = {k: (tuple(v.dims), v.dtype) for k, v in out.data_vars.items()}
+    attrs = {k: v for k, v in out.attrs.items() if k not in ("SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2")}
+    return layout, attrs
+
+
+def checkpoint_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, ys: slice,
+                      xs: slice, step: str, path: str, created=None) -> dict[str, np.ndarray]:
+    """Run a window of integration block ``i0:i1`` up to ``step``, write its interior (every
+    variable, and what the step's frame pass saves) into the block's checkpoint store at
+    ``path`` (:mod:`daskramp.io.checkpoint`) and return what the pass takes from each tile
+    (its spec's ``frame_pass.tile``) with the window's ``pixeldq``.  ``created``: the task
+    that made the store (a dependency only)."""
+    sk = plan.skeleton
+    ny, nx = sk.sizes[Y], sk.sizes[X]
+    wy, _ = _widen(ys, plan.halo, ny)
+    wx, _ = _widen(xs, plan.halo, nx)
+    out, _, (wy, wx) = _chain(plan, reader, refs, given_stats(stats, i0, i1), i0, i1, wy, wx, step,
+                              keep=(ys, xs))
+    out = dims.window(out, y=slice(ys.start - wy.start, ys.stop - wy.start),
+                      x=slice(xs.start - wx.start, xs.stop - wx.start))
+    wrefs = None if refs is None else refs.window((ny, nx), ys, xs)
+    saved, returned = registry.spec(step).frame_pass.tile(out, wrefs, plan.params[step])
+    arrays = {k: v.values for k, v in out.data_vars.items()}
+    arrays.update(saved)
+    checkpoint_store.write(path, arrays, ys, xs)
+    returned = dict(returned)
+    returned[PIXELDQ] = np.ascontiguousarray(out[PIXELDQ].values)
+    del out, arrays, saved
+    release_free_memory()
+    return returned
 
 
 def row_align(reader: Reader, ds: xr.Dataset) -> int:

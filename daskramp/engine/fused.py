@@ -9,8 +9,10 @@ step-by-step layout's exactly (``tests/test_fused.py``)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -20,8 +22,10 @@ import xarray as xr
 from .. import dims
 from ..config import ConfigError
 from ..dims import GROUP, INTEGRATION, PIXELDQ, X, Y
+from ..io import checkpoint as checkpoint_store
 from ..io.refs import RefSet
-from .chain import Plan, Reader, loaded_params, reader_for, row_align, skeleton, status_of
+from .chain import Plan, Reader, layout_at, loaded_params, reader_for, row_align, skeleton, status_of
+from .checkpoint import frame_step, resumed
 from .graph import distributed_client, staged
 from .plan import CHAIN_FACTOR, bounds, int_bounds, plan_tiles, sizing_budget, tile_shape
 from .policy import halo_width, needs_draft_rate, whole_axis
@@ -39,11 +43,12 @@ from .stats import (
 
 def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_scope: str,
                     memory_limit: int | None, tile_columns: int | None, frame_stats,
-                    tile_rows: int | None = None):
+                    tile_rows: int | None = None, scratch=None):
     """:func:`daskramp.pipeline.detector1` in the fused tile layout (same arguments, same
     products).  ``frame_stats``: "compute" computes the whole-frame statistics first (small
     windows, see :func:`frame_statistics`), None leaves them lazy in the product graph, a
-    mapping gives them."""
+    mapping gives them.  ``scratch``: the directory of the checkpoint stores of a step that
+    needs whole frames (:mod:`daskramp.engine.checkpoint`; required when one runs)."""
     p = loaded_params(params)
     h = halo_width(p)
     plan = Plan(skeleton=skeleton(ds), var_attrs={k: dict(v.attrs) for k, v in ds.data_vars.items()},
@@ -86,6 +91,8 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
         stats = frame_statistics(ds, plan, reader, refs_key, compute=False)
     else:
         raise ConfigError(f"frame_stats must be a mapping, 'compute' or 'submit', got {frame_stats!r}")
+    # the statistics as a mapping (lazy or computed) for the one-pixel runs
+    known = lazy if not isinstance(stats, dict) else stats
     extra = {}
     gain = None if refs is None else refs.get("gain")
     if gain is not None:
@@ -116,9 +123,19 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     cube = ["data", "err", "var_poisson", "var_rnoise", "dq"]
     if p["ramp_fit"].save_intercepts:
         cube.append("intercept")
-    arrs = staged(plan, reader, refs_key, stats, until="ramp_fit", int_bounds=ints,
-                  y_bounds=bounds(ny, rows), x_bounds=bounds(nx, cols),
-                  names=(*cube, "rate_terms", PIXELDQ))
+    step = frame_step(p)
+    checkpoint = None
+    if step is not None:
+        if scratch is None:
+            raise ConfigError(f"{step} runs on whole frames: the fused layout needs a scratch directory")
+        layout, attrs = layout_at(plan, reader, refs, status_stats(plan, known), step)
+        checkpoint = Checkpoint(step=step, layout=layout, attrs=attrs, scratch=str(scratch))
+    segments = SegmentProducts(plan=plan, reader=reader, refs_key=refs_key, stats=stats, refs=refs,
+                               params=p, provenance=copy.deepcopy(provenance),
+                               status_attrs={}, int_bounds=tuple(ints),
+                               y_bounds=tuple(bounds(ny, rows)), x_bounds=tuple(bounds(nx, cols)),
+                               cube=tuple(cube), checkpoint=checkpoint)
+    arrs = segments.arrays()
     cube_coords = {k: v for k, v in plan.skeleton.coords.items() if set(v.dims) <= set(dims.CUBE_DIMS)}
     parts = {k: xr.DataArray(arrs[k], dims=dims.CUBE_DIMS, coords=cube_coords) for k in cube}
     parts["rate_terms"] = xr.DataArray(arrs["rate_terms"], dims=("block", "term", *dims.IMAGE_DIMS),
@@ -135,14 +152,28 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
                             "tiles": len(ints) * len(bounds(ny, rows)) * len(bounds(nx, cols))}
     meta = plan.skeleton.assign({PIXELDQ: pixeldq})
     meta.attrs.update(status_attrs)
-    segments = SegmentProducts(plan=plan, reader=reader, refs_key=refs_key, stats=stats, refs=refs,
-                               params=p, provenance=copy.deepcopy(provenance),
-                               status_attrs=dict(status_attrs), int_bounds=tuple(ints),
-                               y_bounds=tuple(bounds(ny, rows)), x_bounds=tuple(bounds(nx, cols)),
-                               cube=tuple(cube))
+    if checkpoint is not None:
+        provenance["layout"]["checkpoint"] = {"before": step, "scratch": str(scratch)}
+    segments = dataclasses.replace(segments, provenance=copy.deepcopy(provenance),
+                                   status_attrs=dict(status_attrs))
     rate, rateints = finish(parts, meta, refs, p, provenance, pixeldq=pixeldq)
     return Detector1Result(rate=rate, rateints=rateints, intermediates={}, provenance=provenance,
                            frame_stats=result_stats, segments=segments)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A step that needs whole frames runs (:mod:`daskramp.engine.checkpoint`): its name, the
+    ramp's variables and attributes as it receives it, and the directory of the blocks'
+    checkpoint stores."""
+
+    step: str
+    layout: dict
+    attrs: dict
+    scratch: str
+
+    def path(self, a: int) -> str:
+        return str(Path(self.scratch) / f"block-{a}.zarr")
 
 
 @dataclass(frozen=True)
@@ -166,12 +197,38 @@ class SegmentProducts:
     y_bounds: tuple
     x_bounds: tuple
     cube: tuple
+    checkpoint: Checkpoint | None = None
+
+    def arrays(self, a: int | None = None) -> dict[str, da.Array]:
+        """The products of block ``a`` (integrations numbered from the block's first), or of
+        every block (``None``; ``pixeldq`` the first block's): what
+        :func:`daskramp.engine.graph.staged` returns for ``until="ramp_fit"``."""
+        names = (*self.cube, "rate_terms", PIXELDQ)
+        which = range(len(self.int_bounds)) if a is None else [a]
+        ck = self.checkpoint
+        if ck is None:
+            return staged(self.plan, self.reader, self.refs_key, self.stats, until="ramp_fit",
+                          int_bounds=[self.int_bounds[k] for k in which], y_bounds=list(self.y_bounds),
+                          x_bounds=list(self.x_bounds), names=names)
+        parts = [resumed(self.plan, self.reader, self.refs_key, self.stats, step=ck.step, layout=ck.layout,
+                         attrs=ck.attrs, i0=self.int_bounds[k][0], i1=self.int_bounds[k][1],
+                         y_bounds=list(self.y_bounds), x_bounds=list(self.x_bounds), path=ck.path(k),
+                         names=names)
+                 for k in which]
+        if len(parts) == 1:
+            return parts[0]
+        out = {name: da.concatenate([q[name] for q in parts], axis=0) for name in names if name != PIXELDQ}
+        out[PIXELDQ] = parts[0][PIXELDQ]
+        return out
+
+    def release(self, a: int) -> None:
+        """Remove block ``a``'s checkpoint store, once its products are written."""
+        if self.checkpoint is not None:
+            checkpoint_store.remove(self.checkpoint.path(a))
 
     def _parts(self, a: int):
         i0, i1 = self.int_bounds[a]
-        arrs = staged(self.plan, self.reader, self.refs_key, self.stats, until="ramp_fit",
-                      int_bounds=[(i0, i1)], y_bounds=list(self.y_bounds), x_bounds=list(self.x_bounds),
-                      names=(*self.cube, "rate_terms", PIXELDQ))
+        arrs = self.arrays(a)
         sk = self.plan.skeleton.isel({INTEGRATION: slice(i0, i1)})
         coords = {k: v for k, v in sk.coords.items() if set(v.dims) <= set(dims.CUBE_DIMS)}
         image = {Y: sk[Y], X: sk[X]}

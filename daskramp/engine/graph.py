@@ -26,8 +26,10 @@ from .chain import Plan, Reader, draft_window, refpix_block, run_window, settle_
 
 
 def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until: str,
-           int_bounds, y_bounds, x_bounds, names=(DATA, GROUPDQ, PIXELDQ)) -> dict[str, da.Array]:
-    """Lazy arrays of the chain run up to ``until`` on a grid of windows (one task each).
+           int_bounds, y_bounds, x_bounds, names=(DATA, GROUPDQ, PIXELDQ),
+           start: str | None = None) -> dict[str, da.Array]:
+    """Lazy arrays of the chain run up to ``until`` on a grid of windows (one task each),
+    from the first step or, reading a checkpoint, from ``start``.
 
     ``stats``: the whole-frame statistics (a mapping, or one delayed mapping); ``*bounds``
     are lists of (start, stop) along integration, y and x.  Returns dask arrays
@@ -43,7 +45,7 @@ def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until
     # until the counts of its stored blocks are added up
     plan_key = dask.delayed(plan, pure=True, traverse=False)
     token = tokenize(plan.params, plan.stats_scope, plan.halo, reader, until, int_bounds, y_bounds,
-                     x_bounds, refs_key, stats_key, plan_key)
+                     x_bounds, refs_key, stats_key, plan_key, start)
     wname = f"window-{until}-{token}"
     dsk: dict = {}
     deps = [plan_key, stats_key] if refs_key is None else [plan_key, refs_key, stats_key]
@@ -52,7 +54,7 @@ def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until
         for b, (y0, y1) in enumerate(y_bounds):
             for c, (x0, x1) in enumerate(x_bounds):
                 dsk[(wname, a, b, c)] = (run_window, plan_key.key, reader, refs_arg, stats_key.key,
-                                         i0, i1, slice(y0, y1), slice(x0, x1), until)
+                                         i0, i1, slice(y0, y1), slice(x0, x1), until, start)
     ichunks = tuple(b - a for a, b in int_bounds)
     ychunks = tuple(b - a for a, b in y_bounds)
     xchunks = tuple(b - a for a, b in x_bounds)

@@ -72,6 +72,8 @@ def status_stats(plan: Plan, stats: dict) -> dict:
     given.setdefault("plane_dnu", np.zeros((1, plan.skeleton.sizes[GROUP]), bool))
     for key in ("refpix_offsets", "refpix_zf_offsets", "draft_rate"):
         given.setdefault(key, None)
+    # a step given its statistics from a checkpoint's frame pass sets its status only
+    given.setdefault("flicker", "status")
     return given
 
 

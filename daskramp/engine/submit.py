@@ -158,6 +158,7 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         summed(a)
         # blocks are settled in order: 0 … a are written and summed, for good
         state.record(a + 1, jump_fraction[: a + 1])
+        seg.release(a)  # its checkpoint, if a step needed whole frames
         if a > 0:
             shutil.rmtree(tdir / str(a - 1), ignore_errors=True)  # a rerun starts from a's
 

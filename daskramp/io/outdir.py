@@ -199,7 +199,7 @@ def products_of(outdir: Path, root: str) -> list[Path]:
         if name.startswith(f"{root}_") and name.endswith(
                 (".zarr", ".fits", ".zarr.partial", ".fits.partial", ".zarr.old")):
             found.append(p)
-        elif name == f".{root}_segments.partial":
+        elif name in (f".{root}_segments.partial", f".{root}_checkpoints.partial"):
             found.append(p)
     return sorted(found)
 

@@ -18,6 +18,43 @@ REFS_MISSING = ("skip", "error")
 
 
 @dataclass(frozen=True)
+class FramePass:
+    """How a step's whole-frame statistics are found from a checkpoint of the ramp it receives
+    (:mod:`daskramp.engine.checkpoint`); numpy in, numpy out, one call per task.
+
+    Attributes
+    ----------
+    variables : callable
+        ``variables(params) -> {name: (dims, dtype)}``: what the checkpoint holds besides the
+        ramp's own variables.
+    tile : callable
+        ``tile(window, wrefs, params) -> (saved, returned)``: on each tile's window (every
+        integration of its block): arrays to save in the checkpoint (``variables``), and
+        (y, x)-trailing arrays assembled into whole images for ``combine``.
+    combine : callable
+        ``combine(images, pixeldq, skeleton, refs, params) -> context``: once per block, from
+        the assembled images, the block's pixeldq and its skeleton.
+    block : callable
+        ``block(ramp, context, segment_of, positions, attrs, params) -> array``: on whole
+        frames of a few integrations read from the checkpoint (each one's segment index in
+        the block and position in the exposure given); the result's axis 1 is integration.
+    block_shape : callable
+        ``block_shape(skeleton, params) -> tuple``: the shape of ``block``'s result without
+        its integration axis.
+    given : callable
+        ``given(lazy_array, skeleton, params) -> dict``: the statistics the step's windows are
+        given, from the blocks' results joined along integration.
+    """
+
+    variables: Callable
+    tile: Callable
+    combine: Callable
+    block: Callable
+    block_shape: Callable
+    given: Callable
+
+
+@dataclass(frozen=True)
 class StepSpec:
     """The facts of one calibration step.
 
@@ -83,6 +120,11 @@ class StepSpec:
         ``fast_lines(params) -> bool``: a call needs every pixel of a fast-read line (a whole
         column for ``|FASTAXIS| = 2``, a whole row for 1): the fused layout's tiles then span
         the fast axis.
+    frame_pass : FramePass, optional
+        The step needs statistics of whole frames of the ramp as it reaches it (after the
+        steps that pool integrations): the fused layout saves that ramp (a checkpoint), runs
+        the pass :class:`FramePass` describes, and gives the step its statistics through
+        ``stats_kwargs``.
     """
 
     name: str
@@ -103,6 +145,7 @@ class StepSpec:
     image_params: tuple[tuple[str, Callable], ...] = ()
     draft_rate: Callable[[Any], bool] | None = None
     fast_lines: Callable[[Any], bool] | None = None
+    frame_pass: FramePass | None = None
 
     def __post_init__(self):
         if self.refs_missing not in REFS_MISSING:

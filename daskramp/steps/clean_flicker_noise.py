@@ -51,7 +51,7 @@ from ..kernels import ramp_fit as _fit_kernel
 from ..params import boolean, check, floating, image, int_list, option
 from . import ramp_fit as _ramp_fit
 from ._apply import chunk_by_segment, map_ramp_blocks, rechunk_method
-from ._spec import StepSpec, ref, ref_array
+from ._spec import FramePass, StepSpec, ref, ref_array
 from ._wrapper import COMPLETE, SKIPPED, with_status
 
 STATUS = "S_CLNFNS"
@@ -310,7 +310,7 @@ def rebuild(ds: xr.Dataset, stripes: xr.DataArray, background: xr.DataArray, cha
 
 
 def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readnoise=None,
-                        **params) -> xr.Dataset:
+                        flicker=None, flicker_channel=None, **params) -> xr.Dataset:
     """Remove 1/f noise from every group difference (lazy).
 
     As for every wrapper, calling it runs the step (``skip=False``); the pipeline default of
@@ -327,6 +327,13 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         GAIN (e⁻/DN) and READNOISE (DN) cut to the subarray, for the official draft rate
         (:func:`official_draft_rates`; the pipeline passes the references of jump/ramp_fit).
         Without them the scene mask comes from the quick :func:`draft_rate`.
+    flicker, flicker_channel : xarray.DataArray, optional
+        The line values and background levels of ``ds``'s differences, found beforehand on
+        whole frames (:func:`frame_block`): ``(channel, integration, group, line)`` float32
+        with the detector coordinates of the lines, and the channel of every fast-axis
+        position ``(y,)`` or ``(x,)``; ``ds`` may then be any window of the frame (the fused
+        engine's tiles).  ``flicker="status"`` sets the status only (the engine's one-pixel
+        status run).
     **params
         Other :class:`Params` fields (official names); unknown names raise TypeError.
 
@@ -349,6 +356,11 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
     if ds.sizes[GROUP] < 2:
         return with_status(ds, STATUS, COMPLETE)
     by_channel = bool(p.fit_by_channel) and str(a.get("SUBARRAY", "FULL")).upper() == "FULL"
+    if isinstance(flicker, str) and flicker == "status":
+        return with_status(ds, STATUS, COMPLETE)
+    if flicker is not None:
+        return with_status(ds, STATUS, COMPLETE,
+                           **{DATA: apply_given(ds, flicker, flicker_channel, axis)})
 
     if p.user_mask is not None:
         mask = read_user_mask(p.user_mask, ds)
@@ -390,6 +402,179 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
     return with_status(ds, STATUS, COMPLETE, **updates)
 
 
+def apply_given(ds: xr.Dataset, flicker: xr.DataArray, channel: xr.DataArray, axis: int) -> xr.DataArray:
+    """``ds``'s data cleaned with line values found on whole frames, on ``ds``'s own layout
+    (a numpy window of the frame; :func:`daskramp.kernels.clean_flicker_noise.apply_clean`)."""
+    fd, ld = fast_dim(axis), line_dim(axis)
+    terms = flicker.sel({ld: ds[ld].values})
+    nchan = terms.sizes[CHANNEL] - 1
+    chan = np.asarray(channel.sel({fd: ds[fd].values}).values, np.int8)
+    background = np.asarray(terms.isel({CHANNEL: nchan, ld: 0}).values) if terms.sizes[ld] else \
+        np.zeros(terms.shape[1:3], np.float32)
+    stripes = [np.asarray(terms.isel({CHANNEL: c}).values) for c in range(nchan)]
+    data = np.asarray(ds[DATA].values, FLOAT_DTYPE)
+    out = kernel.apply_clean(data, chan, background, *stripes, axis_to_correct=axis)
+    return ds[DATA].copy(data=out)
+
+
+# ---- the whole-frame pass of the fused engine (daskramp.engine.chain.checkpoint_window):
+# each tile of the ramp as the step receives it gives its draft (tile_draft), the drafts
+# make the scene masks (scene_masks), blocks of whole frames give the line values
+# (frame_block), and every tile is then cleaned with them (apply_given)
+
+#: the per-integration draft slopes a checkpoint holds (``single_mask=False``)
+DRAFT_VAR = "flicker_draft_rateints"
+
+
+def checkpoint_variables(params) -> dict:
+    """Variables the checkpoint holds for the step besides the ramp: ``{name: (dims, dtype)}``."""
+    if params.user_mask is None and not params.single_mask:
+        return {DRAFT_VAR: (CUBE_DIMS, np.float32)}
+    return {}
+
+
+def tile_draft(ds: xr.Dataset, wrefs, params) -> tuple[dict, dict]:
+    """The draft of one numpy window of the ramp the step receives (every integration of its
+    block): ``(saved, returned)``.
+
+    ``saved``: per-integration draft slopes to keep in the checkpoint (``single_mask=False``);
+    ``returned``: the rate terms of each uncal segment, ``(segment, term, y, x)`` float64
+    (official draft, with GAIN and READNOISE) or the quick draft image of each segment
+    ``(segment, y, x)`` float32 (without them).  Nothing with a ``user_mask``.
+    """
+    if params.user_mask is not None or ds.sizes[GROUP] < 2:
+        return {}, {}
+    gain, readnoise = ref_array(ref(wrefs, "gain")), ref_array(ref(wrefs, "readnoise"))
+    official = gain is not None and readnoise is not None
+    data = np.asarray(ds[DATA].values, FLOAT_DTYPE)
+    gdq, pdq = ds[GROUPDQ].values, ds[PIXELDQ].values
+    a = ds.attrs
+    segs = segment_bounds(ds)
+    if official:
+        g, rn, dark = (np.asarray(v.values) for v in _draft_inputs(ds, np.asarray(gain), np.asarray(readnoise)))
+        kw = dict(nframes=int(a["NFRAMES"]), tframe=float(a["TFRAME"]), tgroup=float(a["TGROUP"]))
+        if not params.single_mask:
+            ints = [kernel.draft_rateints(data[lo:hi], gdq[lo:hi], pdq, g, rn, dark, **kw) for lo, hi in segs]
+            return {DRAFT_VAR: np.concatenate(ints)}, {}
+        terms = [kernel.draft_rate_terms(data[lo:hi], gdq[lo:hi], pdq, g, rn, dark, **kw) for lo, hi in segs]
+        return {}, {"draft_terms": np.stack(terms)}
+    slopes = kernel.draft_slopes(data, gdq, pdq, tgroup=float(a["TGROUP"]))
+    if not params.single_mask:
+        return {DRAFT_VAR: slopes}, {}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
+        images = [np.nanmedian(slopes[lo:hi], axis=0) for lo, hi in segs]
+    return {}, {"draft_images": np.stack(images).astype(np.float32)}
+
+
+def scene_masks(tiles: dict, pixeldq: np.ndarray, skeleton: xr.Dataset, refs, params):
+    """The scene mask of each uncal segment of a block, ``(segment, y, x)`` bool (True =
+    background), from the tiles' drafts assembled into whole images (``tiles``: name →
+    array of the frame); a user mask ``(y, x)`` or ``(integration, y, x)``; None when each
+    integration has its own (from the checkpoint's draft slopes, :func:`frame_block`)."""
+    if params.user_mask is not None:
+        return user_mask_array(params.user_mask, (skeleton.sizes[Y], skeleton.sizes[X]))
+    if "draft_terms" in tiles:
+        terms = tiles["draft_terms"]
+        g = np.asarray(ref_array(ref(refs, "gain")))
+        coords = {Y: skeleton[Y], X: skeleton[X]}
+        pdq = xr.DataArray(pixeldq, dims=IMAGE_DIMS, coords=coords)
+        gain = xr.DataArray(g, dims=IMAGE_DIMS, coords=coords)
+        rates = []
+        for k, (lo, hi) in enumerate(segment_bounds(skeleton)):
+            sums = [xr.DataArray(terms[k, t], dims=IMAGE_DIMS, coords=coords) for t in range(terms.shape[1])]
+            rates.append(_ramp_fit.finalize_rate(sums, pdq, gain, nints=hi - lo)[DATA].values)
+    elif "draft_images" in tiles:
+        rates = list(tiles["draft_images"])
+    else:
+        return None
+    return np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma)) for r in rates])
+
+
+def user_mask_array(user_mask, frame_shape) -> np.ndarray:
+    """A user mask (FITS path, array or DataArray) as bool ``(y, x)`` or ``(integration, y, x)``
+    (the exposure's integrations), its frame shape checked."""
+    if isinstance(user_mask, (str, bytes)) or hasattr(user_mask, "__fspath__"):
+        from astropy.io import fits
+
+        with fits.open(user_mask) as hdul:
+            arr = next(h.data for h in hdul if getattr(h, "data", None) is not None and h.data.ndim >= 2)
+    elif isinstance(user_mask, xr.DataArray):
+        arr = user_mask.values
+    else:
+        arr = user_mask
+    arr = np.asarray(arr)
+    if arr.ndim not in (2, 3) or tuple(arr.shape[-2:]) != tuple(frame_shape):
+        raise ValueError(f"clean_flicker_noise: user_mask shape {arr.shape} does not match the "
+                         f"frame {tuple(frame_shape)}")
+    return arr.astype(bool)
+
+
+def frame_block(ramp: dict, masks, segment_of: np.ndarray, positions: np.ndarray, attrs: dict,
+                params) -> np.ndarray:
+    """Line values and background levels of a block of whole frames of the ramp the step
+    receives (:func:`daskramp.kernels.clean_flicker_noise.flicker_terms`),
+    ``(channel + 1, integration, group, line)`` float32.
+
+    ``ramp``: ``data``, ``groupdq`` (and the draft slopes with ``single_mask=False``) of the
+    block's integrations; ``masks``: from :func:`scene_masks`; ``segment_of``: each
+    integration's index among the segments of :func:`scene_masks`; ``positions``: each
+    integration's position in the exposure (a per-integration user mask).
+    """
+    axis = axis_to_correct(attrs)
+    by_channel = bool(params.fit_by_channel) and str(attrs.get("SUBARRAY", "FULL")).upper() == "FULL"
+    if masks is None:
+        mask = np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma)) for r in ramp[DRAFT_VAR]])
+    elif masks.ndim == 2:
+        mask = masks
+    elif params.user_mask is not None:
+        if masks.shape[0] <= int(np.max(positions)):
+            raise ValueError(f"clean_flicker_noise: user_mask has {masks.shape[0]} integrations, "
+                             f"the exposure more")
+        mask = masks[positions]
+    elif np.all(segment_of == segment_of[0]):
+        mask = masks[segment_of[0]]
+    else:
+        mask = masks[segment_of]
+    return kernel.flicker_terms(ramp[DATA], ramp[GROUPDQ], mask, axis_to_correct=axis,
+                                n_sigma=float(params.n_sigma), background_method=params.background_method,
+                                fit_by_channel=by_channel)
+
+
+def frame_block_shape(skeleton: xr.Dataset, params) -> tuple[int, int, int]:
+    """``(channel + 1, group, line)``: the shape of :func:`frame_block`'s result but for its
+    integration axis."""
+    axis = axis_to_correct(skeleton.attrs)
+    by_channel = bool(params.fit_by_channel) and str(skeleton.attrs.get("SUBARRAY", "FULL")).upper() == "FULL"
+    nchan = int(kernel.channel_index(skeleton.sizes[fast_dim(axis)], fit_by_channel=by_channel).max()) + 1
+    return nchan + 1, skeleton.sizes[GROUP], skeleton.sizes[line_dim(axis)]
+
+
+def given_flicker(terms, skeleton: xr.Dataset, params) -> dict:
+    """The statistics the step's tiles are given (:func:`_stats_kwargs`): ``flicker``
+    (``terms``, lazy ``(channel + 1, integration, group, line)``, on the lines' detector
+    coordinates) and ``flicker_channel`` (the channel of each fast-axis position)."""
+    axis = axis_to_correct(skeleton.attrs)
+    fd, ld = fast_dim(axis), line_dim(axis)
+    by_channel = bool(params.fit_by_channel) and str(skeleton.attrs.get("SUBARRAY", "FULL")).upper() == "FULL"
+    chan = kernel.channel_index(skeleton.sizes[fd], fit_by_channel=by_channel)
+    return {
+        "flicker": xr.DataArray(terms, dims=(CHANNEL, INTEGRATION, GROUP, ld),
+                                coords={ld: skeleton[ld].values}),
+        "flicker_channel": xr.DataArray(chan, dims=(fd,), coords={fd: skeleton[fd].values}),
+    }
+
+
+def _stats_kwargs(ds, params, given, lazy, frame_shape) -> dict:
+    # the fused engine gives the line values found on whole frames; the step-by-step
+    # layout finds them itself
+    if "flicker" not in given:
+        return {}
+    return {"flicker": given["flicker"], "flicker_channel": given.get("flicker_channel")}
+
+
 def _refs_kwargs(refs, params, ds) -> dict:
     # the draft rate's ramp fit reads GAIN and READNOISE (the official RampFitStep asks CRDS
     # for them); without them the step runs on the quick draft rate
@@ -401,4 +586,10 @@ def _refs_kwargs(refs, params, ds) -> dict:
 SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=clean_flicker_noise,
                 scratch=3.0, reftypes=("gain", "readnoise"), optional_reftypes=("gain", "readnoise"),
                 refs_kwargs=_refs_kwargs,
-                not_fusable=lambda p: None if p.skip else "clean_flicker_noise fits whole frames")
+                stats_kwargs=_stats_kwargs,
+                # the saved mask and line values are variables of the ramp the tiles do not keep
+                not_fusable=lambda p: (None if p.skip or not (p.save_mask or p.save_noise)
+                                       else "clean_flicker_noise saves its mask or line values"),
+                frame_pass=FramePass(variables=checkpoint_variables, tile=tile_draft,
+                                     combine=scene_masks, block=frame_block,
+                                     block_shape=frame_block_shape, given=given_flicker))
