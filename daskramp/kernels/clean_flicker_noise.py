@@ -30,6 +30,7 @@ left uncorrected and marked with NaN in every channel and line ("skipped").
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .. import dq as _dq
@@ -63,22 +64,123 @@ def sigma_clipped_stats(values, *, sigma: float = SIGMA_LIMIT, maxiters: int = M
     -------
     (mean, median, std) : floats, NaN when no value is left.
     """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    # np.nanmedian / np.nanstd: what astropy evaluates when bottleneck is absent, so that
-    # a value on a clip limit falls on the same side
+    v = _finite_copy(np.asarray(values, dtype=np.float64).ravel())
+    # the values of np.nanmedian / np.nanstd (what astropy evaluates when bottleneck is
+    # absent, so that a value on a clip limit falls on the same side), found faster: the
+    # values are finite; the median is selected among the values near the last one; the
+    # clip keeps the values in order (np.std's sum depends on it), in place; and the
+    # statistics of the last pass are those of the values kept
+    n = v.size
+    med = std = None
+    guess = None
     for _ in range(maxiters):
-        if v.size == 0:
+        if n == 0:
             break
-        med = np.nanmedian(v)
-        std = np.nanstd(v)
-        keep = (v >= med - std * sigma) & (v <= med + std * sigma)
-        if keep.all():
+        w = v[:n]
+        med = _median_near(w, guess)
+        std = np.std(w)
+        kept = _clip_in_place(v, n, med - std * sigma, med + std * sigma)
+        if kept == n:
             break
-        v = v[keep]
-    if v.size == 0:
+        guess = (med, std)
+        n = kept
+        med = std = None
+    if n == 0:
         return np.nan, np.nan, np.nan
-    return float(np.nanmean(v)), float(np.nanmedian(v)), float(np.nanstd(v))
+    w = v[:n]
+    if med is None:
+        med, std = _median_near(w, guess), np.std(w)
+    return float(np.mean(w)), float(med), float(std)
+
+
+@numba.njit(cache=True, nogil=True)
+def _finite_copy(a):
+    # a[np.isfinite(a)], a new array
+    out = np.empty(a.size, np.float64)
+    m = 0
+    for x in a:
+        out[m] = x
+        m += np.isfinite(x)
+    return out[:m].copy()
+
+
+#: half-width, in standard deviations, of the window the median is first looked for in
+MEDIAN_WINDOW = 0.15
+
+
+def _median_near(w: np.ndarray, guess):
+    """``median_of_finite(w)`` (float64), selected among the values within
+    :data:`MEDIAN_WINDOW` standard deviations of a guess (the last pass's median and
+    standard deviation, or those of a sample) when the middle ranks fall there, which one
+    counting pass tells; otherwise among all."""
+    n = w.size
+    if n < 4096:
+        return median_of_finite(w)
+    if guess is None:
+        sample = w[:: n // 1024]
+        guess = (np.median(sample), np.std(sample))
+    centre, spread = float(guess[0]), float(guess[1])
+    if not spread > 0:
+        return median_of_finite(w)
+    lo, hi = centre - MEDIAN_WINDOW * spread, centre + MEDIAN_WINDOW * spread
+    h = n // 2
+    got = _select_in_window(w, lo, hi, h - 1 if n % 2 == 0 else h, h)
+    if got is None:
+        return median_of_finite(w)
+    a, b = got
+    return b if n % 2 else (a + b) / 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_ranks(w, lo, hi, ka, kb):
+    # how many values of w are below lo, and (when the ranks ka, kb fall within [lo, hi])
+    # those values within it, else an empty array
+    # without branches: the values fall on either side at random
+    below = 0
+    upto = 0
+    for x in w:
+        below += x < lo
+        upto += x <= hi
+    m = upto - below
+    if not (below <= ka and kb < upto):
+        return below, np.empty(0, np.float64)
+    buf = np.empty(m + 1, np.float64)
+    m = 0
+    for x in w:
+        buf[m] = x
+        m += (x >= lo) & (x <= hi)
+    return below, buf[:m]
+
+
+def _select_in_window(w, lo, hi, ka, kb):
+    """The order statistics ``ka`` ≤ ``kb`` of ``w`` when both lie within [lo, hi], else None."""
+    below, inside = _window_ranks(w, lo, hi, ka, kb)
+    if inside.size == 0:
+        return None
+    part = np.partition(inside, (ka - below, kb - below))
+    return part[ka - below], part[kb - below]
+
+
+@numba.njit(cache=True, nogil=True)
+def _clip_in_place(v, n, lo, hi):
+    # v[:n] keeps the values within [lo, hi], in order; returns how many
+    m = 0
+    for i in range(n):
+        x = v[i]
+        v[m] = x
+        m += (x >= lo) & (x <= hi)
+    return m
+
+
+def median_of_finite(v: np.ndarray):
+    """``np.median`` of a 1-D array of finite values, in its dtype: the middle value, or the
+    mean of the two middle ones (summed and halved in the array's dtype, as ``np.median``)."""
+    n = v.size
+    h = n // 2
+    if n % 2:
+        return np.partition(v, h)[h]
+    part = np.partition(v, (h - 1, h))
+    return (part[h - 1] + part[h]) / 2
 
 
 def clip_to_background(
@@ -110,16 +212,66 @@ def clip_to_background(
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return mask.copy()
-    img = np.asarray(image, dtype=np.float64)
-    _, center, sigma = sigma_clipped_stats(img[mask])
+    image = np.asarray(image)
+    if image.dtype not in (np.float32, np.float64):
+        image = image.astype(np.float64)
+    # the same float64 values and operations as numpy's masked indexing, concatenation and
+    # comparisons, in single passes
+    _, center, sigma = sigma_clipped_stats(_masked_values(image, mask))
     if lower_half_only:
-        low = img[mask & (img <= center)]
-        mirrored = np.concatenate((low - center, center - low)) + center
-        _, center, sigma = sigma_clipped_stats(mirrored)
-    with np.errstate(invalid="ignore"):
-        bad = img < center - sigma_lower * sigma
-        signal = img > center + sigma_upper * sigma
-    return mask & ~bad & ~signal
+        _, center, sigma = sigma_clipped_stats(_mirrored_low_half(image, mask, center))
+    return _within(image, mask, center - sigma_lower * sigma, center + sigma_upper * sigma)
+
+
+@numba.njit(cache=True, nogil=True)
+def _masked_values(image, mask):
+    # image[mask] as float64, in order
+    n = 0
+    for i in range(image.shape[0]):
+        for j in range(image.shape[1]):
+            n += mask[i, j]
+    out = np.empty(n, np.float64)
+    m = 0
+    for i in range(image.shape[0]):
+        for j in range(image.shape[1]):
+            if mask[i, j]:
+                out[m] = image[i, j]
+                m += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _mirrored_low_half(image, mask, center):
+    # concatenate((low − c, c − low)) + c of low = image[mask & (image <= c)], in float64
+    n = 0
+    for i in range(image.shape[0]):
+        for j in range(image.shape[1]):
+            n += mask[i, j] & (np.float64(image[i, j]) <= center)
+    out = np.empty(2 * n + 1, np.float64)
+    m = 0
+    for i in range(image.shape[0]):
+        for j in range(image.shape[1]):
+            # without branches (half the pixels are on either side): written, then kept or
+            # overwritten; the second half is filled below
+            x = np.float64(image[i, j])
+            out[m] = x
+            m += mask[i, j] & (x <= center)
+    for m in range(n):
+        x = out[m]
+        out[m] = (x - center) + center
+        out[n + m] = (center - x) + center
+    return out[: 2 * n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _within(image, mask, lo, hi):
+    # mask & ~(image < lo) & ~(image > hi)  (NaN compares false: kept as numpy keeps it)
+    out = np.empty(mask.shape, np.bool_)
+    for i in range(image.shape[0]):
+        for j in range(image.shape[1]):
+            x = np.float64(image[i, j])
+            out[i, j] = mask[i, j] and not (x < lo) and not (x > hi)
+    return out
 
 
 def scene_mask(rate, *, n_sigma: float = 2.0) -> np.ndarray:
@@ -158,20 +310,40 @@ def channel_index(size: int, *, fit_by_channel: bool) -> np.ndarray:
 def _masked_line_median(image, mask, axis: int, chan: np.ndarray, nchan: int) -> np.ndarray:
     """Median of masked pixels along ``axis`` (the fast axis) per channel → (nchan, nline).
 
-    Lines without any masked pixel get 0.
+    The value ``np.nanmedian`` gives for the line with the unmasked pixels set to NaN (the
+    middle value, or the two middle ones summed and halved in the image's float32); lines
+    without any masked pixel get 0.
     """
-    nline = image.shape[1 - axis]
+    image = np.asarray(image, np.float32)
+    mask = np.asarray(mask, bool)
+    if axis == 1:
+        image, mask = image.T, mask.T
+    return _line_medians(image, mask, np.asarray(chan, np.int64), int(nchan))
+
+
+@numba.njit(cache=True, nogil=True)
+def _line_medians(image, mask, chan, nchan):
+    # image, mask (fast, line): one median per line and channel over the fast axis
+    nfast, nline = image.shape
     out = np.zeros((nchan, nline), np.float64)
+    buf = np.empty(nfast, np.float32)
     for c in range(nchan):
-        sel = chan == c
-        if axis == 0:
-            sub = np.where(mask[sel, :], image[sel, :], np.nan)
-        else:
-            sub = np.where(mask[:, sel], image[:, sel], np.nan).T
-        has = np.any(~np.isnan(sub), axis=0)
-        if has.any():
-            med = np.nanmedian(sub[:, has], axis=0)
-            out[c, has] = med
+        for j in range(nline):
+            n = 0
+            for i in range(nfast):
+                v = image[i, j]
+                if chan[i] == c and mask[i, j] and v == v:  # NaN: not a value, as nanmedian
+                    buf[n] = v
+                    n += 1
+            if n == 0:
+                continue
+            h = n // 2
+            part = np.partition(buf[:n], h)
+            if n % 2:
+                out[c, j] = part[h]
+            else:
+                # the (h−1)-th value is the largest of those before the h-th
+                out[c, j] = (part[:h].max() + part[h]) / np.float32(2.0)
     return out
 
 
@@ -263,8 +435,8 @@ def clean_difference(
         # so it only shifts which pixels count as background
         mask = clip_to_background(image, mask, sigma_lower=SIGMA_LIMIT, sigma_upper=SIGMA_LIMIT,
                                   lower_half_only=True)
-        with _quiet():
-            background = np.float32(np.nanmedian(image[mask]))
+        kept = image[mask]
+        background = np.float32(median_of_finite(kept)) if kept.size else np.float32(np.nan)
         bkg_sub = image - background
         if n_sigma > 0:
             mask = clip_to_background(bkg_sub, mask, sigma_lower=n_sigma, sigma_upper=n_sigma,

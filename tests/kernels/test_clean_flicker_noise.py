@@ -38,6 +38,81 @@ def test_sigma_clipped_stats_matches_astropy():
     np.testing.assert_allclose(ours, theirs, rtol=1e-12)
 
 
+def _reference_clipped_stats(values, sigma=k.SIGMA_LIMIT, maxiters=k.MAXITERS):
+    # the plain form: nan-statistics recomputed at the end
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    for _ in range(maxiters):
+        if v.size == 0:
+            break
+        med, std = np.nanmedian(v), np.nanstd(v)
+        keep = (v >= med - std * sigma) & (v <= med + std * sigma)
+        if keep.all():
+            break
+        v = v[keep]
+    if v.size == 0:
+        return np.nan, np.nan, np.nan
+    return float(np.nanmean(v)), float(np.nanmedian(v)), float(np.nanstd(v))
+
+
+def _reference_line_median(image, mask, axis, chan, nchan):
+    # the plain form: np.nanmedian of each line with the unmasked pixels set to NaN
+    out = np.zeros((nchan, image.shape[1 - axis]))
+    for c in range(nchan):
+        sel = chan == c
+        sub = (np.where(mask[sel, :], image[sel, :], np.nan) if axis == 0
+               else np.where(mask[:, sel], image[:, sel], np.nan).T)
+        has = np.any(~np.isnan(sub), axis=0)
+        if has.any():
+            out[c, has] = np.nanmedian(sub[:, has], axis=0)
+    return out
+
+
+def _reference_clip(image, mask, sigma_lower, sigma_upper, lower_half_only):
+    img = np.asarray(image, dtype=np.float64)
+    _, center, sigma = _reference_clipped_stats(img[mask])
+    if lower_half_only:
+        low = img[mask & (img <= center)]
+        _, center, sigma = _reference_clipped_stats(np.concatenate((low - center, center - low)) + center)
+    with np.errstate(invalid="ignore"):
+        return mask & ~(img < center - sigma_lower * sigma) & ~(img > center + sigma_upper * sigma)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_statistics_equal_the_plain_numpy_ones(seed):
+    """The clipped statistics and line medians the step uses are those of numpy's nan
+    functions bit for bit (odd and even counts, NaN samples, empty lines, float32 halving,
+    lines of fewer and more than 600 pixels, whose nanmedian takes other paths)."""
+    rng = np.random.default_rng(seed)
+    for n in (1, 2, 3, 10, 1001, 40000):
+        v = rng.normal(rng.uniform(-50, 50), rng.uniform(0.1, 20), n).astype(np.float32)
+        v[rng.random(n) < 0.05] = rng.normal(0, 500, 1)[0]  # outliers to clip
+        if n > 3:
+            v[rng.random(n) < 0.02] = np.nan
+        assert k.sigma_clipped_stats(v) == _reference_clipped_stats(v)
+        assert k.sigma_clipped_stats(v, sigma=2.0, maxiters=2) == _reference_clipped_stats(v, 2.0, 2)
+    for dtype in (np.float32, np.float64):
+        img = rng.normal(10, 4, (128, 300)).astype(dtype)
+        img[rng.random(img.shape) < 0.03] += 200  # sources
+        img[rng.random(img.shape) < 0.01] = np.nan
+        mask = rng.random(img.shape) < 0.8
+        for args in ((3.0, 3.0, True), (2.0, 2.0, True), (3.0, 1.5, False)):
+            np.testing.assert_array_equal(k.clip_to_background(img, mask, sigma_lower=args[0],
+                                                               sigma_upper=args[1], lower_half_only=args[2]),
+                                          _reference_clip(img, mask, *args))
+    for shape, axis in (((256, 96), 0), ((40, 700), 1), ((700, 30), 0), ((33, 64), 1)):
+        img = rng.normal(0, 3, shape).astype(np.float32)
+        img[rng.random(shape) < 0.01] = np.nan
+        mask = rng.random(shape) < rng.uniform(0.2, 0.9)
+        mask[:, 5] = False
+        mask[7, :] = False
+        fast = shape[axis]
+        for nchan in (1, 2):
+            chan = (np.arange(fast) * nchan // fast).astype(np.int8)
+            got = k._masked_line_median(img, mask, axis, chan, nchan)
+            np.testing.assert_array_equal(got, _reference_line_median(img, mask, axis, chan, nchan))
+
+
 def test_scene_mask_hand_case():
     # rates: 16 background pixels at 1 ± 0.1 (half each), one source at 50, one NaN, one 0.
     # clipped stats: median 1, std 0.1 → keep 1 − 0.3 … 1 + 2·0.1; the source goes (signal),
