@@ -134,6 +134,20 @@ def test_fused_chain_projection():
         check_memory(ds, memory_limit=GiB, tile_columns=128)
 
 
+def test_frame_pass_projection_and_refusal():
+    """A step that needs whole frames (clean_flicker_noise) adds its frame pass: whole frames
+    of FRAME_BLOCK_BYTES // (4 × 10 × 256 × 2048 = 20 MiB) = 3 integrations, × 2.0."""
+    ds = _exposure()
+    steps = {"clean_flicker_noise": {"skip": False}}
+    plan = check_memory(ds, memory_limit=4 * GiB, tile_columns=64, steps=steps)
+    assert plan.per_step["clean_flicker_noise frame pass"] == int(2.0 * 4 * 3 * 10 * 256 * 2048)
+    assert "clean_flicker_noise frame pass" not in check_memory(ds, memory_limit=4 * GiB, tile_columns=64,
+                                                                 steps={}).per_step
+    # fused tile chain of 1 column: 7.8 MiB, frame pass 120 MiB > 0.6 × 150 MiB
+    with pytest.raises(MemoryBudgetError, match=r"clean_flicker_noise frame pass: .*3 integration.* 120 MiB"):
+        check_memory(ds, memory_limit=150 * MiB, tile_columns=1, steps=steps, integration_chunk=1)
+
+
 def test_plan_chunking_default_fits_explicit_is_refused():
     ds = _exposure(ichunk=50)  # 50-integration chunks (1000 MiB float32): too big for 1 GiB
     with dask.config.set(scheduler=_raising_scheduler):

@@ -17,10 +17,11 @@ each integration block the engine then
 4. every tile reads its window back from the checkpoint and runs the step, given the
    statistics, and the rest of the chain (:func:`daskramp.engine.graph.staged` from the step).
 
-Worker memory stays that of a tile (step 3 reads :data:`FRAME_BLOCK_BYTES` of float32 ramp
-per task); the disk holds one block's ramp at that point (about 5 bytes per pixel and
-group) until the block's products are written.  The products equal the step-by-step
-layout's (``tests/test_fused.py``).
+Worker memory stays that of a tile (step 3 reads
+:data:`daskramp.engine.plan.FRAME_BLOCK_BYTES` of float32 ramp per task, projected by
+:func:`daskramp.engine.plan.check_memory`); the disk holds one block's ramp at that point
+(about 5 bytes per pixel and group) until the block's products are written.  The products
+equal the step-by-step layout's (``tests/test_fused.py``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,7 @@ from ..dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, X, Y
 from ..io import checkpoint as checkpoint_store
 from .chain import Plan, Reader, checkpoint_window
 from .graph import staged
-
-#: bytes of float32 ramp (whole frames × all groups) per task of the frame pass
-FRAME_BLOCK_BYTES = 64 * 2**20
-
+from .plan import frame_block_integrations
 
 def frame_step(params) -> str | None:
     """The first step that runs and declares a ``frame_pass`` (None: no checkpoint)."""
@@ -52,9 +50,9 @@ def frame_step(params) -> str | None:
 
 
 def frame_blocks(nint: int, ngroup: int, ny: int, nx: int) -> list[tuple[int, int]]:
-    """Integration ranges of the frame pass's tasks: :data:`FRAME_BLOCK_BYTES` each."""
-    per_int = 4 * ngroup * ny * nx
-    k = int(max(1, min(nint, FRAME_BLOCK_BYTES // max(per_int, 1))))
+    """Integration ranges of the frame pass's tasks
+    (:func:`daskramp.engine.plan.frame_block_integrations` each)."""
+    k = frame_block_integrations(nint, ngroup, ny, nx)
     return [(a, min(a + k, nint)) for a in range(0, nint, k)]
 
 

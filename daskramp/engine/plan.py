@@ -246,6 +246,12 @@ def check_memory(
         per_step[step] = int(f * 4 * elems)
     if fused_chain:
         per_step[CHAIN_STEP] = int(CHAIN_FACTOR * 4 * tile)
+    for step in active_steps(steps):
+        if _spec(step).frame_pass is not None:
+            # the whole frames of a few integrations its statistics are found on
+            # (engine/checkpoint.py)
+            k = frame_block_integrations(tile_ints, ngroups, ny, nx)
+            per_step[f"{step} frame pass"] = int(FRAME_PASS_FACTOR * 4 * k * ngroups * ny * nx)
     plan = MemoryPlan(budget=budget, integration_chunk=integration_chunk, tile_columns=tile_columns,
                       tile_integrations=tile_ints, per_step=per_step)
     if budget is None:
@@ -259,9 +265,15 @@ def check_memory(
     local = [s for s in over if s not in on_tiles]
     step = max(local or over, key=per_step.get)
     need = per_step[step]
-    f = step_factor(step)
     limit_txt = (f"{_mib(budget)} per task ({USABLE_FRACTION:.0%} of the {_mib(memory_limit)} "
                  f"worker memory limit / {threads_per_worker} thread(s))")
+    if step.endswith(" frame pass"):
+        k = frame_block_integrations(tile_ints, ngroups, ny, nx)
+        raise MemoryBudgetError(
+            f"step {step}: a task on the whole frames of {k} integration(s) ({ngroups} × {ny} × {nx} "
+            f"float32 each) is projected to need {_mib(need)}, above the budget of {limit_txt}; "
+            f"use workers with more memory")
+    f = step_factor(step)
     if step in on_tiles:
         # every step that runs on tiles must fit the suggested width
         worst = max(step_factor(s) for s in on_tiles)
@@ -467,6 +479,20 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
 #: Each block costs the steps' per-call overhead (a few ms each), hence blocks of tens of MB
 #: rather than small cache-sized ones.
 BLOCK_BYTES = 40 * 2**20
+
+#: bytes of float32 ramp (whole frames × all groups) per task of a checkpoint's frame pass
+#: (:mod:`daskramp.engine.checkpoint`)
+FRAME_BLOCK_BYTES = 64 * 2**20
+#: peak bytes of a frame-pass task per byte of float32 ramp it reads: the block as read
+#: (data and group DQ, 1.25) and one difference's float64 statistics — an estimate
+FRAME_PASS_FACTOR = 2.0
+
+
+def frame_block_integrations(nint: int, ngroup: int, ny: int, nx: int) -> int:
+    """Integrations per task of a checkpoint's frame pass: :data:`FRAME_BLOCK_BYTES` of
+    float32 ramp, at least one."""
+    per_int = 4 * ngroup * ny * nx
+    return int(max(1, min(nint, FRAME_BLOCK_BYTES // max(per_int, 1))))
 
 
 def bounds(n: int, step: int) -> list[tuple[int, int]]:
