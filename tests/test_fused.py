@@ -161,9 +161,9 @@ def test_default_is_fused_and_lazy(soss):
 
 @pytest.mark.parametrize("stats_scope,cfn", [
     ("segment", {}),
-    ("exposure", {}),
+    pytest.param("exposure", {}, marks=pytest.mark.slow),
     ("segment", {"single_mask": False, "n_sigma": 1.5}),
-    ("segment", {"background_method": None}),
+    pytest.param("segment", {"background_method": None}, marks=pytest.mark.slow),
 ])
 def test_checkpointed_step_equals_step_by_step(tmp_path, stats_scope, cfn):
     """clean_flicker_noise in the fused layout (tiles up to it written to a checkpoint, its
