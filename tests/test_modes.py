@@ -850,7 +850,13 @@ def test_defocused_psf_scene(mode_sims):
     assert mode_sims["tsimage-grism64-4out"].n_saturated > 0 and mode_sims["tsimage-sub64p"].n_saturated > 0
 
 
-@pytest.fixture(scope="module", params=list(MODE_CASES))
+#: cases whose behaviour another default case holds too (the NIRCam 4-output reference
+#: pixels: tests/test_nircam.py's full frame, grism4 here)
+SLOW_PARITY_CASES = ("tsimage-grism64-4out",)
+
+
+@pytest.fixture(scope="module", params=[pytest.param(c, marks=pytest.mark.slow) if c in SLOW_PARITY_CASES
+                                        else c for c in MODE_CASES])
 def mode_parity_run(request, mode_sims, client, tmp_path_factory):
     pytest.importorskip("jwst")
     case = request.param

@@ -110,7 +110,7 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     dsk: dict = {}
     # the store is made by a task, not while the graph is built: building has no side effect
     made = f"checkpoint-create-{token}"
-    dsk[made] = (checkpoint_store.create, path, {**layout, **extra}, sizes, rows, cols)
+    dsk[made] = (checkpoint_store.create, path, {**layout, **extra}, sizes, rows, cols, token)
     aname = f"checkpoint-{step}-{token}"
     for b, (y0, y1) in enumerate(y_bounds):
         for c, (x0, x1) in enumerate(x_bounds):

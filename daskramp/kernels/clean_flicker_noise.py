@@ -671,20 +671,40 @@ def apply_clean(data, channel, background, *stripes, axis_to_correct: int) -> np
     -------
     numpy.ndarray, same shape as ``data``, float32.
     """
-    data = np.asarray(data, dtype=np.float32)
-    st = np.stack([np.asarray(s, dtype=np.float32) for s in stripes])  # (nchan, i, g, line)
-    bkg = np.asarray(background, dtype=np.float32)
-    ngroup = data.shape[1]
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    st = np.ascontiguousarray(np.stack([np.asarray(s, dtype=np.float32) for s in stripes]))  # (nchan, i, g, line)
+    bkg = np.ascontiguousarray(background, dtype=np.float32)
+    if axis_to_correct not in (1, 2):
+        raise ValueError(f"axis_to_correct must be 1 or 2, got {axis_to_correct}")
+    skipped = np.isnan(st).all(axis=(0, 3))  # (i, g)
+    return _rebuild(data, np.asarray(channel, np.int64), bkg, st, skipped, axis_to_correct == 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rebuild(data, channel, bkg, st, skipped, lines_are_columns):
+    # the float32 recurrence of apply_clean, one pixel at a time: the same operations, in
+    # the same order, as the whole-array form (each result rounded to float32)
+    nint, ngroup, ny, nx = data.shape
     out = np.empty_like(data)
-    out[:, 0] = data[:, 0]
-    for g in range(1, ngroup):
-        s = st[:, :, g]
-        skipped = np.isnan(s).all(axis=(0, 2))  # (i,)
-        lines = expand_stripes(s, channel, axis_to_correct=axis_to_correct)  # (i, y, x)
-        b = bkg[:, g, None, None]
-        with np.errstate(invalid="ignore"):
-            clean = ((data[:, g] - data[:, g - 1]) - b - lines) + b
-            out[:, g] = np.where(skipped[:, None, None], data[:, g], out[:, g - 1] + clean)
+    for i in range(nint):
+        for y in range(ny):
+            for x in range(nx):
+                out[i, 0, y, x] = data[i, 0, y, x]
+        for g in range(1, ngroup):
+            if skipped[i, g]:
+                for y in range(ny):
+                    for x in range(nx):
+                        out[i, g, y, x] = data[i, g, y, x]
+                continue
+            b = bkg[i, g]
+            for y in range(ny):
+                for x in range(nx):
+                    if lines_are_columns:
+                        s = st[channel[y], i, g, x]
+                    else:
+                        s = st[channel[x], i, g, y]
+                    clean = (((data[i, g, y, x] - data[i, g - 1, y, x]) - b) - s) + b
+                    out[i, g, y, x] = out[i, g - 1, y, x] + clean
     return out
 
 

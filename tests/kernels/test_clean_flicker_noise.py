@@ -276,6 +276,43 @@ def test_apply_clean_rounds_as_the_official_float32_recurrence():
     assert k.apply_stripes(data, np.zeros(1, np.int8), s, axis_to_correct=1)[0, 2, 0, 0] == base + 2
 
 
+def _reference_apply_clean(data, channel, background, *stripes, axis_to_correct):
+    # the whole-array numpy form of the official float32 rebuild
+    st = np.stack([np.asarray(x, np.float32) for x in stripes])
+    out = np.empty_like(data)
+    out[:, 0] = data[:, 0]
+    for g in range(1, data.shape[1]):
+        sg = st[:, :, g]
+        skipped = np.isnan(sg).all(axis=(0, 2))
+        lines = k.expand_stripes(sg, channel, axis_to_correct=axis_to_correct)
+        b = background[:, g, None, None]
+        with np.errstate(invalid="ignore"):
+            clean = ((data[:, g] - data[:, g - 1]) - b - lines) + b
+            out[:, g] = np.where(skipped[:, None, None], data[:, g], out[:, g - 1] + clean)
+    return out
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_apply_clean_equals_the_whole_array_form(axis):
+    """The per-pixel rebuild gives the numpy whole-array form's float32 values bit for bit:
+    two channels, a skipped difference, NaN samples, values where float32 rounding bites."""
+    rng = np.random.default_rng(axis)
+    nint, ngroup, ny, nx = 3, 6, 10, 14
+    data = (2**23 + np.cumsum(rng.normal(3, 2, (nint, ngroup, ny, nx)), axis=1)).astype(np.float32)
+    data[1, 3, 2, 5] = np.nan
+    fast, nline = (ny, nx) if axis == 1 else (nx, ny)
+    channel = (np.arange(fast) * 2 // fast).astype(np.int8)
+    stripes = [rng.normal(0, 1.7, (nint, ngroup, nline)).astype(np.float32) for _ in range(2)]
+    for st in stripes:
+        st[:, 0] = 0
+        st[2, 4] = np.nan  # a skipped difference
+    background = rng.normal(0, 5, (nint, ngroup)).astype(np.float32)
+    got = k.apply_clean(data, channel, background, *stripes, axis_to_correct=axis)
+    want = _reference_apply_clean(data, channel, background, *stripes, axis_to_correct=axis)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[1, 3:, 2, 5]).all() and got.dtype == np.float32
+
+
 def test_draft_slopes_hand_case():
     # TGROUP 10 s; pixel (0,0): 0, 10, 20, 30 DN → (30 − 0)/(3·10) = 1 DN/s.
     # pixel (0,1): saturated from group 2 → groups 0..1: (10 − 0)/10 = 1 DN/s... with 5 → 0.5.
