@@ -220,3 +220,41 @@ def test_likely_on_several_segments_runs_as_one_graph(tmp_path, data, client):
     with xr.open_zarr(stores["rate.zarr"]) as got:
         ours = detector1(open_exposure(files), refs, steps=steps).rate["data"].compute()
         np.testing.assert_array_equal(got["data"].values, ours.values)
+
+
+def test_clean_flicker_noise_runs_segment_by_segment_through_checkpoints(tmp_path, data, client,
+                                                                         monkeypatch):
+    """With clean_flicker_noise on, a 2-segment run is submitted segment by segment through
+    checkpoint stores beside the products, each removed once its segment is written; the
+    products are those of the in-process pipeline and no checkpoint is left."""
+    from daskramp.engine import submit
+    from daskramp.io import open_exposure
+    from daskramp.pipeline import detector1
+
+    files, refs = data
+    released = []
+    orig = submit.write_by_segment
+
+    def spy(result, *a, **k):
+        seen = result.segments.release
+
+        def release(b):
+            store = Path(result.segments.checkpoint.path(b))
+            released.append((b, store.is_dir()))
+            seen(b)
+            assert not store.exists()
+
+        object.__setattr__(result.segments, "release", release)
+        return orig(result, *a, **k)
+
+    monkeypatch.setattr(submit, "write_by_segment", spy)
+    steps = {"clean_flicker_noise": {"skip": False}}
+    out = tmp_path / "out"
+    run(files, out, refs=refs, client=client, quiet=True, fits=False, config={"steps": steps})
+    assert released == [(0, True), (1, True)]
+    assert not list(out.glob(".*checkpoints*")), sorted(p.name for p in out.iterdir())
+    stores = {p.name.rsplit("_", 1)[-1]: p for p in out.glob("*.zarr") if not p.name.endswith("_uncal.zarr")}
+    with xr.open_zarr(stores["rateints.zarr"]) as got:
+        assert got.attrs["S_CLNFNS"] == "COMPLETE"
+        ours = detector1(open_exposure(files), refs, steps=steps).rateints["data"].compute()
+        np.testing.assert_array_equal(got["data"].values, ours.values)
