@@ -74,6 +74,9 @@ def sim_refs(small, attrs) -> dict[str, Path]:
 def no_crds_env(monkeypatch):
     for k in CRDS_VARS:
         monkeypatch.delenv(k, raising=False)
+    # left set by a test that ran the official pipeline offline in this process
+    # (daskramp.testing.official.configure_offline): parameter files are on unless a test says
+    monkeypatch.delenv("STPIPE_DISABLE_CRDS_STEPPARS", raising=False)
     # the cache's mappings carry their checksums: crds checks them
     monkeypatch.setenv("CRDS_IGNORE_MAPPING_CHECKSUM", "false")
     monkeypatch.setenv("CRDS_MODE", "local")
