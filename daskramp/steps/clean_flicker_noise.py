@@ -23,6 +23,12 @@ Laziness and layout:
    lays the blocks back out as the input's chunks).
 
 Only ``data`` changes; ``groupdq`` and ``pixeldq`` are returned as they are.
+
+That is the layout of the wrapper on a lazy exposure (the step-by-step graph).  The fused
+engine runs the same kernels through a checkpoint of the ramp the step receives
+(:mod:`daskramp.engine.checkpoint`): :func:`tile_draft` on each tile, :func:`scene_masks`
+once per segment, :func:`frame_block` on whole frames, and the wrapper given the line values
+(``flicker``) on each tile (:func:`apply_given`); ``SPEC.frame_pass`` names them.
 """
 
 from __future__ import annotations
@@ -120,6 +126,12 @@ def nanmedian(a: xr.DataArray, dim: str) -> xr.DataArray:
 
     return xr.apply_ufunc(_med, rechunk_data(a, {dim: -1}), input_core_dims=[[dim]],
                           dask="parallelized", output_dtypes=[np.float64 if a.dtype.kind != "f" else a.dtype])
+
+
+def by_amplifier(params, attrs: dict) -> bool:
+    """Whether line values are found per amplifier channel: ``fit_by_channel`` on full-frame
+    data only, as the official step applies it."""
+    return bool(params.fit_by_channel) and str(attrs.get("SUBARRAY", "FULL")).upper() == "FULL"
 
 
 def axis_to_correct(attrs: dict) -> int:
@@ -355,7 +367,7 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
     axis = axis_to_correct(a)
     if ds.sizes[GROUP] < 2:
         return with_status(ds, STATUS, COMPLETE)
-    by_channel = bool(p.fit_by_channel) and str(a.get("SUBARRAY", "FULL")).upper() == "FULL"
+    by_channel = by_amplifier(p, a)
     if isinstance(flicker, str) and flicker == "status":
         return with_status(ds, STATUS, COMPLETE)
     if flicker is not None:
@@ -524,7 +536,7 @@ def frame_block(ramp: dict, masks, segment_of: np.ndarray, positions: np.ndarray
     integration's position in the exposure (a per-integration user mask).
     """
     axis = axis_to_correct(attrs)
-    by_channel = bool(params.fit_by_channel) and str(attrs.get("SUBARRAY", "FULL")).upper() == "FULL"
+    by_channel = by_amplifier(params, attrs)
     if masks is None:
         mask = np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma)) for r in ramp[DRAFT_VAR]])
     elif masks.ndim == 2:
@@ -547,7 +559,7 @@ def frame_block_shape(skeleton: xr.Dataset, params) -> tuple[int, int, int]:
     """``(channel + 1, group, line)``: the shape of :func:`frame_block`'s result but for its
     integration axis."""
     axis = axis_to_correct(skeleton.attrs)
-    by_channel = bool(params.fit_by_channel) and str(skeleton.attrs.get("SUBARRAY", "FULL")).upper() == "FULL"
+    by_channel = by_amplifier(params, skeleton.attrs)
     nchan = int(kernel.channel_index(skeleton.sizes[fast_dim(axis)], fit_by_channel=by_channel).max()) + 1
     return nchan + 1, skeleton.sizes[GROUP], skeleton.sizes[line_dim(axis)]
 
@@ -558,7 +570,7 @@ def given_flicker(terms, skeleton: xr.Dataset, params) -> dict:
     coordinates) and ``flicker_channel`` (the channel of each fast-axis position)."""
     axis = axis_to_correct(skeleton.attrs)
     fd, ld = fast_dim(axis), line_dim(axis)
-    by_channel = bool(params.fit_by_channel) and str(skeleton.attrs.get("SUBARRAY", "FULL")).upper() == "FULL"
+    by_channel = by_amplifier(params, skeleton.attrs)
     chan = kernel.channel_index(skeleton.sizes[fd], fit_by_channel=by_channel)
     return {
         "flicker": xr.DataArray(terms, dims=(CHANNEL, INTEGRATION, GROUP, ld),
