@@ -455,7 +455,7 @@ def _cmd_darks(args, extra) -> int:
     from . import dims
     from .cluster import connect
     from .config import ConfigError
-    from .darks import DARK_STEPS, _check_consistent, figures, group_inputs, make_dark
+    from .darks import DARK_STEPS, check_consistent, figures, group_inputs, make_dark
     from .io import open_exposure
     from .io.store import consolidate
     from .pipeline import reference_set, validate_steps
@@ -481,7 +481,7 @@ def _cmd_darks(args, extra) -> int:
     items = group_inputs(list(args.inputs))
     exposures = [dims.validate(open_exposure(it[0] if isinstance(it, list) and len(it) == 1 else it))
                  for it in items]
-    _check_consistent(exposures)
+    check_consistent(exposures)
     # the references of the steps a dark runs (GAIN and READNOISE for jump): one missing is
     # refused now, naming every file rejected, not once the cluster has started
     refs = reference_set(exposures[0], args.refs, validate_steps(DARK_STEPS), _overrides(args),

@@ -27,15 +27,15 @@ layer it came from, and names ``steps.<step>.<param>`` in its one-line error.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A workflow file, environment variable or command-line override is malformed."""
+from . import parsfile
+from .errors import ConfigError
 
 
 def parse_value(text: str):
@@ -156,10 +156,6 @@ def read_file(path) -> tuple[str, dict, dict]:
     file (ASDF; kind "pipeline" or "step") or a workflow YAML (kind "yaml").  ``record`` is
     what the run's provenance keeps of it (name, sha256 and, for a parameter file, the values
     daskramp took from it)."""
-    import hashlib
-
-    from . import parsfile
-
     path = Path(path)
     if parsfile.is_asdf(path):
         pf = parsfile.read(path)

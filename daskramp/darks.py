@@ -332,7 +332,9 @@ def _reopen_tiled(item, ds: xr.Dataset, cols: int) -> xr.Dataset:
     return ds
 
 
-def _check_consistent(exposures: Sequence[xr.Dataset]) -> dict:
+def check_consistent(exposures: Sequence[xr.Dataset]) -> dict:
+    """The attributes of the first exposure, once every exposure matches it in the
+    :data:`MATCH_KEYWORDS`; a mismatch is one line naming the exposure and the keywords."""
     first = exposures[0].attrs
     for k, ds in enumerate(exposures[1:], start=2):
         bad = {key: (first.get(key), ds.attrs.get(key)) for key in MATCH_KEYWORDS
@@ -463,7 +465,7 @@ def make_dark(
     if not items:
         raise ConfigError("darks: no input exposures")
     exposures = [dims.validate(_open(it)) for it in items]
-    attrs = _check_consistent(exposures)
+    attrs = check_consistent(exposures)
     if not isinstance(refs, RefSet):
         refs = RefSet.from_dir(refs, attrs, overrides=overrides, required=())
     if not mask_do_not_use:
@@ -862,6 +864,7 @@ def add_arguments(p) -> None:
 __all__ = [
     "DarkResult",
     "add_arguments",
+    "check_consistent",
     "dark_header",
     "dark_statistics",
     "effective_noise",

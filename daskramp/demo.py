@@ -14,6 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .cluster import connect
+from .io import ingest
+from .io.store import consolidate
+from .progress import RunMonitor, log_to, logging_configured
+from .run import run
+from .simulate import simulate, truth_rateints
+
 #: the embedded default: a SOSS-like strip narrow enough to run in about a minute
 DEMO = {"preset": "niriss-soss", "ngroups": 9, "nx": 256, "seed": 1}
 
@@ -27,13 +34,6 @@ def demo(outdir="daskramp-demo", *, nints: int = 12, segments: int = 2, cluster=
 
     ``progress``: the progress bars (and, when the application set up no logging, the log)
     on stderr.  Every step is logged to the ``daskramp.demo`` logger as it starts."""
-    from .cluster import connect
-    from .io import ingest
-    from .io.store import consolidate
-    from .progress import RunMonitor, log_to, logging_configured
-    from .run import run
-    from .simulate import simulate
-
     outdir = Path(outdir)
     t0 = time.perf_counter()
     with log_to(stderr=progress and not logging_configured()):
@@ -94,8 +94,6 @@ def _fresh(outdir: Path) -> None:
 def compare_with_truth(rateints_path, truth_path) -> dict:
     """Median bias and pull width of rateints against the simulated true rates (small data)."""
     import xarray as xr
-
-    from .simulate import truth_rateints
 
     ri = xr.open_zarr(rateints_path)
     truth = truth_rateints(truth_path)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ConfigError
+from .errors import ConfigError
 
 #: key of a field's :class:`Rule` in its ``dataclasses.field`` metadata
 RULE = "daskramp.rule"
@@ -65,8 +65,8 @@ class NotImplementedParameter(ConfigError, NotImplementedError):
 _NO_FILE = "; the {name} file does not exist"
 
 
-class _Refused(Exception):
-    """Internal: the value does not fit the rule (the message is built by the caller)."""
+class Refused(Exception):
+    """The value does not fit the rule (:meth:`Rule.coerce`; the caller builds the message)."""
 
     def __init__(self, hint: str = ""):
         super().__init__(hint)
@@ -143,20 +143,20 @@ class Rule:
 
     # ------------------------------------------------------------------ coercion
     def coerce(self, value):
-        """The value as the step uses it; raises :class:`_Refused`."""
+        """The value as the step uses it; raises :class:`Refused`."""
         if value is None or (self.none and isinstance(value, str) and value.strip().lower() in _NONE):
             if self.none:
                 return None
-            raise _Refused()
+            raise Refused()
         return getattr(self, f"_{self.kind}")(value)
 
     def _bounds(self, v):
         if self.above is not None and not v > self.above:
-            raise _Refused()
+            raise Refused()
         if self.min is not None and v < self.min:
-            raise _Refused()
+            raise Refused()
         if self.max is not None and v > self.max:
-            raise _Refused()
+            raise Refused()
         return v
 
     def _boolean(self, value) -> bool:
@@ -170,32 +170,32 @@ class Rule:
                 return True
             if s in _FALSE:
                 return False
-        raise _Refused()
+        raise Refused()
 
     def _float(self, value) -> float:
         if isinstance(value, (bool, np.bool_)):
-            raise _Refused()
+            raise Refused()
         if isinstance(value, numbers.Real):
             v = float(value)
         elif isinstance(value, str):
             try:
                 v = float(value.strip())
             except ValueError:
-                raise _Refused() from None
+                raise Refused() from None
         else:
-            raise _Refused()
+            raise Refused()
         if not math.isfinite(v):
-            raise _Refused()
+            raise Refused()
         return self._bounds(v)
 
     def _integer(self, value) -> int:
         if isinstance(value, (bool, np.bool_)):
-            raise _Refused()
+            raise Refused()
         if isinstance(value, numbers.Integral):
             v = int(value)
         elif isinstance(value, numbers.Real):
             if not (math.isfinite(value) and float(value).is_integer()):
-                raise _Refused()
+                raise Refused()
             v = int(value)
         elif isinstance(value, str):
             s = value.strip()
@@ -205,18 +205,18 @@ class Rule:
                 try:
                     f = float(s)
                 except ValueError:
-                    raise _Refused() from None
+                    raise Refused() from None
                 if not (math.isfinite(f) and f.is_integer()):
-                    raise _Refused() from None
+                    raise Refused() from None
                 v = int(f)
         else:
-            raise _Refused()
+            raise Refused()
         return self._bounds(v)
 
     def _string(self, value) -> str:
         if isinstance(value, str):
             return value
-        raise _Refused()
+        raise Refused()
 
     def _option(self, value) -> str:
         if isinstance(value, str):
@@ -224,66 +224,66 @@ class Rule:
                 return value
             same = [o for o in self.options if isinstance(o, str) and o.lower() == value.strip().lower()]
             if same:
-                raise _Refused(f"; the official values are case-sensitive: {same[0]!r}")
-        raise _Refused()
+                raise Refused(f"; the official values are case-sensitive: {same[0]!r}")
+        raise Refused()
 
     def _cores(self, value) -> str:
         if isinstance(value, (bool, np.bool_)):
-            raise _Refused()
+            raise Refused()
         if isinstance(value, numbers.Integral):
             if value >= 1:
                 return str(int(value))
-            raise _Refused()
+            raise Refused()
         if isinstance(value, str):
             s = value.strip()
             if s.isdigit() and int(s) >= 1:
                 return s
             if s.lower() in _CORE_WORDS_ANY_CASE or s in _CORE_WORDS:
                 return s
-        raise _Refused()
+        raise Refused()
 
     def _int_list(self, value) -> tuple[int, ...]:
         if isinstance(value, str):
             value = [v for v in value.strip().strip("[]()").split(",") if v.strip()]
         if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != self.length:
-            raise _Refused()
+            raise Refused()
         item = dataclasses.replace(self, kind="integer", none=False, length=None)
         return tuple(item._integer(v) for v in value)
 
     def _image(self, value):
         if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
             if not os.path.isfile(os.fsdecode(value)):
-                raise _Refused(_NO_FILE)
+                raise Refused(_NO_FILE)
             return value
         if isinstance(value, (list, tuple)):
             value = np.asarray(value)
         if getattr(value, "ndim", None) in self.ndim and getattr(value, "shape", None) is not None:
             return value
-        raise _Refused()
+        raise Refused()
 
     def _output_file(self, value):
         if isinstance(value, str) and value.strip():
             return value
         if hasattr(value, "__fspath__"):
             return os.fspath(value)
-        raise _Refused()
+        raise Refused()
 
     def _scale_list(self, value):
         if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
             if not os.path.isfile(os.fsdecode(value)):
-                raise _Refused(_NO_FILE)
+                raise Refused(_NO_FILE)
             return value
         if hasattr(value, "dask"):
             return value  # judged by the step when it is computed
         raw = getattr(value, "values", value)
         if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, (Sequence, np.ndarray)):
-            raise _Refused()
+            raise Refused()
         try:
             arr = np.asarray(raw, dtype=np.float64)
         except (TypeError, ValueError):
-            raise _Refused() from None
+            raise Refused() from None
         if arr.size == 0 or not (np.isfinite(arr).all() and (arr > 0).all()):
-            raise _Refused()
+            raise Refused()
         return tuple(arr.reshape(-1).tolist()) if isinstance(value, (list, tuple)) else value
 
 
@@ -381,7 +381,7 @@ def coerce(step: str, name: str, value, rule: Rule):
     where = f"steps.{step}.{name}"
     try:
         v = rule.coerce(value)
-    except _Refused as why:
+    except Refused as why:
         hint = why.hint.format(name=name)
         raise ConfigError(f"{where}: {shown(value)} is not allowed ({rule.allowed()}{hint})") from None
     if rule.implemented is not None and v not in rule.implemented:

@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import steps as registry
-from .config import ConfigError
-from .params import shown
+from .errors import ConfigError
+from .params import Refused, Rule, shown
 
 #: the official pipeline's class name (jwst 3.0 ``jwst.pipeline.Detector1Pipeline``)
 PIPELINE_CLASS = "Detector1Pipeline"
@@ -192,11 +192,13 @@ def read(path) -> ParameterFile:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
-    tree = _load_tree(path)
+    tree = load_tree(path)
     return from_tree(tree, path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
-def _load_tree(path: Path) -> dict:
+def load_tree(path: Path) -> dict:
+    """The tree of an ASDF file as plain dicts, lists and scalars (no checks of its keys);
+    a file asdf cannot read is one line naming it."""
     try:
         import asdf
     except ImportError:
@@ -357,11 +359,9 @@ def _at_default(value, default) -> bool:
 
 
 def _boolean(value, path: Path, where: str) -> bool:
-    from .params import Rule, _Refused
-
     try:
         return Rule("boolean").coerce(value)
-    except _Refused:
+    except Refused:
         raise ConfigError(f"{path}: {where}: {shown(value)} is not allowed (true or false)") from None
 
 
@@ -484,4 +484,5 @@ def check_exposure(record: Mapping, attrs: Mapping) -> None:
 
 
 __all__ = ["BOOKKEEPING", "MIRI_ONLY", "OFFICIAL_DEFAULTS", "PIPELINE_BOOKKEEPING", "PIPELINE_CLASS",
-           "STEP_CLASSES", "ParameterFile", "changes", "check_exposure", "from_tree", "is_asdf", "read"]
+           "STEP_CLASSES", "ParameterFile", "changes", "check_exposure", "from_tree", "is_asdf", "load_tree",
+           "read"]

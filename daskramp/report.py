@@ -54,7 +54,15 @@ import dask
 import numpy as np
 import xarray as xr
 
+from .analysis import dq as adq
+from .analysis import extract as aex
+from .analysis import lightcurve as alc
+from .analysis import oneoverf as a1f
+from .analysis import trace as atr
+from .analysis.diagnostics import saturation_summary
 from .dims import INTEGRATION, X, Y
+from .steps import STEP_ORDER
+from .steps.clean_flicker_noise import nanmedian
 
 
 class _Plots:
@@ -63,7 +71,7 @@ class _Plots:
 
     def __getattr__(self, name):
         try:
-            from . import plots as module
+            from . import plots as module  # lazy: plots imports matplotlib (heavy, the plot extra)
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(
                 "daskramp report needs matplotlib: pip install 'daskramp[plot]'"
@@ -125,8 +133,6 @@ def find_products(src: str | Path | Sequence[str | Path]) -> Products:
         elif name.endswith("_rate"):
             out.rate = p
         elif name.endswith("_ramp"):
-            from .steps import STEP_ORDER
-
             step = next((st for st in STEP_ORDER if name.endswith(f"_{st}_ramp")), name[: -len("_ramp")])
             out.ramps[step] = p
     if out.rate is None and out.rateints is None:
@@ -179,32 +185,24 @@ def _as_mask(oot, n: int) -> np.ndarray | None:
 
 
 # order finding lives in daskramp.analysis.trace (mode-agnostic: SOSS, NIRSpec BOTS, NIRCam
-# grism); these names stay for callers and import it on first use
+# grism); these names stay for callers
 
 
 def default_orders(image: np.ndarray, x_detector: np.ndarray, *, snr: float = 20.0) -> dict:
     """:func:`daskramp.analysis.trace.find_orders` (trace settings guessed from an image)."""
-    from .analysis.trace import find_orders
-
-    return find_orders(image, x_detector, snr=snr)
+    return atr.find_orders(image, x_detector, snr=snr)
 
 
 def _smooth_profile(image: np.ndarray, col: int, half: int = 2) -> np.ndarray:
-    from .analysis.trace import smooth_profile
-
-    return smooth_profile(image, col, half)
+    return atr.smooth_profile(image, col, half)
 
 
 def _rowwise_nanmedian(band: np.ndarray) -> np.ndarray:
-    from .analysis.trace import rowwise_nanmedian
-
-    return rowwise_nanmedian(band)
+    return atr.rowwise_nanmedian(band)
 
 
 def _noise(image: np.ndarray) -> float:
-    from .analysis.trace import image_noise
-
-    return image_noise(image)
+    return atr.image_noise(image)
 
 
 #: aperture half-height (pixels) for a broad (SOSS) trace; a narrow one gets 2.5 × its FWHM
@@ -215,13 +213,11 @@ def default_radius(image: np.ndarray, orders: Mapping) -> float:
     """Aperture half-height for ``orders[1]``: :data:`DEFAULT_RADIUS` for a broad trace, else
     ``max(3, 2.5·FWHM)`` rounded to half a pixel (FWHM of the median image's profile at the
     order's first column)."""
-    from .analysis.trace import NARROW_FWHM, profile_fwhm
-
     o = orders.get(1) if orders else None
     if not o:
         return DEFAULT_RADIUS
-    fwhm = profile_fwhm(np.asarray(image, np.float64), int(o["x_start"]), float(o.get("y_start", 0.0)))
-    if not np.isfinite(fwhm) or fwhm >= NARROW_FWHM:
+    fwhm = atr.profile_fwhm(np.asarray(image, np.float64), int(o["x_start"]), float(o.get("y_start", 0.0)))
+    if not np.isfinite(fwhm) or fwhm >= atr.NARROW_FWHM:
         return DEFAULT_RADIUS
     return float(max(3.0, round(2.0 * 2.5 * fwhm) / 2.0))
 
@@ -376,13 +372,6 @@ def make_report(
     -------
     pathlib.Path of ``outdir/index.html``.
     """
-    from .analysis import dq as adq
-    from .analysis import extract as aex
-    from .analysis import lightcurve as alc
-    from .analysis import oneoverf as a1f
-    from .analysis import trace as atr
-    from .steps.clean_flicker_noise import nanmedian
-
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     found = find_products(products)
@@ -409,8 +398,6 @@ def make_report(
                                  "superbias", "saturation") if k in found.ramps), None)
     ramp = _open(found.ramps[ramp_key]) if ramp_key else None
     if ramp is not None:
-        from .analysis.diagnostics import saturation_summary
-
         lazy["nsat"] = saturation_summary(ramp)["n_saturated"]
     with warnings.catch_warnings():
         # without a rate product the image is the median of the integrations: reference and
@@ -564,7 +551,7 @@ def make_report(
     num("white-light scatter / expected", float(noise["ratio"]))
     model = None
     if oot is not None and (~oot).any():
-        fit = _fit_trapezoid(alc, wl["flux"], wl["flux_err"], times)
+        fit = _fit_trapezoid(wl["flux"], wl["flux_err"], times)
         red = max(1.0, float(fit["chi2"]) / max(1, nint - 5)) ** 0.5
         num("transit depth (trapezoid fit)", float(fit["depth"]) * 1e6, "ppm",
             error=float(fit["depth_err"]) * red * 1e6, t0_h=float(fit["t0"]) / 3600,
@@ -593,7 +580,7 @@ def make_report(
     return _finish(rep, outdir, title or root)
 
 
-def _fit_trapezoid(alc, flux, flux_err, times):
+def _fit_trapezoid(flux, flux_err, times):
     """Box fit (grid over t0 and duration), then trapezoids around it: t0 on a finer grid,
     T14 within ±30 % and ingress 0–30 % of T14; the lowest χ² wins."""
     box = alc.fit_transit(flux, flux_err, times=times)

@@ -34,12 +34,20 @@ from pathlib import Path
 
 import xarray as xr
 
-from . import dims
+from . import dims, pipeline
 from . import steps as registry
-from .cluster import ClusterProfile, connect, worker_memory_limit
-from .config import ConfigError
-from .engine.plan import plan_chunking
+from .cluster import ClusterProfile, connect, default_workers, parse_memory, worker_memory_limit
+from .config import ConfigError, as_paths, from_files
+from .engine import submit
+from .engine.plan import plan_chunking, tile_chunks
 from .engine.policy import fused_ghost
+from .io import crds as crds_io
+from .io import ingest, open_exposure
+from .io.outdir import Fingerprint, StaleProductsError, claim, lock_output
+from .io.products import PROVENANCE_ATTR, is_complete, write_products
+from .io.store import is_complete as store_is_complete
+from .parsfile import changes, check_exposure
+from .progress import RunMonitor, format_bytes, log_to, logging_configured
 from .steps import ramp_fit as _ramp_fit
 
 #: what a run does, one line per event (``daskramp run --log FILE``; :mod:`daskramp.progress`)
@@ -151,8 +159,6 @@ def _translate(err: BaseException, inputs: Sequence[Path], outdir: Path) -> Base
 def _zarr_complete(outdir: Path, root: str, names: Sequence[str]) -> bool:
     """Every Zarr product of a run is complete in ``outdir``: the graph has nothing to compute
     (missing FITS files are exported from the stores)."""
-    from .io.products import is_complete
-
     return all(is_complete(outdir / f"{root}_{n}.zarr") for n in names)
 
 
@@ -262,9 +268,6 @@ def run(
     output directory, its lock and what it already holds, and the memory of a local cluster)
     is checked before a cluster is started.
     """
-    from .config import as_paths, from_files
-    from .progress import log_to, logging_configured
-
     if config is not None and not isinstance(config, Mapping):
         files = as_paths(config)
         config, _ = from_files(files)
@@ -282,8 +285,6 @@ def run(
 
 def _run(inputs, outdir, *, refs, config, overrides, save_steps, cluster, fits, quiet, client, show,
          report, overwrite, workflow, crds=False) -> dict:
-    from .io.outdir import claim, lock_output
-
     log = logger.info
     t_start = time.perf_counter()
     prep = prepare(inputs, outdir, refs=refs, config=config, overrides=overrides,
@@ -342,8 +343,6 @@ def _log_prepared(prep: Prepared, seconds: float) -> None:
         if rec["format"] == "yaml":
             logger.info(f"configuration {rec['file']} (workflow YAML)")
             continue
-        from .parsfile import changes
-
         changed = changes(rec["values"])
         logger.info(f"configuration {rec['file']} ({'CRDS ' if rec.get('crds') else ''}"
                     f"official {rec['kind']} parameter file, "
@@ -365,8 +364,6 @@ def _log_prepared(prep: Prepared, seconds: float) -> None:
 
 
 def _log_cluster(client, seconds: float) -> None:
-    from .progress import format_bytes
-
     try:
         workers = list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
     except Exception:  # noqa: BLE001 - the log must never break the run
@@ -430,11 +427,6 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
 
     Raises the errors listed in :func:`run`; nothing is written but the output directory.
     """
-    from .cluster import ClusterProfile, default_workers, parse_memory
-    from .io import open_exposure
-    from .io.outdir import Fingerprint
-    from .pipeline import package_versions, reference_set, validate_steps
-
     config = dict(config or {})
     if crds and refs is not None:
         raise ConfigError("--crds and --refs exclude each other: the references come from the "
@@ -458,16 +450,12 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0
                               or (v == 0 and key != "segments_in_flight")):
             raise ConfigError(f"{key} must be a positive integer, got {v!r}")
-    from .config import as_paths
-
     workflow = as_paths(workflow)
     for wf in workflow:
         if not wf.is_file():
             raise ConfigError(f"{wf}: workflow file not found")
     cache = None
     if crds:
-        from .io import crds as crds_io
-
         cache = crds_io.open_cache()
     outdir = Path(outdir)
     check_output_dir(outdir)
@@ -488,18 +476,16 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         # CRDS parameter files under everything the user gave (spec 11 §4)
         crds_config, crds_files = crds_io.parameters(opened.attrs, cache, under=config)
         config = crds_io.layered_under(crds_config, config)
-    params = validate_steps(config.get("steps"))
+    params = pipeline.validate_steps(config.get("steps"))
     config_files = _config_files(workflow, opened)
     if crds_files:
-        from .parsfile import check_exposure
-
         for rec in crds_files:
             check_exposure(rec, opened.attrs)
         config_files = crds_files + config_files
     if cache is not None:
         refset = crds_io.reference_set(opened.attrs, params, overrides=overrides, cache=cache)
     else:
-        refset = reference_set(opened, refs, params, overrides, strict=True)
+        refset = pipeline.reference_set(opened, refs, params, overrides, strict=True)
     root = product_root(inputs)
     settings = {"stats_scope": stats_scope}
     if cache is not None:
@@ -512,7 +498,7 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         references=refset.provenance() if refset is not None else {},
         settings=settings,
         workflow=workflow[0] if len(workflow) == 1 else None,
-        versions=package_versions(),
+        versions=pipeline.package_versions(),
     )
     ghost = fused_ghost(opened, params, saved)
     prep = Prepared(inputs=inputs, outdir=outdir, root=root, config=config, opened=opened,
@@ -537,12 +523,9 @@ def _config_files(files: Sequence[Path], opened: xr.Dataset) -> list[dict]:
     """Provenance records of the configuration files (read again: the configuration given
     to the run is already merged), after the check a parameter file needs the exposure for
     (:func:`daskramp.parsfile.check_exposure`)."""
-    from . import parsfile
-    from .config import from_files
-
     records = from_files(files)[1] if files else []
     for rec in records:
-        parsfile.check_exposure(rec, opened.attrs)
+        check_exposure(rec, opened.attrs)
     return records
 
 
@@ -552,9 +535,6 @@ def _check_products_fingerprint(prep: Prepared) -> None:
     import json
 
     import zarr
-
-    from .io.outdir import StaleProductsError
-    from .io.products import PROVENANCE_ATTR, is_complete
 
     for name in ("rateints", "rate", *(f"{s}_ramp" for s in prep.saved)):
         path = prep.outdir / f"{prep.root}_{name}.zarr"
@@ -573,11 +553,6 @@ def _check_products_fingerprint(prep: Prepared) -> None:
 
 def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
     """Build, submit and write; returns ``(paths, summary, figures, provenance)``."""
-    from .io import open_exposure
-    from .io.products import write_products
-    from .pipeline import detector1, figures_of, summarize, summary_figures
-    from .progress import RunMonitor
-
     config, inputs, outdir = prep.config, prep.inputs, prep.outdir
     stats_scope, saved, ghost = prep.stats_scope, prep.saved, prep.ghost
     root = prep.root
@@ -601,14 +576,12 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
     if any(p.is_file() for p in inputs) and convert:
         # uncal FITS arrive in whole frames; converting them to a store written in column
         # bands is what lets every later task read just its tile (resumable, once)
-        from .io import ingest, is_complete
-
         store = outdir / f"{root}_uncal.zarr"
         log(f"converting {len(inputs)} uncal file(s) to {store}")
         t_conv = time.perf_counter()
         # a store finished by an earlier run of the same command is reused (resume)
         try:
-            source = [store if is_complete(store) else ingest(inputs, store)]
+            source = [store if store_is_complete(store) else ingest(inputs, store)]
         except OSError as err:
             clear = _translate(err, inputs, outdir)
             if clear is None:
@@ -621,8 +594,6 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
     elif len(source) == 1 and source[0].is_dir():
         # a Zarr store is written in column bands: open it straight in the tile layout, so
         # each task reads only its own tile (no task ever holds whole frames)
-        from .engine.plan import tile_chunks
-
         ds = open_exposure(source[0], chunks=tile_chunks(ds, cols, stats_scope))
     log(f"memory: {plan.describe()}")
     frame_stats = config.get("frame_stats", "compute")
@@ -648,7 +619,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
             if frame_stats == "compute":
                 # the first pass: refpix offsets and jump's DO_NOT_USE planes of whole frames
                 monitor.stage = "frame statistics"
-            result = detector1(
+            result = pipeline.detector1(
                 ds,
                 prep.refs,
                 steps=config.get("steps"),
@@ -680,10 +651,8 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
                     and set(products) == {"rate", "rateints"} and rate_from_sums):
                 # one segment after another: the cluster holds at most two segments'
                 # tasks, however long the exposure
-                from .engine.submit import blocks_in_flight, write_by_segment
-
                 tiles = len(segments.y_bounds) * len(segments.x_bounds)
-                shown = in_flight or blocks_in_flight(sum(client.nthreads().values()), tiles)
+                shown = in_flight or submit.blocks_in_flight(sum(client.nthreads().values()), tiles)
                 n_blocks = len(segments.int_bounds)
                 log(f"computing rateints and rate segment by segment: {n_blocks} segments of "
                     f"{tiles} tile(s), {min(shown, n_blocks)} in flight at a time")
@@ -691,7 +660,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
                 def _stage(a, n):
                     monitor.block_submitted(a, n, in_flight=shown)
 
-                paths, values = write_by_segment(
+                paths, values = submit.write_by_segment(
                     result, outdir, root=root, provenance=provenance, fits=fits,
                     client=client, in_flight=in_flight,
                     on_block=_stage)
@@ -701,7 +670,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
                 # the figures are reduced by the same graph that writes the stores
                 paths, values = write_products(
                     products, outdir, root=root, provenance=provenance, fits=fits,
-                    also=summary_figures(products.get("rate"), products.get("rateints")))
+                    also=pipeline.summary_figures(products.get("rate"), products.get("rateints")))
     except OSError as err:
         clear = _translate(err, inputs, outdir)
         if clear is None:
@@ -712,7 +681,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
         log(f"products computed and written in {time.perf_counter() - t_compute:.1f} s "
             f"({monitor.done} tasks)")
     if values is not None:
-        summary = figures_of(values)
+        summary = pipeline.figures_of(values)
     else:
         # products found complete (a resumed run): figures from the written stores, as
         # summarising the lazy products would run the graph again; in column bands of a
@@ -720,7 +689,7 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
         # the reading does
         stores = {k[: -len("_zarr")]: _open_for_summary(v) for k, v in paths.items()
                   if k.endswith("_zarr")}
-        summary = summarize(stores.get("rate"), stores.get("rateints"))
+        summary = pipeline.summarize(stores.get("rate"), stores.get("rateints"))
     sizes = ds.sizes
     figures = {
         "uncal_bytes": ds[dims.DATA].size * 2,

@@ -182,6 +182,7 @@ import numba
 import numpy as np
 
 from daskramp import dq
+from daskramp.dims import detector_coords
 from daskramp.io import fitswrite
 
 FULL = 2048
@@ -1431,8 +1432,6 @@ def _write_refs(p: Preset, maps, sub, state, refs_dir: Path) -> dict[str, Path]:
 def _write_truth(path: Path, p: Preset, state, sub, times, mjd0, jumps, jamps, sats, offsets, seed, segments,
                  snowballs=None):
     import xarray as xr
-
-    from daskramp.dims import detector_coords
 
     nint = state["relflux"].size
     coords = detector_coords({"SUBSTRT1": p.substrt1, "SUBSTRT2": p.substrt2}, p.ny, p.nx)

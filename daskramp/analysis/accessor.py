@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import xarray as xr
 
+from ..steps.clean_flicker_noise import clean_flicker_noise as clean_flicker_noise_step
 from . import diagnostics, dq, extract, lightcurve, oneoverf, trace
 
 
@@ -61,9 +62,7 @@ class DaskrampAccessor:
 
     def clean_flicker_noise(self, **params) -> xr.Dataset:
         """The clean_flicker_noise step on a ramp (official parameters)."""
-        from ..steps.clean_flicker_noise import clean_flicker_noise
-
-        return clean_flicker_noise(self._ds, **params)
+        return clean_flicker_noise_step(self._ds, **params)
 
     def correct_1overf(self, mask=None, **kw) -> xr.Dataset:
         """rateints-level 1/f correction."""

@@ -49,7 +49,9 @@ from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
+from .. import steps as registry
+from ..config import FILE_KINDS, ConfigError, merge
+from ..parsfile import STEP_CLASSES, from_tree, load_tree
 from .refs import NA, REFTYPES, SELECTION_KEYWORDS, RefSet, not_applicable
 
 logger = logging.getLogger("daskramp.crds")
@@ -102,8 +104,6 @@ class CrdsError(ConfigError):
 def pars_reftypes() -> tuple[str, ...]:
     """The parameter reftypes the official Detector1Pipeline asks for: the pipeline's, then
     one per official step (``pars-jumpstep``, …), whether daskramp runs the step or not."""
-    from ..parsfile import STEP_CLASSES
-
     return (PIPELINE_PARS, *(f"pars-{cls.lower()}" for cls in STEP_CLASSES.values()))
 
 
@@ -404,8 +404,6 @@ def _prune_tree(tree, user: Mapping):
     """``tree`` (a parameter file, current or older layout) without the values ``user``
     (``{step: {param: value}}``) replaces; a tree of another shape is returned as it is, for
     :func:`daskramp.parsfile.from_tree` to judge."""
-    from ..parsfile import STEP_CLASSES
-
     if not isinstance(tree, Mapping) or not user:
         return tree
     tree = dict(tree)
@@ -438,9 +436,6 @@ def parameters(exposure_attrs: Mapping, cache: Cache | None = None, *,
     """
     import hashlib
 
-    from ..config import FILE_KINDS, merge
-    from ..parsfile import _load_tree, from_tree
-
     if steppars_disabled():
         logger.info("CRDS parameter files not used (STPIPE_DISABLE_CRDS_STEPPARS="
                     f"{os.environ['STPIPE_DISABLE_CRDS_STEPPARS']})")
@@ -448,7 +443,7 @@ def parameters(exposure_attrs: Mapping, cache: Cache | None = None, *,
     user = _user_steps(under)
     read = []
     for path in parameter_files(exposure_attrs, cache).values():
-        tree = _prune_tree(_load_tree(path), user)
+        tree = _prune_tree(load_tree(path), user)
         try:
             pf = from_tree(tree, path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
         except ConfigError as err:
@@ -469,8 +464,6 @@ def parameters(exposure_attrs: Mapping, cache: Cache | None = None, *,
 def layered_under(crds_config: Mapping, config: Mapping | None) -> dict:
     """``config`` (the user's files, environment and command line, merged) over the CRDS
     parameter files' ``crds_config``: spec 11 §4's precedence."""
-    from ..config import merge
-
     config = dict(config or {})
     if config.get("steps") is not None and not isinstance(config.get("steps"), Mapping):
         return config  # malformed: refused by the parameters' validation, naming it
@@ -520,8 +513,6 @@ def reference_set(exposure_attrs: Mapping, steps=None, *, overrides: Mapping | N
         it chooses that is not in the cache; an N/A answer for a reference a step cannot run
         without (jump, ramp_fit).  One line each.
     """
-    from .. import steps as registry
-
     params = registry.validate_steps(steps)
     cache = cache or open_cache()
     ov = {}

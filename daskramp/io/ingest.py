@@ -69,7 +69,14 @@ import numpy as np
 
 from ..dims import DATA, ZEROFRAME, ExposureError, make_exposure
 from . import uncal
-from .store import Progress, finalize_store, prepare_partial, with_checksum
+from .store import (
+    Progress,
+    encode_chunk,
+    finalize_store,
+    plain_codecs,
+    prepare_partial,
+    with_checksum,
+)
 
 __all__ = ["CODECS", "DEFAULT_CODEC", "ingest", "plan_layout"]
 
@@ -179,8 +186,6 @@ def _shard_writer(arr):
     import google_crc32c
     from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
     from zarr.codecs.sharding import ShardingCodecIndexLocation
-
-    from .store import encode_chunk, plain_codecs
 
     meta = arr.metadata
     codecs = getattr(meta, "codecs", ())

@@ -34,6 +34,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .products import json_default
+
 LOCK_NAME = ".daskramp.lock"
 #: bytes read at a time while checksumming inputs
 _READ_BLOCK = 8 * 2**20
@@ -176,8 +178,6 @@ class Fingerprint:
 def _plain(obj):
     """JSON's view of ``obj`` (tuples → lists, numpy scalars → numbers), so that a fingerprint
     read back from disk compares equal to one made in memory."""
-    from .products import json_default
-
     return json.loads(json.dumps(obj, sort_keys=True, default=json_default))
 
 

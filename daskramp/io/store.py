@@ -44,6 +44,7 @@ from ..dims import (
     make_exposure,
     validate,
 )
+from .uncal import open_uncal
 
 COMPLETE_ATTR = "daskramp_complete"
 #: root attribute written when a store is finalised: array → number of chunk (shard) files
@@ -810,8 +811,6 @@ def open_exposure(path_or_files, *, chunks: Mapping | None = None):
 
 
 def _open_fits(files: Iterable, chunks: Mapping | None):
-    from .uncal import open_uncal
-
     chunks = dict(chunks or {})
     nint = chunks.pop(INTEGRATION, None)
     ds = open_uncal(files, chunks_integrations=None if nint in (-1, None) else nint)

@@ -20,7 +20,7 @@ import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..params import Rule, rules_of, shown, validate_params
 from . import (
     charge_migration,

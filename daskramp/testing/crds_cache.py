@@ -24,6 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daskramp.io.crds import DATAMODEL_KEYWORDS, pars_reftypes
+from daskramp.io.refs import SELECTION_KEYWORDS
+from daskramp.testing.official import LOCAL_NA
+
 #: the context the cache is written with unless told otherwise
 DEFAULT_CONTEXT = "jwst_9000.pmap"
 
@@ -122,8 +126,6 @@ def write_cache(root, instrument: str, rmaps: Mapping[str, Rmap | str], *,
     -------
     Path : ``root``.
     """
-    from daskramp.io.crds import DATAMODEL_KEYWORDS
-
     root = Path(root)
     inst = instrument.strip().upper()
     serial = context.removeprefix("jwst_").removesuffix(".pmap")
@@ -198,10 +200,6 @@ def simulated_cache(root, refs: Mapping[str, str | Path], attrs: Mapping, *,
     -------
     dict : :func:`crds_env` of the cache.
     """
-    from daskramp.io.crds import pars_reftypes
-    from daskramp.io.refs import SELECTION_KEYWORDS
-    from daskramp.testing.official import LOCAL_NA
-
     inst = str(attrs["INSTRUME"]).strip().upper()
     serial = int(context.removeprefix("jwst_").removesuffix(".pmap"))
     rules: dict[str, Rmap | str] = {rt: "N/A" for rt in (*LOCAL_NA, *pars_reftypes(), *na)}

@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..dims import check_keywords  # noqa: F401  (keeps the import path honest)
+from ..io.refs import RefSet
+
 #: per step, the reference overrides it takes (spec 10); N/A where CRDS answers N/A for NIR
 STEP_OVERRIDES = {
     "dq_init": {"mask": "mask"},
@@ -238,9 +241,6 @@ def main(argv=None) -> int:
     refs_arg = Path(args.refs)
     if refs_arg.is_dir():
         from astropy.io import fits
-
-        from ..dims import check_keywords  # noqa: F401  (keeps the import path honest)
-        from ..io.refs import RefSet
 
         attrs = dict(fits.getheader(args.uncal, 0))
         rs = RefSet.from_dir(refs_arg, attrs)
