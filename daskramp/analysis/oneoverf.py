@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..dims import DATA, FLOAT_DTYPE, GROUP, GROUPDQ, INTEGRATION, X, Y, validate
+from ..dims import DATA, FLOAT_DTYPE, GROUP, GROUPDQ, INTEGRATION, RAMP_DIMS, X, Y, validate
+from ..engine.plan import frame_block_integrations
 from ..kernels import clean_flicker_noise as _k
 from ..steps import clean_flicker_noise as _step
 from ..steps._apply import map_ramp_blocks
@@ -134,7 +135,7 @@ def subtract_group_1overf(
     chan = amplifier_index(ds, axis, by_amplifier=by_amplifier)
     fd = _step.fast_dim(axis)
     chan_da = xr.DataArray(chan, dims=(fd,))
-    frames = _step.whole_frames(ds)
+    frames = _step.whole_frames(ds, frame_block_integrations(*(ds.sizes[d] for d in RAMP_DIMS)))
     stripes = map_ramp_blocks(
         _stripes_kernel,
         frames[DATA],

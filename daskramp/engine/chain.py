@@ -39,7 +39,7 @@ from ..kernels import group_1overf as oneoverf_kernel
 from ..steps import params_kwargs
 from ..steps import refpix as refpix_step
 from .plan import BLOCK_BYTES, bounds
-from .policy import shrinks
+from .policy import halo_width, shrinks
 from .stages import call_step, ramp_steps
 
 #: per-process cache of opened Zarr arrays (path → group)
@@ -133,6 +133,14 @@ class Plan:
     params: dict
     stats_scope: str
     halo: int
+
+
+def window_plan(ds: xr.Dataset, params: Mapping, stats_scope: str) -> Plan:
+    """The :class:`Plan` of windows of ``ds`` for the validated step ``params`` (image
+    parameters given as paths loaded here, once)."""
+    p = loaded_params(params)
+    return Plan(skeleton=skeleton(ds), var_attrs={k: dict(v.attrs) for k, v in ds.data_vars.items()},
+                params=dict(p), stats_scope=stats_scope, halo=halo_width(p))
 
 
 def skeleton(ds: xr.Dataset) -> xr.Dataset:

@@ -37,9 +37,11 @@ from .. import dims
 from .. import steps as registry
 from ..dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, X, Y
 from ..io import checkpoint as checkpoint_store
+from ..taskgraph import Tasks
 from .chain import Plan, Reader, checkpoint_window
 from .graph import staged
 from .plan import frame_block_integrations
+
 
 def frame_step(params) -> str | None:
     """The first step that runs and declares a ``frame_pass`` (None: no checkpoint)."""
@@ -107,19 +109,18 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     params_key = dask.delayed(plan.params, pure=True, traverse=False)
     token = tokenize(plan_key, reader, refs_key, stats_key, step, i0, i1, y_bounds, x_bounds, path)
     refs_arg = None if refs_key is None else refs_key.key
-    dsk: dict = {}
+    tasks = Tasks(plan_key, stats_key, sk_key, params_key, refs_key)
     # the store is made by a task, not while the graph is built: building has no side effect
-    made = f"checkpoint-create-{token}"
-    dsk[made] = (checkpoint_store.create, path, {**layout, **extra}, sizes, rows, cols, token)
+    made = tasks.call(f"checkpoint-create-{token}", checkpoint_store.create, path, {**layout, **extra},
+                      sizes, rows, cols, token)
     aname = f"checkpoint-{step}-{token}"
     for b, (y0, y1) in enumerate(y_bounds):
         for c, (x0, x1) in enumerate(x_bounds):
-            dsk[(aname, b, c)] = (checkpoint_window, plan_key.key, reader, refs_arg, stats_key.key,
-                                  i0, i1, slice(y0, y1), slice(x0, x1), step, path, made)
-    cname = f"frame-context-{step}-{token}"
+            tasks.call((aname, b, c), checkpoint_window, plan_key.key, reader, refs_arg, stats_key.key,
+                       i0, i1, slice(y0, y1), slice(x0, x1), step, path, made)
     grid = [[(aname, b, c) for c in range(len(x_bounds))] for b in range(len(y_bounds))]
-    dsk[cname] = (frame_context, grid, list(y_bounds), list(x_bounds), sk_key.key, refs_arg,
-                  params_key.key, step)
+    cname = tasks.call(f"frame-context-{step}-{token}", frame_context, grid, list(y_bounds),
+                       list(x_bounds), sk_key.key, refs_arg, params_key.key, step)
     segment_of = np.zeros(n, np.int64)
     for k, (lo, hi) in enumerate(dims.segment_bounds(sk)):
         segment_of[lo:hi] = k
@@ -128,13 +129,11 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     fname = f"frame-block-{step}-{token}"
     blocks = frame_blocks(n, ngroup, ny, nx)
     for k, (j0, j1) in enumerate(blocks):
-        dsk[(fname, 0, k, 0, 0)] = (frame_block, path, j0, j1, cname, segment_of, positions, dict(attrs),
-                                    params_key.key, step, variables)
-    for d in (plan_key, stats_key, sk_key, params_key) + (() if refs_key is None else (refs_key,)):
-        dsk.update(d.__dask_graph__())
+        tasks.call((fname, 0, k, 0, 0), frame_block, path, j0, j1, cname, segment_of, positions,
+                   dict(attrs), params_key.key, step, variables)
     shape = fp.block_shape(sk, p)
-    terms = da.Array(dsk, fname, chunks=((shape[0],), tuple(j1 - j0 for j0, j1 in blocks),
-                                         (shape[1],), (shape[2],)), dtype=np.float32)
+    terms = tasks.array(fname, ((shape[0],), tuple(j1 - j0 for j0, j1 in blocks), (shape[1],), (shape[2],)),
+                        np.float32)
     given = fp.given(terms, sk, p)
     sk_after = sk.copy()
     sk_after.attrs = {**sk.attrs, **attrs}

@@ -23,12 +23,11 @@ from .. import dims
 from ..config import ConfigError
 from ..dims import GROUP, INTEGRATION, PIXELDQ, X, Y
 from ..io import checkpoint as checkpoint_store
-from ..io.refs import RefSet
-from .chain import Plan, Reader, layout_at, loaded_params, reader_for, row_align, skeleton, status_of
+from .chain import Plan, Reader, layout_at, reader_for, row_align, status_of, window_plan
 from .checkpoint import frame_step, resumed
-from .graph import distributed_client, staged
+from .graph import distributed_client, refs_graph_key, staged
 from .plan import CHAIN_FACTOR, bounds, int_bounds, plan_tiles, sizing_budget, tile_shape
-from .policy import halo_width, needs_draft_rate, whole_axis
+from .policy import needs_draft_rate, whole_axis
 from .stages import Detector1Result, finish
 from .stats import (
     STAT_KEYS,
@@ -49,19 +48,10 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     windows, see :func:`frame_statistics`), None leaves them lazy in the product graph, a
     mapping gives them.  ``scratch``: the directory of the checkpoint stores of a step that
     needs whole frames (:mod:`daskramp.engine.checkpoint`; required when one runs)."""
-    p = loaded_params(params)
-    h = halo_width(p)
-    plan = Plan(skeleton=skeleton(ds), var_attrs={k: dict(v.attrs) for k, v in ds.data_vars.items()},
-                params=dict(p), stats_scope=stats_scope, halo=h)
+    plan = window_plan(ds, params, stats_scope)
+    p, h = plan.params, plan.halo
     reader = reader_for(ds)
-    # the reference files are one graph key, not inside every task; a set read from files is
-    # read again by the worker that computes the key (tens of MB stay out of the graph)
-    if refs is None:
-        refs_key = None
-    elif refs.recipe() is not None:
-        refs_key = dask.delayed(RefSet.from_recipe, pure=True)(*refs.recipe())
-    else:
-        refs_key = dask.delayed(refs, pure=True)
+    refs_key = refs_graph_key(refs)
     if isinstance(frame_stats, Mapping):
         stats = {k: frame_stats.get(k) for k in STAT_KEYS}
         if ((stats["plane_dnu"] is None and not p["jump"].skip)

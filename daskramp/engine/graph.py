@@ -18,11 +18,23 @@ from dask.delayed import Delayed
 
 from .. import dims
 from ..dims import DATA, GROUP, GROUPDQ, INTEGRATION, PIXELDQ, ZEROFRAME
+from ..io.refs import RefSet
 from ..kernels.group_1overf import mean_of
 from ..kernels.ramp_fit import RATE_TERMS
 from ..steps import params_kwargs
 from ..steps import refpix as refpix_step
+from ..taskgraph import Tasks
 from .chain import Plan, Reader, draft_window, refpix_block, run_window, settle_planes
+
+
+def refs_graph_key(refs):
+    """The reference set as one graph key (None for none): a set read from files is read
+    again by the worker that computes the key, so tens of MB stay out of the graph."""
+    if refs is None:
+        return None
+    if refs.recipe() is not None:
+        return dask.delayed(RefSet.from_recipe, pure=True)(*refs.recipe())
+    return dask.delayed(refs, pure=True)
 
 
 def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until: str,
@@ -47,14 +59,13 @@ def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until
     token = tokenize(plan.params, plan.stats_scope, plan.halo, reader, until, int_bounds, y_bounds,
                      x_bounds, refs_key, stats_key, plan_key, start)
     wname = f"window-{until}-{token}"
-    dsk: dict = {}
-    deps = [plan_key, stats_key] if refs_key is None else [plan_key, refs_key, stats_key]
     refs_arg = None if refs_key is None else refs_key.key
+    windows = Tasks(plan_key, refs_key, stats_key)
     for a, (i0, i1) in enumerate(int_bounds):
         for b, (y0, y1) in enumerate(y_bounds):
             for c, (x0, x1) in enumerate(x_bounds):
-                dsk[(wname, a, b, c)] = (run_window, plan_key.key, reader, refs_arg, stats_key.key,
-                                         i0, i1, slice(y0, y1), slice(x0, x1), until, start)
+                windows.call((wname, a, b, c), run_window, plan_key.key, reader, refs_arg, stats_key.key,
+                             i0, i1, slice(y0, y1), slice(x0, x1), until, start)
     ichunks = tuple(b - a for a, b in int_bounds)
     ychunks = tuple(b - a for a, b in y_bounds)
     xchunks = tuple(b - a for a, b in x_bounds)
@@ -62,11 +73,11 @@ def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until
     out = {}
     for name in names:
         lname = f"{name}-{wname}"
-        layer = {}
+        tasks = windows.copy()
         if name == PIXELDQ:
             for b in range(len(y_bounds)):
                 for c in range(len(x_bounds)):
-                    layer[(lname, b, c)] = (dict.__getitem__, (wname, 0, b, c), name)
+                    tasks.item((lname, b, c), (wname, 0, b, c), name)
             chunks, dtype = (ychunks, xchunks), dims.PIXELDQ_DTYPE
         else:
             if name == "rate_terms":
@@ -84,11 +95,8 @@ def staged(plan: Plan, reader: Reader, refs_key, stats: dict | Delayed, *, until
                 for b in range(len(y_bounds)):
                     for c in range(len(x_bounds)):
                         key = (lname, a, 0, b, c) if zero_axis else (lname, a, b, c)
-                        layer[key] = (dict.__getitem__, (wname, a, b, c), name)
-        graph = {**dsk, **layer}
-        for d in deps:
-            graph.update(d.__dask_graph__())
-        out[name] = da.Array(graph, lname, chunks=chunks, dtype=dtype)
+                        tasks.item(key, (wname, a, b, c), name)
+        out[name] = tasks.array(lname, chunks, dtype)
     return out
 
 
@@ -98,13 +106,10 @@ def settled(probe: da.Array, plan: Plan, reader: Reader, refs_key, stats: dict,
     stats_key = dask.delayed(dict(stats), pure=True)
     name = "plane-dnu-" + tokenize(probe, plan, reader, refs_key, stats_key, int_block)
     refs_arg = None if refs_key is None else refs_key.key
-    graph = {(name, 0, 0): (settle_planes, (probe.name, 0, 0), plan, reader, refs_arg,
-                            stats_key.key, int_block)}
-    graph.update(probe.__dask_graph__())
-    graph.update(stats_key.__dask_graph__())
-    if refs_key is not None:
-        graph.update(refs_key.__dask_graph__())
-    return da.Array(graph, name, chunks=tuple((n,) for n in probe.shape), dtype=bool)
+    tasks = Tasks(probe, stats_key, refs_key)
+    tasks.call((name, 0, 0), settle_planes, (probe.name, 0, 0), plan, reader, refs_arg,
+               stats_key.key, int_block)
+    return tasks.array(name, tuple((n,) for n in probe.shape), bool)
 
 
 def refpix_statistics(plan: Plan, reader: Reader, refs_key, ints) -> dict:
@@ -115,9 +120,9 @@ def refpix_statistics(plan: Plan, reader: Reader, refs_key, ints) -> dict:
     plan_key = dask.delayed(plan, pure=True, traverse=False)
     name = "refpix-block-" + tokenize(plan_key, reader, refs_key, ints)
     refs_arg = None if refs_key is None else refs_key.key
-    blocks = {(name, a): (refpix_block, plan_key.key, reader, refs_arg, i0, i1)
-              for a, (i0, i1) in enumerate(ints)}
-    deps = [plan_key] if refs_key is None else [plan_key, refs_key]
+    blocks = Tasks(plan_key, refs_key)
+    for a, (i0, i1) in enumerate(ints):
+        blocks.call((name, a), refpix_block, plan_key.key, reader, refs_arg, i0, i1)
     nterms = refpix_step.offsets_size(sk, **params_kwargs(plan.params["refpix"]))
     out = {}
     for key, groups, keep in (("refpix_offsets", ngroup, {INTEGRATION, GROUP}),
@@ -126,12 +131,10 @@ def refpix_statistics(plan: Plan, reader: Reader, refs_key, ints) -> dict:
             out[key] = None
             continue
         kname = f"{key}-{name}"
-        layer = {(kname, a, 0, 0): (dict.__getitem__, (name, a), key) for a in range(len(ints))}
-        graph = {**blocks, **layer}
-        for d in deps:
-            graph.update(d.__dask_graph__())
-        arr = da.Array(graph, kname, chunks=(tuple(b - a for a, b in ints), (groups,), (nterms,)),
-                       dtype=np.float64)
+        tasks = blocks.copy()
+        for a in range(len(ints)):
+            tasks.item((kname, a, 0, 0), (name, a), key)
+        arr = tasks.array(kname, (tuple(b - a for a, b in ints), (groups,), (nterms,)), np.float64)
         coords = {k: v for k, v in sk.coords.items() if set(v.dims) <= keep}
         out[key] = xr.DataArray(arr, dims=(INTEGRATION, GROUP, refpix_step.TERM_DIM), coords=coords)
     return out
@@ -169,10 +172,11 @@ def read_tile_files(bdir: Path, seg, *, leading: tuple, dtype, token: str) -> da
     xchunks = tuple(b - a for a, b in seg.x_bounds)
     name = f"tiles-read-{tokenize(str(bdir), ychunks, xchunks, leading, token)}"
     zeros = (0,) * len(leading)
-    dsk = {(name, *zeros, b, c): (np.load, str(Path(bdir) / f"{b}_{c}.npy"))
-           for b in range(len(ychunks)) for c in range(len(xchunks))}
-    chunks = (*((n,) for n in leading), ychunks, xchunks)
-    return da.Array(dsk, name, chunks=chunks, dtype=dtype)
+    tasks = Tasks()
+    for b in range(len(ychunks)):
+        for c in range(len(xchunks)):
+            tasks.call((name, *zeros, b, c), np.load, str(Path(bdir) / f"{b}_{c}.npy"))
+    return tasks.array(name, (*((n,) for n in leading), ychunks, xchunks), dtype)
 
 
 def draft_rate_graph(reader: Reader, segments, ny: int, nx: int, *, band: int, ngroup: int,

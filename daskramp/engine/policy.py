@@ -9,9 +9,12 @@ products), or when the exposure is held in memory.  Both give the same products.
 
 from __future__ import annotations
 
+import dataclasses
+
 import xarray as xr
 
 from .. import steps as registry
+from ..params import RULE
 
 
 def shrinks(params) -> list[tuple[str, int]]:
@@ -59,6 +62,21 @@ def whole_axis(ds: xr.Dataset, params) -> str | None:
     if not any(s.fast_lines is not None and s.fast_lines(params[s.name]) for s in registry.active()):
         return None
     return "y" if abs(int(ds.attrs["FASTAXIS"])) == 2 else "x"
+
+
+def without_output_files(params) -> dict:
+    """``params`` with every parameter that names a file for a step to write (an official
+    ``output_file``, e.g. ``dark_current.dark_output``) set to None: windows of the frame
+    run the steps to find statistics, and must not write a window's part as the file."""
+    out = dict(params)
+    for name, p in params.items():
+        if not dataclasses.is_dataclass(p):
+            continue
+        off = {f.name: None for f in dataclasses.fields(p)
+               if getattr(f.metadata.get(RULE), "kind", None) == "output_file" and getattr(p, f.name) is not None}
+        if off:
+            out[name] = dataclasses.replace(p, **off)
+    return out
 
 
 def needs_draft_rate(params) -> bool:

@@ -26,6 +26,7 @@ from ..steps import params_kwargs, ref, ref_array, validate
 from ..steps import ramp_fit as _ramp_fit
 from ..steps import validate_steps as _validate_steps
 from ..steps._apply import rechunk_method
+from .plan import frame_block_integrations
 
 
 def step_params(name: str, given: Mapping | None = None):
@@ -158,20 +159,19 @@ def package_versions() -> dict[str, str]:
 
 
 def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given_stats: Mapping,
-               lazy_stats: dict | None = None, provenance: dict | None = None,
+               provenance: dict | None = None,
                save_steps: Sequence[str] = (), intermediates: dict | None = None,
                until: str = registry.FIT_STEP, frame_shape: tuple[int, int] | None = None,
                start: str | None = None) -> xr.Dataset:
     """Run the ramp steps of the registry from ``start`` (default: the first) up to, not
     including, ``until`` on ``ds`` (lazy or numpy).
 
-    ``given_stats`` holds whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``,
-    ``plane_dnu``, ``gain_median``), which the steps take through their spec's
-    ``stats_kwargs``; those missing are derived from ``ds`` itself (lazily, recorded in
-    ``lazy_stats``).  ``frame_shape`` is the parent subarray size when ``ds`` is a window of it.
+    ``given_stats`` holds the whole-frame statistics (``refpix_offsets``, ``refpix_zf_offsets``,
+    ``plane_dnu``, ``draft_rate``, ``gain_median``: :mod:`daskramp.engine.stats`), which the
+    steps take through their spec's ``stats_kwargs``.  ``frame_shape`` is the parent
+    subarray size when ``ds`` is a window of it.
     Step statuses and parameters are recorded in ``provenance["steps"]`` when given.
     """
-    lazy_stats = {} if lazy_stats is None else lazy_stats
     record_steps = None if provenance is None else provenance.setdefault("steps", {})
     order = registry.step_order()
     first = 0 if start is None else order.index(start)
@@ -187,7 +187,11 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
             continue
         extra = {}
         if spec.stats_kwargs is not None:
-            extra = spec.stats_kwargs(ds, p, given_stats, lazy_stats, frame_shape)
+            extra = spec.stats_kwargs(ds, p, given_stats, frame_shape)
+        if spec.frame_pass is not None and is_lazy(ds):
+            # step by step, the step's own pass over whole frames: blocks sized as the
+            # fused layout's frame pass
+            extra["frame_integrations"] = frame_block_integrations(*(ds.sizes[d] for d in dims.RAMP_DIMS))
         out = call_step(name, ds, refs, p, stats_scope=stats_scope, **extra)
         if out is None:
             _skipped(record, spec, refs)

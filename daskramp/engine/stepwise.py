@@ -3,15 +3,14 @@
 Pixel-local steps run on whatever chunks the exposure has; before the steps that pool
 integrations, the ramp is laid out in *pixel tiles* — every integration of one segment (or
 of the whole exposure with ``stats_scope="exposure"``), all groups, all rows and a band of
-columns (:func:`daskramp.engine.plan.plan_tiles`).  Halos are dask overlaps and the
-whole-frame statistics lazy reductions of the steps themselves.  This is the layout of
+columns (:func:`daskramp.engine.plan.plan_tiles`).  Halos are dask overlaps; the
+whole-frame statistics are the fused layout's (:mod:`daskramp.engine.stats`).  This is the layout of
 ``save_steps`` and of the steps that fit whole frames (:mod:`daskramp.engine.policy`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -21,10 +20,12 @@ from .. import steps as registry
 from ..config import ConfigError
 from ..io import open_exposure
 from ..steps._apply import chunk_by_segment
-from ..steps.group_1overf import exposure_draft_rate
+from .chain import reader_for, window_plan
+from .graph import refs_graph_key
 from .plan import plan_tiles, tile_chunks
-from .policy import needs_draft_rate
-from .stages import Detector1Result, as_float, call_step, finish, lazy_refs, ramp_steps
+from .policy import needs_draft_rate, without_output_files
+from .stages import Detector1Result, as_float, call_step, finish, is_lazy, lazy_refs, ramp_steps
+from .stats import STAT_KEYS, frame_statistics
 
 
 def _tile(ds: xr.Dataset, cols: int, stats_scope: str) -> xr.Dataset:
@@ -56,22 +57,22 @@ def detector1_stepwise(ds: xr.Dataset, refs, *, params: Mapping, provenance: dic
                        save_steps: Sequence[str] = (), memory_limit: int | None = None,
                        tile_columns: int | None = None, frame_stats=None) -> Detector1Result:
     """:func:`daskramp.pipeline.detector1` step by step (validated ``params``, the reference
-    set and the provenance record made there; same products as the fused layout)."""
-    if isinstance(frame_stats, str):
-        if frame_stats not in ("compute", "submit"):
-            raise ConfigError(f"frame_stats must be a mapping, 'compute' or 'submit', got {frame_stats!r}")
-        first = detector1_stepwise(ds, refs, params=params, provenance=dict(provenance, steps={}),
-                                   stats_scope=stats_scope, memory_limit=memory_limit,
-                                   tile_columns=tile_columns)
-        (computed,) = dask.compute(first.frame_stats)
-        return detector1_stepwise(ds, refs, params=params, provenance=provenance, stats_scope=stats_scope,
-                                  save_steps=save_steps, memory_limit=memory_limit,
-                                  tile_columns=tile_columns, frame_stats=computed)
-    given_stats = dict(frame_stats or {})
-    lazy_stats: dict = {}
-    if needs_draft_rate(params) and given_stats.get("draft_rate") is None:
-        # from the raw ramp, before any step: the fused layout's statistics pass reads it so
-        lazy_stats["draft_rate"] = given_stats["draft_rate"] = exposure_draft_rate(ds)
+    set and the provenance record made there; same products as the fused layout).
+
+    The whole-frame statistics are the fused layout's (:func:`frame_statistics`, from small
+    windows of the raw ramp), given to the steps: ``frame_stats`` "compute"/"submit"
+    computes them first, None leaves them lazy in the graph (an exposure held in memory has
+    them computed), a mapping gives them."""
+    if isinstance(frame_stats, Mapping) and _complete(frame_stats, params):
+        stats = dict(frame_stats)
+    elif frame_stats is None or frame_stats in ("compute", "submit") or isinstance(frame_stats, Mapping):
+        # the windows run the chain only up to jump and never write a step's own output file
+        plan = window_plan(ds, without_output_files(params), stats_scope)
+        compute = frame_stats is not None or not is_lazy(ds)
+        stats = frame_statistics(ds, plan, reader_for(ds), refs_graph_key(refs), compute=compute)
+    else:
+        raise ConfigError(f"frame_stats must be a mapping, 'compute' or 'submit', got {frame_stats!r}")
+    given_stats = {k: stats.get(k) for k in STAT_KEYS}
 
     ds = as_float(ds)
     # the whole chain runs on pixel tiles (all integrations of a segment × a band of columns),
@@ -85,8 +86,7 @@ def detector1_stepwise(ds: xr.Dataset, refs, *, params: Mapping, provenance: dic
     provenance["tile_columns"] = cols
     intermediates: dict[str, xr.Dataset] = {}
     ds = ramp_steps(ds, refs, params, stats_scope=stats_scope, given_stats=given_stats,
-                    lazy_stats=lazy_stats, provenance=provenance, save_steps=save_steps,
-                    intermediates=intermediates)
+                    provenance=provenance, save_steps=save_steps, intermediates=intermediates)
     fields = None
     fit = registry.FIT_STEP
     if not params[fit].skip:
@@ -94,4 +94,10 @@ def detector1_stepwise(ds: xr.Dataset, refs, *, params: Mapping, provenance: dic
         fields = call_step(fit, ds, refs, params[fit], stats_scope=stats_scope, fields_only=True)
     rate, rateints = finish(fields, ds, refs, params, provenance)
     return Detector1Result(rate=rate, rateints=rateints, intermediates=intermediates,
-                           provenance=provenance, frame_stats={**lazy_stats, **given_stats})
+                           provenance=provenance, frame_stats=given_stats)
+
+
+def _complete(stats: Mapping, params) -> bool:
+    """Whether given statistics hold all that the steps that run take."""
+    return not ((stats.get("plane_dnu") is None and not params["jump"].skip)
+                or (stats.get("draft_rate") is None and needs_draft_rate(params)))

@@ -41,7 +41,7 @@ from .. import dq as _dq
 from ..dims import PIXELDQ_DTYPE
 from ..io.products import (
     ProductError,
-    _counted,
+    counted_writes,
     export_all,
     product_dataset,
     start_blockwise,
@@ -167,7 +167,7 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
             continue  # written and summed by an interrupted run of the same command
         rateints, terms, pdq = seg.block(a)
         writes = [(rateints[name].data, _Shifted(target, i0)) for name, target in targets.items()]
-        counts, want = _counted(writes)
+        counts, want = counted_writes(writes)
         expected += want
         fraction = ((rateints["dq"].data & _dq.JUMP_DET) != 0).mean(axis=(1, 2))
         # one submission, so that the windows the writes and the terms share run once; the

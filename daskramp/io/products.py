@@ -73,14 +73,19 @@ from ..dims import (
     RAMP_DIMS,
 )
 from ..steps import REGISTRY
+from ..taskgraph import Tasks
+from ._pwrite import write_region
 from .store import (
     CHUNKS_ATTR,
     COMPLETE_ATTR,
     StoreError,
     corrupt_chunk_error,
+    decode_chunk,
+    encode_chunk,
     finalize_store,
     missing_chunk_error,
     partial_path,
+    plain_codecs,
     verify_store,
     with_checksum,
 )
@@ -377,8 +382,6 @@ class ZarrChunkSource:
         return ZarrChunkTarget.supported(arr)
 
     def __getitem__(self, key) -> np.ndarray:
-        from .store import decode_chunk
-
         arr = _open_array(self.path, "r")
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
@@ -438,14 +441,10 @@ class ZarrChunkTarget:
 
     @staticmethod
     def supported(arr) -> bool:
-        from .store import plain_codecs
-
         return (arr.shards is None and plain_codecs(getattr(arr.metadata, "codecs", ()))
                 and np.dtype(arr.dtype).kind in "fiu")
 
     def __setitem__(self, key, block) -> None:
-        from .store import encode_chunk
-
         arr = self._array()
         key = key if isinstance(key, tuple) else (key,)
         block = np.asarray(block)
@@ -525,7 +524,7 @@ def _stored_counts(source: da.Array, target) -> da.Array:
     return flags.sum(split_every=COUNT_SPLIT_EVERY) if flags.ndim else flags
 
 
-def _counted(pending: list[tuple]) -> tuple[da.Array, int]:
+def counted_writes(pending: list[tuple]) -> tuple[da.Array, int]:
     """The lazy number of blocks stored by the writes ``pending`` ((dask array, target)
     pairs), and the number expected."""
     import functools
@@ -548,7 +547,7 @@ def _store_all(pending: list[tuple], also=None):
     shares with the stored arrays run once; its computed value is returned.  Every block is
     counted as written, or :class:`ProductError` is raised.
     """
-    total, expected = _counted(pending)
+    total, expected = counted_writes(pending)
     # arrays only on both sides: optimised as one graph, the shared keys keep their names
     stored, value = dask.compute(total, also)
     _check_stored(stored, expected)
@@ -809,8 +808,6 @@ class FitsImageTarget:
     def write(self, key, block, *, owned: bool = False) -> None:
         """``self[key] = block``; ``owned``: nobody else uses ``block``, so it is converted to
         the file's bytes in its own memory."""
-        from ._pwrite import write_region
-
         key = key if isinstance(key, tuple) else (key,)
         # no fsync per block: the pages are in the shared page cache, so the file is complete
         # for every reader once the last block is in
@@ -854,13 +851,12 @@ def _slab_counts(store: Path, var: xr.DataArray, chunks: tuple[int, ...], target
     from dask.array.core import normalize_chunks
     from dask.base import tokenize
     from dask.core import flatten
-    from dask.highlevelgraph import HighLevelGraph
 
     path = store / var.name
     if not ZarrChunkSource.supported(_open_array(str(path), "r")):
         if gate is not None:
             return None
-        return _counted([(var.chunk(dict(zip(var.dims, chunks))).data, target)])
+        return counted_writes([(var.chunk(dict(zip(var.dims, chunks))).data, target)])
     source = ZarrChunkSource(path)
     chunks = normalize_chunks(chunks, source.shape)
     st = os.stat(path / "zarr.json")
@@ -868,13 +864,12 @@ def _slab_counts(store: Path, var: xr.DataArray, chunks: tuple[int, ...], target
     name = "fits-slab-" + tokenize(str(path), st.st_ino, st.st_mtime_ns, chunks, target.path,
                                    target.offset, after)
     edges = [np.cumsum((0, *c)).tolist() for c in chunks]
-    dsk = {}
+    tasks = Tasks(gate)
     for idx in itertools.product(*(range(len(c)) for c in chunks)):
         lo = [e[i] for e, i in zip(edges, idx)]
         hi = [e[i + 1] for e, i in zip(edges, idx)]
-        dsk[(name, *idx)] = (copy_slab, source, target, lo, hi, *after)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[] if gate is None else [gate])
-    flags = da.Array(graph, name, chunks=tuple((1,) * len(c) for c in chunks), dtype=np.int64)
+        tasks.call((name, *idx), copy_slab, source, target, lo, hi, *after)
+    flags = tasks.array(name, tuple((1,) * len(c) for c in chunks), np.int64)
     return flags.sum(split_every=COUNT_SPLIT_EVERY), math.prod(len(c) for c in chunks)
 
 
@@ -1185,7 +1180,7 @@ def write_products(
                 continue
             ds = product_dataset(ds, provenance, kind=kind)
             pending = _start_zarr(ds, zpath)
-            total, expected = _counted(pending)
+            total, expected = counted_writes(pending)
             writes.append((zpath, total, expected))
             if fits and want_fits:
                 # the FITS file is exported by the same graph: its slabs read the store

@@ -44,7 +44,10 @@ from ..dims import (
     RAW_DTYPE,
     ExposureError,
     check_keywords,
+    make_exposure,
+    validate,
 )
+from ..taskgraph import Tasks
 
 __all__ = [
     "UncalFileError",
@@ -499,12 +502,11 @@ def default_chunk_integrations(frame_bytes: int, target_bytes: int = DEFAULT_CHU
 
 def _lazy_image(segs, kind: str, per_chunk: int):
     """One dask array for SCI (kind='sci') or ZEROFRAME (kind='zeroframe') over all segments."""
-    import dask.array as da
     from dask.base import tokenize
 
     ident = [(s.path, s.size, s.mtime_ns) for s in segs]
     name = f"uncal-{kind}-{tokenize(ident, per_chunk)}"
-    dsk = {}
+    tasks = Tasks()
     chunks = []
     b = 0
     for s in segs:
@@ -513,11 +515,11 @@ def _lazy_image(segs, kind: str, per_chunk: int):
         else:
             offset, frame = s.zeroframe[0], s.zeroframe[1][1:]
         for i0, i1 in integration_chunks(s.shape[0], per_chunk):
-            dsk[(name, b) + (0,) * len(frame)] = (read_frames, s.path, offset, frame, i0, i1)
+            tasks.call((name, b) + (0,) * len(frame), read_frames, s.path, offset, frame, i0, i1)
             chunks.append(i1 - i0)
             b += 1
     full = (tuple(chunks),) + tuple((n,) for n in frame)
-    return da.Array(dsk, name, chunks=full, dtype=RAW_DTYPE)
+    return tasks.array(name, full, RAW_DTYPE)
 
 
 def open_uncal(paths, *, chunks_integrations: int | None = None):
@@ -539,8 +541,6 @@ def open_uncal(paths, *, chunks_integrations: int | None = None):
         have a ZEROFRAME extension; coords ``segment`` (EXSEGNUM), ``integration_number``, the
         INT_TIMES columns; metadata in attrs.
     """
-    from ..dims import make_exposure, validate
-
     segs = scan_segments(paths)
     frame_bytes = 2 * math.prod(segs[0].frame_shape)
     per_chunk = chunks_integrations or default_chunk_integrations(frame_bytes)

@@ -44,6 +44,9 @@ class FramePass:
     given : callable
         ``given(lazy_array, skeleton, params) -> dict``: the statistics the step's windows are
         given, from the blocks' results joined along integration.
+
+    Step by step, the engine calls the step's wrapper on the lazy ramp with
+    ``frame_integrations``: the integrations per task of its own pass over whole frames.
     """
 
     variables: Callable
@@ -89,9 +92,10 @@ class StepSpec:
         A required reference missing skips the step (status SKIPPED with the reason), or is
         an error (:class:`~daskramp.config.ConfigError`).
     stats_kwargs : callable, optional
-        ``stats_kwargs(ds, params, given, lazy, frame_shape) -> dict``: keyword arguments from
-        the whole-frame statistics a tile cannot see.  ``given`` holds those computed before
-        (read only); a statistic derived here from ``ds`` is also stored in ``lazy``;
+        ``stats_kwargs(ds, params, given, frame_shape) -> dict``: keyword arguments from the
+        whole-frame statistics a tile cannot see, which the engine finds first
+        (:mod:`daskramp.engine.stats`).  ``given`` holds them (read only; one missing is
+        left for the wrapper to derive from ``ds``, as when it is called on its own);
         ``frame_shape`` is the subarray's ``(ny, nx)`` when ``ds`` is a window of it.
     halo : callable, optional
         ``halo(params) -> int``: how many pixels, on each side, the step's result at a pixel

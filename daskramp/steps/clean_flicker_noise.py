@@ -65,8 +65,6 @@ CHANNEL = "channel"
 #: optional outputs (``save_mask`` / ``save_noise``)
 MASK_VAR = "flicker_mask"
 STRIPES_VAR = "flicker_stripes"
-#: bytes of float32 ramp per task of the line-value pass (whole frames × all groups)
-STATS_BLOCK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -186,8 +184,8 @@ def draft_rate(ds: xr.Dataset, *, per_integration: bool = False) -> xr.DataArray
 
 def _draft_inputs(ds: xr.Dataset, gain, readnoise):
     """GAIN, READNOISE and average dark current as (y, x) DataArrays on the science grid."""
-    g = _ramp_fit._image(gain, ds, "gain")
-    rn = _ramp_fit._image(readnoise, ds, "readnoise")
+    g = _ramp_fit.reference_image(gain, ds, "gain")
+    rn = _ramp_fit.reference_image(readnoise, ds, "readnoise")
     if _ramp_fit.AVERAGE_DARK_CURRENT in ds:
         dark = ds[_ramp_fit.AVERAGE_DARK_CURRENT]
     else:
@@ -273,13 +271,13 @@ def make_scene_mask(rate: xr.DataArray, *, n_sigma: float) -> xr.DataArray:
     ).rename(MASK_VAR)
 
 
-def whole_frames(ds: xr.Dataset, names=(DATA, GROUPDQ)) -> xr.Dataset:
-    """``names`` of ``ds`` re-chunked to blocks of k integrations × all groups × whole frames."""
+def whole_frames(ds: xr.Dataset, integrations: int = 1, names=(DATA, GROUPDQ)) -> xr.Dataset:
+    """``names`` of ``ds`` re-chunked to blocks of ``integrations`` × all groups × whole
+    frames (a pipeline sizes them: :func:`daskramp.engine.plan.frame_block_integrations`)."""
     sub = ds[list(names)]
     if not any(v.chunks is not None for v in sub.data_vars.values()):
         return sub
-    frame_bytes = 4 * ds.sizes[GROUP] * ds.sizes[Y] * ds.sizes[X]
-    k = int(max(1, min(ds.sizes[INTEGRATION], STATS_BLOCK_BYTES // max(frame_bytes, 1))))
+    k = int(max(1, min(ds.sizes[INTEGRATION], integrations)))
     method = rechunk_method()
     return sub.assign({n: v.copy(data=v.data.rechunk((k, -1, -1, -1), method=method))
                        for n, v in sub.data_vars.items()})
@@ -322,7 +320,8 @@ def rebuild(ds: xr.Dataset, stripes: xr.DataArray, background: xr.DataArray, cha
 
 
 def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readnoise=None,
-                        flicker=None, flicker_channel=None, **params) -> xr.Dataset:
+                        flicker=None, flicker_channel=None, frame_integrations: int = 1,
+                        **params) -> xr.Dataset:
     """Remove 1/f noise from every group difference (lazy).
 
     As for every wrapper, calling it runs the step (``skip=False``); the pipeline default of
@@ -346,6 +345,9 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         position ``(y,)`` or ``(x,)``; ``ds`` may then be any window of the frame (the fused
         engine's tiles).  ``flicker="status"`` sets the status only (the engine's one-pixel
         status run).
+    frame_integrations : int
+        Integrations per task of whole frames that finds the line values of a lazy ``ds``
+        (the engine's :func:`daskramp.engine.plan.frame_block_integrations`).
     **params
         Other :class:`Params` fields (official names); unknown names raise TypeError.
 
@@ -383,7 +385,7 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         rate = draft_rate(ds, per_integration=not p.single_mask)
         mask = make_scene_mask(rate, n_sigma=p.n_sigma)
 
-    frames = whole_frames(ds)
+    frames = whole_frames(ds, frame_integrations)
     fast_size = ds.sizes[fast_dim(axis)]
     channel = kernel.channel_index(fast_size, fit_by_channel=by_channel)
     nchan = int(channel.max()) + 1
@@ -579,7 +581,7 @@ def given_flicker(terms, skeleton: xr.Dataset, params) -> dict:
     }
 
 
-def _stats_kwargs(ds, params, given, lazy, frame_shape) -> dict:
+def _stats_kwargs(ds, params, given, frame_shape) -> dict:
     # the fused engine gives the line values found on whole frames; the step-by-step
     # layout finds them itself
     if "flicker" not in given:

@@ -27,7 +27,18 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..dims import DATA, GROUP, GROUPDQ, IMAGE_DIMS, INTEGRATION, PIXELDQ, X, Y, validate
+from ..dims import (
+    DATA,
+    GROUP,
+    GROUPDQ,
+    IMAGE_DIMS,
+    INTEGRATION,
+    PIXELDQ,
+    X,
+    Y,
+    segment_bounds,
+    validate,
+)
 from ..kernels import clean_flicker_noise as _cfn
 from ..kernels import group_1overf as kernel
 from ..params import boolean, check, floating, image, option
@@ -85,8 +96,6 @@ def exposure_draft_rate(ds: xr.Dataset) -> xr.DataArray:
     pixel chunks, every integration of the segment in a block), their mean in one task: the
     same numbers as the fused layout's statistics pass (:func:`daskramp.engine.stats.draft_rate`).
     """
-    from ..dims import segment_bounds
-
     tgroup = float(ds.attrs["TGROUP"])
     parts = []
     for a, b in segment_bounds(ds):
@@ -188,13 +197,11 @@ def group_1overf(ds: xr.Dataset, *, draft_rate: xr.DataArray | None = None, skip
     return with_status(ds, STATUS, COMPLETE, **updates)
 
 
-def _stats_kwargs(ds, params, given, lazy, frame_shape) -> dict:
+def _stats_kwargs(ds, params, given, frame_shape) -> dict:
+    # None: the wrapper finds the draft rate from ``ds``
     if params.user_mask is not None:
         return {}
-    rate = given.get("draft_rate")
-    if rate is None:
-        rate = lazy["draft_rate"] = exposure_draft_rate(ds)
-    return {"draft_rate": rate}
+    return {"draft_rate": given.get("draft_rate")}
 
 
 def _load_mask(path) -> np.ndarray:

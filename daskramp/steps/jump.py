@@ -406,13 +406,10 @@ def _refs_kwargs(refs, params, ds) -> dict:
     return {"gain": ref_array(refs.get("gain")), "readnoise": ref_array(refs.get("readnoise"))}
 
 
-def _stats_kwargs(ds: xr.Dataset, params, given, lazy, frame_shape) -> dict:
-    """``plane_dnu`` (given, or reduced lazily from ``ds`` and kept in ``lazy``); for a window
-    of the subarray, ``whole_frame=False`` and the whole subarray's ``gain_median``."""
+def _stats_kwargs(ds: xr.Dataset, params, given, frame_shape) -> dict:
+    """``plane_dnu`` as given (None: :func:`jump` reduces it from ``ds``); for a window of
+    the subarray, ``whole_frame=False`` and the whole subarray's ``gain_median``."""
     planes = given.get("plane_dnu")
-    if planes is None:
-        # groups in which every pixel of the whole frame is DO_NOT_USE
-        planes = lazy["plane_dnu"] = ((ds[GROUPDQ] & np.uint8(dq.DO_NOT_USE)) != 0).all(dim=(Y, X))
     out = {"plane_dnu": planes.data if isinstance(planes, xr.DataArray) else planes}
     if frame_shape is not None and (ds.sizes[Y], ds.sizes[X]) != tuple(frame_shape):
         # a window of the subarray: whole-frame rules use the frame's values

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from .. import dq as _dq
 from ..dims import (
@@ -37,6 +38,7 @@ from ..dims import (
 from ..kernels import ramp_fit as _k
 from ..kernels import ramp_fit_likely as _kl
 from ..params import boolean, check, cores, integer, option, string
+from ..taskgraph import Tasks
 from ._apply import chunk_by_segment, map_ramp_blocks
 from ._spec import StepSpec, ref_array
 
@@ -79,7 +81,7 @@ class Params:
     skip: bool = boolean(False)
 
 
-def _image(arr, ds: xr.Dataset, name: str) -> xr.DataArray:
+def reference_image(arr, ds: xr.Dataset, name: str) -> xr.DataArray:
     """A (y, x) reference image as a DataArray on the science grid."""
     if isinstance(arr, xr.DataArray):
         if arr.dims != IMAGE_DIMS:
@@ -134,8 +136,8 @@ def ramp_fields(
     """
     validate(ds, source="ramp_fit input")
     a = ds.attrs
-    g = _image(gain, ds, "gain")
-    rn = _image(readnoise, ds, "readnoise")
+    g = reference_image(gain, ds, "gain")
+    rn = reference_image(readnoise, ds, "readnoise")
     if AVERAGE_DARK_CURRENT in ds:
         dark = ds[AVERAGE_DARK_CURRENT]
         if dark.dims != IMAGE_DIMS:
@@ -240,8 +242,8 @@ def ramp_products(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segmen
         fit = _kl.fit_products
         kwargs = dict(nframes=kwargs["nframes"], tframe=kwargs["tframe"], groupgap=_groupgap(a),
                       firstgroup=firstgroup, lastgroup=lastgroup, save_intercepts=save_intercepts)
-    g = np.asarray(_image(gain, ds, "gain").values)
-    rn = np.asarray(_image(readnoise, ds, "readnoise").values)
+    g = np.asarray(reference_image(gain, ds, "gain").values)
+    rn = np.asarray(reference_image(readnoise, ds, "readnoise").values)
     if AVERAGE_DARK_CURRENT in ds:
         dark = np.asarray(ds[AVERAGE_DARK_CURRENT].values)
     else:
@@ -391,26 +393,19 @@ def fold_block_terms(terms):
     same as when its segments are submitted one after another (:mod:`daskramp.engine.submit`,
     which continues the same sum from files).
     """
-    import dask.array as da
-    from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
-
     if any(c != 1 for c in terms.chunks[0]):
         terms = terms.rechunk({0: 1})
     name = f"rate-terms-sum-{tokenize(terms)}"
     nb = terms.numblocks
-    dsk = {}
+    tasks = Tasks(terms)
     for idx in np.ndindex(*nb[1:]):
         prev = None
         for k in range(nb[0]):
             if k == nb[0] - 1:
-                dsk[(name, *idx)] = (_add_squeezed, prev, (terms.name, k, *idx))
+                tasks.call((name, *idx), _add_squeezed, prev, (terms.name, k, *idx))
             else:
-                key = (f"{name}-part", k, *idx)
-                dsk[key] = (_k.add_block_terms, prev, (terms.name, k, *idx))
-                prev = key
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[terms])
-    return da.Array(graph, name, chunks=terms.chunks[1:], dtype=np.float64)
+                prev = tasks.call((f"{name}-part", k, *idx), _k.add_block_terms, prev, (terms.name, k, *idx))
+    return tasks.array(name, terms.chunks[1:], np.float64)
 
 
 def _sum_blocks(terms: xr.DataArray) -> xr.DataArray:
@@ -485,12 +480,12 @@ def products(fields, ds: xr.Dataset, *, gain, save_intercepts: bool = False,
         else:
             terms = _sum_blocks(fields["rate_terms"])
             sums = [terms.isel(term=i, drop=True) for i in range(len(_k.RATE_TERMS))]
-            rate = finalize_rate(sums, pdq, _image(gain, ds, "gain"), nints=int(fields["nints"]))
+            rate = finalize_rate(sums, pdq, reference_image(gain, ds, "gain"), nints=int(fields["nints"]))
     else:
         ints = {var: fields.sel(field=field, drop=True).astype(dtype) for var, field, dtype, _ in _OUTPUTS}
         if save_intercepts:
             ints["intercept"] = fields.sel(field="intercept", drop=True).astype(np.float32)
-        rate = _likely_rate(ints) if likely else combine_rate(fields, pdq, _image(gain, ds, "gain"))
+        rate = _likely_rate(ints) if likely else combine_rate(fields, pdq, reference_image(gain, ds, "gain"))
     for var, _, _, units in _OUTPUTS:
         if units:
             ints[var].attrs["units"] = units

@@ -28,7 +28,7 @@ from ..dims import DATA, FLOAT_DTYPE, GROUP, INTEGRATION, PIXELDQ, ZEROFRAME, X,
 from ..kernels import refpix as kernel
 from ..params import boolean, check, floating, integer, option
 from ._apply import map_ramp_blocks
-from ._spec import StepSpec, params_kwargs
+from ._spec import StepSpec
 
 STATUS = "S_REFPIX"
 COMPLETE = "COMPLETE"
@@ -324,16 +324,11 @@ def refpix(ds: xr.Dataset, *, offsets: xr.DataArray | None = None,
     return _with_status(ds, COMPLETE, **updates)
 
 
-def _stats_kwargs(ds: xr.Dataset, params, given, lazy, frame_shape) -> dict:
-    """The offsets of the data and the zero frame (given, or derived lazily from ``ds`` and
-    kept in ``lazy``; a given None means none) and ``frame_shape``."""
-    out = {"frame_shape": frame_shape}
-    for key, zf in (("refpix_offsets", False), ("refpix_zf_offsets", True)):
-        off = given.get(key)
-        if off is None and key not in given:
-            off = lazy[key] = refpix_offsets(ds, zeroframe=zf, **params_kwargs(params))
-        out["zeroframe_offsets" if zf else "offsets"] = off
-    return out
+def _stats_kwargs(ds: xr.Dataset, params, given, frame_shape) -> dict:
+    """The offsets of the data and the zero frame, as given (None: :func:`refpix` finds
+    them), and ``frame_shape``."""
+    return {"frame_shape": frame_shape, "offsets": given.get("refpix_offsets"),
+            "zeroframe_offsets": given.get("refpix_zf_offsets")}
 
 
 SPEC = StepSpec(name="refpix", status=STATUS, params=Params, run=refpix, scratch=1.03,
