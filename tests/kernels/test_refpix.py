@@ -207,6 +207,37 @@ def test_running_median_skips_unusable_pixels():
     assert np.isnan(med[110]) and med[100] == 97
 
 
+def _running_median_numpy(values, length):
+    """The whole-array numpy form of the running median (every window sorted at once)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    half = length // 2
+    nrows, ncols = values.shape[-2:]
+    idx = np.concatenate([np.arange(half, 0, -1), np.arange(nrows), np.arange(nrows - 2, nrows - 2 - half, -1)])
+    windows = sliding_window_view(values[..., idx, :], length, axis=-2)[..., :nrows, :, :]
+    windows = np.sort(windows.reshape(*values.shape[:-2], nrows, ncols * length), axis=-1)
+    count = np.count_nonzero(~np.isnan(windows), axis=-1)
+    lo = np.take_along_axis(windows, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)
+    hi = np.take_along_axis(windows, (count // 2)[..., None], axis=-1)
+    med = ((lo + hi) / values.dtype.type(2))[..., 0]
+    return np.where(count > 0, med, np.nan).astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("length", [1, 4, 11, 12])
+def test_running_median_equals_the_whole_array_form(dtype, length):
+    """The compiled running median (one window at a time) equals numpy's sort of every
+    window, bit for bit, with unusable (NaN) pixels, ties and leading dims."""
+    rng = np.random.default_rng(length)
+    values = rng.normal(0, 3, (3, 2, 64, 4)).astype(dtype)
+    values[..., ::7, 1] = np.round(values[..., ::7, 1])  # ties
+    values[rng.random(values.shape) < 0.2] = np.nan
+    values[0, 0, 20:40] = np.nan  # windows with no usable pixel
+    got = k.running_median(values, side_smoothing_length=length)
+    assert got.shape == (3, 2, 64) and got.dtype == np.float64
+    np.testing.assert_array_equal(got, _running_median_numpy(values, length))
+
+
 # --------------------------------------------------------------------------- full frame
 
 
