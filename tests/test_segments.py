@@ -193,6 +193,13 @@ def test_interrupted_run_resumes_after_the_finished_segments(three, runs, tmp_pa
         with xr.open_zarr(whole["outputs"][f"{name}_zarr"], consolidated=False) as a, \
                 xr.open_zarr(summary["outputs"][f"{name}_zarr"], consolidated=False) as b:
             xr.testing.assert_identical(a.load(), b.load())
+    # the rateints FITS file is exported block by block: the blocks of the interrupted run
+    # are exported again into the resumed run's file
+    with afits.open(whole["outputs"]["rateints_fits"]) as a, afits.open(summary["outputs"]["rateints_fits"]) as b:
+        assert [h.name for h in a] == [h.name for h in b]
+        for ha, hb in zip(a, b):
+            if ha.data is not None:
+                assert ha.data.tobytes() == hb.data.tobytes(), ha.name
     for key in FIGURES:
         assert summary[key] == whole[key], key
     # nothing hidden is left but the lock file and the run record

@@ -40,6 +40,7 @@ from dask.base import tokenize
 from .. import dq as _dq
 from ..dims import PIXELDQ_DTYPE
 from ..io.products import (
+    BlockExport,
     ProductError,
     counted_writes,
     export_all,
@@ -108,6 +109,22 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         done = 0
         state.start()
         targets = start_blockwise(template, zpath)
+    # the rateints FITS file is exported block by block, each block once it is stored, by
+    # tasks that run beside the next blocks' windows (after the last block, the export would
+    # be a pass of its own over the whole product)
+    export = None
+    exported: list = []  # (future of the slabs written, number expected) per block
+
+    def export_block(a: int) -> None:
+        count, want = export.slabs(*seg.int_bounds[a])
+        exported.append((client.compute(count, priority=1), want))
+
+    if fits and targets is not None:
+        export = BlockExport(partial_path(zpath), outdir / f"{root}_rateints.fits", template, "rateints")
+        if not export.ready:
+            export = None
+        for a in range(done if export is not None else 0):
+            export_block(a)  # stored by an interrupted run: exported into the new file
     pending: deque = deque()
     adds: dict = {}
     jump_fraction = list(state.jump_fraction[:done]) + [None] * (n - done)
@@ -159,6 +176,8 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         # blocks are settled in order: 0 … a are written and summed, for good
         state.record(a + 1, jump_fraction[: a + 1])
         seg.release(a)  # its checkpoint, if a step needed whole frames
+        if export is not None:
+            export_block(a)
         if a > 0:
             shutil.rmtree(tdir / str(a - 1), ignore_errors=True)  # a rerun starts from a's
 
@@ -186,6 +205,8 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
         settle()
     if stored != expected:
         raise ProductError(f"{zpath.name}: {stored} of {expected} blocks were stored")
+    # the slabs read the partial store: all written before it is renamed
+    slabs = sum(int(k) for k in client.gather([f for f, _ in exported]))
     if targets is not None:
         finalize_store(partial_path(zpath), zpath, overwrite=True)
 
@@ -201,7 +222,10 @@ def write_by_segment(result, outdir, *, root: str, provenance, fits: bool, clien
     out = {"rateints_zarr": zpath, **paths}
     if fits:
         fpath = outdir / f"{root}_rateints.fits"
-        export_all([(zpath, fpath, "rateints")])
+        if export is not None:
+            export.finish([seg.int_bounds[a] for a in range(n)], slabs, sum(w for _, w in exported))
+        else:
+            export_all([(zpath, fpath, "rateints")])
         out["rateints_fits"] = fpath
     values = dict(values)
     values["jump_fraction_per_integration"] = np.concatenate(

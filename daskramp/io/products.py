@@ -956,6 +956,75 @@ class _Export:
         self.partial.unlink(missing_ok=True)
 
 
+class BlockExport:
+    """The FITS file of a product whose store is written one block of integrations after
+    another (:mod:`daskramp.engine.submit`): each block's slabs are exported as soon as the
+    block is stored, while the next blocks compute, instead of all of them after the last.
+
+    ``store`` is the partial store (:func:`start_blockwise`: its metadata and coordinates
+    written), ``ds`` the product as written there (coordinates in memory).  The FITS file is
+    allocated here as ``<path>.partial``; :meth:`slabs` gives the lazy writes of a block's
+    integrations; :meth:`finish`, once the store is complete, checks that every block was
+    exported and renames the file into place.  ``ready`` is False for codecs the slabs cannot
+    read (export the complete store then, with :func:`export_all`).
+    """
+
+    def __init__(self, store: Path, path: Path, ds: xr.Dataset, kind: str,
+                 slab_bytes: int = DEFAULT_SLAB_BYTES):
+        self.store, self.path, self.kind = Path(store), Path(path), kind
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.targets: list = []
+        self.exported: set = set()
+        _check_layout(ds, kind)
+        names = [n for n in LAYOUTS[kind] if n in ds]
+        if not all(ZarrChunkSource.supported(_open_array(str(self.store / n), "r")) for n in names):
+            return
+        first = ds[names[0]]
+        zchunks = zarr_chunks(first)
+        self.lead = _slab_chunks(first, zchunks, slab_bytes)[0]
+        self.table = int_times_table(ds) if kind != "rate" else None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.targets = [(var.name, target) for var, target in
+                        _allocate_fits(ds, self.partial, self.path.name, kind)]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.targets)
+
+    def slabs(self, i0: int, i1: int) -> tuple[da.Array, int]:
+        """The lazy count of the slab writes of integrations ``i0:i1`` (a block whose store
+        chunks are all written), and the number expected."""
+        from dask.base import tokenize
+
+        cuts = list(range(i0, i1, self.lead)) + [i1]
+        name = "fits-block-slab-" + tokenize(str(self.store), str(self.partial), i0, i1, self.lead)
+        tasks = Tasks()
+        n = 0
+        for var, target in self.targets:
+            source = ZarrChunkSource(self.store / var)
+            rest = target.shape[1:]
+            for a, b in zip(cuts, cuts[1:]):
+                # each slab's count is a (1, …, 1) block, as copy_slab returns it
+                tasks.call((name, n, *(0 for _ in rest)), copy_slab, source, target,
+                           [a, *(0 for _ in rest)], [b, *rest])
+                n += 1
+        flags = tasks.array(name, ((1,) * n, *((1,) for _ in rest)), np.int64)
+        self.exported.add((i0, i1))
+        return flags.sum(), n
+
+    def finish(self, blocks, stored: int, expected: int) -> None:
+        """Check that every block of ``blocks`` was exported and every slab written, append
+        the INT_TIMES table and rename the file into place."""
+        missing = [b for b in blocks if tuple(b) not in self.exported]
+        if missing or stored != expected:
+            raise ProductError(f"{self.path.name}: {stored} of {expected} slabs written"
+                               + (f"; blocks {missing} not exported" if missing else ""))
+        _append_and_rename(self.partial, self.path, self.table)
+
+    def abandon(self) -> None:
+        self.partial.unlink(missing_ok=True)
+
+
 @contextmanager
 def _exporting(exports: list[_Export]):
     """Close ``exports`` (appended to inside the block) when the block succeeds; remove their
@@ -1220,6 +1289,7 @@ def write_products(
 
 __all__ = [
     "LAYOUTS",
+    "BlockExport",
     "STATUS_KEYWORDS",
     "REFERENCE_KEYWORDS",
     "ProductError",
