@@ -40,7 +40,7 @@ from .cluster import ClusterProfile, connect, default_workers, parse_memory, wor
 from .config import ConfigError, as_paths, from_files
 from .engine import submit
 from .engine.plan import plan_chunking, tile_chunks
-from .engine.policy import fused_ghost
+from .engine.policy import by_segment, fused_ghost
 from .io import crds as crds_io
 from .io import ingest, open_exposure
 from .io.outdir import Fingerprint, StaleProductsError, claim, lock_output
@@ -48,7 +48,6 @@ from .io.products import PROVENANCE_ATTR, is_complete, write_products
 from .io.store import is_complete as store_is_complete
 from .parsfile import changes, check_exposure
 from .progress import RunMonitor, format_bytes, log_to, logging_configured
-from .steps import ramp_fit as _ramp_fit
 
 #: what a run does, one line per event (``daskramp run --log FILE``; :mod:`daskramp.progress`)
 logger = logging.getLogger("daskramp.run")
@@ -642,13 +641,9 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
             segments = getattr(result, "segments", None)
             in_flight = config.get("segments_in_flight")
             in_flight = None if in_flight is None else int(in_flight)
-            # LIKELY combines the rate from every integration at once, not from the sums
-            # the segments carry from one to the next: one graph
-            rate_from_sums = not _ramp_fit.uses_likely(prep.params[registry.FIT_STEP].algorithm,
-                                                       ds.sizes[dims.GROUP])
             if ((in_flight is None or in_flight > 0) and segments is not None
                     and len(segments.int_bounds) > 1 and frame_stats != "lazy"
-                    and set(products) == {"rate", "rateints"} and rate_from_sums):
+                    and set(products) == {"rate", "rateints"} and by_segment(ds, prep.params)):
                 # one segment after another: the cluster holds at most two segments'
                 # tasks, however long the exposure
                 tiles = len(segments.y_bounds) * len(segments.x_bounds)

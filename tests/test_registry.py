@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 import pytest
+import xarray as xr
 
 from daskramp import pipeline, steps
 from daskramp.config import ConfigError
@@ -23,6 +24,7 @@ from daskramp.dims import DATA
 from daskramp.engine import plan as memory
 from daskramp.engine import policy
 from daskramp.io import open_exposure, products, refs
+from daskramp.kernels.ramp_fit_likely import LIKELY_MIN_NGROUPS
 from daskramp.params import boolean, floating
 from daskramp.simulate import simulate
 from daskramp.steps import StepSpec
@@ -199,3 +201,18 @@ def test_a_toy_step_with_a_halo_widens_the_fused_windows(sim):
     assert res.provenance["steps"]["toy"]["status"] == COMPLETE
     for var in PRODUCT_VARS:
         np.testing.assert_array_equal(ri[var].values, ri0[var].values, err_msg=var)
+
+
+@pytest.mark.parametrize("algorithm, ngroups, expected", [
+    ("OLS_C", 9, True),
+    ("LIKELY", 9, False),
+    # too few groups for LIKELY: the official step fits OLS_C, from sums like any other
+    ("LIKELY", LIKELY_MIN_NGROUPS - 1, True),
+])
+def test_segments_go_one_after_another_unless_a_step_combines_every_integration(algorithm, ngroups, expected):
+    """ramp_fit's spec says when its rate needs every integration at once (LIKELY): the
+    run then submits the exposure as one graph instead of segment by segment."""
+    ds = xr.Dataset(coords={"group": np.arange(ngroups)})
+    params = pipeline.validate_steps({"ramp_fit": {"algorithm": algorithm}})
+    assert policy.by_segment(ds, params) is expected
+    assert policy.by_segment(ds, pipeline.validate_steps({"ramp_fit": {"algorithm": algorithm, "skip": True}}))

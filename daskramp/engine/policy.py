@@ -13,6 +13,7 @@ import dataclasses
 
 import xarray as xr
 
+from .. import dims
 from .. import steps as registry
 from ..params import RULE
 
@@ -77,6 +78,15 @@ def without_output_files(params) -> dict:
         if off:
             out[name] = dataclasses.replace(p, **off)
     return out
+
+
+def by_segment(ds: xr.Dataset, params) -> bool:
+    """Whether the segments of ``ds`` may be submitted one after another (the rate from
+    sums carried between them): no step that runs combines every integration at once (its
+    spec's ``whole_exposure``)."""
+    ngroups = ds.sizes[dims.GROUP]
+    return not any(s.whole_exposure is not None and not params[s.name].skip
+                   and s.whole_exposure(params[s.name], ngroups) for s in registry.active())
 
 
 def needs_draft_rate(params) -> bool:

@@ -129,6 +129,11 @@ class StepSpec:
         steps that pool integrations): the fused layout saves that ramp (a checkpoint), runs
         the pass :class:`FramePass` describes, and gives the step its statistics through
         ``stats_kwargs``.
+    whole_exposure : callable, optional
+        ``whole_exposure(params, ngroups) -> bool``: the step's product is combined from every
+        integration at once, not from sums carried from one segment to the next, so the
+        segments of an exposure are not submitted one after another
+        (:func:`daskramp.engine.policy.by_segment`).
     """
 
     name: str
@@ -150,6 +155,7 @@ class StepSpec:
     draft_rate: Callable[[Any], bool] | None = None
     fast_lines: Callable[[Any], bool] | None = None
     frame_pass: FramePass | None = None
+    whole_exposure: Callable[[Any, int], bool] | None = None
 
     def __post_init__(self):
         if self.refs_missing not in REFS_MISSING:

@@ -525,7 +525,9 @@ def _refs_kwargs(refs, params, ds) -> dict:
 SPEC = StepSpec(name="ramp_fit", status=STATUS, params=Params, run=run, scratch=3.24,
                 reftypes=("gain", "readnoise"), refs_kwargs=_refs_kwargs, refs_missing="error",
                 pools_integrations=True,
-                not_fusable=lambda p: "ramp_fit is skipped (no products)" if p.skip else None)
+                not_fusable=lambda p: "ramp_fit is skipped (no products)" if p.skip else None,
+                # LIKELY combines the rate from every integration at once
+                whole_exposure=lambda p, ngroups: uses_likely(p.algorithm, ngroups))
 
 
 def _rate_dataset(res: xr.DataArray) -> xr.Dataset:
