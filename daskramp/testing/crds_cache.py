@@ -26,7 +26,13 @@ from pathlib import Path
 
 from daskramp.io.crds import DATAMODEL_KEYWORDS, pars_reftypes
 from daskramp.io.refs import SELECTION_KEYWORDS
-from daskramp.testing.official import LOCAL_NA
+
+#: reftypes a NIR Detector1 run (with its optional steps) may ask CRDS for that the local cache
+#: answers N/A when no file is given (CRDS answers N/A for them on NIR data, or the step runs
+#: without them: clean_flicker_noise's FLAT and PASTASOSS are only read by options that are
+#: off by default)
+LOCAL_NA = ("ipc", "refpix", "sirskernel", "rscd", "reset", "emicorr", "flat", "pastasoss",
+            "persat", "trapdensity", "trappars")
 
 #: the context the cache is written with unless told otherwise
 DEFAULT_CONTEXT = "jwst_9000.pmap"
@@ -227,5 +233,5 @@ def simulated_cache(root, refs: Mapping[str, str | Path], attrs: Mapping, *,
     return crds_env(root, context)
 
 
-__all__ = ["DEFAULT_CONTEXT", "PARS_SELECTORS", "REFUSED_SERVER", "USEAFTER", "Rmap", "cache_name",
+__all__ = ["DEFAULT_CONTEXT", "LOCAL_NA", "PARS_SELECTORS", "REFUSED_SERVER", "USEAFTER", "Rmap", "cache_name",
            "crds_env", "simulated_cache", "write_cache"]

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from ..dims import check_keywords  # noqa: F401  (keeps the import path honest)
 from ..io.refs import RefSet
+from .crds_cache import DEFAULT_CONTEXT as LOCAL_CONTEXT
+from .crds_cache import LOCAL_NA, Rmap, write_cache
 
 #: per step, the reference overrides it takes (spec 10); N/A where CRDS answers N/A for NIR
 STEP_OVERRIDES = {
@@ -73,26 +75,8 @@ def configure_offline(crds_path: str | Path, context: str = "jwst_1300.pmap") ->
         CRDS_SERVER_URL="https://127.0.0.1:9",
         CRDS_MODE="local",
         CRDS_CONTEXT=context,
-        # the hand-written mappings carry no sha1sum
-        CRDS_IGNORE_MAPPING_CHECKSUM="1",
         STPIPE_DISABLE_CRDS_STEPPARS="True",
     )
-
-
-#: context of the cache :func:`write_crds_cache` writes
-LOCAL_CONTEXT = "jwst_9000.pmap"
-#: reftypes a NIR Detector1 run (with its optional steps) may ask CRDS for that the local cache
-#: answers N/A when no file is given (CRDS answers N/A for them on NIR data, or the step runs
-#: without them: clean_flicker_noise's FLAT and PASTASOSS are only read by options that are
-#: off by default)
-LOCAL_NA = ("ipc", "refpix", "sirskernel", "rscd", "reset", "emicorr", "flat", "pastasoss",
-            "persat", "trapdensity", "trappars")
-
-
-def _mapping_text(header: dict, selector: str) -> str:
-    """A CRDS mapping file: its ``header`` dict and ``selector`` expression."""
-    items = [f"    {k!r} : {v!r}," for k, v in sorted(header.items())]
-    return "\n".join(["header = {", *items, "}", "", f"selector = {selector}", ""])
 
 
 def write_crds_cache(crds_path: str | Path, refs: dict[str, str], attrs: dict, *,
@@ -101,8 +85,8 @@ def write_crds_cache(crds_path: str | Path, refs: dict[str, str], attrs: dict, *
 
     The official pipeline asks CRDS for references that no ``override_<reftype>`` can reach:
     clean_flicker_noise's draft rate is a fresh ``RampFitStep()`` that looks GAIN and
-    READNOISE up itself.  This writes one pmap, one imap for the exposure's instrument and
-    one rmap per reftype of ``refs`` (every DETECTOR value matched, one USEAFTER in 1900, so
+    READNOISE up itself.  This writes (:func:`daskramp.testing.crds_cache.write_cache`) one
+    pmap, one imap for the exposure's instrument and one rmap per reftype of ``refs`` (every DETECTOR value matched, one USEAFTER in 1900, so
     the file is chosen whatever the observation date), links the files into the cache's
     ``references/jwst/<instrument>/`` and answers N/A for :data:`LOCAL_NA`.  Then it calls
     :func:`configure_offline` with the context, so call it before importing jwst.
@@ -120,36 +104,15 @@ def write_crds_cache(crds_path: str | Path, refs: dict[str, str], attrs: dict, *
     -------
     str : the context name (``CRDS_CONTEXT``).
     """
-    crds_path = Path(crds_path)
     instrument = str(attrs["INSTRUME"]).strip().upper()
-    inst = instrument.lower()
-    serial = context.removeprefix("jwst_").removesuffix(".pmap")
-    maps = crds_path / "mappings" / "jwst"
-    files = crds_path / "references" / "jwst" / inst
-    maps.mkdir(parents=True, exist_ok=True)
-    files.mkdir(parents=True, exist_ok=True)
-    common = {"observatory": "JWST", "derived_from": "daskramp.testing.official"}
-    imap = f"jwst_{inst}_{serial}.imap"
-    pmap_header = {**common, "mapping": "PIPELINE", "name": context, "parkey": ("META.INSTRUMENT.NAME",)}
-    (maps / context).write_text(_mapping_text(pmap_header, repr({instrument: imap})))
-    selector = {rt.upper(): "N/A" for rt in LOCAL_NA}
+    rules: dict = {rt: "N/A" for rt in LOCAL_NA}
+    files = {}
     for reftype, path in refs.items():
-        path = Path(path).resolve()
-        link = files / path.name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(path)
-        rmap = f"jwst_{inst}_{reftype.lower()}_{serial}.rmap"
-        header = {**common, "mapping": "REFERENCE", "name": rmap, "instrument": instrument,
-                  "filekind": reftype.upper(), "classes": ("Match", "UseAfter"),
-                  "parkey": (("META.INSTRUMENT.DETECTOR",), ("META.OBSERVATION.DATE", "META.OBSERVATION.TIME"))}
+        name = Path(path).name
+        files[name] = path
         # any DETECTOR; one USEAFTER before every observation
-        body = f"Match({{\n    ('ANY',) : UseAfter({{\n        '1900-01-01 00:00:00' : {path.name!r},\n    }}),\n}})"
-        (maps / rmap).write_text(_mapping_text(header, body))
-        selector[reftype.upper()] = rmap
-    imap_header = {**common, "mapping": "INSTRUMENT", "name": imap, "instrument": instrument,
-                   "parkey": ("REFTYPE",)}
-    (maps / imap).write_text(_mapping_text(imap_header, repr(dict(sorted(selector.items())))))
+        rules[reftype.lower()] = Rmap(("DETECTOR",), {("ANY",): {"1900-01-01 00:00:00": name}})
+    write_cache(crds_path, instrument, rules, files=files, context=context)
     configure_offline(crds_path, context=context)
     return context
 

@@ -541,7 +541,7 @@ def test_parity_with_official_user_mask(tmp_path):
 
 
 #: environment variables :func:`daskramp.testing.official.write_crds_cache` sets
-_CRDS_ENV = ("CRDS_PATH", "CRDS_SERVER_URL", "CRDS_MODE", "CRDS_CONTEXT", "CRDS_IGNORE_MAPPING_CHECKSUM",
+_CRDS_ENV = ("CRDS_PATH", "CRDS_SERVER_URL", "CRDS_MODE", "CRDS_CONTEXT",
              "STPIPE_DISABLE_CRDS_STEPPARS")
 
 
