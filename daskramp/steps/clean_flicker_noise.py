@@ -595,8 +595,8 @@ def _refs_kwargs(refs, params, ds) -> dict:
     return {"gain": ref_array(ref(refs, "gain")), "readnoise": ref_array(ref(refs, "readnoise"))}
 
 
-# scratch: an estimate, not a measurement (``python benchmarks/memory_factors.py`` runs the
-# default configuration, in which the step is skipped and costs nothing)
+# scratch: above the factor ``python benchmarks/memory_factors.py --steps clean_flicker_noise``
+# measures on whole frames (docs/scaling.md)
 SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=clean_flicker_noise,
                 scratch=3.0, reftypes=("gain", "readnoise"), optional_reftypes=("gain", "readnoise"),
                 refs_kwargs=_refs_kwargs,
