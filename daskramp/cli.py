@@ -467,6 +467,9 @@ def _cmd_darks(args, extra) -> int:
     _positive("--maxiters", args.maxiters, allow_none=False)
     _positive("--min-samples", args.min_samples, allow_none=False)
     _positive("--tile-columns", args.tile_columns)
+    if args.crds and args.refs is not None:
+        raise ConfigError("--crds and --refs exclude each other: the references come from the "
+                          "CRDS cache or from the directory")
     if args.figures:
         _need("matplotlib", "--figures")
     out = Path(args.out)
@@ -484,8 +487,16 @@ def _cmd_darks(args, extra) -> int:
     check_consistent(exposures)
     # the references of the steps a dark runs (GAIN and READNOISE for jump): one missing is
     # refused now, naming every file rejected, not once the cluster has started
-    refs = reference_set(exposures[0], args.refs, validate_steps(DARK_STEPS), _overrides(args),
-                         strict=True)
+    if args.crds:
+        from .io import crds as crds_io
+
+        refs = crds_io.reference_set(exposures[0].attrs, validate_steps(DARK_STEPS),
+                                     overrides=_overrides(args), cache=crds_io.open_cache())
+        log.info(f"CRDS context {refs.crds['context']} ({refs.crds['mode']} best references, "
+                 f"cache {refs.crds['path']})")
+    else:
+        refs = reference_set(exposures[0], args.refs, validate_steps(DARK_STEPS), _overrides(args),
+                             strict=True)
     for rt, rec in (refs.provenance() if refs is not None else {}).items():
         log.info(f"reference {rt.upper()}: {rec['file']}"
                  + ("" if rec.get("path") else f" ({rec.get('reason') or 'none'})"))

@@ -847,6 +847,9 @@ def add_arguments(p) -> None:
     p.add_argument("inputs", nargs="+", help="dark exposures: uncal FITS (segments grouped) or Zarr stores")
     p.add_argument("--out", required=True, help="output DARK file, e.g. jwst_nircam_dark_<name>.fits")
     p.add_argument("--refs", help="directory of CRDS-format reference files (dq_init … jump)")
+    p.add_argument("--crds", action="store_true",
+                   help="take the references of dq_init … jump from the CRDS cache $CRDS_PATH, "
+                        "context $CRDS_CONTEXT (offline with CRDS_MODE=local); instead of --refs")
     p.add_argument("--sigma", type=float, default=3.0, help="sigma-clipping threshold (default 3)")
     p.add_argument("--maxiters", type=int, default=5, help="clipping passes (default 5)")
     p.add_argument("--min-samples", type=int, default=5,

@@ -26,6 +26,7 @@ from astropy.io import fits
 crds = pytest.importorskip("crds")
 asdf = pytest.importorskip("asdf")
 
+from daskramp import steps  # noqa: E402
 from daskramp.config import ConfigError  # noqa: E402
 from daskramp.io import crds as crds_io  # noqa: E402
 from daskramp.io.crds import CrdsError  # noqa: E402
@@ -500,3 +501,42 @@ Detector1Pipeline.call(sys.argv[1], output_dir=sys.argv[2], save_results=True)
             assert r["fraction_close"] >= 0.999, (kind, var, r)
         d = compare_dq(ours[kind]["dq"].values, theirs["dq"])
         assert d["fraction_identical"] >= 0.999, (kind, d)
+
+
+# ---------------------------------------------------------------------- darks
+
+
+def test_darks_crds_gives_the_dark_of_darks_refs(no_crds_env, client, tmp_path, capsys):
+    """``daskramp darks --crds`` takes the references of dq_init … jump from the cache and
+    makes the DARK that ``--refs`` makes from the same files; with both options it is refused
+    in one line, before any cluster."""
+    from daskramp import cli
+    from daskramp.darks import DARK_STEPS
+    from daskramp.pipeline import validate_steps
+    from daskramp.simulate import simulate
+
+    sim = simulate(tmp_path / "sim", preset="nircam-dark", nints=4, segments=3, ngroups=5,
+                   nx=32, ny=32, seed=3)
+    attrs = dict(fits.getheader(sim.uncal_files[0], 0))
+    rs = RefSet.from_dir(sim.refs_dir, attrs)
+    wanted = {rt for s in steps.active() if not validate_steps(DARK_STEPS)[s.name].skip for rt in s.reftypes}
+    served = {rt: rs.get(rt).path for rt in sorted(wanted) if rs.get(rt) is not None}
+    assert {"gain", "readnoise"} <= set(served)
+    context = f"jwst_{next(_numbers)}.pmap"
+    for k, v in simulated_cache(tmp_path / "crds", served, attrs, context=context).items():
+        no_crds_env.setenv(k, v)
+    files = [str(p) for p in sim.uncal_files]
+    common = ["--scheduler", client.scheduler.address, "--no-progress", "--tile-columns", "16"]
+    assert cli.main(["darks", *files, "--out", str(tmp_path / "crds_dark.fits"), "--crds", *common]) == 0
+    assert cli.main(["darks", *files, "--out", str(tmp_path / "refs_dark.fits"), "--refs",
+                     str(sim.refs_dir), *common]) == 0
+    with fits.open(tmp_path / "crds_dark.fits") as a, fits.open(tmp_path / "refs_dark.fits") as b:
+        for ext in ("SCI", "ERR", "DQ"):
+            np.testing.assert_array_equal(a[ext].data, b[ext].data, err_msg=ext)
+    capsys.readouterr()
+    assert cli.main(["darks", *files, "--out", str(tmp_path / "both.fits"), "--crds", "--refs",
+                     str(sim.refs_dir), *common]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == ["daskramp darks: error: --crds and --refs exclude each other: the references come "
+                   "from the CRDS cache or from the directory"]
+    assert not (tmp_path / "both.fits").exists()
