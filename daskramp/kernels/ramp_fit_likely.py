@@ -155,9 +155,10 @@ def _fill_cov(c, s2, ap, ar, bp, br, a, b):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _omit_search(d, use, x, y, diag, off, B, C, two_ok, d1, r1, d2, r2):
+def _omit_search(d, use, x, y, diag, off, A, B, C, two_ok, d1, r1, d2, r2):
     """Δχ² and rate of the fit without each usable difference (``d1``, ``r1``, n) and without
-    each adjacent pair (``d2``, ``r2``, n−1); omitting unusable ones changes nothing."""
+    each adjacent pair (``d2``, ``r2``, n−1); omitting unusable ones changes nothing.
+    ``A, B, C`` are :func:`_gls`'s sums of the current fit (its χ² is ``A − B²/C``)."""
     n = d.shape[0]
     full_rate = B / C
     base = B * B / C
@@ -186,7 +187,10 @@ def _omit_search(d, use, x, y, diag, off, B, C, two_ok, d1, r1, d2, r2):
             d2[k] = d1[k]
             r2[k] = r1[k]
         elif nuse == 2:
-            d2[k] = np.nan
+            # the pair is all that is usable: nothing is left to fit, whose χ² is 0, so the
+            # improvement is the whole χ² (a number, so the search still compares the
+            # single omissions, as the official search does); its rate is undefined
+            d2[k] = A - base
             r2[k] = np.nan
         else:
             # free offsets on k and k+1: 3×3 normal equations by Cramer's rule
@@ -297,7 +301,7 @@ def _fit_block(res, gdq, pdq, gain, rn, dark, dt, ap0, ar0, bp0, br0, two_ok, zf
                 A, B, C = _gls(d, use, a, b, u, w, x, y, diag, off)
                 if it == 0:
                     rate = B / C
-                _omit_search(d, use, x, y, diag, off, B, C, two_ok, d1, r1, d2, r2)
+                _omit_search(d, use, x, y, diag, off, A, B, C, two_ok, d1, r1, d2, r2)
                 best1 = -np.inf
                 for k in range(n):
                     if np.isnan(d1[k]) or np.isnan(best1):
