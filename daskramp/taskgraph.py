@@ -36,10 +36,6 @@ class Tasks:
         out._calls = dict(self._calls)
         return out
 
-    def depend_on(self, *collections) -> None:
-        """Add collections whose keys the calls take."""
-        self._deps.extend(c for c in collections if c is not None)
-
     def call(self, key: Hashable, func, *args) -> Hashable:
         """Run ``func(*args)`` as the task ``key`` (a string, or ``(name, *block index)``);
         returns ``key``, to pass to later calls."""

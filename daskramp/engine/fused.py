@@ -27,10 +27,11 @@ from .chain import Plan, Reader, layout_at, reader_for, row_align, status_of, wi
 from .checkpoint import frame_step, resumed
 from .graph import distributed_client, refs_graph_key, staged
 from .plan import CHAIN_FACTOR, bounds, int_bounds, plan_tiles, sizing_budget, tile_shape
-from .policy import needs_draft_rate, whole_axis
+from .policy import whole_axis
 from .stages import Detector1Result, finish
 from .stats import (
     STAT_KEYS,
+    complete,
     computed_stats,
     finished_stats,
     frame_statistics,
@@ -54,8 +55,7 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     refs_key = refs_graph_key(refs)
     if isinstance(frame_stats, Mapping):
         stats = {k: frame_stats.get(k) for k in STAT_KEYS}
-        if ((stats["plane_dnu"] is None and not p["jump"].skip)
-                or (stats["draft_rate"] is None and needs_draft_rate(p))):
+        if not complete(stats, p):
             stats = frame_statistics(ds, plan, reader, refs_key)
     elif frame_stats in ("compute", "submit"):
         if refs_key is not None:

@@ -35,6 +35,13 @@ from .policy import needs_draft_rate
 STAT_KEYS = ("refpix_offsets", "refpix_zf_offsets", "plane_dnu", "draft_rate")
 
 
+def complete(stats, params) -> bool:
+    """Whether given statistics hold all that the steps that run take (jump's
+    ``plane_dnu``, the draft rate of a step that takes it)."""
+    return not ((stats.get("plane_dnu") is None and not params["jump"].skip)
+                or (stats.get("draft_rate") is None and needs_draft_rate(params)))
+
+
 def stand_ins(stats: dict, *, lazy: bool = False) -> dict:
     """``stats`` with the lazy statistics replaced by zeros of their shape and dtype; with
     ``lazy`` the zeros are dask arrays, made by the tasks of a graph that uses them (as numpy

@@ -23,9 +23,9 @@ from ..steps._apply import chunk_by_segment
 from .chain import reader_for, window_plan
 from .graph import refs_graph_key
 from .plan import plan_tiles, tile_chunks
-from .policy import needs_draft_rate, without_output_files
+from .policy import without_output_files
 from .stages import Detector1Result, as_float, call_step, finish, is_lazy, lazy_refs, ramp_steps
-from .stats import STAT_KEYS, frame_statistics
+from .stats import STAT_KEYS, complete, frame_statistics
 
 
 def _tile(ds: xr.Dataset, cols: int, stats_scope: str) -> xr.Dataset:
@@ -63,7 +63,7 @@ def detector1_stepwise(ds: xr.Dataset, refs, *, params: Mapping, provenance: dic
     windows of the raw ramp), given to the steps: ``frame_stats`` "compute"/"submit"
     computes them first, None leaves them lazy in the graph (an exposure held in memory has
     them computed), a mapping gives them."""
-    if isinstance(frame_stats, Mapping) and _complete(frame_stats, params):
+    if isinstance(frame_stats, Mapping) and complete(frame_stats, params):
         stats = dict(frame_stats)
     elif frame_stats is None or frame_stats in ("compute", "submit") or isinstance(frame_stats, Mapping):
         # the windows run the chain only up to jump and never write a step's own output file
@@ -95,9 +95,3 @@ def detector1_stepwise(ds: xr.Dataset, refs, *, params: Mapping, provenance: dic
     rate, rateints = finish(fields, ds, refs, params, provenance)
     return Detector1Result(rate=rate, rateints=rateints, intermediates=intermediates,
                            provenance=provenance, frame_stats=given_stats)
-
-
-def _complete(stats: Mapping, params) -> bool:
-    """Whether given statistics hold all that the steps that run take."""
-    return not ((stats.get("plane_dnu") is None and not params["jump"].skip)
-                or (stats.get("draft_rate") is None and needs_draft_rate(params)))
