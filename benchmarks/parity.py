@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import gib, run_official, simulated  # noqa: E402
@@ -158,6 +159,9 @@ def main(argv=None) -> int:
     p.add_argument("--tile-columns", type=int, help="daskramp jump/ramp_fit tile width (default: planned)")
     p.add_argument("--with-step", action="append", default=[], metavar="STEP",
                    help="turn this optional step on in both pipelines (repeatable), e.g. clean_flicker_noise")
+    p.add_argument("--set", action="append", default=[], metavar="STEP.PARAM=VALUE",
+                   help="a step parameter for both pipelines (repeatable; a YAML value), e.g. "
+                        "clean_flicker_noise.fit_method=fft with --with-step clean_flicker_noise")
     p.add_argument("--json", help="write the comparison as JSON here")
     args = p.parse_args(argv)
     from daskramp.steps import REGISTRY
@@ -166,6 +170,14 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"--with-step: unknown step(s) {', '.join(unknown)}")
     steps = {name: {"skip": False} for name in args.with_step}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        name, dot, param = key.partition(".")
+        if not (sep and dot and param):
+            p.error(f"--set {item!r}: expected STEP.PARAM=VALUE")
+        if name not in {s.name for s in REGISTRY}:
+            p.error(f"--set: unknown step {name!r}")
+        steps.setdefault(name, {})[param] = yaml.safe_load(value)
 
     if args.uncal:
         if not args.refs:

@@ -151,3 +151,28 @@ def worker_memory_limit(client) -> int | None:
     limits = [w.get("memory_limit") or 0 for w in client.scheduler_info().get("workers", {}).values()]
     limits = [m for m in limits if m]
     return min(limits) if limits else None
+
+
+def distributed_client():
+    """The dask.distributed client that is the active scheduler, or None."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return None
+    from dask.base import get_scheduler
+
+    return client if get_scheduler() == client.get else None
+
+
+def worker_slots() -> int:
+    """Worker threads of the dask.distributed cluster that is the active scheduler (1 when
+    there is none: the local schedulers gain nothing from rounds)."""
+    client = distributed_client()
+    if client is None:
+        return 1
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # a scheduler that does not answer is no reason to fail the run
+        return 1

@@ -481,6 +481,10 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         for rec in crds_files:
             check_exposure(rec, opened.attrs)
         config_files = crds_files + config_files
+    frame_shape = (opened.sizes[dims.Y], opened.sizes[dims.X])
+    for spec in registry.active():
+        if spec.check_exposure is not None and not params[spec.name].skip:
+            spec.check_exposure(params[spec.name], opened.attrs, frame_shape)
     if cache is not None:
         refset = crds_io.reference_set(opened.attrs, params, overrides=overrides, cache=cache)
     else:
@@ -514,7 +518,8 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
             opened, memory_limit=mem, threads_per_worker=profile.threads_per_worker or 1,
             steps=config.get("steps"), stats_scope=stats_scope,
             tile_columns=config.get("tile_columns"),
-            integration_chunk=config.get("integration_chunk"), ghost=ghost or 0)
+            integration_chunk=config.get("integration_chunk"), ghost=ghost or 0,
+            fused_chain=ghost is not None)
     return prep
 
 
@@ -564,7 +569,8 @@ def _execute(prep: Prepared, client, *, fits: bool, show: bool, report, log):
         ds, cols, plan = plan_chunking(
             prep.opened, memory_limit=mem, threads_per_worker=threads, steps=config.get("steps"),
             stats_scope=stats_scope, tile_columns=config.get("tile_columns"),
-            integration_chunk=config.get("integration_chunk"), ghost=ghost or 0)
+            integration_chunk=config.get("integration_chunk"), ghost=ghost or 0,
+            fused_chain=ghost is not None)
     opened = prep.opened
     source = inputs
     convert = config.get("convert_fits")

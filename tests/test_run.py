@@ -198,11 +198,11 @@ def test_worker_slots_count_the_cluster_threads(client):
     of one when the active scheduler is not the cluster."""
     import dask
 
-    from daskramp.engine import graph
+    from daskramp import cluster
 
-    assert graph.worker_slots() == sum(client.nthreads().values()) == 2
+    assert cluster.worker_slots() == sum(client.nthreads().values()) == 2
     with dask.config.set(scheduler="sync"):
-        assert graph.worker_slots() == 1
+        assert cluster.worker_slots() == 1
 
 
 def test_likely_on_several_segments_runs_as_one_graph(tmp_path, data, client):

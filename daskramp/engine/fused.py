@@ -20,12 +20,13 @@ import numpy as np
 import xarray as xr
 
 from .. import dims
+from ..cluster import distributed_client
 from ..config import ConfigError
 from ..dims import GROUP, INTEGRATION, PIXELDQ, X, Y
 from ..io import checkpoint as checkpoint_store
 from .chain import Plan, Reader, layout_at, reader_for, row_align, status_of, window_plan
 from .checkpoint import frame_step, resumed
-from .graph import distributed_client, refs_graph_key, staged
+from .graph import refs_graph_key, staged
 from .plan import CHAIN_FACTOR, bounds, int_bounds, plan_tiles, sizing_budget, tile_shape
 from .policy import whole_axis
 from .stages import Detector1Result, finish

@@ -140,31 +140,6 @@ def refpix_statistics(plan: Plan, reader: Reader, refs_key, ints) -> dict:
     return out
 
 
-def distributed_client():
-    """The dask.distributed client that is the active scheduler, or None."""
-    try:
-        from distributed import default_client
-
-        client = default_client()
-    except (ImportError, ValueError):
-        return None
-    from dask.base import get_scheduler
-
-    return client if get_scheduler() == client.get else None
-
-
-def worker_slots() -> int:
-    """Worker threads of the dask.distributed cluster that is the active scheduler (1 when
-    there is none: the local schedulers gain nothing from rounds)."""
-    client = distributed_client()
-    if client is None:
-        return 1
-    try:
-        return max(1, sum(client.nthreads().values()))
-    except Exception:  # a scheduler that does not answer is no reason to fail the run
-        return 1
-
-
 def read_tile_files(bdir: Path, seg, *, leading: tuple, dtype, token: str) -> da.Array:
     """The tiles saved in ``bdir`` as a lazy (*leading, y, x) array, a task per tile (keys
     named by the run's ``token``: the same path holds other sums in another run)."""

@@ -433,11 +433,11 @@ def tile_chunks(ds: xr.Dataset, cols: int, stats_scope: str = "segment") -> dict
 
 def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, steps=None,
                   stats_scope: str = "segment", tile_columns: int | None = None,
-                  integration_chunk: int | None = None, ghost: int = 0):
+                  integration_chunk: int | None = None, ghost: int = 0, fused_chain: bool = True):
     """Chunk ``ds`` for the run and check one task of every step fits the worker memory.
 
     ``ghost``: columns read on each side of a tile (the fused layout's margin, counted in the
-    tile width's memory).
+    tile width's memory); ``fused_chain``: the run uses the fused layout (False: step by step).
 
     Without explicit sizes the integration chunks are shrunk (and the tile width chosen) so
     every task fits; explicit ``tile_columns`` / ``integration_chunk`` that cannot fit are
@@ -461,7 +461,7 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
             ds = dims.chunk(ds, {dims.INTEGRATION: fit})
     try:
         # the tile width must fit the most demanding step that may run on tiles
-        factor = max([tile_factor(steps), *(step_factor(s) for s in active_steps(steps))])
+        factor = max([tile_factor(steps, fused_chain=fused_chain), *(step_factor(s) for s in active_steps(steps))])
         cols = plan_tiles(ds, memory_limit=budget, stats_scope=stats_scope, tile_columns=tile_columns,
                           factor=factor, ghost=ghost)
     except MemoryBudgetError:
@@ -469,7 +469,7 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
     except MemoryError as err:
         raise MemoryBudgetError(f"step jump/ramp_fit: {err}") from None
     plan = check_memory(ds, memory_limit=memory_limit, threads_per_worker=threads_per_worker,
-                        steps=steps, stats_scope=stats_scope, tile_columns=cols)
+                        steps=steps, stats_scope=stats_scope, tile_columns=cols, fused_chain=fused_chain)
     return ds, cols, plan
 
 

@@ -20,13 +20,14 @@ import xarray as xr
 
 from .. import dims, dq
 from .. import steps as registry
+from ..cluster import worker_slots
 from ..config import ConfigError
 from ..io.refs import RefSet
 from ..steps import params_kwargs, ref, ref_array, validate
 from ..steps import ramp_fit as _ramp_fit
 from ..steps import validate_steps as _validate_steps
 from ..steps._apply import rechunk_method
-from .plan import frame_block_integrations
+from .plan import frame_block_integrations, in_rounds
 
 
 def step_params(name: str, given: Mapping | None = None):
@@ -189,9 +190,11 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
         if spec.stats_kwargs is not None:
             extra = spec.stats_kwargs(ds, p, given_stats, frame_shape)
         if spec.frame_pass is not None and is_lazy(ds):
-            # step by step, the step's own pass over whole frames: blocks sized as the
-            # fused layout's frame pass
-            extra["frame_integrations"] = frame_block_integrations(*(ds.sizes[d] for d in dims.RAMP_DIMS))
+            # step by step, the step's own pass over whole frames: blocks sized as the fused layout's frame pass, shortened to whole rounds of the
+            # cluster's threads (a block of whole frames is one task)
+            nint = ds.sizes[dims.INTEGRATION]
+            extra["frame_integrations"] = in_rounds(
+                nint, frame_block_integrations(*(ds.sizes[d] for d in dims.RAMP_DIMS)), worker_slots())
         out = call_step(name, ds, refs, p, stats_scope=stats_scope, **extra)
         if out is None:
             _skipped(record, spec, refs)

@@ -23,11 +23,12 @@ import xarray as xr
 
 from .. import dims
 from .. import steps as registry
+from ..cluster import worker_slots
 from ..dims import GROUP, GROUPDQ, INTEGRATION, X, Y
 from ..steps import params_kwargs
 from ..steps.refpix import reference_boxes
 from .chain import Plan, Reader, given_stats, status_of
-from .graph import draft_rate_graph, refpix_statistics, settled, staged, worker_slots
+from .graph import draft_rate_graph, refpix_statistics, settled, staged
 from .plan import BLOCK_BYTES, SETTLE_INT_BLOCK, bounds, in_rounds, probe_window, stats_int_block
 from .policy import needs_draft_rate
 

@@ -190,12 +190,15 @@ def clip_to_background(
     sigma_lower: float = 3.0,
     sigma_upper: float = 2.0,
     lower_half_only: bool = False,
+    fit_histogram: bool = False,
 ) -> np.ndarray:
     """A new background mask with signal and bad values of ``image`` removed.
 
     Centre and sigma come from clipped statistics of the masked pixels; with
     ``lower_half_only`` the values at or below the centre are mirrored about it and the
     statistics redone, so that bright sources (one-sided outliers) do not inflate sigma.
+    With ``fit_histogram`` the clipped mean is the first centre, and centre and sigma are then
+    those of a Gaussian fitted to the histogram of the values (:func:`histogram_peak`).
     Pixels below ``centre − sigma_lower·σ`` (bad) or above ``centre + sigma_upper·σ``
     (signal) are removed from the mask.
 
@@ -217,10 +220,52 @@ def clip_to_background(
         image = image.astype(np.float64)
     # the same float64 values and operations as numpy's masked indexing, concatenation and
     # comparisons, in single passes
-    _, center, sigma = sigma_clipped_stats(_masked_values(image, mask))
+    values = _masked_values(image, mask)
+    mean, center, sigma = sigma_clipped_stats(values)
+    if fit_histogram:
+        center = mean
     if lower_half_only:
-        _, center, sigma = sigma_clipped_stats(_mirrored_low_half(image, mask, center))
+        values = _mirrored_low_half(image, mask, center)
+        mean, center, sigma = sigma_clipped_stats(values)
+        if fit_histogram:
+            center = mean
+    if fit_histogram:
+        center, sigma = histogram_peak(values, center, sigma)
     return _within(image, mask, center - sigma_lower * sigma, center + sigma_upper * sigma)
+
+
+#: bins of the histogram :func:`histogram_peak` fits, over centre ± ``HISTOGRAM_HALF_WIDTH``·σ
+HISTOGRAM_BINS = 2000
+HISTOGRAM_HALF_WIDTH = 4.0
+
+
+def _gaussian(x, amplitude, mean, sigma):
+    return amplitude * np.exp(-0.5 * ((x - mean) / sigma) ** 2)
+
+
+def histogram_peak(values, center: float, sigma: float) -> tuple[float, float]:
+    """Centre and sigma of a Gaussian fitted (least squares) to the histogram of ``values``.
+
+    ``HISTOGRAM_BINS`` bins over ``center ± 4·sigma``; the fit starts from the fullest bin
+    and is bounded to positive heights, centres within the range and widths up to it.  When
+    the histogram cannot be made (no finite range) or the fit does not converge, ``center``
+    and ``sigma`` are returned unchanged (``clean_flicker_noise.fit_histogram``).
+    """
+    from scipy.optimize import curve_fit
+
+    try:
+        hist, edges = np.histogram(values, bins=HISTOGRAM_BINS,
+                                   range=(center - HISTOGRAM_HALF_WIDTH * sigma, center + HISTOGRAM_HALF_WIDTH * sigma))
+    except ValueError:
+        return center, sigma
+    mids = (edges[1:] + edges[0:-1]) / 2.0
+    peak = np.argmax(hist)
+    try:
+        fitted, _ = curve_fit(_gaussian, mids, hist, p0=(hist[peak], mids[peak], sigma),
+                              bounds=[(0, mids[0], 0), (np.inf, mids[-1], mids[-1] - mids[0])])
+    except RuntimeError:
+        return center, sigma
+    return fitted[1], fitted[2]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -274,7 +319,7 @@ def _within(image, mask, lo, hi):
     return out
 
 
-def scene_mask(rate, *, n_sigma: float = 2.0) -> np.ndarray:
+def scene_mask(rate, *, n_sigma: float = 2.0, fit_histogram: bool = False) -> np.ndarray:
     """Background mask of a draft rate image (True = background usable).
 
     Pixels whose rate is NaN or exactly 0 (reference pixels, DO_NOT_USE pixels) are never
@@ -292,7 +337,7 @@ def scene_mask(rate, *, n_sigma: float = 2.0) -> np.ndarray:
     rate = np.asarray(rate)
     mask = ~(np.isnan(rate) | (rate == 0))
     if n_sigma > 0:
-        mask = clip_to_background(rate, mask, sigma_lower=3.0, sigma_upper=n_sigma)
+        mask = clip_to_background(rate, mask, sigma_lower=3.0, sigma_upper=n_sigma, fit_histogram=fit_histogram)
     return mask
 
 
@@ -705,6 +750,164 @@ def _rebuild(data, channel, bkg, st, skipped, lines_are_columns):
                         s = st[channel[x], i, g, y]
                     clean = (((data[i, g, y, x] - data[i, g - 1, y, x]) - b) - s) + b
                     out[i, g, y, x] = out[i, g - 1, y, x] + clean
+    return out
+
+
+# ---------------------------------------------------------------- whole-image corrections
+
+
+def box_size(shape) -> tuple[int, int]:
+    """The background model's default box: per axis the largest divisor ≤ 32 of its length."""
+    return tuple(max(d for d in range(1, 33) if n % d == 0) for n in shape)
+
+
+def model_background(image, mask, *, background_box_size=None):
+    """Low-resolution background of an image, ``background_method='model'`` (spec 12 §3).
+
+    A photutils ``Background2D`` of the background pixels: sigma-clipped (3σ, 5 passes)
+    medians in boxes of ``background_box_size`` (default :func:`box_size`), filtered over 5 × 5
+    boxes and interpolated to every pixel.  When photutils cannot fit it (too few pixels in
+    the boxes) the median of the background pixels stands in, as in the official step.
+
+    Parameters
+    ----------
+    image : array (y, x), float32, DN
+    mask : array (y, x), bool
+        True = background pixel.
+
+    Returns
+    -------
+    numpy.ndarray (y, x) float32, or a float32 scalar (the fallback).
+    """
+    import warnings
+
+    from astropy.stats import SigmaClip
+    from astropy.utils.exceptions import AstropyUserWarning
+    from photutils.background import Background2D, MedianBackground
+
+    box = box_size(image.shape) if background_box_size is None else tuple(int(b) for b in background_box_size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            return Background2D(image, box_size=box, filter_size=(5, 5), mask=~mask,
+                                sigma_clip=SigmaClip(sigma=SIGMA_LIMIT, maxiters=MAXITERS),
+                                bkg_estimator=MedianBackground()).background
+    except ValueError:
+        kept = image[mask]
+        return np.float32(np.nanmedian(kept)) if kept.size else np.float32(np.nan)
+
+
+def clean_image(diff, mask, *, fit_method: str = "median", background_method="median",
+                background_box_size=None, n_sigma: float = 2.0, axis_to_correct: int = 1,
+                chan: np.ndarray | None = None, nchan: int = 1, detector: str = "NRS1", fc=None):
+    """One group difference with its 1/f noise removed and its background kept (official order).
+
+    NaN → 0 and out of the mask; background level (``median``: clipped median; ``model``:
+    :func:`model_background`; None: 0) subtracted; with ``n_sigma > 0`` the mask clipped
+    again on the subtracted image; the noise fitted on the background pixels and removed
+    (``median``: line medians; ``fft``: :func:`daskramp.kernels.nsclean.clean_subarray`);
+    the background added back and NaN restored.
+
+    Parameters
+    ----------
+    diff : array (y, x), float32, DN
+    mask : array (y, x), bool
+        Scene mask minus the DO_NOT_USE/JUMP_DET pixels of the later group.
+    chan, nchan : channel of each fast-axis position and their number (``median`` only).
+    detector, fc : NIRSpec detector and apodizer corners (``fft`` only).
+
+    Returns
+    -------
+    numpy.ndarray (y, x) (float32, or float64 from ``fft``), or None when no background
+    pixel is left (the official step then leaves the difference uncorrected).
+
+    Raises
+    ------
+    ValueError
+        ``fft`` found no pixel to fit after its outlier search, or a section's fit was
+        singular: the official step would then return its input uncorrected.
+    """
+    image = np.array(diff, dtype=np.float32)
+    nan_pix = np.isnan(image)
+    image[nan_pix] = 0.0
+    mask = np.asarray(mask, bool) & ~nan_pix
+    if not mask.any():
+        return None
+    if background_method is None:
+        background = np.float32(0.0)
+        bkg_sub = image
+    else:
+        mask = clip_to_background(image, mask, sigma_lower=SIGMA_LIMIT, sigma_upper=SIGMA_LIMIT,
+                                  lower_half_only=True)
+        if background_method == "model":
+            background = model_background(image, mask, background_box_size=background_box_size)
+        else:
+            kept = image[mask]
+            background = np.float32(median_of_finite(kept)) if kept.size else np.float32(np.nan)
+        bkg_sub = image - background
+        if n_sigma > 0:
+            mask = clip_to_background(bkg_sub, mask, sigma_lower=n_sigma, sigma_upper=n_sigma,
+                                      lower_half_only=True)
+    if fit_method == "fft":
+        from . import nsclean
+
+        try:
+            cleaned = nsclean.clean_subarray(bkg_sub, mask, detector,
+                                             fc=nsclean.DEFAULT_FC if fc is None else fc)
+        except np.linalg.LinAlgError as err:
+            raise ValueError(f"clean_flicker_noise: the fft fit of a group difference is singular ({err})") from err
+        if cleaned is None:
+            raise ValueError("clean_flicker_noise: no background pixel left for the fft fit of a "
+                             "group difference after its outlier search")
+    else:
+        if chan is None:
+            chan = np.zeros(bkg_sub.shape[axis_to_correct - 1], np.int8)
+        stripes = _masked_line_median(bkg_sub, mask, axis_to_correct - 1, chan, nchan).astype(np.float32)
+        cleaned = bkg_sub - expand_stripes(stripes, chan, axis_to_correct=axis_to_correct)
+    cleaned += background
+    cleaned[nan_pix] = np.nan
+    return cleaned
+
+
+def clean_ramp(data, groupdq, mask, *, fit_method: str = "median", background_method="median",
+               background_box_size=None, n_sigma: float = 2.0, axis_to_correct: int = 1,
+               fit_by_channel: bool = False, detector: str = "NRS1", fc=None) -> np.ndarray:
+    """A block of whole frames cleaned difference by difference (:func:`clean_image`).
+
+    The general form of the step, for the options whose correction is a whole image per
+    difference (``fit_method='fft'``, ``background_method='model'``):
+    ``out[i, g] = out[i, g−1] + clean(data[i, g] − data[i, g−1])``, ``out[i, 0] = data[i, 0]``;
+    a difference without background pixels leaves ``out[i, g] = data[i, g]``.
+
+    Parameters
+    ----------
+    data : array (integration, group, y, x), float32, DN
+        Whole frames, every group.
+    groupdq : array (integration, group, y, x), uint8
+    mask : array (y, x) or (integration, y, x), bool
+        Scene mask (True = background).
+
+    Returns
+    -------
+    numpy.ndarray, same shape as ``data``, float32.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    nint, ngroup = data.shape[:2]
+    fast = data.shape[2] if axis_to_correct == 1 else data.shape[3]
+    chan = channel_index(fast, fit_by_channel=fit_by_channel)
+    nchan = int(chan.max()) + 1
+    out = data.copy()
+    for i in range(nint):
+        for g in range(1, ngroup):
+            m = _frame_mask(mask, i) & ((groupdq[i, g] & UNUSABLE) == 0)
+            cleaned = clean_image(data[i, g] - data[i, g - 1], m, fit_method=fit_method,
+                                  background_method=background_method,
+                                  background_box_size=background_box_size, n_sigma=n_sigma,
+                                  axis_to_correct=axis_to_correct, chan=chan, nchan=nchan,
+                                  detector=detector, fc=fc)
+            if cleaned is not None:
+                out[i, g] = out[i, g - 1] + cleaned
     return out
 
 

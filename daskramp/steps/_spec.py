@@ -129,6 +129,11 @@ class StepSpec:
         steps that pool integrations): the fused layout saves that ramp (a checkpoint), runs
         the pass :class:`FramePass` describes, and gives the step its statistics through
         ``stats_kwargs``.
+    check_exposure : callable, optional
+        ``check_exposure(params, attrs, frame_shape)``: raises
+        :class:`~daskramp.errors.ConfigError` when the step, switched on with ``params``,
+        cannot run on this exposure (header ``attrs``, subarray ``(ny, nx)``); called
+        before anything is computed (:func:`daskramp.run.prepare`).
     whole_exposure : callable, optional
         ``whole_exposure(params, ngroups) -> bool``: the step's product is combined from every
         integration at once, not from sums carried from one segment to the next, so the
@@ -156,6 +161,7 @@ class StepSpec:
     fast_lines: Callable[[Any], bool] | None = None
     frame_pass: FramePass | None = None
     whole_exposure: Callable[[Any, int], bool] | None = None
+    check_exposure: Callable[[Any, Any, tuple], None] | None = None
 
     def __post_init__(self):
         if self.refs_missing not in REFS_MISSING:

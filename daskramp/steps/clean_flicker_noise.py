@@ -52,7 +52,9 @@ from ..dims import (
     segment_bounds,
     validate,
 )
+from ..errors import ConfigError
 from ..kernels import clean_flicker_noise as kernel
+from ..kernels import nsclean
 from ..kernels import ramp_fit as _fit_kernel
 from ..params import boolean, check, floating, image, int_list, option
 from . import ramp_fit as _ramp_fit
@@ -65,31 +67,37 @@ CHANNEL = "channel"
 #: optional outputs (``save_mask`` / ``save_noise``)
 MASK_VAR = "flicker_mask"
 STRIPES_VAR = "flicker_stripes"
+NOISE_VAR = "flicker_noise"
+#: exposure types the official step fits with ``fit_method='fft'`` (NSClean)
+FFT_EXP_TYPES = ("NRS_MSASPEC", "NRS_IFU", "NRS_FIXEDSLIT", "NRS_BRIGHTOBJ")
 
 
 @dataclass(frozen=True)
 class Params:
     """CleanFlickerNoiseStep parameters (official names and defaults).
 
-    Implemented: ``fit_method='median'``, ``background_method`` 'median' or None,
-    ``n_sigma``, ``fit_by_channel``, ``single_mask``, ``user_mask`` (FITS path, array or
-    DataArray ``(y, x)``, True = background), ``save_mask`` and ``save_noise`` (kept as the
-    Dataset variables ``flicker_mask`` and ``flicker_stripes``).  The other official values
-    are refused by :mod:`daskramp.params` (:class:`~daskramp.params.NotImplementedParameter`).
+    Implemented: ``fit_method`` 'median' or 'fft' (NIRSpec subarrays: NRS_MSASPEC, NRS_IFU,
+    NRS_FIXEDSLIT, NRS_BRIGHTOBJ), ``background_method`` 'median', 'model' (with
+    ``background_box_size``) or None, ``n_sigma``, ``fit_histogram``, ``fit_by_channel``, ``single_mask``,
+    ``user_mask`` (FITS path, array or DataArray ``(y, x)``, True = background),
+    ``save_mask`` and ``save_noise`` (kept as the Dataset variables ``flicker_mask`` and
+    ``flicker_stripes``, the line values, or ``flicker_noise``, the removed noise of every
+    group, for the whole-image corrections).  The other official values are refused by
+    :mod:`daskramp.params` (:class:`~daskramp.params.NotImplementedParameter`).
     """
 
     autoparam: bool = boolean(False, implemented=(False,))
-    fit_method: str = option("median", ("fft", "median"), implemented=("median",))
+    fit_method: str = option("median", ("fft", "median"))
     fit_by_channel: bool = boolean(False)
     background_method: str | None = option("median", ("median", "model", "median_image", None),
-                                           implemented=("median", None))
+                                           implemented=("median", "model", None))
     background_box_size: tuple[int, int] | None = int_list(
-        None, length=2, min=1, none=True, note="used by background_method='model' only; no effect")
+        None, length=2, min=1, none=True, note="used by background_method='model' only")
     mask_science_regions: bool = boolean(False, implemented=(False,))
     apply_flat_field: bool = boolean(False, implemented=(False,))
     #: official float without a minimum; a clipping level <= 0 would mask every pixel
     n_sigma: float = floating(2.0, above=0)
-    fit_histogram: bool = boolean(False, implemented=(False,))
+    fit_histogram: bool = boolean(False)
     single_mask: bool = boolean(True)
     user_mask: object = image(None, ndim=(2, 3),
                               note="officially a FITS path; daskramp also takes an array")
@@ -124,6 +132,29 @@ def nanmedian(a: xr.DataArray, dim: str) -> xr.DataArray:
 
     return xr.apply_ufunc(_med, rechunk_data(a, {dim: -1}), input_core_dims=[[dim]],
                           dask="parallelized", output_dtypes=[np.float64 if a.dtype.kind != "f" else a.dtype])
+
+
+def whole_image(params) -> bool:
+    """Whether the correction of a difference is a whole image (``fit_method='fft'`` or
+    ``background_method='model'``), not one value per line: the step then cleans whole
+    frames in one pass (:func:`daskramp.kernels.clean_flicker_noise.clean_ramp`)."""
+    return params.fit_method == "fft" or params.background_method == "model"
+
+
+def check_exposure(params, attrs: dict, frame_shape) -> None:
+    """Refuse ``fit_method='fft'`` where it does not apply: EXP_TYPE outside
+    :data:`FFT_EXP_TYPES` (the official step logs a warning and skips itself there) and full
+    frames (their NSClean model is not implemented)."""
+    if params.skip or params.fit_method != "fft":
+        return
+    exp_type = str(attrs.get("EXP_TYPE", "")).strip().upper()
+    if exp_type not in FFT_EXP_TYPES:
+        raise ConfigError(f"clean_flicker_noise: fit_method='fft' applies to EXP_TYPE "
+                          f"{', '.join(FFT_EXP_TYPES)}; this exposure is {exp_type or 'without EXP_TYPE'} "
+                          f"(the official step would skip itself): use fit_method='median'")
+    if tuple(frame_shape) == (2048, 2048):
+        raise ConfigError("clean_flicker_noise: fit_method='fft' on full-frame (2048 x 2048) data is not "
+                          "implemented; it is implemented for subarrays")
 
 
 def by_amplifier(params, attrs: dict) -> bool:
@@ -238,7 +269,7 @@ def official_draft_rates(ds: xr.Dataset, *, gain, readnoise, per_integration: bo
 
 
 def official_scene_mask(ds: xr.Dataset, *, gain, readnoise, n_sigma: float,
-                        single_mask: bool = True) -> xr.DataArray:
+                        single_mask: bool = True, fit_histogram: bool = False) -> xr.DataArray:
     """Scene mask (True = background) from the official draft rate, lazily.
 
     ``(y, x)`` for a one-segment exposure with ``single_mask``; ``(integration, y, x)``
@@ -247,8 +278,8 @@ def official_scene_mask(ds: xr.Dataset, *, gain, readnoise, n_sigma: float,
     """
     if not single_mask:
         rateints = official_draft_rates(ds, gain=gain, readnoise=readnoise, per_integration=True)
-        return make_scene_mask(rateints, n_sigma=n_sigma)
-    masks = [(hi - lo, make_scene_mask(rate, n_sigma=n_sigma))
+        return make_scene_mask(rateints, n_sigma=n_sigma, fit_histogram=fit_histogram)
+    masks = [(hi - lo, make_scene_mask(rate, n_sigma=n_sigma, fit_histogram=fit_histogram))
              for (lo, hi), rate in official_draft_rates(ds, gain=gain, readnoise=readnoise)]
     if len(masks) == 1:
         return masks[0][1]
@@ -256,7 +287,7 @@ def official_scene_mask(ds: xr.Dataset, *, gain, readnoise, n_sigma: float,
     return xr.concat(per_int, dim=INTEGRATION).rename(MASK_VAR)
 
 
-def make_scene_mask(rate: xr.DataArray, *, n_sigma: float) -> xr.DataArray:
+def make_scene_mask(rate: xr.DataArray, *, n_sigma: float, fit_histogram: bool = False) -> xr.DataArray:
     """Scene mask (True = background) of a draft rate ``(..., y, x)``, lazily."""
     rate = rechunk_data(rate, {Y: -1, X: -1})
     return xr.apply_ufunc(
@@ -267,7 +298,7 @@ def make_scene_mask(rate: xr.DataArray, *, n_sigma: float) -> xr.DataArray:
         vectorize=rate.ndim > 2,
         dask="parallelized",
         output_dtypes=[bool],
-        kwargs={"n_sigma": float(n_sigma)},
+        kwargs={"n_sigma": float(n_sigma), "fit_histogram": bool(fit_histogram)},
     ).rename(MASK_VAR)
 
 
@@ -380,12 +411,14 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         mask = read_user_mask(p.user_mask, ds)
     elif gain is not None and readnoise is not None:
         mask = official_scene_mask(ds, gain=gain, readnoise=readnoise, n_sigma=p.n_sigma,
-                                   single_mask=p.single_mask)
+                                   single_mask=p.single_mask, fit_histogram=p.fit_histogram)
     else:
         rate = draft_rate(ds, per_integration=not p.single_mask)
-        mask = make_scene_mask(rate, n_sigma=p.n_sigma)
+        mask = make_scene_mask(rate, n_sigma=p.n_sigma, fit_histogram=p.fit_histogram)
 
     frames = whole_frames(ds, frame_integrations)
+    if whole_image(p):
+        return with_status(ds, STATUS, COMPLETE, **_whole_image_updates(ds, frames, mask, p, axis, by_channel))
     fast_size = ds.sizes[fast_dim(axis)]
     channel = kernel.channel_index(fast_size, fit_by_channel=by_channel)
     nchan = int(channel.max()) + 1
@@ -414,6 +447,28 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
     if p.save_noise:
         updates[STRIPES_VAR] = stripes.assign_attrs(units="DN")
     return with_status(ds, STATUS, COMPLETE, **updates)
+
+
+def _whole_image_updates(ds, frames, mask, p, axis: int, by_channel: bool) -> dict:
+    # whole-image corrections: each block of whole frames cleaned in one task
+    a = ds.attrs
+    check_exposure(p, a, (ds.sizes[Y], ds.sizes[X]))
+    data = frames[DATA] if frames[DATA].dtype == FLOAT_DTYPE else frames[DATA].astype(FLOAT_DTYPE)
+    box = None if p.background_box_size is None else tuple(int(b) for b in p.background_box_size)
+    cleaned = map_ramp_blocks(
+        kernel.clean_ramp, data, frames[GROUPDQ], mask, dtype=FLOAT_DTYPE,
+        fit_method=p.fit_method, background_method=p.background_method, background_box_size=box,
+        n_sigma=float(p.n_sigma), axis_to_correct=axis, fit_by_channel=by_channel,
+        detector=str(a.get("DETECTOR", "")).strip().upper(),
+        fc=nsclean.frequency_cutoffs(a.get("SUBARRAY", "")), name="clean_flicker_noise",
+    )
+    updates = {DATA: cleaned, GROUPDQ: frames[GROUPDQ]}
+    if p.save_mask:
+        updates[MASK_VAR] = mask
+    if p.save_noise:
+        # the official noise product: cleaned minus input, every group
+        updates[NOISE_VAR] = (cleaned - data).rename(NOISE_VAR).assign_attrs(units="DN")
+    return updates
 
 
 def apply_given(ds: xr.Dataset, flicker: xr.DataArray, channel: xr.DataArray, axis: int) -> xr.DataArray:
@@ -504,7 +559,8 @@ def scene_masks(tiles: dict, pixeldq: np.ndarray, skeleton: xr.Dataset, refs, pa
         rates = list(tiles["draft_images"])
     else:
         return None
-    return np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma)) for r in rates])
+    return np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma), fit_histogram=params.fit_histogram)
+                     for r in rates])
 
 
 def user_mask_array(user_mask, frame_shape) -> np.ndarray:
@@ -540,7 +596,8 @@ def frame_block(ramp: dict, masks, segment_of: np.ndarray, positions: np.ndarray
     axis = axis_to_correct(attrs)
     by_channel = by_amplifier(params, attrs)
     if masks is None:
-        mask = np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma)) for r in ramp[DRAFT_VAR]])
+        mask = np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma), fit_histogram=params.fit_histogram)
+                         for r in ramp[DRAFT_VAR]])
     elif masks.ndim == 2:
         mask = masks
     elif params.user_mask is not None:
@@ -595,6 +652,18 @@ def _refs_kwargs(refs, params, ds) -> dict:
     return {"gain": ref_array(ref(refs, "gain")), "readnoise": ref_array(ref(refs, "readnoise"))}
 
 
+def _not_fusable(p) -> str | None:
+    if p.skip:
+        return None
+    if p.save_mask or p.save_noise:
+        return "clean_flicker_noise saves its mask or line values"
+    if whole_image(p):
+        # the correction of every difference is a whole image, not a few line values a
+        # tile can be given
+        return "clean_flicker_noise corrects whole images (fit_method='fft' or background_method='model')"
+    return None
+
+
 # scratch: above the factor ``python benchmarks/memory_factors.py --steps clean_flicker_noise``
 # measures on whole frames (docs/scaling.md)
 SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=clean_flicker_noise,
@@ -602,8 +671,7 @@ SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=cl
                 refs_kwargs=_refs_kwargs,
                 stats_kwargs=_stats_kwargs,
                 # the saved mask and line values are variables of the ramp the tiles do not keep
-                not_fusable=lambda p: (None if p.skip or not (p.save_mask or p.save_noise)
-                                       else "clean_flicker_noise saves its mask or line values"),
+                not_fusable=_not_fusable, check_exposure=check_exposure,
                 frame_pass=FramePass(variables=checkpoint_variables, tile=tile_draft,
                                      combine=scene_masks, block=frame_block,
                                      block_shape=frame_block_shape, given=given_flicker))

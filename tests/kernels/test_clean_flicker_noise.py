@@ -427,7 +427,7 @@ def test_user_mask_array_and_per_integration_masks():
 
 def test_unimplemented_options_raise():
     ds, _ = _striped_exposure(nint=1)
-    for kw in ({"fit_method": "fft"}, {"background_method": "model"}, {"fit_histogram": True}):
+    for kw in ({"background_method": "median_image"}, {"autoparam": True}, {"save_background": True}):
         with pytest.raises(NotImplementedError):
             clean_flicker_noise(ds, **kw)
 

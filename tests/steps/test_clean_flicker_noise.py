@@ -1,0 +1,179 @@
+"""clean_flicker_noise options: whole-image corrections (``fit_method='fft'``,
+``background_method='model'``) and ``fit_histogram``: refusals, laziness, the pipeline layout,
+and parity with the official CleanFlickerNoiseStep on simulated NIRSpec BOTS and NIRISS SOSS
+ramps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import dask
+import numpy as np
+import pytest
+
+from daskramp.errors import ConfigError
+from daskramp.steps.clean_flicker_noise import clean_flicker_noise, whole_image
+from daskramp.testing.ramps import forbid_compute, make_ramp
+
+_HAS_JWST = importlib.util.find_spec("jwst") is not None
+
+#: option sets checked against the official step, per simulated mode
+OPTIONS = {
+    "nirspec-bots": [
+        {"fit_method": "fft"},
+        {"fit_method": "fft", "background_method": None},
+        {"fit_method": "fft", "background_method": "model", "n_sigma": 1.5},
+        {"fit_method": "fft", "single_mask": False},
+        {"fit_method": "fft", "fit_histogram": True},
+    ],
+    "niriss-soss": [
+        {"background_method": "model"},
+        {"background_method": "model", "background_box_size": [8, 16]},
+        {"background_method": "model", "single_mask": False, "fit_by_channel": True},
+        {"fit_histogram": True},
+        {"fit_histogram": True, "single_mask": False, "n_sigma": 1.0},
+    ],
+}
+SIM = {
+    "nirspec-bots": dict(nints=2, ngroups=5, nx=256, seed=5, one_over_f_amplitude=4.0),
+    "niriss-soss": dict(nints=3, ngroups=6, nx=64, seed=5, one_over_f_amplitude=4.0),
+}
+
+_OFFICIAL = r"""
+import json, sys
+import numpy as np
+from astropy.io import fits
+from daskramp.testing.official import write_crds_cache
+uncal, ramp_file, refs, crds, options, out = sys.argv[1:]
+refs, options = json.loads(refs), json.loads(options)
+write_crds_cache(crds, refs, dict(fits.getheader(uncal)))
+from jwst.clean_flicker_noise import CleanFlickerNoiseStep
+from stdatamodels.jwst import datamodels
+ramp = np.load(ramp_file)
+results = {}
+for k, opts in enumerate(options):
+    with datamodels.RampModel(uncal) as model:
+        for name in ("data", "groupdq", "pixeldq", "average_dark_current"):
+            setattr(model, name, ramp[name])
+        model.err = np.zeros(model.data.shape, np.float32)
+        res = CleanFlickerNoiseStep.call(model, skip=False, override_flat="N/A", override_pastasoss="N/A",
+                                         **opts)
+        results[f"data{k}"] = np.asarray(res.data)
+        results[f"status{k}"] = np.array(res.meta.cal_step.clean_flicker_noise)
+np.savez(out, **results)
+"""
+
+
+def _jump_ramp(tmp_path, preset):
+    from daskramp.io import open_exposure
+    from daskramp.io.refs import RefSet
+    from daskramp.pipeline import detector1
+    from daskramp.simulate import simulate
+
+    sim = simulate(tmp_path / "sim", preset=preset, **SIM[preset])
+    res = detector1(open_exposure(sim.uncal_files[0]), sim.refs_dir, save_steps=["jump"])
+    with dask.config.set(scheduler="synchronous"):
+        ramp = res.intermediates["jump"].compute()
+    refs = RefSet.from_dir(sim.refs_dir, ramp.attrs)
+    gain, rn = (np.asarray(refs.get(rt).arrays["SCI"]) for rt in ("gain", "readnoise"))
+    return sim, ramp, gain, rn
+
+
+@pytest.fixture(scope="module", params=sorted(OPTIONS))
+def official(request, tmp_path_factory):
+    """daskramp's jump output of a small simulated exposure, and the official step's result
+    for every option set of :data:`OPTIONS` on it (one subprocess: its own CRDS cache)."""
+    if not _HAS_JWST:
+        pytest.skip("jwst is not installed")
+    preset = request.param
+    tmp = tmp_path_factory.mktemp(preset)
+    sim, ramp, gain, rn = _jump_ramp(tmp, preset)
+    np.savez(tmp / "ramp.npz", **{v: ramp[v].values for v in ("data", "groupdq", "pixeldq", "average_dark_current")})
+    refs = {rt: str(f) for rt, f in sim.refs.items()}
+    proc = subprocess.run([sys.executable, "-c", _OFFICIAL, str(sim.uncal_files[0]), str(tmp / "ramp.npz"),
+                           json.dumps(refs), str(tmp / "crds"), json.dumps(OPTIONS[preset]), str(tmp / "out.npz")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return preset, ramp, gain, rn, dict(np.load(tmp / "out.npz"))
+
+
+@pytest.mark.parity
+def test_parity_with_the_official_step(official):
+    """Each option set: the cleaned ramp is the official one bit for bit (NaN included)."""
+    preset, ramp, gain, rn, theirs = official
+    before = ramp["data"].values
+    for k, opts in enumerate(OPTIONS[preset]):
+        assert str(theirs[f"status{k}"]) == "COMPLETE", opts
+        ours = clean_flicker_noise(ramp, gain=gain, readnoise=rn, **opts)["data"].values
+        ref = theirs[f"data{k}"]
+        # the comparison is not vacuous: the 1/f noise moved the ramp by ~DN
+        assert np.nanmedian(np.abs(ref - before)) > 0.5, opts
+        same = (ours == ref) | (np.isnan(ours) & np.isnan(ref))
+        assert same.all(), (opts, same.mean(), np.nanmax(np.abs(ours.astype(np.float64) - ref)))
+
+
+def _nirspec(nint=2, ngroup=4, ny=16, nx=96, seed=3, **attrs):
+    ds = make_ramp(nint, ngroup, ny, nx, rate=1.0, read_noise=2.0, seed=seed, SLOWAXIS=1, FASTAXIS=2,
+                   INSTRUME="NIRSPEC", DETECTOR="NRS1", EXP_TYPE="NRS_BRIGHTOBJ", SUBARRAY="SUB2048")
+    rng = np.random.default_rng(seed)
+    # per-difference noise varying slowly in read order (along y, then x)
+    ticks = np.arange(nx)[None, :] * (ny + 12) + np.arange(ny)[:, None]
+    wave = np.sin(2 * np.pi * 200.0 * 1e-5 * ticks)
+    ds["data"].values[:] += np.cumsum(rng.normal(0, 3.0, (nint, ngroup, 1, 1)) * wave, axis=1).astype(np.float32)
+    return ds.assign_attrs(**attrs)
+
+
+def test_fft_removes_read_order_noise():
+    ds = _nirspec()
+    white = make_ramp(2, 4, 16, 96, rate=1.0, read_noise=2.0, seed=3)["data"].values  # without it
+    out = clean_flicker_noise(ds, fit_method="fft")["data"].values
+    injected = np.diff(ds["data"].values - white, axis=1).std()
+    left = np.diff(out - white, axis=1).std()
+    assert injected > 2.0
+    assert left < 0.3 * injected
+    np.testing.assert_array_equal(out[:, 0], ds["data"].values[:, 0])  # group 0 is unchanged
+
+
+@pytest.mark.parametrize("opts", [{"fit_method": "fft"}, {"background_method": "model"},
+                                  {"fit_method": "fft", "background_method": "model", "single_mask": False}])
+def test_lazy_equals_eager_and_builds_nothing(opts):
+    ds = _nirspec(nint=3, ny=32, nx=64)
+    eager = clean_flicker_noise(ds, save_noise=True, **opts)
+    for chunks in ({"integration": 1}, {"integration": 2, "x": 16}):
+        with forbid_compute():
+            lazy = clean_flicker_noise(ds.chunk(chunks), save_noise=True, frame_integrations=2, **opts)
+        assert lazy["data"].chunks[2:] == ((32,), (64,))  # whole frames
+        with dask.config.set(scheduler="synchronous"):
+            np.testing.assert_array_equal(lazy["data"].values, eager["data"].values)
+            np.testing.assert_array_equal(lazy["flicker_noise"].values, eager["flicker_noise"].values)
+    noise = eager["flicker_noise"].values
+    np.testing.assert_allclose(noise, eager["data"].values - ds["data"].values)
+    assert np.abs(noise).max() > 0.1
+
+
+def test_fft_is_refused_where_the_official_step_skips_itself():
+    ds = _nirspec(EXP_TYPE="NIS_SOSS")
+    with pytest.raises(ConfigError, match=r"fit_method='fft' applies to EXP_TYPE .*NRS_BRIGHTOBJ; this "
+                                          r"exposure is NIS_SOSS"):
+        clean_flicker_noise(ds, fit_method="fft")
+    full = make_ramp(1, 2, 2048, 2048, rate=1.0, EXP_TYPE="NRS_FIXEDSLIT", DETECTOR="NRS1", SLOWAXIS=1,
+                     FASTAXIS=2)
+    with pytest.raises(ConfigError, match="full-frame"):
+        clean_flicker_noise(full, fit_method="fft")
+
+
+def test_whole_image_options_run_step_by_step():
+    from daskramp import steps as registry
+    from daskramp.engine import policy
+    from daskramp.engine.stages import step_params
+
+    ds = _nirspec().chunk({"integration": 1})
+    for opts, fused in (({}, True), ({"fit_method": "fft"}, False), ({"background_method": "model"}, False)):
+        params = {s.name: step_params(s.name) for s in registry.active()}
+        params["clean_flicker_noise"] = step_params("clean_flicker_noise", {"skip": False, **opts})
+        assert whole_image(params["clean_flicker_noise"]) is not fused
+        why = policy.unsupported(ds, params)
+        assert (why is None) is fused, why
