@@ -23,6 +23,8 @@ float64 weights and blend), so results agree to rounding.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 #: idle clock ticks at the start of each fast-read line (pixels)
@@ -88,7 +90,26 @@ def section_model(data: np.ndarray, mask: np.ndarray, fc=DEFAULT_FC) -> np.ndarr
     """
     data = np.array(data, dtype=np.float32)
     mask = np.array(mask, dtype=bool) & ~np.isnan(data)
-    nslow, nfast = np.int32(data.shape[0]), np.int32(data.shape[1])
+    fitted, gain, solve = _solver(data.shape, np.packbits(mask).tobytes(), tuple(fc))
+    n = np.int32(data.shape[0] * (data.shape[1] + NEW_LINE_OVERHEAD))  # clock ticks of the section
+    coeffs = np.zeros(gain.shape, dtype=np.complex64)
+    coeffs[fitted] = np.matmul(solve, data[mask])
+    coeffs *= n / int(mask.sum())  # numpy's forward transform carries the factor n
+    return np.fft.irfft(coeffs * gain, n).reshape(data.shape[0], -1)[:, :data.shape[1]]
+
+
+@functools.lru_cache(maxsize=256)
+def _solver(shape: tuple[int, int], packed_mask: bytes, fc: tuple):
+    """What a section's fit needs that depends only on its shape and mask: the fitted
+    frequencies, the apodizer, and the weighted least-squares operator ``(A^H A)^-1 A^H·w``.
+
+    The sections of a subarray mostly share one mask pattern (every read line crosses the
+    trace the same way), and so do the differences of an exposure, so one operator serves
+    many fits; the cached values are those an uncached fit computes.
+    """
+    nslow, nfast = np.int32(shape[0]), np.int32(shape[1])
+    mask = np.unpackbits(np.frombuffer(packed_mask, np.uint8), count=int(nslow) * int(nfast)).astype(bool)
+    mask = mask.reshape(int(nslow), int(nfast))
     line = nfast + NEW_LINE_OVERHEAD
     n = np.int32(nslow * line)
     freq = np.array(np.fft.rfftfreq(n, PIXEL_TIME), dtype=np.float32)
@@ -116,11 +137,10 @@ def section_model(data: np.ndarray, mask: np.ndarray, fc=DEFAULT_FC) -> np.ndarr
     # (A^H A)^-1 A^H with A = diag(w) B, applied to w·d
     a = weight.reshape(-1, 1) * basis
     a_h = np.conjugate(a.T)
-    solve = np.matmul(np.linalg.inv(np.matmul(a_h, a)), a_h)
-    coeffs = np.zeros(freq.shape, dtype=np.complex64)
-    coeffs[fitted] = np.matmul(solve * weight.reshape(1, -1), data[mask])
-    coeffs *= n / nsamp  # numpy's forward transform carries the factor n
-    return np.fft.irfft(coeffs * gain, n).reshape(nslow, -1)[:, :nfast]
+    solve = np.matmul(np.linalg.inv(np.matmul(a_h, a)), a_h) * weight.reshape(1, -1)
+    for arr in (fitted, gain, solve):
+        arr.flags.writeable = False
+    return fitted, gain, solve
 
 
 def _outlier_mask(image: np.ndarray, mask: np.ndarray, sigrej: float) -> np.ndarray:
