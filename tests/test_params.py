@@ -186,7 +186,6 @@ def test_maximum_cores_refused(value):
     ("clean_flicker_noise", "autoparam", True),
     ("clean_flicker_noise", "mask_science_regions", True),
     ("clean_flicker_noise", "apply_flat_field", True),
-    ("clean_flicker_noise", "save_background", True),
     ("persistence", "persistence_array_file", "persistence.asdf"),
     ("persistence", "save_persistence", "persistence.asdf"),
 ])

@@ -799,7 +799,8 @@ def model_background(image, mask, *, background_box_size=None):
 
 def clean_image(diff, mask, *, fit_method: str = "median", background_method="median",
                 background_box_size=None, n_sigma: float = 2.0, axis_to_correct: int = 1,
-                chan: np.ndarray | None = None, nchan: int = 1, detector: str = "NRS1", fc=None):
+                chan: np.ndarray | None = None, nchan: int = 1, detector: str = "NRS1", fc=None,
+                return_background: bool = False):
     """One group difference with its 1/f noise removed and its background kept (official order).
 
     NaN → 0 and out of the mask; background level (``median``: clipped median; ``model``:
@@ -819,7 +820,9 @@ def clean_image(diff, mask, *, fit_method: str = "median", background_method="me
     Returns
     -------
     numpy.ndarray (y, x) (float32, or float64 from ``fft``), or None when no background
-    pixel is left (the official step then leaves the difference uncorrected).
+    pixel is left (the official step then leaves the difference uncorrected); with
+    ``return_background``, ``(cleaned, background)`` (the level removed and restored: an
+    image, or a scalar), ``(None, 0)`` when left uncorrected.
 
     Raises
     ------
@@ -832,7 +835,7 @@ def clean_image(diff, mask, *, fit_method: str = "median", background_method="me
     image[nan_pix] = 0.0
     mask = np.asarray(mask, bool) & ~nan_pix
     if not mask.any():
-        return None
+        return (None, np.float32(0)) if return_background else None
     if background_method is None:
         background = np.float32(0.0)
         bkg_sub = image
@@ -866,12 +869,13 @@ def clean_image(diff, mask, *, fit_method: str = "median", background_method="me
         cleaned = bkg_sub - expand_stripes(stripes, chan, axis_to_correct=axis_to_correct)
     cleaned += background
     cleaned[nan_pix] = np.nan
-    return cleaned
+    return (cleaned, background) if return_background else cleaned
 
 
 def clean_ramp(data, groupdq, mask, *, fit_method: str = "median", background_method="median",
                background_box_size=None, n_sigma: float = 2.0, axis_to_correct: int = 1,
-               fit_by_channel: bool = False, detector: str = "NRS1", fc=None) -> np.ndarray:
+               fit_by_channel: bool = False, detector: str = "NRS1", fc=None,
+               with_background: bool = False) -> np.ndarray:
     """A block of whole frames cleaned difference by difference (:func:`clean_image`).
 
     The general form of the step, for the options whose correction is a whole image per
@@ -887,13 +891,19 @@ def clean_ramp(data, groupdq, mask, *, fit_method: str = "median", background_me
     mask : array (y, x) or (integration, y, x), bool
         Scene mask (True = background).
 
+    with_background : bool
+        Also return the background level of every difference (``save_background``).
+
     Returns
     -------
-    numpy.ndarray, same shape as ``data``, float32.
+    numpy.ndarray, same shape as ``data``, float32; with ``with_background``, shape
+    ``(2, *data.shape)``: the cleaned ramp and the background of each group's difference
+    with the group before (0 for group 0 and for uncorrected differences).
     """
     data = np.asarray(data, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
     nint, ngroup = data.shape[:2]
+    background = np.zeros(data.shape, np.float32) if with_background else None
     fast = data.shape[2] if axis_to_correct == 1 else data.shape[3]
     chan = channel_index(fast, fit_by_channel=fit_by_channel)
     nchan = int(chan.max()) + 1
@@ -901,14 +911,16 @@ def clean_ramp(data, groupdq, mask, *, fit_method: str = "median", background_me
     for i in range(nint):
         for g in range(1, ngroup):
             m = _frame_mask(mask, i) & ((groupdq[i, g] & UNUSABLE) == 0)
-            cleaned = clean_image(data[i, g] - data[i, g - 1], m, fit_method=fit_method,
-                                  background_method=background_method,
-                                  background_box_size=background_box_size, n_sigma=n_sigma,
-                                  axis_to_correct=axis_to_correct, chan=chan, nchan=nchan,
-                                  detector=detector, fc=fc)
+            cleaned, bkg = clean_image(data[i, g] - data[i, g - 1], m, fit_method=fit_method,
+                                       background_method=background_method,
+                                       background_box_size=background_box_size, n_sigma=n_sigma,
+                                       axis_to_correct=axis_to_correct, chan=chan, nchan=nchan,
+                                       detector=detector, fc=fc, return_background=True)
             if cleaned is not None:
                 out[i, g] = out[i, g - 1] + cleaned
-    return out
+                if background is not None:
+                    background[i, g] = bkg
+    return out if background is None else np.stack([out, background])
 
 
 # ---------------------------------------------------------------- draft rate

@@ -98,39 +98,53 @@ def section_model(data: np.ndarray, mask: np.ndarray, fc=DEFAULT_FC) -> np.ndarr
     return np.fft.irfft(coeffs * gain, n).reshape(data.shape[0], -1)[:, :data.shape[1]]
 
 
-@functools.lru_cache(maxsize=256)
-def _solver(shape: tuple[int, int], packed_mask: bytes, fc: tuple):
-    """What a section's fit needs that depends only on its shape and mask: the fitted
-    frequencies, the apodizer, and the weighted least-squares operator ``(A^H A)^-1 A^H·w``.
-
-    The sections of a subarray mostly share one mask pattern (every read line crosses the
-    trace the same way), and so do the differences of an exposure, so one operator serves
-    many fits; the cached values are those an uncached fit computes.
-    """
+@functools.lru_cache(maxsize=64)
+def _grid(shape: tuple[int, int], fc: tuple):
+    """What a section's fit needs that depends only on its shape: the clock ticks, the
+    fitted frequencies and their Fourier vectors at every pixel (complex128), the apodizer,
+    and the transform of the sample-density kernel.  Each is computed element by element as
+    a fit of one mask would, so gathering the mask's pixels gives the same values."""
     nslow, nfast = np.int32(shape[0]), np.int32(shape[1])
-    mask = np.unpackbits(np.frombuffer(packed_mask, np.uint8), count=int(nslow) * int(nfast)).astype(bool)
-    mask = mask.reshape(int(nslow), int(nfast))
     line = nfast + NEW_LINE_OVERHEAD
     n = np.int32(nslow * line)
     freq = np.array(np.fft.rfftfreq(n, PIXEL_TIME), dtype=np.float32)
     gain = apodizer(freq, fc)
     fitted = gain > 0.0
-
-    # the clock tick of every background sample, and the Fourier vectors fitted
-    ticks = (np.arange(nslow).reshape(-1, 1) * line + np.arange(nfast).reshape(1, -1))[mask].reshape(-1, 1)
+    ticks = (np.arange(nslow).reshape(-1, 1) * line + np.arange(nfast).reshape(1, -1)).reshape(-1, 1)
     k = np.flatnonzero(fitted).reshape(1, -1)
-    nsamp = ticks.shape[0]
-    basis = np.array(np.exp(2 * np.pi * 1j * ticks * k / n) / nsamp, dtype=np.complex64)
-
+    vectors = np.exp(2 * np.pi * 1j * ticks * k / n)
     # local sample density: the sampling pattern (line overheads included) convolved with
-    # a Gaussian; its inverse weights each sample
+    # a Gaussian of width ≈ a quarter of the roll-off period
     width = np.float32(1 / ((fc[0] + fc[1]) / 2) / PIXEL_TIME / 2 / 4)
     t = np.arange(n, dtype=np.float32)
     centre = np.float32(n // 2 + 1)
     kernel = np.exp(-((t - centre) ** 2) / width**2 / 2) / width / np.sqrt(2 * np.pi)
-    sampled = np.hstack((mask, np.zeros((nslow, NEW_LINE_OVERHEAD), dtype=bool))).ravel()
+    kernel_ft = np.fft.rfft(np.fft.ifftshift(kernel))
+    for arr in (fitted, gain, vectors, kernel_ft):
+        arr.flags.writeable = False
+    return n, fitted, gain, vectors, kernel_ft
+
+
+@functools.lru_cache(maxsize=256)
+def _solver(shape: tuple[int, int], packed_mask: bytes, fc: tuple):
+    """What a section's fit needs that depends only on its shape and mask: the fitted
+    frequencies, the apodizer, and the weighted least-squares operator ``(A^H A)^-1 A^H·w``.
+
+    Sections that share a mask pattern (every read line crossing a trace the same way, with
+    no pixel flagged) share one operator; the cached values are those an uncached fit
+    computes.
+    """
+    nslow, nfast = int(shape[0]), int(shape[1])
+    mask = np.unpackbits(np.frombuffer(packed_mask, np.uint8), count=nslow * nfast).astype(bool)
+    n, fitted, gain, vectors, kernel_ft = _grid(shape, fc)
+    flat = mask.ravel()
+    nsamp = int(flat.sum())
+    basis = np.array(vectors[flat] / nsamp, dtype=np.complex64)
+
+    # each sample weighted by the inverse of the local sample density
+    sampled = np.hstack((mask.reshape(nslow, nfast), np.zeros((nslow, NEW_LINE_OVERHEAD), dtype=bool))).ravel()
     with np.errstate(divide="ignore"):
-        weight = 1 / np.fft.irfft(np.fft.rfft(sampled.astype(np.float32)) * np.fft.rfft(np.fft.ifftshift(kernel)), n)
+        weight = 1 / np.fft.irfft(np.fft.rfft(sampled.astype(np.float32)) * kernel_ft, n)
     weight = weight[sampled]
     weight[~np.isfinite(weight)] = 0.0
 
@@ -138,8 +152,7 @@ def _solver(shape: tuple[int, int], packed_mask: bytes, fc: tuple):
     a = weight.reshape(-1, 1) * basis
     a_h = np.conjugate(a.T)
     solve = np.matmul(np.linalg.inv(np.matmul(a_h, a)), a_h) * weight.reshape(1, -1)
-    for arr in (fitted, gain, solve):
-        arr.flags.writeable = False
+    solve.flags.writeable = False
     return fitted, gain, solve
 
 

@@ -68,6 +68,7 @@ CHANNEL = "channel"
 MASK_VAR = "flicker_mask"
 STRIPES_VAR = "flicker_stripes"
 NOISE_VAR = "flicker_noise"
+BACKGROUND_VAR = "flicker_background"
 #: exposure types the official step fits with ``fit_method='fft'`` (NSClean)
 FFT_EXP_TYPES = ("NRS_MSASPEC", "NRS_IFU", "NRS_FIXEDSLIT", "NRS_BRIGHTOBJ")
 
@@ -80,9 +81,10 @@ class Params:
     NRS_FIXEDSLIT, NRS_BRIGHTOBJ), ``background_method`` 'median', 'model' (with
     ``background_box_size``) or None, ``n_sigma``, ``fit_histogram``, ``fit_by_channel``, ``single_mask``,
     ``user_mask`` (FITS path, array or DataArray ``(y, x)``, True = background),
-    ``save_mask`` and ``save_noise`` (kept as the Dataset variables ``flicker_mask`` and
-    ``flicker_stripes``, the line values, or ``flicker_noise``, the removed noise of every
-    group, for the whole-image corrections).  The other official values are refused by
+    ``save_mask``, ``save_noise`` and ``save_background`` (kept as the Dataset variables
+    ``flicker_mask``; ``flicker_stripes``, the line values, or ``flicker_noise``, the removed
+    noise of every group, for the whole-image corrections; ``flicker_background``, the
+    background level of every group's difference).  The other official values are refused by
     :mod:`daskramp.params` (:class:`~daskramp.params.NotImplementedParameter`).
     """
 
@@ -102,7 +104,7 @@ class Params:
     user_mask: object = image(None, ndim=(2, 3),
                               note="officially a FITS path; daskramp also takes an array")
     save_mask: bool = boolean(False)
-    save_background: bool = boolean(False, implemented=(False,))
+    save_background: bool = boolean(False)
     save_noise: bool = boolean(False)
     skip: bool = boolean(True)
 
@@ -446,6 +448,10 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         updates[MASK_VAR] = mask
     if p.save_noise:
         updates[STRIPES_VAR] = stripes.assign_attrs(units="DN")
+    if p.save_background:
+        # the level of each difference, as the official cube holds it (every pixel)
+        cube = background.astype(FLOAT_DTYPE).broadcast_like(frames[DATA]).transpose(*frames[DATA].dims)
+        updates[BACKGROUND_VAR] = cube.rename(BACKGROUND_VAR).assign_attrs(units="DN")
     return with_status(ds, STATUS, COMPLETE, **updates)
 
 
@@ -455,14 +461,20 @@ def _whole_image_updates(ds, frames, mask, p, axis: int, by_channel: bool) -> di
     check_exposure(p, a, (ds.sizes[Y], ds.sizes[X]))
     data = frames[DATA] if frames[DATA].dtype == FLOAT_DTYPE else frames[DATA].astype(FLOAT_DTYPE)
     box = None if p.background_box_size is None else tuple(int(b) for b in p.background_box_size)
-    cleaned = map_ramp_blocks(
-        kernel.clean_ramp, data, frames[GROUPDQ], mask, dtype=FLOAT_DTYPE,
-        fit_method=p.fit_method, background_method=p.background_method, background_box_size=box,
-        n_sigma=float(p.n_sigma), axis_to_correct=axis, fit_by_channel=by_channel,
-        detector=str(a.get("DETECTOR", "")).strip().upper(),
-        fc=nsclean.frequency_cutoffs(a.get("SUBARRAY", "")), name="clean_flicker_noise",
-    )
+    kw = dict(fit_method=p.fit_method, background_method=p.background_method, background_box_size=box,
+              n_sigma=float(p.n_sigma), axis_to_correct=axis, fit_by_channel=by_channel,
+              detector=str(a.get("DETECTOR", "")).strip().upper(),
+              fc=nsclean.frequency_cutoffs(a.get("SUBARRAY", "")), name="clean_flicker_noise")
+    if p.save_background:
+        both = map_ramp_blocks(kernel.clean_ramp, data, frames[GROUPDQ], mask, dtype=FLOAT_DTYPE,
+                               new_axis=("product", 2), with_background=True, **kw)
+        cleaned = both.isel(product=0, drop=True)
+        background = both.isel(product=1, drop=True)
+    else:
+        cleaned = map_ramp_blocks(kernel.clean_ramp, data, frames[GROUPDQ], mask, dtype=FLOAT_DTYPE, **kw)
     updates = {DATA: cleaned, GROUPDQ: frames[GROUPDQ]}
+    if p.save_background:
+        updates[BACKGROUND_VAR] = background.rename(BACKGROUND_VAR).assign_attrs(units="DN")
     if p.save_mask:
         updates[MASK_VAR] = mask
     if p.save_noise:
@@ -655,8 +667,8 @@ def _refs_kwargs(refs, params, ds) -> dict:
 def _not_fusable(p) -> str | None:
     if p.skip:
         return None
-    if p.save_mask or p.save_noise:
-        return "clean_flicker_noise saves its mask or line values"
+    if p.save_mask or p.save_noise or p.save_background:
+        return "clean_flicker_noise saves its mask, noise or background"
     if whole_image(p):
         # the correction of every difference is a whole image, not a few line values a
         # tile can be given

@@ -23,17 +23,17 @@ _HAS_JWST = importlib.util.find_spec("jwst") is not None
 #: option sets checked against the official step, per simulated mode
 OPTIONS = {
     "nirspec-bots": [
-        {"fit_method": "fft"},
+        {"fit_method": "fft", "save_background": True},
         {"fit_method": "fft", "background_method": None},
         {"fit_method": "fft", "background_method": "model", "n_sigma": 1.5},
         {"fit_method": "fft", "single_mask": False},
         {"fit_method": "fft", "fit_histogram": True},
     ],
     "niriss-soss": [
-        {"background_method": "model"},
+        {"background_method": "model", "save_background": True},
         {"background_method": "model", "background_box_size": [8, 16]},
         {"background_method": "model", "single_mask": False, "fit_by_channel": True},
-        {"fit_histogram": True},
+        {"fit_histogram": True, "save_background": True},
         {"fit_histogram": True, "single_mask": False, "n_sigma": 1.0},
     ],
 }
@@ -43,7 +43,7 @@ SIM = {
 }
 
 _OFFICIAL = r"""
-import json, sys
+import glob, json, os, sys
 import numpy as np
 from astropy.io import fits
 from daskramp.testing.official import write_crds_cache
@@ -59,10 +59,13 @@ for k, opts in enumerate(options):
         for name in ("data", "groupdq", "pixeldq", "average_dark_current"):
             setattr(model, name, ramp[name])
         model.err = np.zeros(model.data.shape, np.float32)
+        saved = os.path.join(os.path.dirname(out), f"saved{k}")
         res = CleanFlickerNoiseStep.call(model, skip=False, override_flat="N/A", override_pastasoss="N/A",
-                                         **opts)
+                                         output_dir=saved, **opts)
         results[f"data{k}"] = np.asarray(res.data)
         results[f"status{k}"] = np.array(res.meta.cal_step.clean_flicker_noise)
+        for path in glob.glob(os.path.join(saved, "*flicker_bkg*")):
+            results[f"background{k}"] = fits.getdata(path, "SCI")
 np.savez(out, **results)
 """
 
@@ -107,8 +110,12 @@ def test_parity_with_the_official_step(official):
     before = ramp["data"].values
     for k, opts in enumerate(OPTIONS[preset]):
         assert str(theirs[f"status{k}"]) == "COMPLETE", opts
-        ours = clean_flicker_noise(ramp, gain=gain, readnoise=rn, **opts)["data"].values
-        ref = theirs[f"data{k}"]
+        out = clean_flicker_noise(ramp, gain=gain, readnoise=rn, **opts)
+        ours, ref = out["data"].values, theirs[f"data{k}"]
+        if opts.get("save_background"):
+            bkg, their_bkg = out["flicker_background"].values, theirs[f"background{k}"]
+            assert np.abs(their_bkg).max() > 0.1, opts
+            assert np.array_equal(bkg, their_bkg, equal_nan=True), (opts, np.nanmax(np.abs(bkg - their_bkg)))
         # the comparison is not vacuous: the 1/f noise moved the ramp by ~DN
         assert np.nanmedian(np.abs(ref - before)) > 0.5, opts
         same = (ours == ref) | (np.isnan(ours) & np.isnan(ref))
@@ -141,14 +148,17 @@ def test_fft_removes_read_order_noise():
                                   {"fit_method": "fft", "background_method": "model", "single_mask": False}])
 def test_lazy_equals_eager_and_builds_nothing(opts):
     ds = _nirspec(nint=3, ny=32, nx=64)
-    eager = clean_flicker_noise(ds, save_noise=True, **opts)
+    eager = clean_flicker_noise(ds, save_noise=True, save_background=True, **opts)
     for chunks in ({"integration": 1}, {"integration": 2, "x": 16}):
         with forbid_compute():
-            lazy = clean_flicker_noise(ds.chunk(chunks), save_noise=True, frame_integrations=2, **opts)
+            lazy = clean_flicker_noise(ds.chunk(chunks), save_noise=True, save_background=True,
+                                       frame_integrations=2, **opts)
         assert lazy["data"].chunks[2:] == ((32,), (64,))  # whole frames
         with dask.config.set(scheduler="synchronous"):
-            np.testing.assert_array_equal(lazy["data"].values, eager["data"].values)
-            np.testing.assert_array_equal(lazy["flicker_noise"].values, eager["flicker_noise"].values)
+            for v in ("data", "flicker_noise", "flicker_background"):
+                np.testing.assert_array_equal(lazy[v].values, eager[v].values)
+    assert eager["flicker_background"].dims == ("integration", "group", "y", "x")
+    assert np.all(eager["flicker_background"].values[:, 0] == 0)
     noise = eager["flicker_noise"].values
     np.testing.assert_allclose(noise, eager["data"].values - ds["data"].values)
     assert np.abs(noise).max() > 0.1
