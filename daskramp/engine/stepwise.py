@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from .. import dims
 from .. import steps as registry
+from ..cluster import distributed_client
 from ..config import ConfigError
 from ..io import open_exposure
 from ..steps._apply import chunk_by_segment
@@ -69,7 +71,14 @@ def detector1_stepwise(ds: xr.Dataset, refs, *, params: Mapping, provenance: dic
         # the windows run the chain only up to jump and never write a step's own output file
         plan = window_plan(ds, without_output_files(params), stats_scope)
         compute = frame_stats is not None or not is_lazy(ds)
-        stats = frame_statistics(ds, plan, reader_for(ds), refs_graph_key(refs), compute=compute)
+        client = distributed_client() if compute and is_lazy(ds) else None
+        stats = frame_statistics(ds, plan, reader_for(ds), refs_graph_key(refs), compute=compute and client is None)
+        if client is not None:
+            # computed on the cluster and kept there: the product graph refers to them by
+            # key, instead of carrying arrays that grow with the exposure (refpix offsets
+            # are integration × group × line)
+            names = [k for k, v in stats.items() if dask.is_dask_collection(v)]
+            stats = {**stats, **dict(zip(names, dask.persist(*(stats[k] for k in names))))}
     else:
         raise ConfigError(f"frame_stats must be a mapping, 'compute' or 'submit', got {frame_stats!r}")
     given_stats = {k: stats.get(k) for k in STAT_KEYS}

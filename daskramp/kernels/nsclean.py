@@ -231,6 +231,8 @@ def clean_subarray(image, mask, detector: str, *, fc=DEFAULT_FC, npix_iter: int 
     """
     img = to_detector(np.asarray(image), detector)
     m = np.array(to_detector(np.asarray(mask, bool), detector))
+    if not m.any():
+        return None
     if exclude_outliers:
         m = _outlier_mask(img, m, sigrej)
     parts = sections(m, npix_iter)
