@@ -87,7 +87,8 @@ def main(argv=None):
             print(f"daskramp  nints={n:4d}  wall {wall:7.1f} s  {size / 1e6 / wall:7.1f} MB/s  "
                   f"peak all processes {gib(peak)}  largest process {gib(peak1)}", flush=True)
             for step in args.with_step:
-                config = {"steps": {**fit, step: {"skip": False}}}
+                # the step on, with the parameters --set gave it
+                config = {"steps": {**fit, step: {**fit.get(step, {}), "skip": False}}}
                 wall, peak, peak1, summary = run_daskramp(sim.uncal_files, sim.refs_dir, args.workers,
                                                           args.memory_limit, tmp / f"dr{n}-{step}", config)
                 rows.append((f"daskramp +{step}", n, setting, wall, peak, peak1, size))

@@ -39,7 +39,7 @@ from . import steps as registry
 from .cluster import ClusterProfile, connect, default_workers, parse_memory, worker_memory_limit
 from .config import ConfigError, as_paths, from_files
 from .engine import submit
-from .engine.plan import plan_chunking, tile_chunks
+from .engine.plan import check_held, plan_chunking, tile_chunks
 from .engine.policy import by_segment, fused_ghost
 from .io import crds as crds_io
 from .io import ingest, open_exposure
@@ -520,6 +520,8 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
             tile_columns=config.get("tile_columns"),
             integration_chunk=config.get("integration_chunk"), ghost=ghost or 0,
             fused_chain=ghost is not None)
+        if ghost is None:
+            check_held(opened, params, memory_limit=mem, workers=workers)
     return prep
 
 

@@ -473,6 +473,31 @@ def plan_chunking(ds, *, memory_limit: int | None, threads_per_worker: int = 1, 
     return ds, cols, plan
 
 
+#: bytes per pixel and group of the ramp a step holds between layouts (float32 data, uint8 DQ)
+HELD_BYTES_PER_VALUE = 5
+
+
+def check_held(ds, params, *, memory_limit: int | None, workers: int) -> None:
+    """Refuse a step-by-step run whose steps hold a segment's ramp in the workers' memory
+    (their spec's ``holds_segment``) when the longest segment's ramp does not fit in
+    :data:`USABLE_FRACTION` of the cluster's memory (``workers`` × ``memory_limit``)."""
+    if memory_limit is None:
+        return
+    holding = [s.name for s in registry.active()
+               if s.holds_segment is not None and s.holds_segment(params[s.name])]
+    if not holding:
+        return
+    longest = max(b - a for a, b in dims.segment_bounds(ds))
+    need = HELD_BYTES_PER_VALUE * longest * ds.sizes[dims.GROUP] * ds.sizes[dims.Y] * ds.sizes[dims.X]
+    have = USABLE_FRACTION * workers * memory_limit
+    if need > have:
+        raise MemoryBudgetError(
+            f"step {holding[0]}: with these parameters it runs step by step and holds a segment's "
+            f"ramp ({_mib(need)}, {longest} integrations) in the workers' memory, more than "
+            f"{USABLE_FRACTION:.0%} of the {workers} × {_mib(memory_limit)} the cluster has; "
+            f"give the workers more memory (--memory-limit)")
+
+
 #: bytes of float32 ramp a window task runs through the per-integration steps (before jump)
 #: at a time: each step makes new arrays the size of its input, so only the assembled cube
 #: and the arrays of one block exist at once instead of several whole-window cubes.

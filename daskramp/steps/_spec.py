@@ -129,6 +129,11 @@ class StepSpec:
         steps that pool integrations): the fused layout saves that ramp (a checkpoint), runs
         the pass :class:`FramePass` describes, and gives the step its statistics through
         ``stats_kwargs``.
+    holds_segment : callable, optional
+        ``holds_segment(params) -> bool``: step by step, the step's output of a whole
+        segment is held in the workers' memory before the steps after it can start (it
+        works on blocks of whole frames and a later step pools integrations on pixel tiles);
+        :func:`daskramp.engine.plan.check_held` refuses a cluster too small for it.
     check_exposure : callable, optional
         ``check_exposure(params, attrs, frame_shape)``: raises
         :class:`~daskramp.errors.ConfigError` when the step, switched on with ``params``,
@@ -161,6 +166,7 @@ class StepSpec:
     fast_lines: Callable[[Any], bool] | None = None
     frame_pass: FramePass | None = None
     whole_exposure: Callable[[Any, int], bool] | None = None
+    holds_segment: Callable[[Any], bool] | None = None
     check_exposure: Callable[[Any, Any, tuple], None] | None = None
 
     def __post_init__(self):

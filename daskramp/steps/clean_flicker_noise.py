@@ -684,6 +684,9 @@ SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=cl
                 stats_kwargs=_stats_kwargs,
                 # the saved mask and line values are variables of the ramp the tiles do not keep
                 not_fusable=_not_fusable, check_exposure=check_exposure,
+                # whole-image corrections run step by step on blocks of whole frames, and
+                # ramp_fit's tiles need every integration of a segment
+                holds_segment=lambda p: not p.skip and whole_image(p),
                 frame_pass=FramePass(variables=checkpoint_variables, tile=tile_draft,
                                      combine=scene_masks, block=frame_block,
                                      block_shape=frame_block_shape, given=given_flicker))

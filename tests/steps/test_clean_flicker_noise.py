@@ -187,3 +187,23 @@ def test_whole_image_options_run_step_by_step():
         assert whole_image(params["clean_flicker_noise"]) is not fused
         why = policy.unsupported(ds, params)
         assert (why is None) is fused, why
+
+
+def test_a_cluster_too_small_for_the_held_segment_is_refused():
+    """Step by step, a whole-image correction's output of a segment is held until ramp_fit's
+    tiles (every integration) can start: a cluster whose memory cannot hold it is refused
+    before it starts, naming the step and the size."""
+    from daskramp import steps as registry
+    from daskramp.engine.plan import MemoryBudgetError, check_held
+    from daskramp.engine.stages import step_params
+
+    ds = _nirspec(nint=3, ny=32, nx=64)  # held: 5 B × 3 × 4 × 32 × 64 = 122,880 B
+    params = {s.name: step_params(s.name) for s in registry.active()}
+    params["clean_flicker_noise"] = step_params("clean_flicker_noise", {"skip": False, "fit_method": "fft"})
+    with pytest.raises(MemoryBudgetError, match=r"^step clean_flicker_noise: .*holds a segment's ramp "
+                                                r"\(.*, 3 integrations\).*--memory-limit"):
+        check_held(ds, params, memory_limit=100_000, workers=2)  # 60 % of 200 kB < 122,880 B
+    check_held(ds, params, memory_limit=110_000, workers=2)  # 132 kB: fits
+    # the default fit runs fused and holds nothing
+    params["clean_flicker_noise"] = step_params("clean_flicker_noise", {"skip": False})
+    check_held(ds, params, memory_limit=1, workers=1)
