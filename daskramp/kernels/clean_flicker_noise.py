@@ -34,6 +34,7 @@ import numba
 import numpy as np
 
 from .. import dq as _dq
+from . import nsclean
 from . import ramp_fit as _rf
 
 #: sigma and iterations of the basic clipped statistics (astropy ``sigma_clipped_stats`` defaults)
@@ -465,30 +466,45 @@ def clean_difference(
         background method; NaN if the clip left no pixel).  None when no background pixel
         is left at all: the official step then leaves this difference uncorrected.
     """
-    diff = np.asarray(diff, dtype=np.float32)
-    nan_pix = np.isnan(diff)
-    image = np.where(nan_pix, np.float32(0), diff)
-    mask = mask & ~nan_pix
-    if not mask.any():
+    prepared = _background_subtracted(diff, mask, background_method=background_method, n_sigma=n_sigma)
+    if prepared is None:
         return None
-    if background_method is None:
-        background = np.float32(0)
-        bkg_sub = image
-    else:
-        # preliminary level: median of the background after a 3σ clip of the lower-half
-        # distribution; it is removed before the stripes are measured and restored after,
-        # so it only shifts which pixels count as background
-        mask = clip_to_background(image, mask, sigma_lower=SIGMA_LIMIT, sigma_upper=SIGMA_LIMIT,
-                                  lower_half_only=True)
-        kept = image[mask]
-        background = np.float32(median_of_finite(kept)) if kept.size else np.float32(np.nan)
-        bkg_sub = image - background
-        if n_sigma > 0:
-            mask = clip_to_background(bkg_sub, mask, sigma_lower=n_sigma, sigma_upper=n_sigma,
-                                      lower_half_only=True)
+    bkg_sub, mask, background, _ = prepared
     axis = axis_to_correct - 1  # array axis the medians run along (the fast axis)
     stripes = _masked_line_median(bkg_sub, mask, axis, chan, nchan).astype(np.float32)
     return stripes, background
+
+
+def _background_subtracted(diff, mask, *, background_method, n_sigma: float, background_box_size=None):
+    """The official preamble of a difference's cleaning: NaN → 0 and out of the mask; the
+    background level (``median``: median of the background after a 3σ clip of the
+    lower-half distribution; ``model``: :func:`model_background`; None: 0) subtracted; with
+    ``n_sigma > 0`` the mask clipped again on the subtracted image.  The level only shifts
+    which pixels count as background: it is restored after the noise is removed.
+
+    Returns ``(bkg_sub, mask, background, nan_pix)``, or None when no background pixel is
+    left (the official step then leaves the difference uncorrected).
+    """
+    diff = np.asarray(diff, dtype=np.float32)
+    nan_pix = np.isnan(diff)
+    image = np.where(nan_pix, np.float32(0), diff)
+    mask = np.asarray(mask, bool) & ~nan_pix
+    if not mask.any():
+        return None
+    if background_method is None:
+        return image, mask, np.float32(0), nan_pix
+    mask = clip_to_background(image, mask, sigma_lower=SIGMA_LIMIT, sigma_upper=SIGMA_LIMIT,
+                              lower_half_only=True)
+    if background_method == "model":
+        background = model_background(image, mask, background_box_size=background_box_size)
+    else:
+        kept = image[mask]
+        background = np.float32(median_of_finite(kept)) if kept.size else np.float32(np.nan)
+    bkg_sub = image - background
+    if n_sigma > 0:
+        mask = clip_to_background(bkg_sub, mask, sigma_lower=n_sigma, sigma_upper=n_sigma,
+                                  lower_half_only=True)
+    return bkg_sub, mask, background, nan_pix
 
 
 def flicker_terms(
@@ -830,30 +846,12 @@ def clean_image(diff, mask, *, fit_method: str = "median", background_method="me
         ``fft`` found no pixel to fit after its outlier search, or a section's fit was
         singular: the official step would then return its input uncorrected.
     """
-    image = np.array(diff, dtype=np.float32)
-    nan_pix = np.isnan(image)
-    image[nan_pix] = 0.0
-    mask = np.asarray(mask, bool) & ~nan_pix
-    if not mask.any():
+    prepared = _background_subtracted(diff, mask, background_method=background_method, n_sigma=n_sigma,
+                                      background_box_size=background_box_size)
+    if prepared is None:
         return (None, np.float32(0)) if return_background else None
-    if background_method is None:
-        background = np.float32(0.0)
-        bkg_sub = image
-    else:
-        mask = clip_to_background(image, mask, sigma_lower=SIGMA_LIMIT, sigma_upper=SIGMA_LIMIT,
-                                  lower_half_only=True)
-        if background_method == "model":
-            background = model_background(image, mask, background_box_size=background_box_size)
-        else:
-            kept = image[mask]
-            background = np.float32(median_of_finite(kept)) if kept.size else np.float32(np.nan)
-        bkg_sub = image - background
-        if n_sigma > 0:
-            mask = clip_to_background(bkg_sub, mask, sigma_lower=n_sigma, sigma_upper=n_sigma,
-                                      lower_half_only=True)
+    bkg_sub, mask, background, nan_pix = prepared
     if fit_method == "fft":
-        from . import nsclean
-
         try:
             cleaned = nsclean.clean_subarray(bkg_sub, mask, detector,
                                              fc=nsclean.DEFAULT_FC if fc is None else fc)
@@ -890,7 +888,6 @@ def clean_ramp(data, groupdq, mask, *, fit_method: str = "median", background_me
     groupdq : array (integration, group, y, x), uint8
     mask : array (y, x) or (integration, y, x), bool
         Scene mask (True = background).
-
     with_background : bool
         Also return the background level of every difference (``save_background``).
 
