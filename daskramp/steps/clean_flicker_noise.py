@@ -64,7 +64,7 @@ from ._wrapper import COMPLETE, SKIPPED, with_status
 
 STATUS = "S_CLNFNS"
 CHANNEL = "channel"
-#: optional outputs (``save_mask`` / ``save_noise``)
+#: optional outputs (``save_mask``, ``save_noise``, ``save_background``)
 MASK_VAR = "flicker_mask"
 STRIPES_VAR = "flicker_stripes"
 NOISE_VAR = "flicker_noise"
