@@ -207,3 +207,44 @@ def test_a_cluster_too_small_for_the_held_segment_is_refused():
     # the default fit runs fused and holds nothing
     params["clean_flicker_noise"] = step_params("clean_flicker_noise", {"skip": False})
     check_held(ds, params, memory_limit=1, workers=1)
+
+
+def test_daskramp_run_with_fft_end_to_end(tmp_path):
+    """``daskramp run`` on a small simulated BOTS segment with the fft fit: the products (Zarr
+    and FITS) are those of the in-process step-by-step pipeline, the status COMPLETE and the
+    parameter in the provenance; the same run on a SOSS exposure is refused before any
+    product is written."""
+    import xarray as xr
+    from astropy.io import fits
+    from distributed import Client
+
+    from daskramp.io import open_exposure
+    from daskramp.io.products import PROVENANCE_ATTR
+    from daskramp.pipeline import detector1
+    from daskramp.run import run
+    from daskramp.simulate import simulate
+
+    sim = simulate(tmp_path / "sim", preset="nirspec-bots", nints=3, ngroups=5, nx=256, seed=2,
+                   one_over_f_amplitude=4.0)
+    steps = {"clean_flicker_noise": {"skip": False, "fit_method": "fft"}}
+    out = tmp_path / "out"
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+        run(sim.uncal_files, out, refs=sim.refs_dir, client=client, quiet=True, config={"steps": steps})
+    (store,) = out.glob("*_rateints.zarr")
+    with xr.open_zarr(store) as got:
+        assert got.attrs["S_CLNFNS"] == "COMPLETE"
+        record = json.loads(got.attrs[PROVENANCE_ATTR])["steps"]["clean_flicker_noise"]
+        assert record["parameters"]["fit_method"] == "fft"
+        with dask.config.set(scheduler="synchronous"):
+            ours = detector1(open_exposure(sim.uncal_files), sim.refs_dir, steps=steps).rateints.compute()
+            plain = detector1(open_exposure(sim.uncal_files), sim.refs_dir).rateints.compute()
+        np.testing.assert_array_equal(got["data"].values, ours["data"].values)
+        assert not np.array_equal(ours["data"].values, plain["data"].values, equal_nan=True)
+    (exported,) = out.glob("*_rateints.fits")
+    with fits.open(exported) as h:
+        assert h[0].header["S_CLNFNS"] == "COMPLETE"
+        np.testing.assert_array_equal(h["SCI"].data, ours["data"].values)
+    soss = simulate(tmp_path / "soss", preset="niriss-soss", nints=2, ngroups=4, nx=64, seed=1)
+    with pytest.raises(ConfigError, match="fit_method='fft' applies to EXP_TYPE"):
+        run(soss.uncal_files, tmp_path / "refused", refs=soss.refs_dir, quiet=True, config={"steps": steps})
+    assert not list((tmp_path / "refused").glob("*"))
