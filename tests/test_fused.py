@@ -164,19 +164,28 @@ def test_default_is_fused_and_lazy(soss):
     pytest.param("exposure", {}, marks=pytest.mark.slow),
     ("segment", {"single_mask": False, "n_sigma": 1.5}),
     pytest.param("segment", {"background_method": None}, marks=pytest.mark.slow),
+    # whole-image corrections: the frame pass writes the cleaned ramp into the checkpoint
+    ("segment", {"background_method": "model", "single_mask": False}),
+    ("segment", {"fit_method": "fft"}),
 ])
 def test_checkpointed_step_equals_step_by_step(tmp_path, stats_scope, cfn):
     """clean_flicker_noise in the fused layout (tiles up to it written to a checkpoint, its
     line values found on whole frames read back, the tiles resumed from the checkpoint)
     gives the step-by-step products bit for bit: narrow tiles of a few rows, two segments,
-    strong 1/f, the official draft rate (GAIN/READNOISE given) or a per-integration mask."""
-    sim = simulate(tmp_path / "sim", preset="niriss-soss", nints=4, segments=2, ngroups=5, nx=48,
-                   seed=3, one_over_f_amplitude=4.0)
+    strong 1/f, the official draft rate (GAIN/READNOISE given) or a per-integration mask;
+    the whole-image options (model background, NSClean's fft fit on NIRSpec BOTS) too."""
+    if cfn.get("fit_method") == "fft":
+        sim = simulate(tmp_path / "sim", preset="nirspec-bots", nints=4, segments=2, ngroups=5, nx=256,
+                       seed=3, one_over_f_amplitude=4.0)
+    else:
+        sim = simulate(tmp_path / "sim", preset="niriss-soss", nints=4, segments=2, ngroups=5, nx=48,
+                       seed=3, one_over_f_amplitude=4.0)
     ds = open_exposure(sim.uncal_files)
     steps = {"clean_flicker_noise": {"skip": False, **cfn}}
     fused = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=16,
                       tile_rows=TILE_ROWS, frame_stats="compute", scratch=tmp_path / "scratch")
     assert fused.provenance["layout"]["tiles"] > 2
+    assert fused.provenance["layout"]["checkpoint"]["before"] == "clean_flicker_noise"
     stepwise = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, fused=False)
     ri, r = _compute(fused)
     ri0, r0 = _compute(stepwise)

@@ -54,7 +54,8 @@ class Reader:
     frame shape, nints, zeroframe (offset, shape) or None)), ``"zarr"`` (a store at ``path``),
     ``"checkpoint"`` (the ramp as a step receives it, every variable of it, in a store at
     ``path``: :mod:`daskramp.io.checkpoint`) or ``"arrays"`` (``arrays``: variable → numpy or
-    dask array, sliced and computed in the task).
+    dask array, sliced and computed in the task).  ``replace``: pairs ``(stored, name)`` of a
+    checkpoint whose variable ``stored`` is read as ``name`` (``name`` itself is not read).
     """
 
     kind: str
@@ -62,6 +63,7 @@ class Reader:
     path: str = ""
     arrays: tuple = ()
     has_zeroframe: bool = False
+    replace: tuple = ()
 
     def read(self, i0: int, i1: int, ys: slice, xs: slice, groups=None) -> dict[str, np.ndarray]:
         """``data`` (uint16 or as stored), ``groupdq``/``pixeldq`` when the source has them,
@@ -73,7 +75,13 @@ class Reader:
         if self.kind == "checkpoint":
             if groups is not None:
                 raise ValueError("a checkpoint is read with every group")
-            return checkpoint_store.read(self.path, i0, i1, ys, xs)
+            if not self.replace:
+                return checkpoint_store.read(self.path, i0, i1, ys, xs)
+            stored = dict(self.replace)
+            hidden = set(stored.values())
+            names = [n for n in checkpoint_store.names(self.path) if n not in hidden]
+            out = checkpoint_store.read(self.path, i0, i1, ys, xs, names)
+            return {stored.get(k, k): v for k, v in out.items()}
         if self.kind == "zarr":
             # a lost chunk or one whose crc32c does not match raises, naming it (never the
             # fill value)

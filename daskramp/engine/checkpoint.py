@@ -75,13 +75,30 @@ def frame_context(results, y_bounds, x_bounds, skeleton: xr.Dataset, refs, param
     return registry.spec(step).frame_pass.combine(images, pixeldq, skeleton, refs, params[step])
 
 
+#: the checkpoint variable holding a rewriting frame pass's output ramp (``frame_pass.rewrites``)
+REWRITTEN = "rewritten_data"
+
+
+def rewrites(step: str, params) -> bool:
+    """Whether ``step``'s frame pass writes its output ramp into the checkpoint."""
+    fp = registry.spec(step).frame_pass
+    return fp.rewrites is not None and bool(fp.rewrites(params[step]))
+
+
 def frame_block(path: str, j0: int, j1: int, context, segment_of: np.ndarray, positions: np.ndarray,
                 attrs: dict, params, step: str, variables) -> np.ndarray:
     """``frame_pass.block`` on integrations ``j0:j1`` of a block, whole frames read from its
-    checkpoint."""
+    checkpoint.  A rewriting pass's ramp is written into the checkpoint (under
+    :data:`REWRITTEN`, so a rerun of the task reads the same input) and a marker of zeros
+    ``(1, integration, 1, 1)`` returned."""
     ramp = checkpoint_store.read(path, j0, j1, slice(None), slice(None), variables)
-    return registry.spec(step).frame_pass.block(ramp, context, segment_of[j0:j1], positions[j0:j1],
-                                                attrs, params[step])
+    out = registry.spec(step).frame_pass.block(ramp, context, segment_of[j0:j1], positions[j0:j1],
+                                               attrs, params[step])
+    del ramp
+    if not rewrites(step, params):
+        return out
+    checkpoint_store.write(path, {REWRITTEN: out[DATA]}, slice(None), slice(None), j0, j1)
+    return np.zeros((1, j1 - j0, 1, 1), np.float32)
 
 
 def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: dict, attrs: dict,
@@ -98,6 +115,10 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     fp = registry.spec(step).frame_pass
     p = plan.params[step]
     extra = fp.variables(p)
+    rewrite = rewrites(step, plan.params)
+    stored = {**layout, **extra}
+    if rewrite:
+        stored[REWRITTEN] = (layout[DATA][0], np.dtype(np.float32))
     rows = max(b - a for a, b in y_bounds)
     cols = max(b - a for a, b in x_bounds)
     sizes = {INTEGRATION: n, GROUP: ngroup, Y: ny, X: nx}
@@ -111,7 +132,7 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     refs_arg = None if refs_key is None else refs_key.key
     tasks = Tasks(plan_key, stats_key, sk_key, params_key, refs_key)
     # the store is made by a task, not while the graph is built: building has no side effect
-    made = tasks.call(f"checkpoint-create-{token}", checkpoint_store.create, path, {**layout, **extra},
+    made = tasks.call(f"checkpoint-create-{token}", checkpoint_store.create, path, stored,
                       sizes, rows, cols, token)
     aname = f"checkpoint-{step}-{token}"
     for b, (y0, y1) in enumerate(y_bounds):
@@ -131,7 +152,7 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     for k, (j0, j1) in enumerate(blocks):
         tasks.call((fname, 0, k, 0, 0), frame_block, path, j0, j1, cname, segment_of, positions,
                    dict(attrs), params_key.key, step, variables)
-    shape = fp.block_shape(sk, p)
+    shape = (1, 1, 1) if rewrite else fp.block_shape(sk, p)
     terms = tasks.array(fname, ((shape[0],), tuple(j1 - j0 for j0, j1 in blocks), (shape[1],), (shape[2],)),
                         np.float32)
     given = fp.given(terms, sk, p)
@@ -139,5 +160,7 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     sk_after.attrs = {**sk.attrs, **attrs}
     after = Plan(skeleton=sk_after, var_attrs=plan.var_attrs, params=plan.params,
                  stats_scope=plan.stats_scope, halo=0)
-    return staged(after, Reader("checkpoint", path=path), refs_key, given, until="ramp_fit",
+    # a rewriting pass's tiles read its output ramp as their data
+    reader = Reader("checkpoint", path=path, replace=((REWRITTEN, DATA),) if rewrite else ())
+    return staged(after, reader, refs_key, given, until="ramp_fit",
                   int_bounds=[(0, n)], y_bounds=y_bounds, x_bounds=x_bounds, names=names, start=step)

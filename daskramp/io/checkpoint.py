@@ -115,17 +115,18 @@ def _region(layout: _Layout, i0, i1, ys: slice, xs: slice) -> tuple:
     return tuple(out)
 
 
-def write(path, arrays: dict, ys: slice, xs: slice) -> None:
-    """Write a tile's arrays (variable → numpy array, all integrations of the block) at its
-    pixels ``ys``/``xs``, which must cover whole chunks (the tiles are the chunks); each chunk
-    file is written aside and renamed, so a file is never seen half written."""
+def write(path, arrays: dict, ys: slice, xs: slice, i0: int | None = None, i1: int | None = None) -> None:
+    """Write a tile's arrays (variable → numpy array, all integrations of the block, or
+    integrations ``i0:i1``) at its pixels ``ys``/``xs``, which must cover whole chunks (the
+    tiles are the chunks, or whole frames); each chunk file is written aside and renamed, so
+    a file is never seen half written."""
     import os
 
     for name, arr in arrays.items():
         lay = _Layout(path, name)
         if lay.dims[-2:] != IMAGE_DIMS:
             raise ValueError(f"{path}: {name} has dims {lay.dims}, not ending in (y, x)")
-        region = _region(lay, None, None, ys, xs)
+        region = _region(lay, i0, i1, ys, xs)
         arr = np.asarray(arr, lay.dtype)
         if arr.shape != tuple(b - a for a, b in region):
             raise ValueError(f"{path}: {name} of shape {arr.shape} written to {region}")

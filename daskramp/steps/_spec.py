@@ -44,6 +44,13 @@ class FramePass:
     given : callable
         ``given(lazy_array, skeleton, params) -> dict``: the statistics the step's windows are
         given, from the blocks' results joined along integration.
+    rewrites : callable, optional
+        ``rewrites(params) -> bool``: the step's output is a whole-image correction (no few
+        statistics a tile could apply).  ``block`` then returns the corrected ``data`` of its
+        integrations, ``(integration, group, y, x)``, which the engine writes into the
+        checkpoint beside the input (:data:`daskramp.engine.checkpoint.REWRITTEN`); the tiles
+        read it as their ``data``, and ``block_shape``/``given`` describe a small marker
+        that only orders the tiles after every block.
 
     Step by step, the engine calls the step's wrapper on the lazy ramp with
     ``frame_integrations``: the integrations per task of its own pass over whole frames.
@@ -55,6 +62,7 @@ class FramePass:
     block: Callable
     block_shape: Callable
     given: Callable
+    rewrites: Callable | None = None
 
 
 @dataclass(frozen=True)

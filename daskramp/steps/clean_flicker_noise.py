@@ -377,7 +377,8 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         with the detector coordinates of the lines, and the channel of every fast-axis
         position ``(y,)`` or ``(x,)``; ``ds`` may then be any window of the frame (the fused
         engine's tiles).  ``flicker="status"`` sets the status only (the engine's one-pixel
-        status run).
+        status run), as does ``flicker="rewritten"`` (the fused engine's tiles of a
+        whole-image correction, whose frame pass has written the cleaned ramp they read).
     frame_integrations : int
         Integrations per task of whole frames that finds the line values of a lazy ``ds``
         (the engine's :func:`daskramp.engine.plan.frame_block_integrations`).
@@ -403,7 +404,8 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
     if ds.sizes[GROUP] < 2:
         return with_status(ds, STATUS, COMPLETE)
     by_channel = by_amplifier(p, a)
-    if isinstance(flicker, str) and flicker == "status":
+    if isinstance(flicker, str) and flicker in ("status", "rewritten"):
+        # "rewritten": the fused engine's frame pass has cleaned ``ds`` already
         return with_status(ds, STATUS, COMPLETE)
     if flicker is not None:
         return with_status(ds, STATUS, COMPLETE,
@@ -455,16 +457,21 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
     return with_status(ds, STATUS, COMPLETE, **updates)
 
 
+def _whole_image_kwargs(p, attrs, axis: int, by_channel: bool) -> dict:
+    """Keywords of :func:`daskramp.kernels.clean_flicker_noise.clean_ramp` for ``p``."""
+    box = None if p.background_box_size is None else tuple(int(b) for b in p.background_box_size)
+    return dict(fit_method=p.fit_method, background_method=p.background_method, background_box_size=box,
+                n_sigma=float(p.n_sigma), axis_to_correct=axis, fit_by_channel=by_channel,
+                detector=str(attrs.get("DETECTOR", "")).strip().upper(),
+                fc=nsclean.frequency_cutoffs(attrs.get("SUBARRAY", "")))
+
+
 def _whole_image_updates(ds, frames, mask, p, axis: int, by_channel: bool) -> dict:
     # whole-image corrections: each block of whole frames cleaned in one task
     a = ds.attrs
     check_exposure(p, a, (ds.sizes[Y], ds.sizes[X]))
     data = frames[DATA] if frames[DATA].dtype == FLOAT_DTYPE else frames[DATA].astype(FLOAT_DTYPE)
-    box = None if p.background_box_size is None else tuple(int(b) for b in p.background_box_size)
-    kw = dict(fit_method=p.fit_method, background_method=p.background_method, background_box_size=box,
-              n_sigma=float(p.n_sigma), axis_to_correct=axis, fit_by_channel=by_channel,
-              detector=str(a.get("DETECTOR", "")).strip().upper(),
-              fc=nsclean.frequency_cutoffs(a.get("SUBARRAY", "")), name="clean_flicker_noise")
+    kw = dict(_whole_image_kwargs(p, a, axis, by_channel), name="clean_flicker_noise")
     if p.save_background:
         both = map_ramp_blocks(kernel.clean_ramp, data, frames[GROUPDQ], mask, dtype=FLOAT_DTYPE,
                                new_axis=("product", 2), with_background=True, **kw)
@@ -505,6 +512,8 @@ def apply_given(ds: xr.Dataset, flicker: xr.DataArray, channel: xr.DataArray, ax
 
 #: the per-integration draft slopes a checkpoint holds (``single_mask=False``)
 DRAFT_VAR = "flicker_draft_rateints"
+#: the statistic that orders the tiles after a whole-image frame pass (a marker of zeros)
+REWRITTEN_MARK = "flicker_rewritten"
 
 
 def checkpoint_variables(params) -> dict:
@@ -598,7 +607,8 @@ def frame_block(ramp: dict, masks, segment_of: np.ndarray, positions: np.ndarray
                 params) -> np.ndarray:
     """Line values and background levels of a block of whole frames of the ramp the step
     receives (:func:`daskramp.kernels.clean_flicker_noise.flicker_terms`),
-    ``(channel + 1, integration, group, line)`` float32.
+    ``(channel + 1, integration, group, line)`` float32; for a whole-image correction
+    (:func:`whole_image`) the cleaned ramp, ``{"data": (integration, group, y, x)}``.
 
     ``ramp``: ``data``, ``groupdq`` (and the draft slopes with ``single_mask=False``) of the
     block's integrations; ``masks``: from :func:`scene_masks`; ``segment_of``: each
@@ -621,6 +631,13 @@ def frame_block(ramp: dict, masks, segment_of: np.ndarray, positions: np.ndarray
         mask = masks[segment_of[0]]
     else:
         mask = masks[segment_of]
+    if whole_image(params):
+        # the cleaned ramp itself (the engine writes it into the checkpoint: FramePass.rewrites)
+        check_exposure(params, attrs, ramp[DATA].shape[-2:])
+        data = np.asarray(ramp[DATA], FLOAT_DTYPE)
+        cleaned = kernel.clean_ramp(data, ramp[GROUPDQ], mask,
+                                    **_whole_image_kwargs(params, attrs, axis, by_channel))
+        return {DATA: cleaned}
     return kernel.flicker_terms(ramp[DATA], ramp[GROUPDQ], mask, axis_to_correct=axis,
                                 n_sigma=float(params.n_sigma), background_method=params.background_method,
                                 fit_by_channel=by_channel)
@@ -638,7 +655,10 @@ def frame_block_shape(skeleton: xr.Dataset, params) -> tuple[int, int, int]:
 def given_flicker(terms, skeleton: xr.Dataset, params) -> dict:
     """The statistics the step's tiles are given (:func:`_stats_kwargs`): ``flicker``
     (``terms``, lazy ``(channel + 1, integration, group, line)``, on the lines' detector
-    coordinates) and ``flicker_channel`` (the channel of each fast-axis position)."""
+    coordinates) and ``flicker_channel`` (the channel of each fast-axis position); for a
+    whole-image correction the frame pass's marker (``flicker_rewritten``)."""
+    if whole_image(params):
+        return {REWRITTEN_MARK: xr.DataArray(terms, dims=(CHANNEL, INTEGRATION, GROUP, "marker"))}
     axis = axis_to_correct(skeleton.attrs)
     fd, ld = fast_dim(axis), line_dim(axis)
     by_channel = by_amplifier(params, skeleton.attrs)
@@ -654,7 +674,7 @@ def _stats_kwargs(ds, params, given, frame_shape) -> dict:
     # the fused engine gives the line values found on whole frames; the step-by-step
     # layout finds them itself
     if "flicker" not in given:
-        return {}
+        return {"flicker": "rewritten"} if REWRITTEN_MARK in given else {}
     return {"flicker": given["flicker"], "flicker_channel": given.get("flicker_channel")}
 
 
@@ -669,10 +689,6 @@ def _not_fusable(p) -> str | None:
         return None
     if p.save_mask or p.save_noise or p.save_background:
         return "clean_flicker_noise saves its mask, noise or background"
-    if whole_image(p):
-        # the correction of every difference is a whole image, not a few line values a
-        # tile can be given
-        return "clean_flicker_noise corrects whole images (fit_method='fft' or background_method='model')"
     return None
 
 
@@ -684,9 +700,11 @@ SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=cl
                 stats_kwargs=_stats_kwargs,
                 # the saved mask and line values are variables of the ramp the tiles do not keep
                 not_fusable=_not_fusable, check_exposure=check_exposure,
-                # whole-image corrections run step by step on blocks of whole frames, and
+                # step by step, whole-image corrections clean blocks of whole frames, and
                 # ramp_fit's tiles need every integration of a segment
                 holds_segment=lambda p: not p.skip and whole_image(p),
+                # fused, they write the cleaned ramp into the checkpoint
                 frame_pass=FramePass(variables=checkpoint_variables, tile=tile_draft,
                                      combine=scene_masks, block=frame_block,
-                                     block_shape=frame_block_shape, given=given_flicker))
+                                     block_shape=frame_block_shape, given=given_flicker,
+                                     rewrites=whole_image))

@@ -175,16 +175,21 @@ def test_fft_is_refused_where_the_official_step_skips_itself():
         clean_flicker_noise(full, fit_method="fft")
 
 
-def test_whole_image_options_run_step_by_step():
+def test_whole_image_options_run_fused_unless_they_save_cubes():
+    # the whole-image corrections go through the fused layout's checkpoint (their frame pass
+    # rewrites the ramp); the saved mask, noise and background cubes still run step by step
     from daskramp import steps as registry
-    from daskramp.engine import policy
+    from daskramp.engine import checkpoint, policy
     from daskramp.engine.stages import step_params
 
     ds = _nirspec().chunk({"integration": 1})
-    for opts, fused in (({}, True), ({"fit_method": "fft"}, False), ({"background_method": "model"}, False)):
+    for opts, fused, rewrite in (({}, True, False), ({"fit_method": "fft"}, True, True),
+                                 ({"background_method": "model"}, True, True),
+                                 ({"fit_method": "fft", "save_background": True}, False, True)):
         params = {s.name: step_params(s.name) for s in registry.active()}
         params["clean_flicker_noise"] = step_params("clean_flicker_noise", {"skip": False, **opts})
-        assert whole_image(params["clean_flicker_noise"]) is not fused
+        assert whole_image(params["clean_flicker_noise"]) is rewrite
+        assert checkpoint.rewrites("clean_flicker_noise", params) is rewrite
         why = policy.unsupported(ds, params)
         assert (why is None) is fused, why
 
