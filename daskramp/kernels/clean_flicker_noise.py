@@ -36,6 +36,7 @@ import numpy as np
 from .. import dq as _dq
 from . import nsclean
 from . import ramp_fit as _rf
+from .selection import lower_of_selected, select
 
 #: sigma and iterations of the basic clipped statistics (astropy ``sigma_clipped_stats`` defaults)
 SIGMA_LIMIT = 3.0
@@ -49,7 +50,8 @@ UNUSABLE = _dq.DO_NOT_USE | _dq.JUMP_DET
 # ---------------------------------------------------------------- statistics
 
 
-def sigma_clipped_stats(values, *, sigma: float = SIGMA_LIMIT, maxiters: int = MAXITERS):
+def sigma_clipped_stats(values, *, sigma: float = SIGMA_LIMIT, maxiters: int = MAXITERS,
+                        overwrite: bool = False):
     """Mean, median and standard deviation after iterative sigma clipping.
 
     Same rules as astropy's ``sigma_clipped_stats`` with its defaults: centre = median,
@@ -60,12 +62,17 @@ def sigma_clipped_stats(values, *, sigma: float = SIGMA_LIMIT, maxiters: int = M
     ----------
     values : array, any shape
         Data (NaN ignored); converted to float64.
+    overwrite : bool
+        ``values`` (a 1-D float64 array) may be reordered and overwritten: no copy is made.
 
     Returns
     -------
     (mean, median, std) : floats, NaN when no value is left.
     """
-    v = _finite_copy(np.asarray(values, dtype=np.float64).ravel())
+    if overwrite and isinstance(values, np.ndarray) and values.dtype == np.float64 and values.ndim == 1:
+        v = values[: _finite_in_place(values)]
+    else:
+        v = _finite_copy(np.asarray(values, dtype=np.float64).ravel())
     # the values of np.nanmedian / np.nanstd (what astropy evaluates when bottleneck is
     # absent, so that a value on a clip limit falls on the same side), found faster: the
     # values are finite; the median is selected among the values near the last one; the
@@ -95,14 +102,37 @@ def sigma_clipped_stats(values, *, sigma: float = SIGMA_LIMIT, maxiters: int = M
 
 
 @numba.njit(cache=True, nogil=True)
-def _finite_copy(a):
-    # a[np.isfinite(a)], a new array
-    out = np.empty(a.size, np.float64)
+def _finite_in_place(a):
+    # a[:n] = a[np.isfinite(a)], in order; returns n
+    bad = 0
+    for x in a:
+        bad += not np.isfinite(x)
+    if bad == 0:
+        return a.size
     m = 0
     for x in a:
-        out[m] = x
-        m += np.isfinite(x)
-    return out[:m].copy()
+        if np.isfinite(x):
+            a[m] = x
+            m += 1
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
+def _finite_copy(a):
+    # a[np.isfinite(a)], a new array; the values are mostly all finite, which one counting
+    # pass (vectorised) tells, and then a plain copy does
+    bad = 0
+    for x in a:
+        bad += not np.isfinite(x)
+    if bad == 0:
+        return a.copy()
+    out = np.empty(a.size - bad, np.float64)
+    m = 0
+    for x in a:
+        if np.isfinite(x):
+            out[m] = x
+            m += 1
+    return out
 
 
 #: half-width, in standard deviations, of the window the median is first looked for in
@@ -221,13 +251,15 @@ def clip_to_background(
         image = image.astype(np.float64)
     # the same float64 values and operations as numpy's masked indexing, concatenation and
     # comparisons, in single passes
+    # (the arrays are this function's own: the statistics may reorder them, unless the
+    # histogram is made of them afterwards)
     values = _masked_values(image, mask)
-    mean, center, sigma = sigma_clipped_stats(values)
+    mean, center, sigma = sigma_clipped_stats(values, overwrite=not fit_histogram)
     if fit_histogram:
         center = mean
     if lower_half_only:
         values = _mirrored_low_half(image, mask, center)
-        mean, center, sigma = sigma_clipped_stats(values)
+        mean, center, sigma = sigma_clipped_stats(values, overwrite=not fit_histogram)
         if fit_histogram:
             center = mean
     if fit_histogram:
@@ -384,12 +416,11 @@ def _line_medians(image, mask, chan, nchan):
             if n == 0:
                 continue
             h = n // 2
-            part = np.partition(buf[:n], h)
+            upper = select(buf, n, h)
             if n % 2:
-                out[c, j] = part[h]
+                out[c, j] = upper
             else:
-                # the (h−1)-th value is the largest of those before the h-th
-                out[c, j] = (part[:h].max() + part[h]) / np.float32(2.0)
+                out[c, j] = (lower_of_selected(buf, h) + upper) / np.float32(2.0)
     return out
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import dq as _dq
 from .ramp_fit import NFIELDS, F, products_of_fields, resolve_group_range
+from .selection import lower_of_selected, select
 
 #: fewer groups than this and the official step fits with OLS_C instead
 LIKELY_MIN_NGROUPS = 4
@@ -746,44 +747,6 @@ def fit_products(data, groupdq, pixeldq, gain, readnoise, average_dark_current, 
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _select(v, m, k):
-    """The k-th smallest of ``v[:m]`` (finite values), partially reordering ``v`` in place."""
-    lo = 0
-    hi = m - 1
-    while hi > lo:
-        # median of three as the pivot, moved to v[lo]
-        mid = (lo + hi) // 2
-        if v[mid] < v[lo]:
-            v[mid], v[lo] = v[lo], v[mid]
-        if v[hi] < v[lo]:
-            v[hi], v[lo] = v[lo], v[hi]
-        if v[hi] < v[mid]:
-            v[hi], v[mid] = v[mid], v[hi]
-        v[lo], v[mid] = v[mid], v[lo]
-        p = v[lo]
-        i = lo + 1
-        j = hi
-        while True:
-            while i <= j and v[i] < p:
-                i += 1
-            while i <= j and v[j] > p:
-                j -= 1
-            if i >= j:
-                break
-            v[i], v[j] = v[j], v[i]
-            i += 1
-            j -= 1
-        v[lo], v[j] = v[j], v[lo]
-        if j == k:
-            return v[j]
-        if j < k:
-            lo = j + 1
-        else:
-            hi = j - 1
-    return v[k]
-
-
-@numba.njit(cache=True, error_model="numpy")
 def _combine(slope_t, vp_t, vr_t, dq_t, out):
     """:func:`combine_integrations` on (nint, ny, nx) planes; each row's values are first
     gathered pixel by pixel (nx, nint) so that a pixel's integrations lie together."""
@@ -818,16 +781,11 @@ def _combine(slope_t, vp_t, vr_t, dq_t, out):
                 s = np.float32(np.nan)
             else:
                 h = m // 2
-                hi = _select(buf, m, h)
+                hi = select(buf, m, h)
                 if m % 2:
                     s = hi
                 else:
-                    # the lower middle value: the largest of those left of the upper one
-                    lo = buf[0]
-                    for k in range(1, h):
-                        if buf[k] > lo:
-                            lo = buf[k]
-                    s = np.float32((lo + hi) / np.float32(2.0))
+                    s = np.float32((lower_of_selected(buf, h) + hi) / np.float32(2.0))
             for _ in range(2):
                 tot = np.float32(0.0)
                 for i in range(nint):
