@@ -80,24 +80,32 @@ def sigma_clipped_stats(values, *, sigma: float = SIGMA_LIMIT, maxiters: int = M
     # statistics of the last pass are those of the values kept
     n = v.size
     med = std = None
-    guess = None
+    guess = window = None
+    buf = None
     for _ in range(maxiters):
         if n == 0:
             break
         w = v[:n]
-        med = _median_near(w, guess)
+        med = _median_near(w, guess, window)
         std = np.std(w)
-        kept = _clip_in_place(v, n, med - std * sigma, med + std * sigma)
+        # the clip pass also gathers the values near this median, where the next pass's
+        # median is looked for first (its guess is this pass's median and spread)
+        if buf is None:
+            buf = np.empty(n + 1, np.float64)
+        wlo, whi = _median_window(med, std)
+        kept, below, upto, inside = _clip_in_place(v, n, med - std * sigma, med + std * sigma,
+                                                   wlo, whi, buf)
         if kept == n:
             break
         guess = (med, std)
+        window = (below, upto, buf[:inside])
         n = kept
         med = std = None
     if n == 0:
         return np.nan, np.nan, np.nan
     w = v[:n]
     if med is None:
-        med, std = _median_near(w, guess), np.std(w)
+        med, std = _median_near(w, guess, window), np.std(w)
     return float(np.mean(w)), float(med), float(std)
 
 
@@ -139,33 +147,44 @@ def _finite_copy(a):
 MEDIAN_WINDOW = 0.15
 
 
-def _median_near(w: np.ndarray, guess):
+def _median_window(centre, spread) -> tuple[float, float]:
+    """The values where :func:`_median_near` looks for a median first, around a guess."""
+    centre, spread = float(centre), float(spread)
+    return centre - MEDIAN_WINDOW * spread, centre + MEDIAN_WINDOW * spread
+
+
+def _median_near(w: np.ndarray, guess, window=None):
     """``median_of_finite(w)`` (float64), selected among the values within
     :data:`MEDIAN_WINDOW` standard deviations of a guess (the last pass's median and
     standard deviation, or those of a sample) when the middle ranks fall there, which one
-    counting pass tells; otherwise among all."""
+    counting pass tells (or ``window``: ``(below, upto, inside)``, the counts below and up
+    to the window and the values in it, gathered by the pass that made ``w``); otherwise
+    among all."""
     n = w.size
     if n < 4096:
         return median_of_finite(w)
     if guess is None:
         sample = w[:: n // 1024]
         guess = (np.median(sample), np.std(sample))
-    centre, spread = float(guess[0]), float(guess[1])
-    if not spread > 0:
+    if not float(guess[1]) > 0:
         return median_of_finite(w)
-    lo, hi = centre - MEDIAN_WINDOW * spread, centre + MEDIAN_WINDOW * spread
     h = n // 2
-    got = _select_in_window(w, lo, hi, h - 1 if n % 2 == 0 else h, h)
-    if got is None:
+    ka, kb = (h - 1 if n % 2 == 0 else h), h
+    if window is None:
+        lo, hi = _median_window(*guess)
+        window = _window_ranks(w, lo, hi, ka, kb)
+    below, upto, inside = window
+    if not (below <= ka and kb < upto) or inside.size == 0:
         return median_of_finite(w)
-    a, b = got
+    part = np.partition(inside, (ka - below, kb - below))
+    a, b = part[ka - below], part[kb - below]
     return b if n % 2 else (a + b) / 2
 
 
 @numba.njit(cache=True, nogil=True)
 def _window_ranks(w, lo, hi, ka, kb):
-    # how many values of w are below lo, and (when the ranks ka, kb fall within [lo, hi])
-    # those values within it, else an empty array
+    # how many values of w are below lo and up to hi, and (when the ranks ka, kb fall
+    # within [lo, hi]) those values within it, else an empty array
     # without branches: the values fall on either side at random
     below = 0
     upto = 0
@@ -174,33 +193,34 @@ def _window_ranks(w, lo, hi, ka, kb):
         upto += x <= hi
     m = upto - below
     if not (below <= ka and kb < upto):
-        return below, np.empty(0, np.float64)
+        return below, upto, np.empty(0, np.float64)
     buf = np.empty(m + 1, np.float64)
     m = 0
     for x in w:
         buf[m] = x
         m += (x >= lo) & (x <= hi)
-    return below, buf[:m]
-
-
-def _select_in_window(w, lo, hi, ka, kb):
-    """The order statistics ``ka`` ≤ ``kb`` of ``w`` when both lie within [lo, hi], else None."""
-    below, inside = _window_ranks(w, lo, hi, ka, kb)
-    if inside.size == 0:
-        return None
-    part = np.partition(inside, (ka - below, kb - below))
-    return part[ka - below], part[kb - below]
+    return below, upto, buf[:m]
 
 
 @numba.njit(cache=True, nogil=True)
-def _clip_in_place(v, n, lo, hi):
-    # v[:n] keeps the values within [lo, hi], in order; returns how many
+def _clip_in_place(v, n, lo, hi, wlo, whi, buf):
+    # v[:n] keeps the values within [lo, hi], in order; of those kept, counts the values
+    # below wlo and up to whi and gathers the ones within [wlo, whi] into buf; returns
+    # (kept, below, upto, gathered)
     m = 0
+    below = 0
+    upto = 0
+    k = 0
     for i in range(n):
         x = v[i]
         v[m] = x
-        m += (x >= lo) & (x <= hi)
-    return m
+        keep = (x >= lo) & (x <= hi)
+        m += keep
+        below += keep & (x < wlo)
+        upto += keep & (x <= whi)
+        buf[k] = x
+        k += keep & (x >= wlo) & (x <= whi)
+    return m, below, upto, k
 
 
 def median_of_finite(v: np.ndarray):
