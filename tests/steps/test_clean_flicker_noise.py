@@ -238,8 +238,12 @@ def test_daskramp_run_with_fft_end_to_end(tmp_path):
     (store,) = out.glob("*_rateints.zarr")
     with xr.open_zarr(store) as got:
         assert got.attrs["S_CLNFNS"] == "COMPLETE"
-        record = json.loads(got.attrs[PROVENANCE_ATTR])["steps"]["clean_flicker_noise"]
+        prov = json.loads(got.attrs[PROVENANCE_ATTR])
+        record = prov["steps"]["clean_flicker_noise"]
         assert record["parameters"]["fit_method"] == "fft"
+        # fused: the frame pass wrote the cleaned ramp into a checkpoint, since removed
+        assert prov["layout"]["checkpoint"]["before"] == "clean_flicker_noise"
+        assert not list(out.glob(".*checkpoints*"))
         with dask.config.set(scheduler="synchronous"):
             ours = detector1(open_exposure(sim.uncal_files), sim.refs_dir, steps=steps).rateints.compute()
             plain = detector1(open_exposure(sim.uncal_files), sim.refs_dir).rateints.compute()
