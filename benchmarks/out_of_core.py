@@ -44,6 +44,8 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, gib, simulated  # noqa: E402
 
@@ -151,8 +153,9 @@ def worker_pids(client) -> dict[str, int]:
 
 def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: bool,
              tile_columns: int | None = None, segments_in_flight: int | None = None,
-             steps_on: tuple = ()) -> dict:
-    """Convert + run one exposure on a fresh local cluster; measured figures."""
+             steps_on: tuple = (), step_params: dict | None = None) -> dict:
+    """Convert + run one exposure on a fresh local cluster; measured figures.
+    ``step_params``: ``{step: {param: value}}`` given to the run (``--set``)."""
     from daskramp.cluster import ClusterProfile, connect
     from daskramp.io import ingest
     from daskramp.run import run
@@ -163,8 +166,11 @@ def run_size(files, refs, work: Path, *, workers: int, memory_limit: str, fits: 
     cfg = {"tile_columns": tile_columns} if tile_columns else {}
     if segments_in_flight is not None:
         cfg["segments_in_flight"] = segments_in_flight
-    if steps_on:
-        cfg["steps"] = {s: {"skip": False} for s in steps_on}
+    steps = {s: {"skip": False} for s in steps_on}
+    for step, kv in (step_params or {}).items():
+        steps.setdefault(step, {}).update(kv)
+    if steps:
+        cfg["steps"] = steps
     with connect(prof, quiet=True) as client:
         pids = worker_pids(client)
         r0, w0 = io_chars()
@@ -281,7 +287,16 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None, help="where stores and products go (default: a temp dir)")
     p.add_argument("--with-step", action="append", default=[], metavar="STEP",
                    help="run with this optional step on (e.g. group_1overf, clean_flicker_noise)")
+    p.add_argument("--set", action="append", default=[], metavar="STEP.PARAM=VALUE",
+                   help="a step parameter of the runs, e.g. clean_flicker_noise.background_method=model")
     args = p.parse_args(argv)
+    step_params: dict = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        step, _, param = key.partition(".")
+        if not (step and param and value):
+            p.error(f"--set {item!r}: expected STEP.PARAM=VALUE")
+        step_params.setdefault(step, {})[param] = yaml.safe_load(value)
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="daskramp-ooc-"))
@@ -289,7 +304,8 @@ def main(argv=None) -> int:
     sizes = fit_sizes(sizes, work, args.fits)
     print(f"# load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
           f"{args.workers} workers × 1 thread, memory limit {args.memory_limit} each"
-          + (f"; steps on: {', '.join(args.with_step)}" if args.with_step else ""), flush=True)
+          + (f"; steps on: {', '.join(args.with_step)}" if args.with_step else "")
+          + "".join(f"; {st}.{k}={v}" for st, kv in step_params.items() for k, v in kv.items()), flush=True)
     rows: dict[int, list[dict]] = {}
     try:
         took = warm_client(work, workers=args.workers, memory_limit=args.memory_limit)
@@ -301,7 +317,8 @@ def main(argv=None) -> int:
             d = work / f"x{k}"
             res = run_size(sim.uncal_files, sim.refs_dir, d, workers=args.workers,
                            memory_limit=args.memory_limit, fits=args.fits,
-                           segments_in_flight=args.segments_in_flight, steps_on=tuple(args.with_step))
+                           segments_in_flight=args.segments_in_flight, steps_on=tuple(args.with_step),
+                           step_params=step_params)
             shutil.rmtree(d, ignore_errors=True)
             rows.setdefault(k, []).append(res)
             peaks = ", ".join(f"{n}: {gib(b)}" for n, b in sorted(res["peak_worker"].items()))
