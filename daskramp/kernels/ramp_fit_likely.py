@@ -465,10 +465,11 @@ def _gls_rows(d, use, a, b, u, w, x, y, diag, off, A, B, C, inverse):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _omit_rows(d, use, nuse, x, y, diag, off, A, B, C, two_ok, best1, best2):
+def _omit_rows(d, use, nuse, x, y, diag, off, A, B, C, two_ok, d1, best1, best2):
     """The best Δχ² of :func:`_omit_search` over single omissions (``best1``) and adjacent
     pairs (``best2``, 0 where two-difference omissions are not allowed) for a row of pixels,
-    with :func:`_fit_block`'s NaN rules (a NaN anywhere makes the best NaN)."""
+    with :func:`_fit_block`'s NaN rules (a NaN anywhere makes the best NaN); ``d1`` (n, nx)
+    receives the single omissions' Δχ²."""
     n, nx = d.shape
     for ix in range(nx):
         best1[ix] = -np.inf
@@ -481,6 +482,7 @@ def _omit_rows(d, use, nuse, x, y, diag, off, A, B, C, two_ok, best1, best2):
             det = Ci * diag[k, ix] - x[k, ix] * x[k, ix]
             q = (diag[k, ix] * Bi * Bi - 2.0 * x[k, ix] * Bi * y[k, ix] + Ci * y[k, ix] * y[k, ix]) / det
             v = (np.nan if nuse[ix] == 1 else q - base) if use[k, ix] else 0.0
+            d1[k, ix] = v
             bb = best1[ix]
             best1[ix] = np.nan if (np.isnan(v) or np.isnan(bb)) else (v if v > bb else bb)
     for k in range(n - 1):
@@ -488,14 +490,6 @@ def _omit_rows(d, use, nuse, x, y, diag, off, A, B, C, two_ok, best1, best2):
             Bi = B[ix]
             Ci = C[ix]
             base = Bi * Bi / Ci
-            # Δχ² of omitting k alone and k+1 alone (what an unusable neighbour leaves)
-            det = Ci * diag[k, ix] - x[k, ix] * x[k, ix]
-            q = (diag[k, ix] * Bi * Bi - 2.0 * x[k, ix] * Bi * y[k, ix] + Ci * y[k, ix] * y[k, ix]) / det
-            s1k = (np.nan if nuse[ix] == 1 else q - base) if use[k, ix] else 0.0
-            det = Ci * diag[k + 1, ix] - x[k + 1, ix] * x[k + 1, ix]
-            q = (diag[k + 1, ix] * Bi * Bi - 2.0 * x[k + 1, ix] * Bi * y[k + 1, ix]
-                 + Ci * y[k + 1, ix] * y[k + 1, ix]) / det
-            s1n = (np.nan if nuse[ix] == 1 else q - base) if use[k + 1, ix] else 0.0
             m00 = Ci
             m01 = x[k, ix]
             m02 = x[k + 1, ix]
@@ -516,10 +510,11 @@ def _omit_rows(d, use, nuse, x, y, diag, off, A, B, C, two_ok, best1, best2):
             s1 = c01 * r0 + c11 * r1_ + c12 * r2_
             s2 = c02 * r0 + c12 * r1_ + c22 * r2_
             pair = (r0 * s0 + r1_ * s1 + r2_ * s2) / det3 - base
+            # an unusable neighbour leaves the other one's single omission
             if not use[k, ix]:
-                v = s1n
+                v = d1[k + 1, ix]
             elif not use[k + 1, ix]:
-                v = s1k
+                v = d1[k, ix]
             elif nuse[ix] == 2:
                 v = A[ix] - base
             else:
@@ -560,6 +555,7 @@ def _fit_rows(res, gdq, pdq, gain, rn, dark, dt, ap0, ar0, bp0, br0, two_ok, zf_
     nuse = np.zeros(nx, np.int64)
     best1 = np.empty(nx)
     best2 = np.empty(nx)
+    d1 = np.empty((n, nx))
     dsort = np.empty(n)
     redo = np.zeros((ny, nx), np.bool_)
     for iy in range(ny):
@@ -601,7 +597,7 @@ def _fit_rows(res, gdq, pdq, gain, rn, dark, dt, ap0, ar0, bp0, br0, two_ok, zf_
             for ix in range(nx):
                 b[k, ix] = c[ix] * bp0[k] + s2[ix] * br0[k]
         _gls_rows(d, use, a, b, u, w, x, y, diag, off, A, B, C, True)
-        _omit_rows(d, use, nuse, x, y, diag, off, A, B, C, two_ok, best1, best2)
+        _omit_rows(d, use, nuse, x, y, diag, off, A, B, C, two_ok, d1, best1, best2)
         for ix in range(nx):
             b1 = best1[ix]
             b2 = best2[ix]
