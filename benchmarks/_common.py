@@ -94,3 +94,18 @@ def run_daskramp(files, refs, workers, memory_limit, out, config=None):
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def step_settings(parser, items) -> dict:
+    """``{step: {param: value}}`` from ``--set STEP.PARAM=VALUE`` items (values read as YAML);
+    a malformed item is the parser's error."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        step, _, param = key.partition(".")
+        if not (step and param and value):
+            parser.error(f"--set {item!r}: expected STEP.PARAM=VALUE")
+        out.setdefault(step, {})[param] = yaml.safe_load(value)
+    return out

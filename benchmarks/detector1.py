@@ -27,10 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import gib, run_daskramp, run_official, simulated  # noqa: E402
+from _common import gib, run_daskramp, run_official, simulated, step_settings  # noqa: E402
 
 
 def main(argv=None):
@@ -58,12 +56,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     # the step parameters of both pipelines (none: their defaults)
     fit = {"ramp_fit": {"algorithm": args.algorithm}} if args.algorithm != "OLS_C" else {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        step, _, param = key.partition(".")
-        if not (step and param and value):
-            p.error(f"--set {item!r}: expected STEP.PARAM=VALUE")
-        fit.setdefault(step, {})[param] = yaml.safe_load(value)
+    for step, kv in step_settings(p, args.set).items():
+        fit.setdefault(step, {}).update(kv)
     mode = {k: getattr(args, k) for k in MODE_OPTIONS if getattr(args, k) is not None}
     if args.nints is None:
         args.nints = PRESETS[args.preset].nints

@@ -44,10 +44,8 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, gib, simulated  # noqa: E402
+from _common import CACHE, gib, simulated, step_settings  # noqa: E402
 
 SEGMENT_NINTS = 158
 #: bytes of one 158 × 9 × 256 × 2048 uncal segment (uint16)
@@ -290,13 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="STEP.PARAM=VALUE",
                    help="a step parameter of the runs, e.g. clean_flicker_noise.background_method=model")
     args = p.parse_args(argv)
-    step_params: dict = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        step, _, param = key.partition(".")
-        if not (step and param and value):
-            p.error(f"--set {item!r}: expected STEP.PARAM=VALUE")
-        step_params.setdefault(step, {})[param] = yaml.safe_load(value)
+    step_params = step_settings(p, args.set)
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="daskramp-ooc-"))

@@ -69,10 +69,9 @@ def sigma_clipped_stats(values, *, sigma: float = SIGMA_LIMIT, maxiters: int = M
     -------
     (mean, median, std) : floats, NaN when no value is left.
     """
-    if overwrite and isinstance(values, np.ndarray) and values.dtype == np.float64 and values.ndim == 1:
-        v = values[: _finite_in_place(values)]
-    else:
-        v = _finite_copy(np.asarray(values, dtype=np.float64).ravel())
+    if not (overwrite and isinstance(values, np.ndarray) and values.dtype == np.float64 and values.ndim == 1):
+        values = np.array(values, dtype=np.float64).ravel()  # a copy of its own
+    v = values[: _finite_in_place(values)]
     # the values of np.nanmedian / np.nanstd (what astropy evaluates when bottleneck is
     # absent, so that a value on a clip limit falls on the same side), found faster: the
     # values are finite; the median is selected among the values near the last one; the
@@ -123,24 +122,6 @@ def _finite_in_place(a):
             a[m] = x
             m += 1
     return m
-
-
-@numba.njit(cache=True, nogil=True)
-def _finite_copy(a):
-    # a[np.isfinite(a)], a new array; the values are mostly all finite, which one counting
-    # pass (vectorised) tells, and then a plain copy does
-    bad = 0
-    for x in a:
-        bad += not np.isfinite(x)
-    if bad == 0:
-        return a.copy()
-    out = np.empty(a.size - bad, np.float64)
-    m = 0
-    for x in a:
-        if np.isfinite(x):
-            out[m] = x
-            m += 1
-    return out
 
 
 #: half-width, in standard deviations, of the window the median is first looked for in

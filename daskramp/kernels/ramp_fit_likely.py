@@ -41,6 +41,7 @@ _F_SLOPE, _F_ERR, _F_VP, _F_VR, _F_DQ, _F_ICPT = (
 _DNU = np.uint32(_dq.DO_NOT_USE)
 _SAT = np.uint32(_dq.SATURATED)
 _JUMP = np.uint32(_dq.JUMP_DET)
+_JUMP8 = np.uint8(_dq.JUMP_DET)
 
 
 def read_pattern(ngroups: int, *, nframes: int, groupgap: int, tframe: float,
@@ -156,6 +157,62 @@ def _fill_cov(c, s2, ap, ar, bp, br, a, b):
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _without_one(B, C, dg, xk, yk):
+    """χ²-part ``q`` and rate of the fit with a free offset on one difference (its diagonal
+    ``dg`` of C⁻¹, ``xk`` of C⁻¹1, ``yk`` of C⁻¹d): the fit without it.  Its χ² is
+    ``A − q``; the improvement over the full fit is ``q − B²/C``."""
+    det = C * dg - xk * xk
+    return (dg * B * B - 2.0 * xk * B * yk + C * yk * yk) / det, (dg * B - xk * yk) / det
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _without_two(B, C, x0, x1, d0, d1, o01, y0, y1):
+    """As :func:`_without_one` for free offsets on two adjacent differences (3×3 normal
+    equations by Cramer's rule)."""
+    m00 = C
+    m01 = x0
+    m02 = x1
+    m11 = d0
+    m12 = o01
+    m22 = d1
+    r0 = B
+    r1_ = y0
+    r2_ = y1
+    c00 = m11 * m22 - m12 * m12
+    c01 = m02 * m12 - m01 * m22
+    c02 = m01 * m12 - m02 * m11
+    c11 = m00 * m22 - m02 * m02
+    c12 = m01 * m02 - m00 * m12
+    c22 = m00 * m11 - m01 * m01
+    det = m00 * c00 + m01 * c01 + m02 * c02
+    s0 = c00 * r0 + c01 * r1_ + c02 * r2_
+    s1 = c01 * r0 + c11 * r1_ + c12 * r2_
+    s2 = c02 * r0 + c12 * r1_ + c22 * r2_
+    return (r0 * s0 + r1_ * s1 + r2_ * s2) / det, s0 / det
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _write_dq(gdq, pdq, marks, iy, ix, zf_shift, gdq_out, out):
+    """A pixel's output group DQ (its input flags with ``marks`` (nres) OR-ed in: the jumps
+    found) and rateints DQ: SAT/JUMP if in any group; DNU if every group is SAT or DNU."""
+    q = np.uint32(pdq[iy, ix])
+    allbad = True
+    for k in range(gdq.shape[0]):
+        gq = gdq[k, iy, ix] | marks[k]
+        if k >= zf_shift:
+            gdq_out[k - zf_shift, iy, ix] = gq
+        if (np.uint32(gq) & _SAT) != 0:
+            q |= _SAT
+        if (np.uint32(gq) & _JUMP) != 0:
+            q |= _JUMP
+        if (np.uint32(gq) & (_SAT | _DNU)) == 0:
+            allbad = False
+    if allbad:
+        q |= _DNU
+    out[_F_DQ, iy, ix] = np.float64(q)
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _omit_search(d, use, x, y, diag, off, A, B, C, two_ok, d1, r1, d2, r2):
     """Δχ² and rate of the fit without each usable difference (``d1``, ``r1``, n) and without
     each adjacent pair (``d2``, ``r2``, n−1); omitting unusable ones changes nothing.
@@ -173,10 +230,9 @@ def _omit_search(d, use, x, y, diag, off, A, B, C, two_ok, d1, r1, d2, r2):
             r1[k] = np.nan
         elif use[k]:
             # GLS with a free offset on difference k equals the fit without it
-            det = C * diag[k] - x[k] * x[k]
-            q = (diag[k] * B * B - 2.0 * x[k] * B * y[k] + C * y[k] * y[k]) / det
+            q, r = _without_one(B, C, diag[k], x[k], y[k])
             d1[k] = q - base
-            r1[k] = (diag[k] * B - x[k] * y[k]) / det
+            r1[k] = r
         else:
             d1[k] = 0.0
             r1[k] = full_rate
@@ -194,28 +250,10 @@ def _omit_search(d, use, x, y, diag, off, A, B, C, two_ok, d1, r1, d2, r2):
             d2[k] = A - base
             r2[k] = np.nan
         else:
-            # free offsets on k and k+1: 3×3 normal equations by Cramer's rule
-            m00 = C
-            m01 = x[k]
-            m02 = x[k + 1]
-            m11 = diag[k]
-            m12 = off[k]
-            m22 = diag[k + 1]
-            r0 = B
-            r1_ = y[k]
-            r2_ = y[k + 1]
-            c00 = m11 * m22 - m12 * m12
-            c01 = m02 * m12 - m01 * m22
-            c02 = m01 * m12 - m02 * m11
-            c11 = m00 * m22 - m02 * m02
-            c12 = m01 * m02 - m00 * m12
-            c22 = m00 * m11 - m01 * m01
-            det = m00 * c00 + m01 * c01 + m02 * c02
-            s0 = c00 * r0 + c01 * r1_ + c02 * r2_
-            s1 = c01 * r0 + c11 * r1_ + c12 * r2_
-            s2 = c02 * r0 + c12 * r1_ + c22 * r2_
-            d2[k] = (r0 * s0 + r1_ * s1 + r2_ * s2) / det - base
-            r2[k] = s0 / det
+            # free offsets on k and k+1
+            q, r = _without_two(B, C, x[k], x[k + 1], diag[k], diag[k + 1], off[k], y[k], y[k + 1])
+            d2[k] = q - base
+            r2[k] = r
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -270,6 +308,7 @@ def _fit_block(res, gdq, pdq, gain, rn, dark, dt, ap0, ar0, bp0, br0, two_ok, zf
     car = np.empty(n)
     cbp = np.empty(max(n - 1, 1))
     cbr = np.empty(max(n - 1, 1))
+    marks = np.zeros(nres, np.uint8)
     for iy in range(ny):
         for ix in range(nx):
             if not todo[iy, ix]:
@@ -376,25 +415,10 @@ def _fit_block(res, gdq, pdq, gain, rn, dark, dt, ap0, ar0, bp0, br0, two_ok, zf
             out[_F_VP, iy, ix] = vp
             out[_F_VR, iy, ix] = vr
             out[_F_ICPT, iy, ix] = np.nan
-            # dq: jumps found end their difference; SAT/JUMP if in any group; DNU if
-            # every group is SAT or DNU
-            q = np.uint32(pdq[iy, ix])
-            allbad = True
+            # dq: jumps found end their difference
             for k in range(nres):
-                gq = gdq[k, iy, ix]
-                if k > 0 and use0[k - 1] and not use[k - 1]:
-                    gq |= np.uint8(_JUMP)
-                if k >= zf_shift:
-                    gdq_out[k - zf_shift, iy, ix] = gq
-                if (np.uint32(gq) & _SAT) != 0:
-                    q |= _SAT
-                if (np.uint32(gq) & _JUMP) != 0:
-                    q |= _JUMP
-                if (np.uint32(gq) & (_SAT | _DNU)) == 0:
-                    allbad = False
-            if allbad:
-                q |= _DNU
-            out[_F_DQ, iy, ix] = np.float64(q)
+                marks[k] = _JUMP8 if k > 0 and use0[k - 1] and not use[k - 1] else 0
+            _write_dq(gdq, pdq, marks, iy, ix, zf_shift, gdq_out, out)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -479,8 +503,7 @@ def _omit_rows(d, use, nuse, x, y, diag, off, A, B, C, two_ok, d1, best1, best2)
             Bi = B[ix]
             Ci = C[ix]
             base = Bi * Bi / Ci
-            det = Ci * diag[k, ix] - x[k, ix] * x[k, ix]
-            q = (diag[k, ix] * Bi * Bi - 2.0 * x[k, ix] * Bi * y[k, ix] + Ci * y[k, ix] * y[k, ix]) / det
+            q, _ = _without_one(Bi, Ci, diag[k, ix], x[k, ix], y[k, ix])
             v = (np.nan if nuse[ix] == 1 else q - base) if use[k, ix] else 0.0
             d1[k, ix] = v
             bb = best1[ix]
@@ -490,26 +513,9 @@ def _omit_rows(d, use, nuse, x, y, diag, off, A, B, C, two_ok, d1, best1, best2)
             Bi = B[ix]
             Ci = C[ix]
             base = Bi * Bi / Ci
-            m00 = Ci
-            m01 = x[k, ix]
-            m02 = x[k + 1, ix]
-            m11 = diag[k, ix]
-            m12 = off[k, ix]
-            m22 = diag[k + 1, ix]
-            r0 = Bi
-            r1_ = y[k, ix]
-            r2_ = y[k + 1, ix]
-            c00 = m11 * m22 - m12 * m12
-            c01 = m02 * m12 - m01 * m22
-            c02 = m01 * m12 - m02 * m11
-            c11 = m00 * m22 - m02 * m02
-            c12 = m01 * m02 - m00 * m12
-            c22 = m00 * m11 - m01 * m01
-            det3 = m00 * c00 + m01 * c01 + m02 * c02
-            s0 = c00 * r0 + c01 * r1_ + c02 * r2_
-            s1 = c01 * r0 + c11 * r1_ + c12 * r2_
-            s2 = c02 * r0 + c12 * r1_ + c22 * r2_
-            pair = (r0 * s0 + r1_ * s1 + r2_ * s2) / det3 - base
+            q, _ = _without_two(Bi, Ci, x[k, ix], x[k + 1, ix], diag[k, ix], diag[k + 1, ix],
+                                off[k, ix], y[k, ix], y[k + 1, ix])
+            pair = q - base
             # an unusable neighbour leaves the other one's single omission
             if not use[k, ix]:
                 v = d1[k + 1, ix]
@@ -556,6 +562,7 @@ def _fit_rows(res, gdq, pdq, gain, rn, dark, dt, ap0, ar0, bp0, br0, two_ok, zf_
     best1 = np.empty(nx)
     best2 = np.empty(nx)
     d1 = np.empty((n, nx))
+    nomarks = np.zeros(nres, np.uint8)
     dsort = np.empty(n)
     redo = np.zeros((ny, nx), np.bool_)
     for iy in range(ny):
@@ -643,22 +650,8 @@ def _fit_rows(res, gdq, pdq, gain, rn, dark, dt, ap0, ar0, bp0, br0, two_ok, zf_
             out[_F_VP, iy, ix] = vp
             out[_F_VR, iy, ix] = vr
             out[_F_ICPT, iy, ix] = np.nan
-            # dq: SAT/JUMP if in any group; DNU if every group is SAT or DNU (no jump found)
-            q = np.uint32(pdq[iy, ix])
-            allbad = True
-            for k in range(nres):
-                gq = gdq[k, iy, ix]
-                if k >= zf_shift:
-                    gdq_out[k - zf_shift, iy, ix] = gq
-                if (np.uint32(gq) & _SAT) != 0:
-                    q |= _SAT
-                if (np.uint32(gq) & _JUMP) != 0:
-                    q |= _JUMP
-                if (np.uint32(gq) & (_SAT | _DNU)) == 0:
-                    allbad = False
-            if allbad:
-                q |= _DNU
-            out[_F_DQ, iy, ix] = np.float64(q)
+            # dq (no jump found here)
+            _write_dq(gdq, pdq, nomarks, iy, ix, zf_shift, gdq_out, out)
     _fit_block(res, gdq, pdq, gain, rn, dark, dt, ap0, ar0, bp0, br0, two_ok, zf_shift, out, gdq_out,
                redo)
     return redo
