@@ -54,8 +54,10 @@ FLOAT_VARS = ("data", "err", "var_poisson", "var_rnoise")
 
 
 def run_daskramp(uncal, refs_dir, *, memory_limit: int, tile_columns: int | None = None,
-                 stats_scope: str = "segment", workers: int = 2, steps: dict | None = None) -> tuple[dict, float]:
-    """daskramp Detector1 in this process (threads); returns numpy rate/rateints and wall time.
+                 stats_scope: str = "segment", workers: int = 2,
+                 steps: dict | None = None) -> tuple[dict, float, str]:
+    """daskramp Detector1 in this process (threads); returns numpy rate/rateints, wall time
+    and the layout the run used (fused, through a checkpoint, or step by step).
 
     ``uncal`` is one segment or a list of the segments of one exposure (stitched); ``steps``
     step parameters (``{step: {param: value}}``).
@@ -75,7 +77,14 @@ def run_daskramp(uncal, refs_dir, *, memory_limit: int, tile_columns: int | None
     wall = time.perf_counter() - t0
     out = {name: {v: np.asarray(prod[v].values) for v in (*FLOAT_VARS, "dq")}
            for name, prod in (("rate", rate), ("rateints", rateints))}
-    return out, wall
+    layout = res.provenance.get("layout")
+    if not layout:
+        used = f"step by step ({res.provenance.get('fused', '')})"
+    elif layout.get("checkpoint"):
+        used = f"fused, through a checkpoint before {layout['checkpoint']['before']}"
+    else:
+        used = "fused"
+    return out, wall, used
 
 
 def read_official(path) -> dict:
@@ -210,10 +219,10 @@ def main(argv=None) -> int:
         print("# official per-step wall time: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in rep["step_s"].items()), flush=True)
 
-    ours, wall = run_daskramp(uncals, refs_dir, memory_limit=int(args.memory_limit * 1e9),
-                              tile_columns=args.tile_columns, stats_scope=args.stats_scope, steps=steps)
+    ours, wall, used = run_daskramp(uncals, refs_dir, memory_limit=int(args.memory_limit * 1e9),
+                                    tile_columns=args.tile_columns, stats_scope=args.stats_scope, steps=steps)
     print(f"# daskramp: wall {wall:.1f} s (in process, 2 threads, graph build + compute, "
-          f"stats_scope={args.stats_scope})", flush=True)
+          f"stats_scope={args.stats_scope}; layout: {used})", flush=True)
     if steps:
         print(f"# steps turned on in both pipelines: {', '.join(steps)}", flush=True)
 
