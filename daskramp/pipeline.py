@@ -22,6 +22,7 @@ from .engine.plan import plan_tiles, tile_shape
 from .engine.policy import unsupported
 from .engine.stages import (
     Detector1Result,
+    check_exposures,
     figures_of,
     package_versions,
     reference_set,
@@ -115,6 +116,7 @@ def detector1(
     # every step parameter is checked here, before either engine is chosen; both engines run
     # with these validated Params (nothing reads the raw ``steps`` mapping again)
     params = validate_steps(steps)
+    check_exposures(params, ds)
     ramp = registry.ramp_step_names()
     for name in save_steps:
         if name not in ramp:

@@ -41,6 +41,7 @@ from .config import ConfigError, as_paths, from_files
 from .engine import submit
 from .engine.plan import check_held, plan_chunking, tile_chunks
 from .engine.policy import by_segment, fused_ghost
+from .engine.stages import check_exposures
 from .io import crds as crds_io
 from .io import ingest, open_exposure
 from .io.outdir import Fingerprint, StaleProductsError, claim, lock_output
@@ -481,10 +482,7 @@ def prepare(inputs, outdir, *, refs=None, config=None, overrides=None, save_step
         for rec in crds_files:
             check_exposure(rec, opened.attrs)
         config_files = crds_files + config_files
-    frame_shape = (opened.sizes[dims.Y], opened.sizes[dims.X])
-    for spec in registry.active():
-        if spec.check_exposure is not None and not params[spec.name].skip:
-            spec.check_exposure(params[spec.name], opened.attrs, frame_shape)
+    check_exposures(params, opened)
     if cache is not None:
         refset = crds_io.reference_set(opened.attrs, params, overrides=overrides, cache=cache)
     else:

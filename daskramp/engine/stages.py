@@ -49,6 +49,15 @@ def validate_steps(steps: Mapping | None) -> dict:
     return _validate_steps(steps)
 
 
+def check_exposures(params: Mapping, ds: xr.Dataset) -> None:
+    """Each active step's ``check_exposure`` on the exposure (its attributes and frame shape):
+    an option that does not apply to it raises ConfigError before any graph is built."""
+    frame_shape = (ds.sizes[dims.Y], ds.sizes[dims.X])
+    for spec in registry.active():
+        if spec.check_exposure is not None and not params[spec.name].skip:
+            spec.check_exposure(params[spec.name], ds.attrs, frame_shape)
+
+
 @dataclass
 class Detector1Result:
     """Lazy products of :func:`detector1`."""

@@ -633,9 +633,7 @@ def frame_block(ramp: dict, masks, segment_of: np.ndarray, positions: np.ndarray
         mask = masks[segment_of]
     if whole_image(params):
         # the cleaned ramp itself (the engine writes it into the checkpoint: FramePass.rewrites)
-        check_exposure(params, attrs, ramp[DATA].shape[-2:])
-        data = np.asarray(ramp[DATA], FLOAT_DTYPE)
-        cleaned = kernel.clean_ramp(data, ramp[GROUPDQ], mask,
+        cleaned = kernel.clean_ramp(ramp[DATA], ramp[GROUPDQ], mask,
                                     **_whole_image_kwargs(params, attrs, axis, by_channel))
         return {DATA: cleaned}
     return kernel.flicker_terms(ramp[DATA], ramp[GROUPDQ], mask, axis_to_correct=axis,

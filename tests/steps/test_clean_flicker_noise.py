@@ -256,4 +256,8 @@ def test_daskramp_run_with_fft_end_to_end(tmp_path):
     soss = simulate(tmp_path / "soss", preset="niriss-soss", nints=2, ngroups=4, nx=64, seed=1)
     with pytest.raises(ConfigError, match="fit_method='fft' applies to EXP_TYPE"):
         run(soss.uncal_files, tmp_path / "refused", refs=soss.refs_dir, quiet=True, config={"steps": steps})
+    # the in-process pipeline refuses it while building the graph (either layout)
+    for fused in (True, False):
+        with pytest.raises(ConfigError, match="fit_method='fft' applies to EXP_TYPE"):
+            detector1(open_exposure(soss.uncal_files), soss.refs_dir, steps=steps, fused=fused)
     assert not list((tmp_path / "refused").glob("*"))
