@@ -57,3 +57,33 @@ def test_group_must_be_whole():
     ramp = xr.DataArray(da.ones((2, 4, 4, 4), chunks=(1, 2, 4, 4)), dims=DIMS)
     with pytest.raises(ValueError, match="group must be whole"):
         map_ramp_blocks(lambda a: a, ramp, dtype="f8")
+
+
+def _add_one(a, out=None):
+    return np.add(a, np.float32(1), out=out)
+
+
+def test_inplace_kernels_write_over_their_input_only_in_an_owned_window():
+    from daskramp.steps._apply import owned_window
+
+    data = np.zeros((2, 3, 4, 5), "f4")
+    ramp = xr.DataArray(data, dims=DIMS)
+    # outside an owned window the input is never touched (the steps are pure functions)
+    out = map_ramp_blocks(_add_one, ramp, dtype="f4", inplace=True)
+    assert not np.shares_memory(out.values, data) and data.max() == 0 and out.values.min() == 1
+    with owned_window():
+        # a kernel that does not declare it, another dtype, a read-only array: a new array
+        assert not np.shares_memory(map_ramp_blocks(_add_one, ramp, dtype="f4").values, data)
+        assert not np.shares_memory(map_ramp_blocks(_add_one, ramp, dtype="f8", inplace=True).values, data)
+        frozen = data.copy()
+        frozen.flags.writeable = False
+        res = map_ramp_blocks(_add_one, xr.DataArray(frozen, dims=DIMS), dtype="f4", inplace=True)
+        assert not np.shares_memory(res.values, frozen)
+        # dask blocks may be shared by other tasks: never written over
+        lazy = xr.DataArray(da.from_array(data, chunks=(1, 3, 4, 5)), dims=DIMS)
+        assert float(map_ramp_blocks(_add_one, lazy, dtype="f4", inplace=True).max()) == 1
+        assert data.max() == 0
+        # owned: the result is the input's own memory
+        res = map_ramp_blocks(_add_one, ramp, dtype="f4", inplace=True)
+        assert res.values is data or np.shares_memory(res.values, data)
+    assert data.min() == 1

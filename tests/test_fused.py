@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
@@ -395,6 +396,38 @@ def test_read_window_matches_read_frames(soss, i0, i1, ys, xs, block):
                        groups=(0, seg.frame_shape[0] - 1))
     np.testing.assert_array_equal(ends, whole[i0:i1, [0, -1]][..., ys, xs])
     assert ends.flags.c_contiguous
+    # converted to float32 in the same pass, into the caller's array
+    f32 = np.full(got.shape, np.nan, np.float32)
+    back = read_window(seg.path, seg.offset, seg.frame_shape, i0, i1, ys, xs, block_bytes=block, out=f32)
+    assert back is f32
+    np.testing.assert_array_equal(f32, got.astype(np.float32))
+
+
+def test_fits_words_convert_over_the_whole_uint16_range():
+    from daskramp.io.fitswrite import uint16_to_fits
+    from daskramp.io.uncal import _from_fits_int16
+
+    values = np.array([0, 1, 255, 256, 0x7FFF, 0x8000, 0x8001, 0xFF00, 0xFFFF, 12345], np.uint16)
+    # the file's big-endian int16 words (BZERO 32768), seen as native uint16 as the reader maps them
+    raw = np.frombuffer(uint16_to_fits(values).tobytes(), np.uint16).reshape(1, 1, 1, -1)
+    for dtype in (np.uint16, np.float32):
+        out = np.empty(raw.shape, dtype)
+        _from_fits_int16(raw, out)
+        np.testing.assert_array_equal(out.ravel(), values.astype(dtype))
+
+
+def test_a_window_of_arrays_in_memory_is_read_as_a_copy():
+    # the fused chain's steps write over the window they are given: a window of the caller's
+    # own float32 arrays must not be their memory
+    from daskramp.engine.chain import Reader
+
+    data = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    for arr in (data, da.from_array(data, chunks=(1, 3, 4, 5))):
+        got = Reader("arrays", arrays=(("data", arr),)).read(0, 2, slice(1, 3), slice(0, 5))["data"]
+        np.testing.assert_array_equal(got, data[:, :, 1:3])
+        assert not np.shares_memory(got, data)
+        f32 = np.empty(got.shape, np.float32)
+        assert Reader("arrays", arrays=(("data", arr),)).read(0, 2, slice(1, 3), slice(0, 5), out=f32)["data"] is f32
 
 
 def test_window_describes_the_subarray(soss):
@@ -443,3 +476,20 @@ def test_release_free_memory_returns_heap_fragments():
                          text=True, check=True, timeout=120)
     released = int(out.stdout.split()[-1])
     assert released > 200 * 2**20  # of the 360 MiB freed
+
+
+def test_blocks_written_in_place_are_assembled_without_a_copy():
+    base = np.arange(6 * 2 * 5 * 6, dtype=np.float32).reshape(6, 2, 5, 6)
+    where = (slice(1, 4), slice(1, 5))
+    blocks = [(10, 13), (13, 16)]
+
+    def parts(arrays):
+        return [xr.Dataset({"data": (dims.RAMP_DIMS, a)}) for a in arrays]
+
+    views = [base[0:3, :, 1:4, 1:5], base[3:6, :, 1:4, 1:5]]
+    got = chain._in_place(base, parts(views), blocks, 10, where)
+    assert got is not None and np.shares_memory(got, base)
+    np.testing.assert_array_equal(got, base[:, :, 1:4, 1:5])
+    # a block whose steps made a new array, or a view of another place: copied (None here)
+    assert chain._in_place(base, parts([views[0], views[1].copy()]), blocks, 10, where) is None
+    assert chain._in_place(base, parts([views[0], base[3:6, :, 0:3, 1:5]]), blocks, 10, where) is None

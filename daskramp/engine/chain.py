@@ -38,6 +38,7 @@ from ..io.uncal import read_window
 from ..kernels import group_1overf as oneoverf_kernel
 from ..steps import params_kwargs
 from ..steps import refpix as refpix_step
+from ..steps._apply import owned_window
 from .plan import BLOCK_BYTES, bounds
 from .policy import halo_width, shrinks
 from .stages import call_step, ramp_steps
@@ -65,10 +66,18 @@ class Reader:
     has_zeroframe: bool = False
     replace: tuple = ()
 
-    def read(self, i0: int, i1: int, ys: slice, xs: slice, groups=None) -> dict[str, np.ndarray]:
+    def read(self, i0: int, i1: int, ys: slice, xs: slice, groups=None, out=None) -> dict[str, np.ndarray]:
         """``data`` (uint16 or as stored), ``groupdq``/``pixeldq`` when the source has them,
         ``zeroframe`` when present; integrations ``i0:i1`` of the exposure; only the
-        ``groups`` (indices) of the ramps when given."""
+        ``groups`` (indices) of the ramps when given.  The arrays are new, the caller's own;
+        ``out`` (an array of the window's shape, e.g. float32) receives ``data``, converted."""
+        if out is not None:
+            if self.kind == "fits":
+                return self._read_fits(i0, i1, ys, xs, groups, out=out)
+            res = self.read(i0, i1, ys, xs, groups)
+            out[...] = res[DATA]
+            res[DATA] = out
+            return res
         gs = slice(None) if groups is None else list(groups)
         if self.kind == "fits":
             return self._read_fits(i0, i1, ys, xs, groups)
@@ -96,23 +105,27 @@ class Reader:
             part = arr[key]
             if arr.ndim == 4 and groups is not None:
                 part = part[:, gs]
-            out[name] = np.asarray(part.compute(scheduler="sync") if hasattr(part, "dask") else part)
+            # a copy: the window's steps may write over what they are given, and a slice of a
+            # numpy array (or a dask array made from one) is a view of the caller's data
+            out[name] = np.array(part.compute(scheduler="sync") if hasattr(part, "dask") else part)
         return out
 
-    def _read_fits(self, i0, i1, ys, xs, groups=None):
+    def _read_fits(self, i0, i1, ys, xs, groups=None, out=None):
         data, zf = [], []
         start = 0
         for path, offset, frame, nint, zeroframe in self.segments:
             a, b = max(i0, start), min(i1, start + nint)
             if a < b:
-                data.append(read_window(path, offset, frame, a - start, b - start, ys, xs, groups=groups))
+                dst = None if out is None else out[a - i0: b - i0]
+                data.append(read_window(path, offset, frame, a - start, b - start, ys, xs, groups=groups,
+                                        out=dst))
                 if self.has_zeroframe:
                     zf.append(read_window(path, zeroframe[0], zeroframe[1], a - start, b - start, ys, xs))
             start += nint
-        out = {DATA: data[0] if len(data) == 1 else np.concatenate(data)}
+        res = {DATA: out if out is not None else data[0] if len(data) == 1 else np.concatenate(data)}
         if self.has_zeroframe:
-            out[ZEROFRAME] = zf[0] if len(zf) == 1 else np.concatenate(zf)
-        return out
+            res[ZEROFRAME] = zf[0] if len(zf) == 1 else np.concatenate(zf)
+        return res
 
 
 def reader_for(ds: xr.Dataset) -> Reader:
@@ -241,9 +254,12 @@ def _run_stages(plan: Plan, ds: xr.Dataset, refs, given: dict, stages, start, wy
     wrefs = None
     for stop, k in stages:
         wrefs = None if refs is None else refs.window(frame, wy, wx)
-        ds = ramp_steps(ds, wrefs, _window_params(plan.params, frame, wy, wx),
-                        stats_scope=plan.stats_scope, given_stats=given, until=stop, start=start,
-                        frame_shape=frame, provenance=provenance)
+        # the window's arrays were read for this task alone (Reader.read): the steps may
+        # write their results over their inputs
+        with owned_window():
+            ds = ramp_steps(ds, wrefs, _window_params(plan.params, frame, wy, wx),
+                            stats_scope=plan.stats_scope, given_stats=given, until=stop, start=start,
+                            frame_shape=frame, provenance=provenance)
         start = stop
         if k:
             margin -= k
@@ -254,12 +270,35 @@ def _run_stages(plan: Plan, ds: xr.Dataset, refs, given: dict, stages, start, wy
     return ds, wrefs, wy, wx, margin
 
 
-def _assemble(plan: Plan, parts: list, blocks: list, i0: int, i1: int) -> xr.Dataset:
-    """One window exposure for integrations ``i0:i1`` from the results of its blocks."""
+def _in_place(base: np.ndarray, parts: list, blocks: list, i0: int, where: tuple[slice, slice]):
+    """``base[..., where]`` when every block's ``data`` is that view's integrations of the
+    block (its steps wrote over the array the block was read into), else None."""
+    whole = base[..., where[0], where[1]]
+    for (a, b), part in zip(blocks, parts):
+        v = part[DATA].values
+        w = whole[a - i0: b - i0]
+        if (v.shape != w.shape or v.strides != w.strides or v.dtype != w.dtype
+                or v.__array_interface__["data"][0] != w.__array_interface__["data"][0]):
+            return None
+    return whole
+
+
+def _assemble(plan: Plan, parts: list, blocks: list, i0: int, i1: int, base: np.ndarray | None = None,
+              where: tuple[slice, slice] | None = None) -> xr.Dataset:
+    """One window exposure for integrations ``i0:i1`` from the results of its blocks.
+    ``base``: the array the blocks' ``data`` was read into, ``where`` the part of its
+    window the blocks ended with; their ``data`` is taken as it lies there when the steps
+    wrote it in place (nothing copied)."""
     last = parts[-1]
     variables = {}
     for name, var in last.data_vars.items():
         if INTEGRATION in var.dims:
+            full = None
+            if name == DATA and base is not None:
+                full = _in_place(base, parts, blocks, i0, where)
+                if full is not None:
+                    variables[name] = (var.dims, full, var.attrs)
+                    continue
             full = np.empty((i1 - i0, *var.shape[1:]), var.dtype)
             for (a, b), part in zip(blocks, parts):
                 full[a - i0: b - i0] = part[name].values
@@ -284,8 +323,9 @@ def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: 
 
     With ``keep`` (the frame slices whose result is wanted; ``wy``/``wx`` being them widened
     by ``plan.halo``) the window is cut down to ``keep`` widened by what the remaining steps
-    still need each time a step that looks at neighbours has run (:func:`shrinks`), so the
-    later steps do not process ghost pixels whose results are not exact anyway.
+    still need (:func:`shrinks`): once after the steps before the pooling step, then each
+    time a later step that looks at neighbours has run, so the later steps do not process
+    ghost pixels whose results are not exact anyway.
 
     The steps before jump (the first that pools integrations) work on each integration alone
     (the whole-frame statistics they need are given): they run ``block`` integrations at a
@@ -312,9 +352,12 @@ def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: 
                                            plan.halo, keep, provenance)
         return ds, wrefs, (wy, wx)
     local = pool if order(until) > order(pool) else until
-    first = [(s, k) for s, k in stops if order(s) <= order(local)]
-    if not first or first[-1][0] != local:
-        first.append((local, 0))
+    # the integration blocks run every step before ``local`` on the whole widened window and
+    # are cut once at the end: the steps write over the array the block was read into, and a
+    # cut in between would leave the later ones a strided view of it (a few % of ghost pixels
+    # computed in vain cost less than that)
+    cut = sum(k for s, k in stops if order(s) <= order(local))
+    first = [(local, cut)]
     rest = [(s, k) for s, k in stops if order(s) > order(local)]
     if local != until:
         rest.append((until, 0))
@@ -325,14 +368,20 @@ def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: 
     block = max(1, int(block))
     blocks = [(a, min(a + block, i1)) for a in range(i0, i1, block)] or [(i0, i1)]
     parts = []
+    # the window's ramp, converted to float32 as it is read, block by block; the steps write
+    # their results over it, so the blocks need no assembling
+    base = np.empty((i1 - i0, plan.skeleton.sizes[GROUP], wy.stop - wy.start, wx.stop - wx.start),
+                    dims.FLOAT_DTYPE)
     for a, b in blocks:
-        ds = _window_exposure(plan, reader.read(a, b, wy, wx), a, b, wy, wx)
+        ds = _window_exposure(plan, reader.read(a, b, wy, wx, out=base[a - i0: b - i0]), a, b, wy, wx)
         ds, wrefs, wy_b, wx_b, margin = _run_stages(
             plan, ds, refs, given_stats(given, a - i0, b - i0), first, None, wy, wx, plan.halo,
             keep, provenance)
         parts.append(ds)
+    where = (slice(wy_b.start - wy.start, wy_b.stop - wy.start), slice(wx_b.start - wx.start, wx_b.stop - wx.start))
     wy, wx = wy_b, wx_b
-    ds = parts[0] if len(parts) == 1 else _assemble(plan, parts, blocks, i0, i1)
+    ds = parts[0] if len(parts) == 1 else _assemble(plan, parts, blocks, i0, i1, base, where)
+    del base
     del parts
     if rest:
         ds, wrefs, wy, wx, margin = _run_stages(plan, ds, refs, given, rest, local, wy, wx, margin,

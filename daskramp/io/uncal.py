@@ -419,14 +419,15 @@ WINDOW_BLOCK_BYTES = 16 * 2**20
 @numba.njit(cache=True, nogil=True)
 def _from_fits_int16(raw, out):
     """``out = byteswap(raw) XOR 0x8000``: FITS big-endian int16 with BZERO = 32768 to uint16
-    DN in one pass (numpy's strided, byte-swapping ufunc path costs several times this)."""
+    DN in one pass (numpy's strided, byte-swapping ufunc path costs several times this);
+    ``out`` may be float32 (the DN converted in the same pass)."""
     n0, n1, n2, n3 = raw.shape
     for i in range(n0):
         for g in range(n1):
             for y in range(n2):
                 for x in range(n3):
                     v = raw[i, g, y, x]
-                    out[i, g, y, x] = ((v >> 8) | (v << 8)) ^ 0x8000
+                    out[i, g, y, x] = (((v >> 8) | (v << 8)) & 0xFFFF) ^ 0x8000
 
 
 def read_window(path, offset: int, frame_shape, i0: int, i1: int, ys: slice = slice(None),
@@ -439,7 +440,8 @@ def read_window(path, offset: int, frame_shape, i0: int, i1: int, ys: slice = sl
     ``block_bytes`` at a time (whole integrations, at least one; None: all at once) and each
     block is unmapped before the next, so reading a narrow column band touches only its own
     bytes and never holds the whole file mapped.  ``groups`` (a sequence of group indices of a
-    4-D image) reads only those groups: the pages of the others are never touched.
+    4-D image) reads only those groups: the pages of the others are never touched.  ``out``:
+    where to write the window (uint16, or float32 to have the DN converted in the same pass).
     """
     frame_shape = tuple(frame_shape)
     lead, (ny, nx) = frame_shape[:-2], frame_shape[-2:]

@@ -113,20 +113,26 @@ def prepare_dark(
     return average_dark_frames(dark, ngroups=ngroups, nframes=nframes, groupgap=groupgap)
 
 
-def subtract_dark(data: np.ndarray, dark: np.ndarray) -> np.ndarray:
+def subtract_dark(data: np.ndarray, dark: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``data[i, g] − dark[g]`` for every integration.
 
     Parameters
     ----------
     data : ndarray, (integration, group, y, x), float32, DN
     dark : ndarray, (group, y, x), float, DN (from :func:`prepare_dark`)
+    out : ndarray, float32, data's shape, optional
+        Where to write the result (``data`` itself will do).
 
     Returns
     -------
     ndarray, (integration, group, y, x), float32, DN
         The difference is taken in the wider of the two dtypes, then stored as float32.
     """
-    return (data - dark[None]).astype(np.float32, copy=False)
+    if out is None:
+        return (data - dark[None]).astype(np.float32, copy=False)
+    # the ufunc loop follows the inputs' dtypes (float64 for an extrapolated dark) and the
+    # result is rounded to float32 once, as above
+    return np.subtract(data, dark[None], out=out, casting="same_kind")
 
 
 def dark_pixeldq(pixeldq: np.ndarray, dark_dq: np.ndarray) -> np.ndarray:

@@ -745,7 +745,8 @@ def jump(
     out = groupdq.astype(np.uint8, copy=True)
     if ngroup <= 2 or out.size == 0:
         return out
-    data = np.ascontiguousarray(data, dtype=np.float32)
+    # a window of a larger array is read where it lies: the kernels take any strides
+    data = data if data.dtype == np.float32 else data.astype(np.float32)
     gdq = np.ascontiguousarray(groupdq, dtype=np.uint8)
     gain = np.ascontiguousarray(np.broadcast_to(gain, (ny, nx)), dtype=np.float32)
     readnoise = np.ascontiguousarray(np.broadcast_to(readnoise, (ny, nx)), dtype=np.float32)

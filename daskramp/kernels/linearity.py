@@ -105,6 +105,7 @@ def linearity_correction(
     inv_coeffs: np.ndarray | None = None,
     read_pattern: Sequence[Sequence[int]] | None = None,
     engine: str = "numba",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Linearised ramp.
 
@@ -121,6 +122,9 @@ def linearity_correction(
     engine : {"numba", "numpy"}
         Compiled per-pixel loops (default) or the vectorised numpy reference.  The classic path
         gives identical values; the read-level path agrees to float64 rounding.
+    out : ndarray, float32, data's shape, optional
+        Where the compiled loops write the result (``data`` itself will do: a pixel's groups
+        are all read before its first is written).
 
     Returns
     -------
@@ -132,7 +136,8 @@ def linearity_correction(
     data = np.asarray(data, dtype=np.float32)
     read_level = inv_coeffs is not None and read_pattern is not None and data.shape[1] >= 2
     if engine == "numba":
-        out = np.empty_like(data)
+        if out is None:
+            out = np.empty_like(data)
         if read_level:
             rp = np.asarray([list(r) for r in read_pattern[: data.shape[1]]], dtype=np.float64)
             _read_level_numba(data, groupdq, coeffs, inv_coeffs, rp, out)
@@ -177,7 +182,11 @@ def _classic_numba(data, groupdq, coeffs, out, acc):
                         acc[x] = (acc[x] + coeffs[k, y, x]) * row[x]
                 for x in range(nx):
                     r = acc[x] + coeffs[0, y, x]
-                    out[i, g, y, x] = row[x] if groupdq[i, g, y, x] & sat else r
+                    acc[x] = row[x] if groupdq[i, g, y, x] & sat else r
+                # the row is written once it is all read: ``out`` may be ``data`` itself
+                orow = out[i, g, y]
+                for x in range(nx):
+                    orow[x] = acc[x]
 
 
 @numba.njit(cache=True)

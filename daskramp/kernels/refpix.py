@@ -622,7 +622,8 @@ def offsets_along(offsets, coord, *, dim: str, fastaxis: int, slowaxis: int) -> 
     return offsets[..., NTOPBOTTOM + row]
 
 
-def apply_refpix(data, offsets_y, offsets_x, *, fastaxis: int, float64: bool = False) -> np.ndarray:
+def apply_refpix(data, offsets_y, offsets_x, *, fastaxis: int, float64: bool = False,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Subtract the reference-pixel correction from a block of pixels.
 
     Parameters
@@ -638,6 +639,9 @@ def apply_refpix(data, offsets_y, offsets_x, *, fastaxis: int, float64: bool = F
     float64 : bool
         Subtract in float64 and round once (see :func:`working_dtype`); otherwise the column
         term is subtracted in float32 (and the row term, if any, in float64).
+    out : ndarray, float32, data's shape, optional
+        Where to write the result (``data`` itself will do: each value is read before its
+        own place is written).
 
     Returns
     -------
@@ -654,7 +658,8 @@ def apply_refpix(data, offsets_y, offsets_x, *, fastaxis: int, float64: bool = F
     ox = np.broadcast_to(ox, (*data.shape[:2], data.shape[3]))
     if data.dtype not in (np.float32, np.float64, np.uint16):
         data = data.astype(np.float64 if float64 else np.float32)
-    out = np.empty(data.shape, np.float32)
+    if out is None:
+        out = np.empty(data.shape, np.float32)
     _apply_profiles(data, oy, ox, abs(fastaxis) == 1, bool(float64), out)
     return out
 

@@ -10,19 +10,21 @@ def _clean_bias(bias: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(bias), np.float32(0), bias).astype(np.float32)
 
 
-def subtract_superbias(data: np.ndarray, bias: np.ndarray) -> np.ndarray:
+def subtract_superbias(data: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``data − bias`` in every integration and group, NaN bias values taken as 0.
 
     Parameters
     ----------
     data : ndarray, (integration, group, y, x), float32 or uint16, DN
     bias : ndarray, (y, x), float, DN
+    out : ndarray, float32, data's shape, optional
+        Where to write the result (``data`` itself will do).
 
     Returns
     -------
     ndarray, same shape, float32, DN
     """
-    return np.subtract(data, _clean_bias(bias)[None, None], dtype=np.float32)
+    return np.subtract(data, _clean_bias(bias)[None, None], dtype=np.float32, out=out)
 
 
 def superbias_zeroframe(zeroframe: np.ndarray, bias: np.ndarray) -> np.ndarray:

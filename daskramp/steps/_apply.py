@@ -16,7 +16,9 @@ chunking rules live here only:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 
 import dask.array as da
 import numpy as np
@@ -25,6 +27,23 @@ import xarray as xr
 from ..dims import GROUP, INTEGRATION, RAMP_DIMS, X, Y, chunk, segment_bounds
 
 _LETTER = {INTEGRATION: "i", GROUP: "g", Y: "y", X: "x"}
+
+#: True while the numpy ramps given to the steps belong to the caller (a fused tile's window)
+_OWNED = contextvars.ContextVar("daskramp_owned_window", default=False)
+
+
+@contextlib.contextmanager
+def owned_window() -> Iterator[None]:
+    """Within this context the numpy ramps passed to :func:`map_ramp_blocks` belong to the
+    caller, who keeps no other use for a step's input once the step has run (the fused tile
+    chain: :mod:`daskramp.engine.chain`), so a kernel declared ``inplace`` writes its result
+    over its first argument: a tile's ramp is then allocated once, not once per step (each
+    new array of tens of MB costs a page fault per page as it is first written)."""
+    token = _OWNED.set(True)
+    try:
+        yield
+    finally:
+        _OWNED.reset(token)
 
 
 def _index(dims: Sequence[str]) -> str:
@@ -42,6 +61,7 @@ def map_ramp_blocks(
     halo: int = 0,
     new_axis: tuple[str, int] | None = None,
     name: str | None = None,
+    inplace: bool = False,
     **kwargs,
 ) -> xr.DataArray:
     """Apply ``kernel(*blocks, **kwargs)`` block by block and return one DataArray.
@@ -63,6 +83,11 @@ def map_ramp_blocks(
         spatial dim is split into several chunks.
     new_axis : (name, size), optional
         The kernel output has an extra leading axis (e.g. several fields stacked together).
+    inplace : bool
+        The kernel takes ``out=`` (an array of the first argument's shape and ``dtype``) and
+        may be given its first argument as ``out``: done inside :func:`owned_window` only,
+        for a writeable numpy first argument of that dtype (never on dask blocks, whose
+        inputs other tasks may share).
     """
     template = next((a for a in args if a.dims == RAMP_DIMS), None)
     if template is None:
@@ -75,7 +100,12 @@ def map_ramp_blocks(
     coords = {k: v for k, v in template.coords.items() if set(v.dims) <= set(dims_out)}
 
     if not any(isinstance(a.data, da.Array) for a in args):
-        out = kernel(*(np.asarray(a.data) for a in args), **kwargs)
+        blocks = [np.asarray(a.data) for a in args]
+        first = blocks[0]
+        if (inplace and _OWNED.get() and args[0].dims == tuple(dims_out) and new_axis is None
+                and first.dtype == np.dtype(dtype) and first.flags.writeable):
+            kwargs = {**kwargs, "out": first}
+        out = kernel(*blocks, **kwargs)
         if out_dims == template.dims and out.shape == template.shape:
             # on the template's grid: share its coordinates and indexes (building them anew
             # costs more than a small kernel call)

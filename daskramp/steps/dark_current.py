@@ -149,7 +149,7 @@ def dark_current(
     if dark_output is not None:
         _save_dark(dark_output, avg, nframes, groupgap)
     avg_da = xr.DataArray(avg, dims=(GROUP, *IMAGE_DIMS), coords={Y: ds[Y], X: ds[X]}, name="dark")
-    data = map_ramp_blocks(kernel.subtract_dark, ds[DATA], avg_da, dtype=FLOAT_DTYPE)
+    data = map_ramp_blocks(kernel.subtract_dark, ds[DATA], avg_da, dtype=FLOAT_DTYPE, inplace=True)
     updates = {DATA: data, AVERAGE_DARK_CURRENT: avdrk}
     if dark_dq is not None:
         ddq = as_image(dark_dq, ds, "dark_dq")

@@ -87,6 +87,7 @@ def linearity(
         dtype=FLOAT_DTYPE,
         ncoeffs=len(planes),
         read_pattern=rp,
+        inplace=True,
     )
     # reference-sized 2-D work; numpy functions keep dask inputs lazy
     pixeldq = ds[PIXELDQ].copy(data=kernel.linearity_pixeldq(ds[PIXELDQ].data, c, ldq, inv))
@@ -98,10 +99,11 @@ def linearity(
     return with_status(ds, STATUS, COMPLETE, **updates)
 
 
-def _correct_block(data, groupdq, *planes, ncoeffs, read_pattern):
+def _correct_block(data, groupdq, *planes, ncoeffs, read_pattern, out=None):
     coeffs = np.stack(planes[:ncoeffs])
     inv = np.stack(planes[ncoeffs:]) if len(planes) > ncoeffs else None
-    return kernel.linearity_correction(data, groupdq, coeffs, inv_coeffs=inv, read_pattern=read_pattern)
+    return kernel.linearity_correction(data, groupdq, coeffs, inv_coeffs=inv, read_pattern=read_pattern,
+                                       out=out)
 
 
 def _zeroframe_block(zeroframe, *planes):

@@ -174,8 +174,11 @@ def offsets_from_boxes(data_boxes, dq_boxes, ds: xr.Dataset, **params) -> np.nda
 def _correct(
     ramp: xr.DataArray, pixeldq: xr.DataArray, *, geometry: dict, params: Params,
     offsets: xr.DataArray | None = None, frame_shape: tuple[int, int] | None = None,
+    inplace: bool = True,
 ) -> xr.DataArray:
-    """Lazily corrected float32 copy of a ``(integration, group, y, x)`` ramp."""
+    """Lazily corrected float32 copy of a ``(integration, group, y, x)`` ramp (written over
+    ``ramp`` itself in an owned window unless ``inplace`` is False:
+    :func:`daskramp.steps._apply.owned_window`)."""
     ny, nx = ramp.sizes[Y], ramp.sizes[X]
     y0, x0 = geometry["y0"], geometry["x0"]
     fast, slow = geometry["fastaxis"], geometry["slowaxis"]
@@ -211,6 +214,7 @@ def _correct(
         dtype=FLOAT_DTYPE,
         fastaxis=fast,
         float64=float64,
+        inplace=inplace,
     )
 
 
@@ -317,7 +321,7 @@ def refpix(ds: xr.Dataset, *, offsets: xr.DataArray | None = None,
         zf = ds[ZEROFRAME]
         corrected = _correct(
             zf.expand_dims({GROUP: 1}, axis=1), ds[PIXELDQ], geometry=geometry, params=p,
-            offsets=zeroframe_offsets, frame_shape=frame_shape,
+            offsets=zeroframe_offsets, frame_shape=frame_shape, inplace=False,
         ).isel({GROUP: 0}, drop=True)
         # a zero frame of 0 means "not recorded" and stays 0
         updates[ZEROFRAME] = corrected.where(zf != 0, np.float32(0)).astype(FLOAT_DTYPE)

@@ -48,7 +48,8 @@ def superbias(ds: xr.Dataset, *, superbias=None, superbias_dq=None, skip: bool =
         return with_status(ds, STATUS, SKIPPED)
     bias = as_image(superbias, ds, "superbias")
     updates = {
-        DATA: map_ramp_blocks(kernel.subtract_superbias, ds[DATA], bias, dtype=FLOAT_DTYPE)
+        DATA: map_ramp_blocks(kernel.subtract_superbias, ds[DATA], bias, dtype=FLOAT_DTYPE,
+                              inplace=True)
     }
     if superbias_dq is not None:
         bdq = as_image(superbias_dq, ds, "superbias_dq")
