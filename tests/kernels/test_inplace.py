@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from daskramp.kernels import dark_current, linearity, refpix, superbias
 from daskramp.dq import SATURATED
+from daskramp.kernels import dark_current, linearity, refpix, superbias
 
 
 def _ramp(rng, shape=(3, 5, 6, 7)):
