@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daskramp import dims, dq
-from daskramp.engine import chain, plan, policy, stats
+from daskramp.engine import chain, checkpoint, plan, policy, stats
 from daskramp.io import ingest, open_exposure
 from daskramp.io.refs import RefSet
 from daskramp.io.uncal import read_frames, read_window, scan_segment
@@ -493,3 +493,38 @@ def test_blocks_written_in_place_are_assembled_without_a_copy():
     # a block whose steps made a new array, or a view of another place: copied (None here)
     assert chain._in_place(base, parts([views[0], views[1].copy()]), blocks, 10, where) is None
     assert chain._in_place(base, parts([views[0], base[3:6, :, 0:3, 1:5]]), blocks, 10, where) is None
+
+
+@pytest.mark.parametrize("stats_scope", ["segment", pytest.param("exposure", marks=pytest.mark.slow)])
+def test_snowballs_flagged_after_a_checkpoint_equal_step_by_step(tmp_path, monkeypatch, stats_scope):
+    """jump's snowball flagging in the fused layout (the tiles' jump without it, written to a
+    checkpoint; the snowballs flagged on whole group-DQ planes read back a single integration
+    at a time, the one before it looked back at for the next-integration masking; the tiles
+    resumed after jump) gives the step-by-step products bit for bit: narrow tiles that cut
+    through the snowballs, two segments."""
+    monkeypatch.setattr(checkpoint, "frame_block_integrations", lambda *a: 1)
+    sim = simulate(tmp_path / "sim", preset="niriss-soss", nints=4, segments=2, ngroups=7, nx=96, seed=2,
+                   snowball_rate=4)
+    ds = open_exposure(sim.uncal_files)
+    steps = {"jump": {"expand_large_events": True}}
+    fused = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=TILE,
+                      tile_rows=TILE_ROWS, frame_stats="compute", scratch=tmp_path / "scratch")
+    assert fused.provenance["layout"]["tiles"] > 2
+    assert fused.provenance["layout"]["checkpoint"]["frame_pass"] == "jump"
+    stepwise = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, fused=False)
+    ri, r = _compute(fused)
+    ri0, r0 = _compute(stepwise)
+    _assert_same(ri, ri0)
+    _assert_same(r, r0)
+    # the snowballs changed the flags, and the next-integration masking is part of them
+    for other in ({}, {"jump": {"expand_large_events": True, "mask_snowball_core_next_int": False}}):
+        res = detector1(ds, sim.refs_dir, steps=other, stats_scope=stats_scope, tile_columns=TILE,
+                        tile_rows=TILE_ROWS, frame_stats="compute", scratch=tmp_path / "scratch2")
+        assert not np.array_equal(_compute(res)[0]["dq"].values, ri["dq"].values)
+
+
+def test_two_whole_frame_passes_run_step_by_step(soss):
+    ds = open_exposure(soss.uncal_files)
+    res = detector1(ds, soss.refs_dir, steps={"jump": {"expand_large_events": True},
+                                             "clean_flicker_noise": {"skip": False}})
+    assert res.provenance["fused"].startswith("not used: jump and clean_flicker_noise both need whole frames")

@@ -461,18 +461,20 @@ def layout_at(plan: Plan, reader: Reader, refs, given: dict, step: str) -> tuple
 
 
 def checkpoint_window(plan: Plan, reader: Reader, refs, stats: dict, i0: int, i1: int, ys: slice,
-                      xs: slice, step: str, path: str, created=None) -> dict[str, np.ndarray]:
-    """Run a window of integration block ``i0:i1`` up to ``step``, write its interior (every
-    variable, and what the step's frame pass saves) into the block's checkpoint store at
-    ``path`` (:mod:`daskramp.io.checkpoint`) and return what the pass takes from each tile
-    (its spec's ``frame_pass.tile``) with the window's ``pixeldq``.  ``created``: the task
-    that made the store (a dependency only)."""
+                      xs: slice, step: str, path: str, created=None, until: str | None = None
+                      ) -> dict[str, np.ndarray]:
+    """Run a window of integration block ``i0:i1`` up to ``step`` (up to ``until`` when
+    given: the step after ``step`` for a frame pass that runs after the step's window part),
+    write its interior (every variable, and what the step's frame pass saves) into the
+    block's checkpoint store at ``path`` (:mod:`daskramp.io.checkpoint`) and return what the
+    pass takes from each tile (its spec's ``frame_pass.tile``) with the window's ``pixeldq``.
+    ``created``: the task that made the store (a dependency only)."""
     sk = plan.skeleton
     ny, nx = sk.sizes[Y], sk.sizes[X]
     wy, _ = _widen(ys, plan.halo, ny)
     wx, _ = _widen(xs, plan.halo, nx)
-    out, _, (wy, wx) = _chain(plan, reader, refs, given_stats(stats, i0, i1), i0, i1, wy, wx, step,
-                              keep=(ys, xs))
+    out, _, (wy, wx) = _chain(plan, reader, refs, given_stats(stats, i0, i1), i0, i1, wy, wx,
+                              until or step, keep=(ys, xs))
     out = dims.window(out, y=slice(ys.start - wy.start, ys.stop - wy.start),
                       x=slice(xs.start - wx.start, xs.stop - wx.start))
     wrefs = None if refs is None else refs.window((ny, nx), ys, xs)

@@ -43,12 +43,33 @@ from .graph import staged
 from .plan import frame_block_integrations
 
 
+def frame_steps(params) -> list[str]:
+    """The steps that run a ``frame_pass`` with these parameters, in order."""
+    return [s.name for s in registry.active() if s.frame_pass is not None and s.frame_pass.runs(params[s.name])]
+
+
 def frame_step(params) -> str | None:
-    """The first step that runs and declares a ``frame_pass`` (None: no checkpoint)."""
-    for s in registry.active():
-        if s.frame_pass is not None and not params[s.name].skip:
-            return s.name
-    return None
+    """The first step that runs a ``frame_pass`` (None: no checkpoint)."""
+    names = frame_steps(params)
+    return names[0] if names else None
+
+
+def checkpoint_at(step: str) -> str:
+    """The step the checkpoint of ``step``'s frame pass is taken before (the one after it
+    when its window part runs first: ``frame_pass.after``) and the tiles resume at."""
+    if not registry.spec(step).frame_pass.after:
+        return step
+    order = registry.step_order()
+    return order[order.index(step) + 1]
+
+
+#: what a step's window part is given when its whole-frame part runs in a frame pass after it
+DEFERRED = {"frame_pass": "deferred"}
+
+
+def with_deferred(stats: dict) -> dict:
+    """``stats`` and :data:`DEFERRED` (for the tiles that write the checkpoint)."""
+    return {**stats, **DEFERRED}
 
 
 def frame_blocks(nint: int, ngroup: int, ny: int, nx: int) -> list[tuple[int, int]]:
@@ -79,6 +100,11 @@ def frame_context(results, y_bounds, x_bounds, skeleton: xr.Dataset, refs, param
 REWRITTEN = "rewritten_data"
 
 
+def rewritten_name(variable: str) -> str:
+    """The checkpoint variable holding a rewriting pass's output ``variable``."""
+    return f"rewritten_{variable}"
+
+
 def rewrites(step: str, params) -> bool:
     """Whether ``step``'s frame pass writes its output ramp into the checkpoint."""
     fp = registry.spec(step).frame_pass
@@ -88,16 +114,19 @@ def rewrites(step: str, params) -> bool:
 def frame_block(path: str, j0: int, j1: int, context, segment_of: np.ndarray, positions: np.ndarray,
                 attrs: dict, params, step: str, variables) -> np.ndarray:
     """``frame_pass.block`` on integrations ``j0:j1`` of a block, whole frames read from its
-    checkpoint.  A rewriting pass's ramp is written into the checkpoint (under
-    :data:`REWRITTEN`, so a rerun of the task reads the same input) and a marker of zeros
-    ``(1, integration, 1, 1)`` returned."""
-    ramp = checkpoint_store.read(path, j0, j1, slice(None), slice(None), variables)
-    out = registry.spec(step).frame_pass.block(ramp, context, segment_of[j0:j1], positions[j0:j1],
-                                               attrs, params[step])
+    checkpoint (from ``frame_pass.lookback`` integrations before ``j0``, within the block;
+    the results for those are dropped).  A rewriting pass's ramp is written into the
+    checkpoint (under :func:`rewritten_name`, so a rerun of the task reads the same input)
+    and a marker of zeros ``(1, integration, 1, 1)`` returned."""
+    fp = registry.spec(step).frame_pass
+    a = max(0, j0 - fp.lookback)
+    ramp = checkpoint_store.read(path, a, j1, slice(None), slice(None), variables)
+    out = fp.block(ramp, context, segment_of[a:j1], positions[a:j1], attrs, params[step])
     del ramp
     if not rewrites(step, params):
-        return out
-    checkpoint_store.write(path, {REWRITTEN: out[DATA]}, slice(None), slice(None), j0, j1)
+        return out if a == j0 else out[:, j0 - a:]
+    name = fp.rewritten
+    checkpoint_store.write(path, {rewritten_name(name): out[name][j0 - a:]}, slice(None), slice(None), j0, j1)
     return np.zeros((1, j1 - j0, 1, 1), np.float32)
 
 
@@ -118,7 +147,7 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     rewrite = rewrites(step, plan.params)
     stored = {**layout, **extra}
     if rewrite:
-        stored[REWRITTEN] = (layout[DATA][0], np.dtype(np.float32))
+        stored[rewritten_name(fp.rewritten)] = layout[fp.rewritten]
     rows = max(b - a for a, b in y_bounds)
     cols = max(b - a for a, b in x_bounds)
     sizes = {INTEGRATION: n, GROUP: ngroup, Y: ny, X: nx}
@@ -130,15 +159,21 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     params_key = dask.delayed(plan.params, pure=True, traverse=False)
     token = tokenize(plan_key, reader, refs_key, stats_key, step, i0, i1, y_bounds, x_bounds, path)
     refs_arg = None if refs_key is None else refs_key.key
-    tasks = Tasks(plan_key, stats_key, sk_key, params_key, refs_key)
+    at = checkpoint_at(step)
+    tile_stats = stats_key
+    if fp.after:
+        # the step's window part runs in the tiles before the checkpoint, without its
+        # whole-frame part
+        tile_stats = dask.delayed(with_deferred, pure=True)(stats_key)
+    tasks = Tasks(plan_key, stats_key, tile_stats, sk_key, params_key, refs_key)
     # the store is made by a task, not while the graph is built: building has no side effect
     made = tasks.call(f"checkpoint-create-{token}", checkpoint_store.create, path, stored,
                       sizes, rows, cols, token)
     aname = f"checkpoint-{step}-{token}"
     for b, (y0, y1) in enumerate(y_bounds):
         for c, (x0, x1) in enumerate(x_bounds):
-            tasks.call((aname, b, c), checkpoint_window, plan_key.key, reader, refs_arg, stats_key.key,
-                       i0, i1, slice(y0, y1), slice(x0, x1), step, path, made)
+            tasks.call((aname, b, c), checkpoint_window, plan_key.key, reader, refs_arg, tile_stats.key,
+                       i0, i1, slice(y0, y1), slice(x0, x1), step, path, made, at)
     grid = [[(aname, b, c) for c in range(len(x_bounds))] for b in range(len(y_bounds))]
     cname = tasks.call(f"frame-context-{step}-{token}", frame_context, grid, list(y_bounds),
                        list(x_bounds), sk_key.key, refs_arg, params_key.key, step)
@@ -146,7 +181,7 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     for k, (lo, hi) in enumerate(dims.segment_bounds(sk)):
         segment_of[lo:hi] = k
     positions = np.arange(i0, i1)
-    variables = [DATA, GROUPDQ, *extra]
+    variables = [DATA, GROUPDQ, *extra] if fp.reads is None else list(fp.reads)
     fname = f"frame-block-{step}-{token}"
     blocks = frame_blocks(n, ngroup, ny, nx)
     for k, (j0, j1) in enumerate(blocks):
@@ -160,7 +195,8 @@ def resumed(plan: Plan, reader: Reader, refs_key, stats, *, step: str, layout: d
     sk_after.attrs = {**sk.attrs, **attrs}
     after = Plan(skeleton=sk_after, var_attrs=plan.var_attrs, params=plan.params,
                  stats_scope=plan.stats_scope, halo=0)
-    # a rewriting pass's tiles read its output ramp as their data
-    reader = Reader("checkpoint", path=path, replace=((REWRITTEN, DATA),) if rewrite else ())
+    # a rewriting pass's tiles read its output as the variable it rewrote
+    replace = ((rewritten_name(fp.rewritten), fp.rewritten),) if rewrite else ()
+    reader = Reader("checkpoint", path=path, replace=replace)
     return staged(after, reader, refs_key, given, until="ramp_fit",
-                  int_bounds=[(0, n)], y_bounds=y_bounds, x_bounds=x_bounds, names=names, start=step)
+                  int_bounds=[(0, n)], y_bounds=y_bounds, x_bounds=x_bounds, names=names, start=at)

@@ -25,7 +25,7 @@ from ..config import ConfigError
 from ..dims import GROUP, INTEGRATION, PIXELDQ, X, Y
 from ..io import checkpoint as checkpoint_store
 from .chain import Plan, Reader, layout_at, reader_for, row_align, status_of, window_plan
-from .checkpoint import frame_step, resumed
+from .checkpoint import checkpoint_at, frame_step, resumed, with_deferred
 from .graph import refs_graph_key, staged
 from .plan import CHAIN_FACTOR, bounds, int_bounds, plan_tiles, sizing_budget, tile_shape
 from .policy import whole_axis
@@ -119,7 +119,10 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     if step is not None:
         if scratch is None:
             raise ConfigError(f"{step} runs on whole frames: the fused layout needs a scratch directory")
-        layout, attrs = layout_at(plan, reader, refs, status_stats(plan, known), step)
+        given = status_stats(plan, known)
+        if checkpoint_at(step) != step:
+            given = with_deferred(given)
+        layout, attrs = layout_at(plan, reader, refs, given, checkpoint_at(step))
         checkpoint = Checkpoint(step=step, layout=layout, attrs=attrs, scratch=str(scratch))
     segments = SegmentProducts(plan=plan, reader=reader, refs_key=refs_key, stats=stats, refs=refs,
                                params=p, provenance=copy.deepcopy(provenance),
@@ -144,7 +147,8 @@ def detector1_fused(ds: xr.Dataset, refs, *, params, provenance: dict, stats_sco
     meta = plan.skeleton.assign({PIXELDQ: pixeldq})
     meta.attrs.update(status_attrs)
     if checkpoint is not None:
-        provenance["layout"]["checkpoint"] = {"before": step, "scratch": str(scratch)}
+        provenance["layout"]["checkpoint"] = {"before": checkpoint_at(step), "frame_pass": step,
+                                              "scratch": str(scratch)}
     segments = dataclasses.replace(segments, provenance=copy.deepcopy(provenance),
                                    status_attrs=dict(status_attrs))
     rate, rateints = finish(parts, meta, refs, p, provenance, pixeldq=pixeldq)

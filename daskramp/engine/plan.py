@@ -247,7 +247,8 @@ def check_memory(
     if fused_chain:
         per_step[CHAIN_STEP] = int(CHAIN_FACTOR * 4 * tile)
     for step in active_steps(steps):
-        if _spec(step).frame_pass is not None:
+        fp = _spec(step).frame_pass
+        if fp is not None and fp.runs(validate(step, (steps or {}).get(step))):
             # the whole frames of a few integrations its statistics are found on
             # (engine/checkpoint.py)
             k = frame_block_integrations(tile_ints, ngroups, ny, nx)
@@ -499,8 +500,8 @@ def check_held(ds, params, *, memory_limit: int | None, workers: int) -> None:
 
 
 #: bytes of float32 ramp a window task runs through the per-integration steps (before jump)
-#: at a time: each step makes new arrays the size of its input, so only the assembled cube
-#: and the arrays of one block exist at once instead of several whole-window cubes.
+#: at a time: the window's ramp is one array the pixel-local steps write over, and the
+#: arrays the others make (flags, temporaries) are one block's, not the whole window's.
 #: Each block costs the steps' per-call overhead (a few ms each), hence blocks of tens of MB
 #: rather than small cache-sized ones.
 BLOCK_BYTES = 40 * 2**20

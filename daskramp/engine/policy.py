@@ -51,6 +51,10 @@ def unsupported(ds: xr.Dataset, params) -> str | None:
         why = None if s.not_fusable is None else s.not_fusable(params[s.name])
         if why is not None:
             return why
+    passes = [s.name for s in registry.active() if s.frame_pass is not None and s.frame_pass.runs(params[s.name])]
+    if len(passes) > 1:
+        # one checkpoint per integration block
+        return f"{' and '.join(passes)} both need whole frames (one pass over them fused at a time)"
     if not any(hasattr(v.data, "dask") for v in ds.data_vars.values()):
         return "the exposure is in memory"
     return None

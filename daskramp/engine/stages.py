@@ -198,7 +198,7 @@ def ramp_steps(ds: xr.Dataset, refs, params: Mapping, *, stats_scope: str, given
         extra = {}
         if spec.stats_kwargs is not None:
             extra = spec.stats_kwargs(ds, p, given_stats, frame_shape)
-        if spec.frame_pass is not None and is_lazy(ds):
+        if spec.frame_pass is not None and not spec.frame_pass.after and is_lazy(ds):
             # step by step, the step's own pass over whole frames: blocks sized as the fused layout's frame pass, shortened to whole rounds of the
             # cluster's threads (a block of whole frames is one task)
             nint = ds.sizes[dims.INTEGRATION]

@@ -46,11 +46,28 @@ class FramePass:
         given, from the blocks' results joined along integration.
     rewrites : callable, optional
         ``rewrites(params) -> bool``: the step's output is a whole-image correction (no few
-        statistics a tile could apply).  ``block`` then returns the corrected ``data`` of its
-        integrations, ``(integration, group, y, x)``, which the engine writes into the
-        checkpoint beside the input (:data:`daskramp.engine.checkpoint.REWRITTEN`); the tiles
-        read it as their ``data``, and ``block_shape``/``given`` describe a small marker
-        that only orders the tiles after every block.
+        statistics a tile could apply).  ``block`` then returns ``{rewritten: array}``, the
+        corrected variable of its integrations, ``(integration, group, y, x)``, which the
+        engine writes into the checkpoint beside the input
+        (:func:`daskramp.engine.checkpoint.rewritten_name`); the tiles read it as that
+        variable, and ``block_shape``/``given`` describe a small marker that only orders the
+        tiles after every block.
+    rewritten : str
+        The variable a rewriting pass rewrites (``data``, or ``groupdq`` for flags).
+    when : callable, optional
+        ``when(params) -> bool``: the pass runs only for these parameters (default: whenever
+        the step runs).
+    after : bool
+        The step's own window part runs in the tiles before the checkpoint (given
+        ``{"frame_pass": "deferred"}`` among its statistics, it leaves the whole-frame part
+        out) and the tiles resume at the step after it; otherwise the checkpoint is taken
+        before the step and the tiles resume at it.
+    lookback : int
+        Integrations before its own that a ``block`` reads (the results for them are
+        dropped): a pass whose integration depends on the one before.
+    reads : tuple of str, optional
+        The checkpoint variables a ``block`` reads (default: ``data``, ``groupdq`` and
+        ``variables``).
 
     Step by step, the engine calls the step's wrapper on the lazy ramp with
     ``frame_integrations``: the integrations per task of its own pass over whole frames.
@@ -63,6 +80,15 @@ class FramePass:
     block_shape: Callable
     given: Callable
     rewrites: Callable | None = None
+    rewritten: str = "data"
+    when: Callable | None = None
+    after: bool = False
+    lookback: int = 0
+    reads: tuple | None = None
+
+    def runs(self, params) -> bool:
+        """Whether the pass runs for the step's ``params`` (the step itself running)."""
+        return not params.skip and (self.when is None or bool(self.when(params)))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ whole ``(y, x)`` planes with every group, a few integrations per block (one byte
 pixel-group), so the result does not depend on the pixel tiles.  The cores of integration i
 flag the next integration (``mask_snowball_core_next_int``) across integration blocks, within
 an uncal segment as the official step does per segment file (with ``stats_scope="exposure"``
-across segments too).  The fused per-tile layout cannot run it (the spec's ``not_fusable``).
+across segments too).  In the fused per-tile layout the tiles run the detection and write the
+ramp into a checkpoint, and the snowballs are flagged on whole planes in a frame pass after
+it (:func:`snowball_frames`, the spec's ``frame_pass``).
 
 PRIMECRS/EXTNCRS are not produced: counting "primary" jumps needs the flags before neighbour
 flagging, a second output the one-array kernel contract does not carry; the snowball count is
@@ -51,7 +53,7 @@ from ..kernels import jump as kernel
 from ..kernels import snowball as snowball_kernel
 from ..params import boolean, check, cores, floating, integer, scale_list
 from ._apply import chunk_by_segment, map_ramp_blocks
-from ._spec import StepSpec, ref_array
+from ._spec import FramePass, StepSpec, ref_array
 
 STATUS = "S_JUMP"
 
@@ -266,7 +268,7 @@ def _is_lazy(*arrays) -> bool:
 
 def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane_dnu=None,
          gain_median: float | None = None, whole_frame: bool | None = None,
-         **params) -> xr.Dataset:
+         large_events: bool = True, **params) -> xr.Dataset:
     """Flag cosmic-ray jumps (JUMP_DET in ``groupdq``) and bad-gain pixels (``pixeldq``).
 
     Parameters
@@ -292,6 +294,10 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
         Whether ``ds`` holds whole frames (the sigma-clip plane reset needs them); by default
         True unless the data are split into spatial chunks.  A window of a larger subarray
         passes False.
+    large_events : bool
+        Run the snowball stage here when ``expand_large_events`` asks for it (default).  The
+        fused layout passes False to a tile and flags snowballs on whole planes afterwards
+        (:data:`SPEC`'s frame pass, :func:`snowball_frames`).
     **params
         :class:`Params` fields (official names), and ``integration_scale``: the relative
         flux of each integration (e.g. a normalised white-light curve, see
@@ -386,7 +392,7 @@ def jump(ds: xr.Dataset, *, gain, readnoise, stats_scope: str = "segment", plane
         new_gdq = gdq_parts[0]
     else:
         new_gdq = np.concatenate(gdq_parts, axis=0)
-    if p.expand_large_events:
+    if p.expand_large_events and large_events:
         bounds = segment_bounds(ds) if stats_scope == "segment" else [(0, ds.sizes[INTEGRATION])]
         new_gdq = _snowball_stage(new_gdq, bounds, p, kw["tgroup"])
 
@@ -411,6 +417,9 @@ def _stats_kwargs(ds: xr.Dataset, params, given, frame_shape) -> dict:
     the subarray, ``whole_frame=False`` and the whole subarray's ``gain_median``."""
     planes = given.get("plane_dnu")
     out = {"plane_dnu": planes.data if isinstance(planes, xr.DataArray) else planes}
+    if given.get("frame_pass") == "deferred":
+        # a fused tile before the checkpoint: the snowballs are flagged on whole planes later
+        out["large_events"] = False
     if frame_shape is not None and (ds.sizes[Y], ds.sizes[X]) != tuple(frame_shape):
         # a window of the subarray: whole-frame rules use the frame's values
         out["whole_frame"] = False
@@ -419,14 +428,56 @@ def _stats_kwargs(ds: xr.Dataset, params, given, frame_shape) -> dict:
     return out
 
 
+# -- snowballs in the fused layout -----------------------------------------------------------
+# The tiles run jump's detection (without the snowball stage) and write the ramp into a
+# checkpoint; tasks of a few whole integrations then flag the snowballs on whole group-DQ
+# planes read back from it (and the cores of the integration before, for the next-integration
+# masking) and write the flags back; the tiles resume at the next step reading them
+# (daskramp.engine.checkpoint, FramePass.after).  The checkpoint block is one segment (or the
+# exposure with stats_scope="exposure"): the masking crosses exactly the bounds it crosses
+# step by step.
+
+
+def _no_tile_terms(window, wrefs, params):
+    return {}, {}
+
+
+def _no_context(images, pixeldq, skeleton, refs, params):
+    return None
+
+
+def snowball_frames(ramp, context, segment_of, positions, attrs, params) -> dict:
+    """The snowball flags of integrations ``1:`` of ``ramp`` (whole planes of the checkpoint's
+    ``groupdq``, its first integration the one before them in the block when there is one),
+    as :func:`_snowball_stage` sets them; the first integration's own flags when it starts
+    the block (``positions`` are the integrations' numbers in the exposure)."""
+    gdq = ramp[GROUPDQ]
+    kw = {name: getattr(params, name) for name in _SNOWBALL_PARAMS}
+    both = snowball_kernel.snowball_block(gdq, **kw)
+    ng = gdq.shape[1]
+    out, cores = both[:, :ng], both[:, ng]
+    n_next = snowball_kernel.n_next_groups(params.snowball_time_masked_next_int, float(attrs["TGROUP"]))
+    if params.mask_snowball_core_next_int and n_next >= 1 and out.shape[0] > 1:
+        last = min(n_next, ng)
+        out[1:, 1:last] |= cores[:-1, None]
+    return {GROUPDQ: out}
+
+
+def _snowball_given(terms, skeleton, params) -> dict:
+    # only orders the resumed tiles after every block's flags are written
+    return {"snowballs_written": xr.DataArray(terms, dims=("marker", INTEGRATION, "marker_y", "marker_x"))}
+
+
 def _not_fusable(p: Params) -> str | None:
-    """Snowballs span tens of pixels and need whole planes: step by step only."""
-    if p.expand_large_events and not p.skip:
-        return "jump's snowball flagging (expand_large_events) needs whole frames"
     return None
 
 
 SPEC = StepSpec(name="jump", status=STATUS, params=Params, run=jump, scratch=0.50,
                 reftypes=("gain", "readnoise"), refs_kwargs=_refs_kwargs, refs_missing="error",
                 stats_kwargs=_stats_kwargs, halo=_halo, pools_integrations=True,
-                not_fusable=_not_fusable)
+                not_fusable=_not_fusable,
+                frame_pass=FramePass(variables=lambda p: {}, tile=_no_tile_terms, combine=_no_context,
+                                     block=snowball_frames, block_shape=lambda sk, p: (1, 1, 1),
+                                     given=_snowball_given, rewrites=lambda p: True, rewritten=GROUPDQ,
+                                     when=lambda p: p.expand_large_events, after=True, lookback=1,
+                                     reads=(GROUPDQ,)))

@@ -129,10 +129,32 @@ def test_masking_switches():
     np.testing.assert_array_equal(a.groupdq.values, base)
 
 
-def test_not_fusable_only_when_on():
-    assert SPEC.not_fusable(Params()) is None
-    assert "snowball" in SPEC.not_fusable(Params(expand_large_events=True))
-    assert SPEC.not_fusable(Params(expand_large_events=True, skip=True)) is None
+def test_frame_pass_only_when_on():
+    # the fused layout flags snowballs in a pass over whole planes after the tiles' jump
+    fp = SPEC.frame_pass
+    assert not fp.runs(Params()) and fp.runs(Params(expand_large_events=True))
+    assert not fp.runs(Params(expand_large_events=True, skip=True))
+    assert fp.after and fp.lookback == 1
+
+
+def test_deferred_window_leaves_the_snowballs_to_the_frame_pass():
+    data, gdq = snowball_ramps(3)
+    gain, rn = refs(*data.shape[2:])
+    ds = exposure(data, gdq)
+    kw = SPEC.stats_kwargs(ds, Params(expand_large_events=True), {"frame_pass": "deferred"}, None)
+    assert kw["large_events"] is False
+    deferred = jump(ds, gain=gain, readnoise=rn, expand_large_events=True, **kw)
+    plain = jump(ds, gain=gain, readnoise=rn)
+    np.testing.assert_array_equal(deferred.groupdq.values, plain.groupdq.values)
+    whole = jump(ds, gain=gain, readnoise=rn, expand_large_events=True)
+    # the frame pass on the deferred flags, block by block with one integration looked back,
+    # gives the step's own flags
+    params = Params(expand_large_events=True)
+    g = deferred.groupdq.values
+    for j0 in range(g.shape[0]):
+        a = max(0, j0 - 1)
+        out = jump_step.snowball_frames({"groupdq": g[a:j0 + 1]}, None, None, None, ds.attrs, params)["groupdq"]
+        np.testing.assert_array_equal(out[j0 - a:], whole.groupdq.values[j0:j0 + 1])
 
 
 def test_integration_chunks_split_at_segments():
@@ -179,6 +201,15 @@ def test_parity_with_official_jumpstep_on_a_simulated_exposure(tmp_path):
     np.testing.assert_array_equal(gdq, o_gdq)
     np.testing.assert_array_equal(rateints["dq"].values, o_dq)
     r = compare_arrays(rateints["data"].values, o_sci)
+    assert r["nan_pattern_identical"] and r["fraction_close"] == 1.0, r
+    # the default layout (fused: snowballs flagged on whole planes after a checkpoint), narrow tiles
+    res = detector1(open_exposure(sim.uncal_files[0]), sim.refs_dir, tile_columns=16, tile_rows=64,
+                    steps={"jump": {"expand_large_events": True}}, scratch=tmp_path / "scratch")
+    assert res.provenance["layout"]["checkpoint"]["frame_pass"] == "jump"
+    with dask.config.set(scheduler="synchronous"):
+        fused = res.rateints.compute()
+    np.testing.assert_array_equal(fused["dq"].values, o_dq)
+    r = compare_arrays(fused["data"].values, o_sci)
     assert r["nan_pattern_identical"] and r["fraction_close"] == 1.0, r
     # the comparison covers snowballs: halos flagged, cores grown, cores masked in the next integration
     plain, _ = run(False)
