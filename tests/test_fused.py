@@ -160,6 +160,23 @@ def test_default_is_fused_and_lazy(soss):
     assert res4.provenance["fused"].startswith("not used: clean_flicker_noise saves")
 
 
+def _checkpointed_equals_stepwise(ds, refs_dir, steps, stats_scope, tmp_path):
+    """The fused products of ``steps`` (16-column tiles of :data:`TILE_ROWS` rows, through a
+    checkpoint in ``tmp_path``) equal the step-by-step ones bit for bit; returns the fused
+    rateints and where the checkpoint was taken (its provenance, the scratch path left out)."""
+    fused = detector1(ds, refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=TILE,
+                      tile_rows=TILE_ROWS, frame_stats="compute", scratch=tmp_path / "scratch")
+    assert fused.provenance["layout"]["tiles"] > 2
+    stepwise = detector1(ds, refs_dir, steps=steps, stats_scope=stats_scope, fused=False)
+    ri, r = _compute(fused)
+    ri0, r0 = _compute(stepwise)
+    _assert_same(ri, ri0)
+    _assert_same(r, r0)
+    checkpointed = dict(fused.provenance["layout"]["checkpoint"])
+    del checkpointed["scratch"]
+    return ri, checkpointed
+
+
 @pytest.mark.parametrize("stats_scope,cfn", [
     ("segment", {}),
     pytest.param("exposure", {}, marks=pytest.mark.slow),
@@ -183,15 +200,8 @@ def test_checkpointed_step_equals_step_by_step(tmp_path, stats_scope, cfn):
                        seed=3, one_over_f_amplitude=4.0)
     ds = open_exposure(sim.uncal_files)
     steps = {"clean_flicker_noise": {"skip": False, **cfn}}
-    fused = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=16,
-                      tile_rows=TILE_ROWS, frame_stats="compute", scratch=tmp_path / "scratch")
-    assert fused.provenance["layout"]["tiles"] > 2
-    assert fused.provenance["layout"]["checkpoint"]["before"] == "clean_flicker_noise"
-    stepwise = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, fused=False)
-    ri, r = _compute(fused)
-    ri0, r0 = _compute(stepwise)
-    _assert_same(ri, ri0)
-    _assert_same(r, r0)
+    ri, checkpointed = _checkpointed_equals_stepwise(ds, sim.refs_dir, steps, stats_scope, tmp_path)
+    assert checkpointed == {"before": "clean_flicker_noise", "frame_pass": "clean_flicker_noise"}
     assert ri.attrs["S_CLNFNS"] == "COMPLETE"
     # the step did change the data (strong 1/f): the same chain without it differs
     plain = detector1(ds, sim.refs_dir, stats_scope=stats_scope, tile_columns=16)
@@ -507,15 +517,8 @@ def test_snowballs_flagged_after_a_checkpoint_equal_step_by_step(tmp_path, monke
                    snowball_rate=4)
     ds = open_exposure(sim.uncal_files)
     steps = {"jump": {"expand_large_events": True}}
-    fused = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, tile_columns=TILE,
-                      tile_rows=TILE_ROWS, frame_stats="compute", scratch=tmp_path / "scratch")
-    assert fused.provenance["layout"]["tiles"] > 2
-    assert fused.provenance["layout"]["checkpoint"]["frame_pass"] == "jump"
-    stepwise = detector1(ds, sim.refs_dir, steps=steps, stats_scope=stats_scope, fused=False)
-    ri, r = _compute(fused)
-    ri0, r0 = _compute(stepwise)
-    _assert_same(ri, ri0)
-    _assert_same(r, r0)
+    ri, checkpointed = _checkpointed_equals_stepwise(ds, sim.refs_dir, steps, stats_scope, tmp_path)
+    assert checkpointed == {"before": "clean_flicker_noise", "frame_pass": "jump"}
     # the snowballs changed the flags, and the next-integration masking is part of them
     for other in ({}, {"jump": {"expand_large_events": True, "mask_snowball_core_next_int": False}}):
         res = detector1(ds, sim.refs_dir, steps=other, stats_scope=stats_scope, tile_columns=TILE,

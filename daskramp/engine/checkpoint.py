@@ -41,11 +41,7 @@ from ..taskgraph import Tasks
 from .chain import Plan, Reader, checkpoint_window
 from .graph import staged
 from .plan import frame_block_integrations
-
-
-def frame_steps(params) -> list[str]:
-    """The steps that run a ``frame_pass`` with these parameters, in order."""
-    return [s.name for s in registry.active() if s.frame_pass is not None and s.frame_pass.runs(params[s.name])]
+from .policy import frame_steps
 
 
 def frame_step(params) -> str | None:
@@ -94,10 +90,6 @@ def frame_context(results, y_bounds, x_bounds, skeleton: xr.Dataset, refs, param
     images = _assemble(results, y_bounds, x_bounds)
     pixeldq = images.pop(PIXELDQ)
     return registry.spec(step).frame_pass.combine(images, pixeldq, skeleton, refs, params[step])
-
-
-#: the checkpoint variable holding a rewriting frame pass's output ramp (``frame_pass.rewrites``)
-REWRITTEN = "rewritten_data"
 
 
 def rewritten_name(variable: str) -> str:

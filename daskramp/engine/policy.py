@@ -42,6 +42,12 @@ def halo_width(params) -> int:
     return sum(k for _, k in shrinks(params))
 
 
+def frame_steps(params) -> list[str]:
+    """The steps that run a ``frame_pass`` (a pass over whole frames) with these
+    parameters, in order."""
+    return [s.name for s in registry.active() if s.frame_pass is not None and s.frame_pass.runs(params[s.name])]
+
+
 def unsupported(ds: xr.Dataset, params) -> str | None:
     """Why the fused layout cannot run this configuration (None: it can): a step's reason
     (its spec's ``not_fusable``: clean_flicker_noise fits whole frames, ramp_fit skipped
@@ -51,7 +57,7 @@ def unsupported(ds: xr.Dataset, params) -> str | None:
         why = None if s.not_fusable is None else s.not_fusable(params[s.name])
         if why is not None:
             return why
-    passes = [s.name for s in registry.active() if s.frame_pass is not None and s.frame_pass.runs(params[s.name])]
+    passes = frame_steps(params)
     if len(passes) > 1:
         # one checkpoint per integration block
         return f"{' and '.join(passes)} both need whole frames (one pass over them fused at a time)"
