@@ -216,3 +216,53 @@ def test_parity_with_official_jumpstep_on_a_simulated_exposure(tmp_path):
     assert np.count_nonzero(o_gdq & JUMP) > 1.5 * np.count_nonzero(plain & JUMP)
     assert np.count_nonzero(o_gdq & SAT) > np.count_nonzero(plain & SAT)
     assert np.count_nonzero(o_gdq[1:, 1] & JUMP) > np.count_nonzero(plain[1:, 1] & JUMP)
+
+
+@pytest.mark.parity
+def test_parity_with_official_jumpstep_on_two_segments(tmp_path):
+    """Two uncal segments with snowballs, each reduced by the official pipeline on its own (as
+    it reduces segment files), against daskramp's default fused layout on the stitched
+    exposure: the snowballs are flagged after the checkpoint a single integration per task,
+    the next-integration masking crossing those tasks but not the segment boundary.  Rateints
+    DQ identical, SCI all close."""
+    pytest.importorskip("jwst")
+    from daskramp.engine import checkpoint
+    from daskramp.io import open_exposure
+    from daskramp.pipeline import detector1
+    from daskramp.simulate import simulate
+    from daskramp.testing.parity import compare_arrays
+
+    sim = simulate(tmp_path / "sim", preset="niriss-soss", nints=3, segments=2, ngroups=7, nx=96, ny=256,
+                   seed=2, snowball_rate=4)
+    o_dq, o_sci = [], []
+    for k, seg in enumerate(sim.uncal_files):
+        out = tmp_path / f"official-{k}"
+        argv = [str(seg), "--refs", str(sim.refs_dir), "--out", str(out), "--steps-json",
+                json.dumps({"jump": {"expand_large_events": True}})]
+        proc = subprocess.run([sys.executable, "-m", "daskramp.testing.official", *argv], capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parents[2])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with fits.open(next(out.glob("*_rateints.fits"))) as h:
+            o_dq.append(np.asarray(h["DQ"].data))
+            o_sci.append(np.asarray(h["SCI"].data))
+    o_dq, o_sci = np.concatenate(o_dq), np.concatenate(o_sci)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(checkpoint, "frame_block_integrations", lambda *a: 1)
+    try:
+        res = detector1(open_exposure(sim.uncal_files), sim.refs_dir, tile_columns=16, tile_rows=64,
+                        steps={"jump": {"expand_large_events": True}}, scratch=tmp_path / "scratch")
+        assert res.provenance["layout"]["checkpoint"]["frame_pass"] == "jump"
+        with dask.config.set(scheduler="synchronous"):
+            fused = res.rateints.compute()
+    finally:
+        mp.undo()
+    np.testing.assert_array_equal(fused["dq"].values, o_dq)
+    r = compare_arrays(fused["data"].values, o_sci)
+    assert r["nan_pattern_identical"] and r["fraction_close"] == 1.0, r
+    # the masking of the cores in the next integration is part of what is compared
+    plain = detector1(open_exposure(sim.uncal_files), sim.refs_dir, tile_columns=16,
+                      steps={"jump": {"expand_large_events": True, "mask_snowball_core_next_int": False}},
+                      scratch=tmp_path / "scratch2")
+    with dask.config.set(scheduler="synchronous"):
+        unmasked = plain.rateints["dq"].values
+    assert not np.array_equal(unmasked, o_dq)
