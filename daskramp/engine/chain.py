@@ -329,8 +329,9 @@ def _chain(plan: Plan, reader: Reader, refs, given: dict, i0: int, i1: int, wy: 
 
     The steps before jump (the first that pools integrations) work on each integration alone
     (the whole-frame statistics they need are given): they run ``block`` integrations at a
-    time (default: blocks of about :data:`BLOCK_BYTES`) and the blocks are assembled for jump
-    and ramp_fit.
+    time (default: blocks of about :data:`BLOCK_BYTES`), each read into its integrations of the
+    window's one float32 cube and written over there, which jump and ramp_fit then take whole
+    (the blocks' other variables are joined).
 
     With ``start`` (a step after jump) the window is read from a checkpoint (``reader`` of
     kind ``"checkpoint"``: the ramp as that step receives it) and the steps from ``start`` on

@@ -468,14 +468,9 @@ def _snowball_given(terms, skeleton, params) -> dict:
     return {"snowballs_written": xr.DataArray(terms, dims=("marker", INTEGRATION, "marker_y", "marker_x"))}
 
 
-def _not_fusable(p: Params) -> str | None:
-    return None
-
-
 SPEC = StepSpec(name="jump", status=STATUS, params=Params, run=jump, scratch=0.50,
                 reftypes=("gain", "readnoise"), refs_kwargs=_refs_kwargs, refs_missing="error",
                 stats_kwargs=_stats_kwargs, halo=_halo, pools_integrations=True,
-                not_fusable=_not_fusable,
                 frame_pass=FramePass(variables=lambda p: {}, tile=_no_tile_terms, combine=_no_context,
                                      block=snowball_frames, block_shape=lambda sk, p: (1, 1, 1),
                                      given=_snowball_given, rewrites=lambda p: True, rewritten=GROUPDQ,
