@@ -88,15 +88,18 @@ class Params:
     :mod:`daskramp.params` (:class:`~daskramp.params.NotImplementedParameter`).
     """
 
-    autoparam: bool = boolean(False, implemented=(False,))
+    autoparam: bool = boolean(False, note="no effect outside NIS_IMAGE/NRC_IMAGE, as officially; "
+                                         "refused there")
     fit_method: str = option("median", ("fft", "median"))
     fit_by_channel: bool = boolean(False)
     background_method: str | None = option("median", ("median", "model", "median_image", None),
                                            implemented=("median", "model", None))
     background_box_size: tuple[int, int] | None = int_list(
         None, length=2, min=1, none=True, note="used by background_method='model' only")
-    mask_science_regions: bool = boolean(False, implemented=(False,))
-    apply_flat_field: bool = boolean(False, implemented=(False,))
+    mask_science_regions: bool = boolean(False, note="no effect on NIRCam and NIRISS non-SOSS exposures, "
+                                                    "as officially; refused where it masks regions")
+    apply_flat_field: bool = boolean(False, note="no FLAT for NIRSpec spectroscopy, as officially; "
+                                                "refused where a FLAT applies")
     #: official float without a minimum; a clipping level <= 0 would mask every pixel
     n_sigma: float = floating(2.0, above=0)
     fit_histogram: bool = boolean(False)
@@ -143,20 +146,91 @@ def whole_image(params) -> bool:
     return params.fit_method == "fft" or params.background_method == "model"
 
 
+#: exposure types whose fit parameters ``autoparam`` chooses (from the data and the FLAT)
+AUTOPARAM_EXP_TYPES = ("NIS_IMAGE", "NRC_IMAGE")
+
+
+class OfficialNoEffectWarning(UserWarning):
+    """An option the user turned on has no effect on this exposure, as in the official step
+    (which logs the same)."""
+
+
+def _exp_type(attrs: dict) -> str:
+    return str(attrs.get("EXP_TYPE", "")).strip().upper()
+
+
+def science_regions(attrs: dict) -> str | None:
+    """What ``mask_science_regions`` masks on this exposure in the official step (None:
+    nothing; the official step then only makes the scene mask from the draft rate)."""
+    exp_type = _exp_type(attrs)
+    if exp_type.startswith("NRS"):
+        return "the slits of the NIRSpec WCS and the failed-open MSA shutters"
+    if exp_type == "NIS_SOSS":
+        return "the SOSS traces of the PASTASOSS reference"
+    if exp_type == "MIR_IMAGE":
+        return "the non-science regions flagged by the MIRI FLAT's DQ"
+    return None
+
+
+def flat_applies(attrs: dict) -> bool:
+    """Whether a FLAT reference applies to the exposure (``apply_flat_field``): not to
+    NIRSpec spectroscopy (:data:`FFT_EXP_TYPES`), whose flat fields are FFLAT, SFLAT and
+    DFLAT (CRDS answers N/A for FLAT)."""
+    return _exp_type(attrs) not in FFT_EXP_TYPES
+
+
 def check_exposure(params, attrs: dict, frame_shape) -> None:
-    """Refuse ``fit_method='fft'`` where it does not apply: EXP_TYPE outside
-    :data:`FFT_EXP_TYPES` (the official step logs a warning and skips itself there) and full
-    frames (their NSClean model is not implemented)."""
-    if params.skip or params.fit_method != "fft":
+    """Refuse the options that do not apply to the exposure, before the run.
+
+    * ``fit_method='fft'`` where it does not apply: EXP_TYPE outside :data:`FFT_EXP_TYPES`
+      (the official step logs a warning and skips itself there) and full frames (their
+      NSClean model is not implemented);
+    * ``autoparam`` on :data:`AUTOPARAM_EXP_TYPES` (not implemented); elsewhere the official
+      step warns that no parameters are set for the exposure type and uses the ones given:
+      so does daskramp (:class:`OfficialNoEffectWarning`);
+    * ``mask_science_regions`` where it masks something (:func:`science_regions`: not
+      implemented); on the other exposures the official step masks nothing more (a warning
+      says so);
+    * ``apply_flat_field`` where a FLAT applies (not implemented); on NIRSpec spectroscopy
+      the official step warns that no flat is available and fits without (so does daskramp).
+    """
+    import warnings
+
+    if params.skip:
         return
-    exp_type = str(attrs.get("EXP_TYPE", "")).strip().upper()
-    if exp_type not in FFT_EXP_TYPES:
-        raise ConfigError(f"clean_flicker_noise: fit_method='fft' applies to EXP_TYPE "
-                          f"{', '.join(FFT_EXP_TYPES)}; this exposure is {exp_type or 'without EXP_TYPE'} "
-                          f"(the official step would skip itself): use fit_method='median'")
-    if tuple(frame_shape) == (2048, 2048):
-        raise ConfigError("clean_flicker_noise: fit_method='fft' on full-frame (2048 x 2048) data is not "
-                          "implemented; it is implemented for subarrays")
+    exp_type = _exp_type(attrs)
+    shown = exp_type or "without EXP_TYPE"
+    if params.fit_method == "fft":
+        if exp_type not in FFT_EXP_TYPES:
+            raise ConfigError(f"clean_flicker_noise: fit_method='fft' applies to EXP_TYPE "
+                              f"{', '.join(FFT_EXP_TYPES)}; this exposure is {shown} "
+                              f"(the official step would skip itself): use fit_method='median'")
+        if tuple(frame_shape) == (2048, 2048):
+            raise ConfigError("clean_flicker_noise: fit_method='fft' on full-frame (2048 x 2048) data is not "
+                              "implemented; it is implemented for subarrays")
+    if params.autoparam:
+        if exp_type in AUTOPARAM_EXP_TYPES:
+            raise ConfigError(f"clean_flicker_noise: autoparam=True on {exp_type} (where the official step "
+                              f"chooses the fit parameters from the data and the FLAT reference) is not "
+                              f"implemented: set autoparam=False and the parameters yourself")
+        warnings.warn(f"clean_flicker_noise: autoparam has no parameters for EXP_TYPE {shown} (as in the "
+                      f"official step): the parameters given are used", OfficialNoEffectWarning, stacklevel=2)
+    if params.mask_science_regions:
+        regions = science_regions(attrs)
+        if regions is not None:
+            raise ConfigError(f"clean_flicker_noise: mask_science_regions=True on {exp_type} masks {regions} "
+                              f"in the official step; not implemented: set mask_science_regions=False "
+                              f"(or give the regions as user_mask)")
+        warnings.warn(f"clean_flicker_noise: mask_science_regions masks nothing more on EXP_TYPE {shown} "
+                      f"(as in the official step)", OfficialNoEffectWarning, stacklevel=2)
+    if params.apply_flat_field:
+        if flat_applies(attrs):
+            raise ConfigError(f"clean_flicker_noise: apply_flat_field=True on {shown} divides the differences "
+                              f"by the FLAT reference in the official step; daskramp does not read FLAT "
+                              f"references: set apply_flat_field=False")
+        warnings.warn(f"clean_flicker_noise: apply_flat_field: no FLAT applies to EXP_TYPE {shown} (NIRSpec "
+                      f"spectroscopy; as in the official step, the fit runs without a flat)",
+                      OfficialNoEffectWarning, stacklevel=2)
 
 
 def by_amplifier(params, attrs: dict) -> bool:
@@ -400,6 +474,7 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         return with_status(ds, STATUS, SKIPPED)
     background_method = p.background_method
     a = ds.attrs
+    check_exposure(p, a, (ds.sizes[Y], ds.sizes[X]))
     axis = axis_to_correct(a)
     if ds.sizes[GROUP] < 2:
         return with_status(ds, STATUS, COMPLETE)
@@ -469,7 +544,6 @@ def _whole_image_kwargs(p, attrs, axis: int, by_channel: bool) -> dict:
 def _whole_image_updates(ds, frames, mask, p, axis: int, by_channel: bool) -> dict:
     # whole-image corrections: each block of whole frames cleaned in one task
     a = ds.attrs
-    check_exposure(p, a, (ds.sizes[Y], ds.sizes[X]))
     data = frames[DATA] if frames[DATA].dtype == FLOAT_DTYPE else frames[DATA].astype(FLOAT_DTYPE)
     kw = dict(_whole_image_kwargs(p, a, axis, by_channel), name="clean_flicker_noise")
     if p.save_background:

@@ -28,6 +28,9 @@ OPTIONS = {
         {"fit_method": "fft", "background_method": "model", "n_sigma": 1.5},
         {"fit_method": "fft", "single_mask": False},
         {"fit_method": "fft", "fit_histogram": True},
+        # no FLAT for NIRSpec spectroscopy, no automatic parameters for NRS_BRIGHTOBJ: both
+        # steps warn and fit as without them
+        {"fit_method": "fft", "apply_flat_field": True, "autoparam": True},
     ],
     "niriss-soss": [
         {"background_method": "model", "save_background": True},
@@ -35,11 +38,19 @@ OPTIONS = {
         {"background_method": "model", "single_mask": False, "fit_by_channel": True},
         {"fit_histogram": True, "save_background": True},
         {"fit_histogram": True, "single_mask": False, "n_sigma": 1.0},
+        {"autoparam": True},
+    ],
+    "nircam-grism-tso": [
+        {},
+        # nothing more to mask on NRC_TSGRISM; no automatic parameters; channels are for
+        # full frames only, even with four outputs
+        {"mask_science_regions": True, "autoparam": True, "fit_by_channel": True, "save_background": True},
     ],
 }
 SIM = {
     "nirspec-bots": dict(nints=2, ngroups=5, nx=256, seed=5, one_over_f_amplitude=4.0),
     "niriss-soss": dict(nints=3, ngroups=6, nx=64, seed=5, one_over_f_amplitude=4.0),
+    "nircam-grism-tso": dict(nints=2, ngroups=4, nx=512, seed=5, one_over_f_amplitude=4.0),
 }
 
 _OFFICIAL = r"""
@@ -173,6 +184,53 @@ def test_fft_is_refused_where_the_official_step_skips_itself():
                      FASTAXIS=2)
     with pytest.raises(ConfigError, match="full-frame"):
         clean_flicker_noise(full, fit_method="fft")
+
+
+def _exposure(instrument, exp_type, **attrs):
+    slow = 2 if instrument == "NIRCAM" else 1
+    return make_ramp(2, 4, 16, 64, rate=1.0, read_noise=2.0, seed=3, INSTRUME=instrument, EXP_TYPE=exp_type,
+                     SLOWAXIS=slow, FASTAXIS=3 - slow, **attrs)
+
+
+@pytest.mark.parametrize("instrument, exp_type, opts", [
+    ("NIRCAM", "NRC_TSGRISM", {"autoparam": True}),
+    ("NIRCAM", "NRC_TSIMAGE", {"mask_science_regions": True}),
+    ("NIRISS", "NIS_SOSS", {"autoparam": True}),
+    ("NIRSPEC", "NRS_BRIGHTOBJ", {"apply_flat_field": True}),
+    ("NIRSPEC", "NRS_BRIGHTOBJ", {"apply_flat_field": True, "autoparam": True}),
+])
+def test_options_without_effect_on_the_exposure_warn_and_change_nothing(instrument, exp_type, opts):
+    from daskramp.steps.clean_flicker_noise import OfficialNoEffectWarning
+
+    ds = _exposure(instrument, exp_type)
+    plain = clean_flicker_noise(ds)
+    with pytest.warns(OfficialNoEffectWarning, match=f"EXP_TYPE {exp_type}") as got:
+        out = clean_flicker_noise(ds, **opts)
+    assert len(got) == len(opts)
+    np.testing.assert_array_equal(out["data"].values, plain["data"].values)
+    # not vacuous: the step changed the ramp
+    assert not np.array_equal(plain["data"].values, ds["data"].values)
+
+
+@pytest.mark.parametrize("instrument, exp_type, opts, message", [
+    ("NIRISS", "NIS_IMAGE", {"autoparam": True}, "autoparam=True on NIS_IMAGE .* not implemented"),
+    ("NIRCAM", "NRC_IMAGE", {"autoparam": True}, "autoparam=True on NRC_IMAGE"),
+    ("NIRISS", "NIS_SOSS", {"mask_science_regions": True}, "masks the SOSS traces of the PASTASOSS"),
+    ("NIRSPEC", "NRS_BRIGHTOBJ", {"mask_science_regions": True}, "masks the slits of the NIRSpec WCS"),
+    ("MIRI", "MIR_IMAGE", {"mask_science_regions": True}, "MIRI FLAT's DQ"),
+    ("NIRISS", "NIS_SOSS", {"apply_flat_field": True}, "daskramp does not read FLAT references"),
+    ("NIRCAM", "NRC_TSGRISM", {"apply_flat_field": True}, "apply_flat_field=True on NRC_TSGRISM"),
+])
+def test_options_that_would_act_on_the_exposure_are_refused(instrument, exp_type, opts, message):
+    from daskramp.engine.stages import check_exposures, validate_steps
+
+    ds = _exposure(instrument, exp_type)
+    with pytest.raises(ConfigError, match=message):
+        clean_flicker_noise(ds, **opts)
+    # the pipeline's check, before any graph is built
+    params = validate_steps({"clean_flicker_noise": {"skip": False, **opts}})
+    with pytest.raises(ConfigError, match=message):
+        check_exposures(params, ds)
 
 
 def test_whole_image_options_run_fused_unless_they_save_cubes():
