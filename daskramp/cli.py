@@ -15,7 +15,7 @@ from pathlib import Path
 
 #: daskramp.io.refs.REFTYPES, spelled out so that ``--help`` imports neither numpy nor astropy
 #: (tests/test_cli.py holds the two equal)
-REFTYPES = ("mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise")
+REFTYPES = ("mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise", "flat")
 
 DESCRIPTION = """\
 JWST calwebb_detector1 (uncal ramps -> rate/rateints slopes) as a lazy dask/xarray/Zarr

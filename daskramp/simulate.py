@@ -1346,7 +1346,7 @@ def _primary_keywords(p: Preset, times, mjd0, nints_total, segments) -> dict:
 #: stdatamodels class of each reference type (DATAMODL), so that ``datamodels.open`` knows it
 _REF_MODELS = {"MASK": "MaskModel", "SATURATION": "SaturationModel", "SUPERBIAS": "SuperBiasModel",
                "LINEARITY": "LinearityModel", "DARK": "DarkModel", "GAIN": "GainModel",
-               "READNOISE": "ReadnoiseModel"}
+               "READNOISE": "ReadnoiseModel", "FLAT": "FlatModel"}
 
 
 def _ref_common(p: Preset, reftype: str, descrip: str, *, full: bool) -> dict:
@@ -1414,6 +1414,9 @@ def _write_refs(p: Preset, maps, sub, state, refs_dir: Path) -> dict[str, Path]:
     kw = _ref_common(p, "READNOISE", "simulated CDS read noise (DN)", full=True) | {"READPATT": "ANY", "BUNIT": "DN"}
     out["readnoise"] = fitswrite.write_reference(name["readnoise"], meta=kw, arrays={"SCI": maps["readnoise"]})
 
+    if p.instrument != "NIRSPEC":  # NIRSpec spectroscopy has no FLAT (FFLAT/SFLAT/DFLAT instead)
+        out["flat"] = _write_flat(p, maps, refs_dir / f"jwst_{inst}_{det}_flat_sim.fits")
+
     nplanes = state["nframes_int"]
     planes = (np.arange(nplanes, dtype=np.float32)[:, None, None] * np.float32(p.tframe)
               * sub["dark"][None]).astype(np.float32)
@@ -1427,6 +1430,24 @@ def _write_refs(p: Preset, maps, sub, state, refs_dir: Path) -> dict[str, Path]:
         name["dark"], meta=kw,
         arrays={"SCI": planes, "ERR": np.full_like(planes, 0.01), "DQ": np.zeros((p.ny, p.nx), np.uint32)})
     return out
+
+
+def _write_flat(p: Preset, maps, path: Path) -> Path:
+    """A FLAT reference (used only by clean_flicker_noise's ``apply_flat_field``): a smooth
+    pattern and 1 % pixel-to-pixel response (a fixed random stream, so that the other maps
+    of a seed do not change), 0 at dead pixels and NaN at a few others, as real flats hold
+    them.  The simulated scene is not multiplied by it."""
+    rng = np.random.default_rng(np.random.SeedSequence([20221, FULL]))
+    yy, xx = np.mgrid[0:FULL, 0:FULL].astype(np.float32) / FULL
+    flat = (1.0 + 0.03 * np.sin(2.5 * xx + 1.0) * np.cos(1.7 * yy)
+            + 0.01 * rng.standard_normal((FULL, FULL), dtype=np.float32)).astype(np.float32)
+    flat[maps["dead"]] = 0.0
+    flat[rng.random((FULL, FULL)) < 2e-4] = np.nan
+    kw = _ref_common(p, "FLAT", "simulated flat field (relative response)", full=True)
+    kw |= {"FILTER": p.filter or "N/A", "PUPIL": p.pupil or "N/A", "READPATT": "ANY"}
+    if p.instrument == "MIRI":
+        kw |= {"BAND": "N/A"}
+    return fitswrite.write_reference(path, meta=kw, arrays={"SCI": flat, "DQ": np.zeros((FULL, FULL), np.uint32)})
 
 
 def _write_truth(path: Path, p: Preset, state, sub, times, mjd0, jumps, jamps, sats, offsets, seed, segments,

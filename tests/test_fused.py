@@ -185,6 +185,9 @@ def _checkpointed_equals_stepwise(ds, refs_dir, steps, stats_scope, tmp_path):
     # whole-image corrections: the frame pass writes the cleaned ramp into the checkpoint
     ("segment", {"background_method": "model", "single_mask": False}),
     ("segment", {"fit_method": "fft"}),
+    # the FLAT: the whole frame's in the frame pass, each tile's window of it when resumed
+    ("segment", {"apply_flat_field": True, "single_mask": False}),
+    pytest.param("segment", {"apply_flat_field": True, "background_method": "model"}, marks=pytest.mark.slow),
 ])
 def test_checkpointed_step_equals_step_by_step(tmp_path, stats_scope, cfn):
     """clean_flicker_noise in the fused layout (tiles up to it written to a checkpoint, its
@@ -206,6 +209,11 @@ def test_checkpointed_step_equals_step_by_step(tmp_path, stats_scope, cfn):
     # the step did change the data (strong 1/f): the same chain without it differs
     plain = detector1(ds, sim.refs_dir, stats_scope=stats_scope, tile_columns=16)
     assert not np.array_equal(_compute(plain)[0]["data"].values, ri["data"].values, equal_nan=True)
+    if cfn.get("apply_flat_field"):
+        # and the flat did: the same options without it differ
+        without = {"clean_flicker_noise": {**steps["clean_flicker_noise"], "apply_flat_field": False}}
+        other = detector1(ds, sim.refs_dir, steps=without, stats_scope=stats_scope, tile_columns=16)
+        assert not np.array_equal(_compute(other)[0]["data"].values, ri["data"].values, equal_nan=True)
 
 
 def test_submitted_statistics_feed_the_same_products(soss):

@@ -98,7 +98,7 @@ def test_file_names_and_segments(soss):
                                        2400000.5 + 69.184 / 86400, rtol=0, atol=1e-9)
     assert sorted(p.name for p in soss.refs_dir.iterdir()) == sorted(
         f"jwst_niriss_nis_{t}_sim.fits"
-        for t in ("mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise"))
+        for t in ("mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise", "flat"))
 
 
 def test_primary_and_sci_headers(soss):

@@ -124,7 +124,7 @@ def call_step(name: str, ds: xr.Dataset, refs, params, *, stats_scope: str, **ex
 def needed_reftypes(params: Mapping) -> set[str]:
     """Reference types the steps that run (not ``skip``) cannot do without (their optional
     ones left out: saturation runs without SUPERBIAS, gain_scale without GAIN)."""
-    return {rt for s in registry.active() if not params[s.name].skip for rt in s.required_reftypes}
+    return {rt for s in registry.active() if not params[s.name].skip for rt in s.required_for(params[s.name])}
 
 
 def reference_set(ds: xr.Dataset, refs, params: Mapping, overrides: Mapping | None = None, *,

@@ -521,7 +521,8 @@ def reference_set(exposure_attrs: Mapping, steps=None, *, overrides: Mapping | N
         if rt not in REFTYPES:
             raise CrdsError(f"override {k!r}: unknown reftype; known: {REFTYPES}")
         ov[rt] = v
-    wanted = {rt for s in registry.active() if not params[s.name].skip for rt in s.reftypes}
+    wanted = {rt for s in registry.active() if not params[s.name].skip
+              for rt in (*s.reftypes, *s.required_for(params[s.name]))}
     reasons: dict[str, str] = {}
     ask = []
     for rt in REFTYPES:
@@ -553,7 +554,7 @@ def reference_set(exposure_attrs: Mapping, steps=None, *, overrides: Mapping | N
     for s in registry.active():
         if params[s.name].skip or s.refs_missing != "error":
             continue
-        lacking = [rt for rt in s.required_reftypes if files.get(rt) is None]
+        lacking = [rt for rt in s.required_for(params[s.name]) if files.get(rt) is None]
         if lacking:
             raise CrdsError(f"{s.name} cannot run without {lacking[0].upper()} ("
                             f"{reasons.get(lacking[0], 'no file')}); give one with "

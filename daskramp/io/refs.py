@@ -70,10 +70,14 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-REFTYPES = ("mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise")
+REFTYPES = ("mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise", "flat")
+
+#: the reftypes the default Detector1 steps read (FLAT only with clean_flicker_noise's
+#: ``apply_flat_field``)
+BASE_REFTYPES = REFTYPES[:-1]
 
 #: reftypes whose arrays are cut to the science subarray (dark_current does not cut)
-CUT_REFTYPES = frozenset({"mask", "saturation", "superbias", "linearity", "gain", "readnoise"})
+CUT_REFTYPES = frozenset({"mask", "saturation", "superbias", "linearity", "gain", "readnoise", "flat"})
 
 FULL_FRAME = 2048
 NA = "N/A"
@@ -103,6 +107,8 @@ LAYOUT: dict[str, dict[str, _Ext]] = {
     },
     "gain": {"SCI": _Ext(2, "float")},
     "readnoise": {"SCI": _Ext(2, "float")},
+    # read by clean_flicker_noise with apply_flat_field (its SCI only, as the official step)
+    "flat": {"SCI": _Ext(2, "float")},
 }
 
 _D, _S, _R, _E = "DETECTOR", "SUBARRAY", "READPATT", "EXP_TYPE"
@@ -119,6 +125,7 @@ SELECTION_KEYWORDS: dict[str, dict[str, tuple[str, ...]]] = {
         "dark": (_D, _R, _S),
         "gain": (_D, _S),
         "readnoise": (_D, _R, _S),
+        "flat": (_D,),
     },
     "MIRI": {
         "mask": (_D, _S),
@@ -127,6 +134,7 @@ SELECTION_KEYWORDS: dict[str, dict[str, tuple[str, ...]]] = {
         "dark": (_D, _R, _S),
         "gain": (_D, _S),
         "readnoise": (_D, _R, _S),
+        "flat": (_D, "FILTER", "BAND", _R, _S),
     },
     "NIRCAM": {
         "mask": (_D, _S),
@@ -137,6 +145,7 @@ SELECTION_KEYWORDS: dict[str, dict[str, tuple[str, ...]]] = {
         "dark": (_D, _E, "NOUTPUTS", _S),
         "gain": (_D, _S),
         "readnoise": (_D, _R, _S),
+        "flat": (_D, "FILTER", "PUPIL"),
     },
     "NIRISS": {
         "mask": (_D, _S),
@@ -146,6 +155,7 @@ SELECTION_KEYWORDS: dict[str, dict[str, tuple[str, ...]]] = {
         "dark": (_D, _R, _S),
         "gain": (_D, _S),
         "readnoise": (_D, _R, _S),
+        "flat": (_D, "FILTER"),
     },
     "NIRSPEC": {
         "mask": (_D, _S, _R),
@@ -190,6 +200,8 @@ _SKIPPABLE_STEP = {
     "linearity": "linearity",
     "dark": "dark_current",
 }
+#: the option that makes a reftype needed, for the missing-reference hint
+_OPTION = {"flat": "clean_flicker_noise.apply_flat_field=false"}
 
 
 class ReferenceFileError(ValueError):
@@ -580,6 +592,13 @@ def load_reffile(reftype: str, path, sci: Mapping) -> RefFile:
                 lead = (slice(0, n),)
             key = lead + (window if window is not None else (slice(None), slice(None)))
             arrays[ext] = _convert(reftype, path, ext, spec, hdu.section[key])
+    if reftype == "flat":
+        # Detector1 reads a FLAT only for clean_flicker_noise's apply_flat_field, which first
+        # replaces its zeros and non-finite values by a smoothed local level (on the cut
+        # image, as the official step); the provenance keeps the file's checksum
+        from ..kernels.clean_flicker_noise import prepared_flat
+
+        arrays["SCI"] = prepared_flat(arrays["SCI"])
     return RefFile(
         reftype=reftype, path=path.resolve(), header=header, arrays=arrays, sha256=file_sha256(path)
     )
@@ -742,6 +761,9 @@ def _no_file(reftype: str, refs_dir: Path, sci: Mapping, rejected: list[str]) ->
 
 def _hint(reftype: str) -> str:
     step = _SKIPPABLE_STEP.get(reftype)
+    if reftype in _OPTION:
+        return (f"add one, give one with --override-{reftype} FILE, or set "
+                f"--steps.{_OPTION[reftype]}")
     if step is None:
         return f"add one, or give one with --override-{reftype} FILE"
     return (f"add one, or skip the step with --steps.{step}.skip=true "
@@ -902,7 +924,7 @@ class RefSet:
         exposure_attrs: Mapping,
         *,
         overrides: Mapping[str, str | Path] | None = None,
-        required=REFTYPES,
+        required=BASE_REFTYPES,
     ) -> RefSet:
         """Select, read and cut the reference files for an exposure.
 
@@ -921,7 +943,8 @@ class RefSet:
             REFTYPE, INSTRUME, DETECTOR, layout and subarray are checked); "N/A" → None
             (reason "<REFTYPE>: override N/A").  Keys may also be spelled ``override_<reftype>``.
         required : iterable of str
-            Reftypes that must be found in ``refs_dir`` (default: all).  Those given in
+            Reftypes that must be found in ``refs_dir`` (default: :data:`BASE_REFTYPES`,
+            every one but FLAT).  Those given in
             ``overrides`` or not applicable to the instrument (:func:`not_applicable`) are
             never searched; a reftype not required and not found is None, with the
             reason kept (:meth:`reason`).
@@ -1039,6 +1062,7 @@ class RefSet:
 
 __all__ = [
     "PATTERN_KEYWORDS",
+    "BASE_REFTYPES",
     "REFTYPES",
     "SELECTION_KEYWORDS",
     "RefFile",

@@ -548,10 +548,13 @@ def flicker_terms(
     n_sigma: float = 2.0,
     background_method: str | None = "median",
     fit_by_channel: bool = False,
+    flat=None,
 ) -> np.ndarray:
     """Per-difference line values and background levels of the default algorithm.
 
-    Same inputs as :func:`flicker_stripes`.
+    Same inputs as :func:`flicker_stripes`, and ``flat``: ``(y, x)`` float32 (a
+    :func:`prepared_flat`), which divides every difference before its values are found
+    (``apply_flat_field``; the values are then those of the flat-fielded difference).
 
     Returns
     -------
@@ -575,6 +578,8 @@ def flicker_terms(
         for g in range(1, ngroup):
             # float32 difference, as the official step takes it from the float32 ramp
             diff = data[i, g].astype(np.float32) - data[i, g - 1].astype(np.float32)
+            if flat is not None:
+                diff /= flat
             m = _frame_mask(mask, i) & ((groupdq[i, g] & UNUSABLE) == 0)
             res = clean_difference(diff, m, axis_to_correct=axis_to_correct, n_sigma=n_sigma,
                                    background_method=background_method, chan=chan, nchan=nchan)
@@ -740,12 +745,13 @@ def apply_stripes(data, channel, *stripes, axis_to_correct: int) -> np.ndarray:
     return out
 
 
-def apply_clean(data, channel, background, *stripes, axis_to_correct: int) -> np.ndarray:
+def apply_clean(data, channel, background, *stripes, axis_to_correct: int, flat=None) -> np.ndarray:
     """Rebuild a ramp block from its cleaned group differences, as the official step does.
 
     In float32, group by group: ``clean = ((D − b) − s) + b`` with ``D = data[g] − data[g−1]``,
     ``b`` the difference's background level and ``s`` the line value of the pixel's line, and
-    ``out[g] = out[g−1] + clean``, ``out[0] = data[0]``.  A skipped difference (line values
+    ``out[g] = out[g−1] + clean``, ``out[0] = data[0]``.  With ``flat`` (the block's pixels of
+    a :func:`prepared_flat`, ``(y, x)``): ``clean = (((D / f − b) − s) + b) · f``.  A skipped difference (line values
     all NaN) leaves ``out[g] = data[g]`` and the rebuild resumes from it.  A NaN sample makes
     the differences it enters NaN, so the pixel stays NaN until a skipped difference.
 
@@ -770,11 +776,17 @@ def apply_clean(data, channel, background, *stripes, axis_to_correct: int) -> np
     if axis_to_correct not in (1, 2):
         raise ValueError(f"axis_to_correct must be 1 or 2, got {axis_to_correct}")
     skipped = np.isnan(st).all(axis=(0, 3))  # (i, g)
-    return _rebuild(data, np.asarray(channel, np.int64), bkg, st, skipped, axis_to_correct == 1)
+    if flat is None:
+        f, use_flat = np.ones((1, 1), np.float32), False
+    else:
+        f, use_flat = np.ascontiguousarray(flat, dtype=np.float32), True
+        if f.shape != data.shape[2:]:
+            raise ValueError(f"flat of shape {f.shape} for a block of frames {data.shape[2:]}")
+    return _rebuild(data, np.asarray(channel, np.int64), bkg, st, skipped, axis_to_correct == 1, f, use_flat)
 
 
 @numba.njit(cache=True, nogil=True)
-def _rebuild(data, channel, bkg, st, skipped, lines_are_columns):
+def _rebuild(data, channel, bkg, st, skipped, lines_are_columns, flat, use_flat):
     # the float32 recurrence of apply_clean, one pixel at a time: the same operations, in
     # the same order, as the whole-array form (each result rounded to float32)
     nint, ngroup, ny, nx = data.shape
@@ -796,7 +808,11 @@ def _rebuild(data, channel, bkg, st, skipped, lines_are_columns):
                         s = st[channel[y], i, g, x]
                     else:
                         s = st[channel[x], i, g, y]
-                    clean = (((data[i, g, y, x] - data[i, g - 1, y, x]) - b) - s) + b
+                    d = data[i, g, y, x] - data[i, g - 1, y, x]
+                    if use_flat:
+                        clean = ((((d / flat[y, x]) - b) - s) + b) * flat[y, x]
+                    else:
+                        clean = ((d - b) - s) + b
                     out[i, g, y, x] = out[i, g - 1, y, x] + clean
     return out
 
@@ -845,10 +861,30 @@ def model_background(image, mask, *, background_box_size=None):
         return np.float32(np.nanmedian(kept)) if kept.size else np.float32(np.nan)
 
 
+def prepared_flat(flat) -> np.ndarray:
+    """A FLAT's image as the step divides by it (``apply_flat_field``), float32 ``(y, x)``.
+
+    A copy of ``flat`` (already cut to the science subarray) whose zeros and non-finite
+    values are replaced by a smoothed local level, so that the fits near them are not
+    affected: the official ``background_level(flat, good, 'model')`` — the good pixels
+    clipped (:func:`clip_to_background`, 3σ on both sides, lower-half statistics), then
+    :func:`model_background` of the default box — at those pixels, or its scalar fallback
+    everywhere.
+    """
+    flat = np.array(flat, dtype=np.float32)
+    bad = (flat == 0) | ~np.isfinite(flat)
+    if not bad.any():
+        return flat
+    good = clip_to_background(flat, ~bad, sigma_lower=SIGMA_LIMIT, sigma_upper=SIGMA_LIMIT, lower_half_only=True)
+    smoothed = model_background(flat, good)
+    flat[bad] = smoothed if np.ndim(smoothed) == 0 else smoothed[bad]
+    return flat
+
+
 def clean_image(diff, mask, *, fit_method: str = "median", background_method="median",
                 background_box_size=None, n_sigma: float = 2.0, axis_to_correct: int = 1,
                 chan: np.ndarray | None = None, nchan: int = 1, detector: str = "NRS1", fc=None,
-                return_background: bool = False):
+                return_background: bool = False, flat=None):
     """One group difference with its 1/f noise removed and its background kept (official order).
 
     NaN → 0 and out of the mask; background level (``median``: clipped median; ``model``:
@@ -864,6 +900,9 @@ def clean_image(diff, mask, *, fit_method: str = "median", background_method="me
         Scene mask minus the DO_NOT_USE/JUMP_DET pixels of the later group.
     chan, nchan : channel of each fast-axis position and their number (``median`` only).
     detector, fc : NIRSpec detector and apodizer corners (``fft`` only).
+    flat : array (y, x), float32, optional
+        A :func:`prepared_flat`: the difference is divided by it first and the cleaned
+        image multiplied by it last (``apply_flat_field``).
 
     Returns
     -------
@@ -878,6 +917,8 @@ def clean_image(diff, mask, *, fit_method: str = "median", background_method="me
         ``fft`` found no pixel to fit after its outlier search, or a section's fit was
         singular: the official step would then return its input uncorrected.
     """
+    if flat is not None:
+        diff = np.asarray(diff, dtype=np.float32) / flat
     prepared = _background_subtracted(diff, mask, background_method=background_method, n_sigma=n_sigma,
                                       background_box_size=background_box_size)
     if prepared is None:
@@ -898,6 +939,8 @@ def clean_image(diff, mask, *, fit_method: str = "median", background_method="me
         stripes = _masked_line_median(bkg_sub, mask, axis_to_correct - 1, chan, nchan).astype(np.float32)
         cleaned = bkg_sub - expand_stripes(stripes, chan, axis_to_correct=axis_to_correct)
     cleaned += background
+    if flat is not None:
+        cleaned *= flat
     cleaned[nan_pix] = np.nan
     return (cleaned, background) if return_background else cleaned
 
@@ -905,7 +948,7 @@ def clean_image(diff, mask, *, fit_method: str = "median", background_method="me
 def clean_ramp(data, groupdq, mask, *, fit_method: str = "median", background_method="median",
                background_box_size=None, n_sigma: float = 2.0, axis_to_correct: int = 1,
                fit_by_channel: bool = False, detector: str = "NRS1", fc=None,
-               with_background: bool = False) -> np.ndarray:
+               with_background: bool = False, flat=None) -> np.ndarray:
     """A block of whole frames cleaned difference by difference (:func:`clean_image`).
 
     The general form of the step, for the options whose correction is a whole image per
@@ -922,6 +965,8 @@ def clean_ramp(data, groupdq, mask, *, fit_method: str = "median", background_me
         Scene mask (True = background).
     with_background : bool
         Also return the background level of every difference (``save_background``).
+    flat : array (y, x), float32, optional
+        A :func:`prepared_flat` (``apply_flat_field``, :func:`clean_image`).
 
     Returns
     -------
@@ -944,7 +989,7 @@ def clean_ramp(data, groupdq, mask, *, fit_method: str = "median", background_me
                                        background_method=background_method,
                                        background_box_size=background_box_size, n_sigma=n_sigma,
                                        axis_to_correct=axis_to_correct, chan=chan, nchan=nchan,
-                                       detector=detector, fc=fc, return_background=True)
+                                       detector=detector, fc=fc, return_background=True, flat=flat)
             if cleaned is not None:
                 out[i, g] = out[i, g - 1] + cleaned
                 if background is not None:

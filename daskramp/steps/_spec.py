@@ -168,6 +168,10 @@ class StepSpec:
         segment is held in the workers' memory before the steps after it can start (it
         works on blocks of whole frames and a later step pools integrations on pixel tiles);
         :func:`daskramp.engine.plan.check_held` refuses a cluster too small for it.
+    option_reftypes : callable, optional
+        ``option_reftypes(params) -> tuple``: reftypes the step reads, and cannot do
+        without, only with these parameters (clean_flicker_noise's FLAT with
+        ``apply_flat_field``): :meth:`required_for`, not among ``reftypes``.
     check_exposure : callable, optional
         ``check_exposure(params, attrs, frame_shape)``: raises
         :class:`~daskramp.errors.ConfigError` when the step, switched on with ``params``,
@@ -202,6 +206,7 @@ class StepSpec:
     whole_exposure: Callable[[Any, int], bool] | None = None
     holds_segment: Callable[[Any], bool] | None = None
     check_exposure: Callable[[Any, Any, tuple], None] | None = None
+    option_reftypes: Callable[[Any], tuple[str, ...]] | None = None
 
     def __post_init__(self):
         if self.refs_missing not in REFS_MISSING:
@@ -214,8 +219,14 @@ class StepSpec:
 
     @property
     def required_reftypes(self) -> tuple[str, ...]:
-        """The reftypes the step cannot run without."""
+        """The reftypes the step cannot run without, whatever its parameters."""
         return tuple(rt for rt in self.reftypes if rt not in self.optional_reftypes)
+
+    def required_for(self, params) -> tuple[str, ...]:
+        """The reftypes the step cannot run without, with ``params`` (:attr:`required_reftypes`
+        and those its options need: ``option_reftypes``)."""
+        extra = () if self.option_reftypes is None else tuple(self.option_reftypes(params))
+        return self.required_reftypes + tuple(rt for rt in extra if rt not in self.required_reftypes)
 
     def missing(self, refs) -> list[str]:
         """The required reftypes ``refs`` (a RefSet or None) has no file for."""

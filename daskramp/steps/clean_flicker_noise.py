@@ -98,8 +98,7 @@ class Params:
         None, length=2, min=1, none=True, note="used by background_method='model' only")
     mask_science_regions: bool = boolean(False, note="no effect on NIRCam and NIRISS non-SOSS exposures, "
                                                     "as officially; refused where it masks regions")
-    apply_flat_field: bool = boolean(False, note="no FLAT for NIRSpec spectroscopy, as officially; "
-                                                "refused where a FLAT applies")
+    apply_flat_field: bool = boolean(False)
     #: official float without a minimum; a clipping level <= 0 would mask every pixel
     n_sigma: float = floating(2.0, above=0)
     fit_histogram: bool = boolean(False)
@@ -172,13 +171,6 @@ def science_regions(attrs: dict) -> str | None:
     return None
 
 
-def flat_applies(attrs: dict) -> bool:
-    """Whether a FLAT reference applies to the exposure (``apply_flat_field``): not to
-    NIRSpec spectroscopy (:data:`FFT_EXP_TYPES`), whose flat fields are FFLAT, SFLAT and
-    DFLAT (CRDS answers N/A for FLAT)."""
-    return _exp_type(attrs) not in FFT_EXP_TYPES
-
-
 def check_exposure(params, attrs: dict, frame_shape) -> None:
     """Refuse the options that do not apply to the exposure, before the run.
 
@@ -191,8 +183,8 @@ def check_exposure(params, attrs: dict, frame_shape) -> None:
     * ``mask_science_regions`` where it masks something (:func:`science_regions`: not
       implemented); on the other exposures the official step masks nothing more (a warning
       says so);
-    * ``apply_flat_field`` where a FLAT applies (not implemented); on NIRSpec spectroscopy
-      the official step warns that no flat is available and fits without (so does daskramp).
+    ``apply_flat_field`` needs the FLAT reference where one applies (the reference
+    selection says so, :meth:`daskramp.steps.StepSpec.required_for`).
     """
     import warnings
 
@@ -223,14 +215,6 @@ def check_exposure(params, attrs: dict, frame_shape) -> None:
                               f"(or give the regions as user_mask)")
         warnings.warn(f"clean_flicker_noise: mask_science_regions masks nothing more on EXP_TYPE {shown} "
                       f"(as in the official step)", OfficialNoEffectWarning, stacklevel=2)
-    if params.apply_flat_field:
-        if flat_applies(attrs):
-            raise ConfigError(f"clean_flicker_noise: apply_flat_field=True on {shown} divides the differences "
-                              f"by the FLAT reference in the official step; daskramp does not read FLAT "
-                              f"references: set apply_flat_field=False")
-        warnings.warn(f"clean_flicker_noise: apply_flat_field: no FLAT applies to EXP_TYPE {shown} (NIRSpec "
-                      f"spectroscopy; as in the official step, the fit runs without a flat)",
-                      OfficialNoEffectWarning, stacklevel=2)
 
 
 def by_amplifier(params, attrs: dict) -> bool:
@@ -345,17 +329,21 @@ def official_draft_rates(ds: xr.Dataset, *, gain, readnoise, per_integration: bo
 
 
 def official_scene_mask(ds: xr.Dataset, *, gain, readnoise, n_sigma: float,
-                        single_mask: bool = True, fit_histogram: bool = False) -> xr.DataArray:
+                        single_mask: bool = True, fit_histogram: bool = False, flat=None) -> xr.DataArray:
     """Scene mask (True = background) from the official draft rate, lazily.
 
     ``(y, x)`` for a one-segment exposure with ``single_mask``; ``(integration, y, x)``
     otherwise: each integration gets its segment's mask (``single_mask``) or its own
-    (from the draft ``rateints``).
+    (from the draft ``rateints``).  With ``flat`` (``apply_flat_field``) the draft rate is
+    divided by it first.
     """
+    def flat_fielded(rate):
+        return rate if flat is None else rate / flat
+
     if not single_mask:
         rateints = official_draft_rates(ds, gain=gain, readnoise=readnoise, per_integration=True)
-        return make_scene_mask(rateints, n_sigma=n_sigma, fit_histogram=fit_histogram)
-    masks = [(hi - lo, make_scene_mask(rate, n_sigma=n_sigma, fit_histogram=fit_histogram))
+        return make_scene_mask(flat_fielded(rateints), n_sigma=n_sigma, fit_histogram=fit_histogram)
+    masks = [(hi - lo, make_scene_mask(flat_fielded(rate), n_sigma=n_sigma, fit_histogram=fit_histogram))
              for (lo, hi), rate in official_draft_rates(ds, gain=gain, readnoise=readnoise)]
     if len(masks) == 1:
         return masks[0][1]
@@ -376,6 +364,41 @@ def make_scene_mask(rate: xr.DataArray, *, n_sigma: float, fit_histogram: bool =
         output_dtypes=[bool],
         kwargs={"n_sigma": float(n_sigma), "fit_histogram": bool(fit_histogram)},
     ).rename(MASK_VAR)
+
+
+def _flat_used(p, flat, ds: xr.Dataset) -> xr.DataArray | None:
+    """The flat the step divides by: ``flat`` as a ``(y, x)`` DataArray on ``ds``'s pixels
+    with ``apply_flat_field`` (a warning when there is none), None without."""
+    import warnings
+
+    if not p.apply_flat_field:
+        return None
+    if flat is None:
+        warnings.warn(f"clean_flicker_noise: apply_flat_field: no FLAT reference applies to EXP_TYPE "
+                      f"{_exp_type(ds.attrs) or '(none)'} (as in the official step, the fit runs "
+                      f"without a flat)", OfficialNoEffectWarning, stacklevel=3)
+        return None
+    if isinstance(flat, xr.DataArray):
+        return flat
+    arr = np.asarray(flat, dtype=FLOAT_DTYPE)
+    if arr.shape != (ds.sizes[Y], ds.sizes[X]):
+        raise ValueError(f"clean_flicker_noise: flat of shape {arr.shape} for frames of "
+                         f"{(ds.sizes[Y], ds.sizes[X])}")
+    return xr.DataArray(arr, dims=IMAGE_DIMS, coords={d: ds[d] for d in IMAGE_DIMS if d in ds.coords})
+
+
+def _flicker_terms(data, groupdq, mask, flat=None, **kw):
+    # kernel.flicker_terms with the flat as a block argument (map_ramp_blocks passes blocks
+    # positionally)
+    return kernel.flicker_terms(data, groupdq, mask, flat=flat, **kw)
+
+
+def _apply_clean_flat(data, flat, channel, background, *stripes, **kw):
+    return kernel.apply_clean(data, channel, background, *stripes, flat=flat, **kw)
+
+
+def _clean_ramp(data, groupdq, mask, flat=None, **kw):
+    return kernel.clean_ramp(data, groupdq, mask, flat=flat, **kw)
 
 
 def whole_frames(ds: xr.Dataset, integrations: int = 1, names=(DATA, GROUPDQ)) -> xr.Dataset:
@@ -413,20 +436,21 @@ def apply_line_values(ds: xr.Dataset, stripes: xr.DataArray, channel: np.ndarray
 
 
 def rebuild(ds: xr.Dataset, stripes: xr.DataArray, background: xr.DataArray, channel: np.ndarray,
-            axis: int) -> xr.DataArray:
+            axis: int, flat: xr.DataArray | None = None) -> xr.DataArray:
     """The cleaned ramp from line values and background levels, on ``ds``'s chunks (lazy)
     (:func:`daskramp.kernels.clean_flicker_noise.apply_clean`)."""
     fd = fast_dim(axis)
     chan = xr.DataArray(np.asarray(channel, np.int8), dims=(fd,), coords={fd: ds[fd]})
     pieces = [stripes.isel({CHANNEL: c}, drop=True) for c in range(stripes.sizes[CHANNEL])]
     data = ds[DATA] if ds[DATA].dtype == FLOAT_DTYPE else ds[DATA].astype(FLOAT_DTYPE)
-    return map_ramp_blocks(
-        kernel.apply_clean, data, chan, background, *pieces, dtype=FLOAT_DTYPE, axis_to_correct=axis,
-        name="clean_flicker_noise",
-    )
+    if flat is None:
+        return map_ramp_blocks(kernel.apply_clean, data, chan, background, *pieces, dtype=FLOAT_DTYPE,
+                               axis_to_correct=axis, name="clean_flicker_noise")
+    return map_ramp_blocks(_apply_clean_flat, data, flat, chan, background, *pieces, dtype=FLOAT_DTYPE,
+                           axis_to_correct=axis, name="clean_flicker_noise")
 
 
-def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readnoise=None,
+def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readnoise=None, flat=None,
                         flicker=None, flicker_channel=None, frame_integrations: int = 1,
                         **params) -> xr.Dataset:
     """Remove 1/f noise from every group difference (lazy).
@@ -445,6 +469,13 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         GAIN (e⁻/DN) and READNOISE (DN) cut to the subarray, for the official draft rate
         (:func:`official_draft_rates`; the pipeline passes the references of jump/ramp_fit).
         Without them the scene mask comes from the quick :func:`draft_rate`.
+    flat : array-like or xarray.DataArray (y, x), optional
+        The FLAT reference's image cut to ``ds``'s pixels, its zeros and non-finite values
+        replaced (:func:`daskramp.kernels.clean_flicker_noise.prepared_flat`; the reference
+        loader does it), used with ``apply_flat_field``: the draft rate and every difference
+        are divided by it before the fits, the cleaned differences multiplied by it.  With
+        ``apply_flat_field`` and no flat (none applies: NIRSpec spectroscopy, or an N/A
+        override) the fit runs without one, as the official step does, with a warning.
     flicker, flicker_channel : xarray.DataArray, optional
         The line values and background levels of ``ds``'s differences, found beforehand on
         whole frames (:func:`frame_block`): ``(channel, integration, group, line)`` float32
@@ -479,34 +510,39 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
     if ds.sizes[GROUP] < 2:
         return with_status(ds, STATUS, COMPLETE)
     by_channel = by_amplifier(p, a)
+    flat = _flat_used(p, flat, ds)
     if isinstance(flicker, str) and flicker in ("status", "rewritten"):
         # "rewritten": the fused engine's frame pass has cleaned ``ds`` already
         return with_status(ds, STATUS, COMPLETE)
     if flicker is not None:
         return with_status(ds, STATUS, COMPLETE,
-                           **{DATA: apply_given(ds, flicker, flicker_channel, axis)})
+                           **{DATA: apply_given(ds, flicker, flicker_channel, axis, flat=flat)})
 
     if p.user_mask is not None:
         mask = read_user_mask(p.user_mask, ds)
     elif gain is not None and readnoise is not None:
         mask = official_scene_mask(ds, gain=gain, readnoise=readnoise, n_sigma=p.n_sigma,
-                                   single_mask=p.single_mask, fit_histogram=p.fit_histogram)
+                                   single_mask=p.single_mask, fit_histogram=p.fit_histogram, flat=flat)
     else:
         rate = draft_rate(ds, per_integration=not p.single_mask)
+        if flat is not None:
+            rate = rate / flat
         mask = make_scene_mask(rate, n_sigma=p.n_sigma, fit_histogram=p.fit_histogram)
 
     frames = whole_frames(ds, frame_integrations)
     if whole_image(p):
-        return with_status(ds, STATUS, COMPLETE, **_whole_image_updates(ds, frames, mask, p, axis, by_channel))
+        return with_status(ds, STATUS, COMPLETE,
+                           **_whole_image_updates(ds, frames, mask, p, axis, by_channel, flat))
     fast_size = ds.sizes[fast_dim(axis)]
     channel = kernel.channel_index(fast_size, fit_by_channel=by_channel)
     nchan = int(channel.max()) + 1
     ldim = line_dim(axis)
     terms = map_ramp_blocks(
-        kernel.flicker_terms,
+        _flicker_terms,
         frames[DATA],
         frames[GROUPDQ],
         mask,
+        *([] if flat is None else [flat]),
         dims_out=(INTEGRATION, GROUP, ldim),
         new_axis=(CHANNEL, nchan + 1),
         dtype=np.float32,
@@ -520,7 +556,7 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
     background = terms.isel({CHANNEL: nchan, ldim: 0}, drop=True)
     # applied on the whole-frame blocks, not on the input's tiles: the input is then read
     # once, into those blocks, and never waits in memory for the stripes of every frame
-    updates = {DATA: rebuild(frames, stripes, background, channel, axis), GROUPDQ: frames[GROUPDQ]}
+    updates = {DATA: rebuild(frames, stripes, background, channel, axis, flat=flat), GROUPDQ: frames[GROUPDQ]}
     if p.save_mask:
         updates[MASK_VAR] = mask
     if p.save_noise:
@@ -541,18 +577,19 @@ def _whole_image_kwargs(p, attrs, axis: int, by_channel: bool) -> dict:
                 fc=nsclean.frequency_cutoffs(attrs.get("SUBARRAY", "")))
 
 
-def _whole_image_updates(ds, frames, mask, p, axis: int, by_channel: bool) -> dict:
+def _whole_image_updates(ds, frames, mask, p, axis: int, by_channel: bool, flat=None) -> dict:
     # whole-image corrections: each block of whole frames cleaned in one task
     a = ds.attrs
     data = frames[DATA] if frames[DATA].dtype == FLOAT_DTYPE else frames[DATA].astype(FLOAT_DTYPE)
     kw = dict(_whole_image_kwargs(p, a, axis, by_channel), name="clean_flicker_noise")
+    args = (data, frames[GROUPDQ], mask, *([] if flat is None else [flat]))
     if p.save_background:
-        both = map_ramp_blocks(kernel.clean_ramp, data, frames[GROUPDQ], mask, dtype=FLOAT_DTYPE,
-                               new_axis=("product", 2), with_background=True, **kw)
+        both = map_ramp_blocks(_clean_ramp, *args, dtype=FLOAT_DTYPE, new_axis=("product", 2),
+                               with_background=True, **kw)
         cleaned = both.isel(product=0, drop=True)
         background = both.isel(product=1, drop=True)
     else:
-        cleaned = map_ramp_blocks(kernel.clean_ramp, data, frames[GROUPDQ], mask, dtype=FLOAT_DTYPE, **kw)
+        cleaned = map_ramp_blocks(_clean_ramp, *args, dtype=FLOAT_DTYPE, **kw)
     updates = {DATA: cleaned, GROUPDQ: frames[GROUPDQ]}
     if p.save_background:
         updates[BACKGROUND_VAR] = background.rename(BACKGROUND_VAR).assign_attrs(units="DN")
@@ -564,7 +601,8 @@ def _whole_image_updates(ds, frames, mask, p, axis: int, by_channel: bool) -> di
     return updates
 
 
-def apply_given(ds: xr.Dataset, flicker: xr.DataArray, channel: xr.DataArray, axis: int) -> xr.DataArray:
+def apply_given(ds: xr.Dataset, flicker: xr.DataArray, channel: xr.DataArray, axis: int,
+                flat=None) -> xr.DataArray:
     """``ds``'s data cleaned with line values found on whole frames, on ``ds``'s own layout
     (a numpy window of the frame; :func:`daskramp.kernels.clean_flicker_noise.apply_clean`)."""
     fd, ld = fast_dim(axis), line_dim(axis)
@@ -575,7 +613,8 @@ def apply_given(ds: xr.Dataset, flicker: xr.DataArray, channel: xr.DataArray, ax
         np.zeros(terms.shape[1:3], np.float32)
     stripes = [np.asarray(terms.isel({CHANNEL: c}).values) for c in range(nchan)]
     data = np.asarray(ds[DATA].values, FLOAT_DTYPE)
-    out = kernel.apply_clean(data, chan, background, *stripes, axis_to_correct=axis)
+    out = kernel.apply_clean(data, chan, background, *stripes, axis_to_correct=axis,
+                             flat=None if flat is None else np.asarray(getattr(flat, "values", flat)))
     return ds[DATA].copy(data=out)
 
 
@@ -633,13 +672,20 @@ def tile_draft(ds: xr.Dataset, wrefs, params) -> tuple[dict, dict]:
     return {}, {"draft_images": np.stack(images).astype(np.float32)}
 
 
-def scene_masks(tiles: dict, pixeldq: np.ndarray, skeleton: xr.Dataset, refs, params):
-    """The scene mask of each uncal segment of a block, ``(segment, y, x)`` bool (True =
-    background), from the tiles' drafts assembled into whole images (``tiles``: name →
-    array of the frame); a user mask ``(y, x)`` or ``(integration, y, x)``; None when each
-    integration has its own (from the checkpoint's draft slopes, :func:`frame_block`)."""
+def scene_masks(tiles: dict, pixeldq: np.ndarray, skeleton: xr.Dataset, refs, params) -> dict:
+    """The frame pass's context of a block: ``{"masks": …, "flat": …}``.
+
+    ``masks``: the scene mask of each uncal segment, ``(segment, y, x)`` bool (True =
+    background), from the tiles' drafts assembled into whole images (``tiles``: name → array
+    of the frame), divided by the flat with ``apply_flat_field``; a user mask ``(y, x)`` or
+    ``(integration, y, x)``; None when each integration has its own (from the checkpoint's
+    draft slopes, :func:`frame_block`).  ``flat``: the whole frame's FLAT image with
+    ``apply_flat_field`` (None without)."""
+    flat = None
+    if params.apply_flat_field:
+        flat = ref_array(ref(refs, "flat"))
     if params.user_mask is not None:
-        return user_mask_array(params.user_mask, (skeleton.sizes[Y], skeleton.sizes[X]))
+        return {"masks": user_mask_array(params.user_mask, (skeleton.sizes[Y], skeleton.sizes[X])), "flat": flat}
     if "draft_terms" in tiles:
         terms = tiles["draft_terms"]
         g = np.asarray(ref_array(ref(refs, "gain")))
@@ -653,9 +699,12 @@ def scene_masks(tiles: dict, pixeldq: np.ndarray, skeleton: xr.Dataset, refs, pa
     elif "draft_images" in tiles:
         rates = list(tiles["draft_images"])
     else:
-        return None
-    return np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma), fit_histogram=params.fit_histogram)
-                     for r in rates])
+        return {"masks": None, "flat": flat}
+    if flat is not None:
+        rates = [r / flat for r in rates]
+    masks = np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma), fit_histogram=params.fit_histogram)
+                      for r in rates])
+    return {"masks": masks, "flat": flat}
 
 
 def user_mask_array(user_mask, frame_shape) -> np.ndarray:
@@ -677,7 +726,7 @@ def user_mask_array(user_mask, frame_shape) -> np.ndarray:
     return arr.astype(bool)
 
 
-def frame_block(ramp: dict, masks, segment_of: np.ndarray, positions: np.ndarray, attrs: dict,
+def frame_block(ramp: dict, context: dict, segment_of: np.ndarray, positions: np.ndarray, attrs: dict,
                 params) -> np.ndarray:
     """Line values and background levels of a block of whole frames of the ramp the step
     receives (:func:`daskramp.kernels.clean_flicker_noise.flicker_terms`),
@@ -685,15 +734,17 @@ def frame_block(ramp: dict, masks, segment_of: np.ndarray, positions: np.ndarray
     (:func:`whole_image`) the cleaned ramp, ``{"data": (integration, group, y, x)}``.
 
     ``ramp``: ``data``, ``groupdq`` (and the draft slopes with ``single_mask=False``) of the
-    block's integrations; ``masks``: from :func:`scene_masks`; ``segment_of``: each
+    block's integrations; ``context``: from :func:`scene_masks`; ``segment_of``: each
     integration's index among the segments of :func:`scene_masks`; ``positions``: each
     integration's position in the exposure (a per-integration user mask).
     """
     axis = axis_to_correct(attrs)
     by_channel = by_amplifier(params, attrs)
+    masks, flat = context["masks"], context["flat"]
     if masks is None:
+        rates = ramp[DRAFT_VAR] if flat is None else ramp[DRAFT_VAR] / flat
         mask = np.stack([kernel.scene_mask(r, n_sigma=float(params.n_sigma), fit_histogram=params.fit_histogram)
-                         for r in ramp[DRAFT_VAR]])
+                         for r in rates])
     elif masks.ndim == 2:
         mask = masks
     elif params.user_mask is not None:
@@ -707,12 +758,12 @@ def frame_block(ramp: dict, masks, segment_of: np.ndarray, positions: np.ndarray
         mask = masks[segment_of]
     if whole_image(params):
         # the cleaned ramp itself (the engine writes it into the checkpoint: FramePass.rewrites)
-        cleaned = kernel.clean_ramp(ramp[DATA], ramp[GROUPDQ], mask,
+        cleaned = kernel.clean_ramp(ramp[DATA], ramp[GROUPDQ], mask, flat=flat,
                                     **_whole_image_kwargs(params, attrs, axis, by_channel))
         return {DATA: cleaned}
     return kernel.flicker_terms(ramp[DATA], ramp[GROUPDQ], mask, axis_to_correct=axis,
                                 n_sigma=float(params.n_sigma), background_method=params.background_method,
-                                fit_by_channel=by_channel)
+                                fit_by_channel=by_channel, flat=flat)
 
 
 def frame_block_shape(skeleton: xr.Dataset, params) -> tuple[int, int, int]:
@@ -752,8 +803,12 @@ def _stats_kwargs(ds, params, given, frame_shape) -> dict:
 
 def _refs_kwargs(refs, params, ds) -> dict:
     # the draft rate's ramp fit reads GAIN and READNOISE (the official RampFitStep asks CRDS
-    # for them); without them the step runs on the quick draft rate
-    return {"gain": ref_array(ref(refs, "gain")), "readnoise": ref_array(ref(refs, "readnoise"))}
+    # for them); without them the step runs on the quick draft rate.  The FLAT (loaded with
+    # its bad values replaced) only with apply_flat_field
+    kw = {"gain": ref_array(ref(refs, "gain")), "readnoise": ref_array(ref(refs, "readnoise"))}
+    if params.apply_flat_field:
+        kw["flat"] = ref_array(ref(refs, "flat"))
+    return kw
 
 
 def _not_fusable(p) -> str | None:
@@ -768,6 +823,7 @@ def _not_fusable(p) -> str | None:
 # measures on whole frames (docs/scaling.md)
 SPEC = StepSpec(name="clean_flicker_noise", status=STATUS, params=Params, run=clean_flicker_noise,
                 scratch=3.0, reftypes=("gain", "readnoise"), optional_reftypes=("gain", "readnoise"),
+                option_reftypes=lambda p: ("flat",) if p.apply_flat_field else (),
                 refs_kwargs=_refs_kwargs,
                 stats_kwargs=_stats_kwargs,
                 # the saved mask and line values are variables of the ramp the tiles do not keep

@@ -155,7 +155,10 @@ def test_every_reftype_of_the_exposure_comes_from_the_cache(cache, attrs, sim_re
     assert (c.context, c.mode, c.path) == (context, "local", root.absolute())
     names = {rt: cache_name("NIRISS", rt, n + 1, "fits") for rt in REFTYPES}
     assert crds_io.recommendations(c, attrs, REFTYPES) == {rt: ("file", names[rt]) for rt in REFTYPES}
-    rs = crds_io.reference_set(attrs, cache=c)
+    # clean_flicker_noise's apply_flat_field asks for the FLAT too
+    rs = crds_io.reference_set(attrs, {"clean_flicker_noise": {"skip": False, "apply_flat_field": True}}, cache=c)
+    assert crds_io.reference_set(attrs, cache=c).reason("flat") == \
+        "FLAT: not asked of CRDS (no step that runs reads it)"
     prov = rs.provenance()
     for rt in REFTYPES:
         f = rs.get(rt)
@@ -173,8 +176,9 @@ def test_every_reftype_of_the_exposure_comes_from_the_cache(cache, attrs, sim_re
     ({"DATE-OBS": "2022-01-01", "TIME-OBS": "00:00:00"}, {rt: 1 for rt in REFTYPES}),
     # READPATT selects only the reftypes whose rules name it (spec 11 §1: NIRISS superbias,
     # dark, readnoise), SUBARRAY those of mask, superbias, linearity, dark, gain, readnoise
+    # (not saturation, nor the FLAT: DETECTOR, FILTER, PUPIL)
     ({"READPATT": "OTHER"}, {**{rt: 1 for rt in REFTYPES}, "superbias": 4, "dark": 4, "readnoise": 4}),
-    ({"SUBARRAY": "OTHER"}, {**{rt: 4 for rt in REFTYPES}, "saturation": 1}),
+    ({"SUBARRAY": "OTHER"}, {**{rt: 4 for rt in REFTYPES}, "saturation": 1, "flat": 1}),
 ])
 def test_selection_follows_the_exposure_keywords(cache, attrs, change, chosen):
     _, _, n = cache()

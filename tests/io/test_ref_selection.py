@@ -58,6 +58,7 @@ def arrays(reftype, ny=NY, nx=NX):
         "dark": {"SCI": np.stack([img * k for k in range(5)]), "DQ": dq},
         "gain": {"SCI": img * 2},
         "readnoise": {"SCI": img * 10},
+        "flat": {"SCI": img * 1.02},
     }[reftype]
 
 
@@ -166,6 +167,33 @@ def test_niriss_dark_readpatt_and_pattern_keyword(tmp_path):
         RefSet.from_dir(tmp_path, NIS, required=("dark",))
     write_ref(tmp_path / "both.fits", "dark", sci=NIS, READPATT="NIS", P_READPA="NIS|NISRAPID|")
     assert select("dark", tmp_path, NIS).name == "both.fits"
+
+
+def test_flat_selection_and_when_it_is_needed(tmp_path):
+    """FLAT (clean_flicker_noise's apply_flat_field) as the CRDS flat rmaps select it (crds'
+    specs: NIRISS DETECTOR and FILTER, NIRCam also PUPIL, MIRI also BAND, READPATT, SUBARRAY);
+    none for NIRSpec (its spectroscopy has FFLAT, SFLAT, DFLAT).  Needed only with the
+    option."""
+    from daskramp.engine.stages import needed_reftypes, validate_steps
+
+    sci = {**NIS, "FILTER": "CLEAR", "PUPIL": "GR700XD"}
+    write_ref(tmp_path / "f090w.fits", "flat", sci=sci, FILTER="F090W", PUPIL="GR700XD")
+    with pytest.raises(ReferenceFileError, match=r"FLAT reference: no file .*rejected: f090w.fits "
+                                                 r"\(FILTER='F090W', exposure 'CLEAR'\).* "
+                                                 r"set --steps.clean_flicker_noise.apply_flat_field=false"):
+        RefSet.from_dir(tmp_path, sci, required=("flat",))
+    # PUPIL is no NIRISS FLAT selector
+    write_ref(tmp_path / "clearp.fits", "flat", sci=sci, FILTER="CLEAR", PUPIL="CLEARP")
+    assert RefSet.from_dir(tmp_path, sci, required=("flat",)).get("flat").name == "clearp.fits"
+    assert SELECTION_KEYWORDS["NIRISS"]["flat"] == ("DETECTOR", "FILTER")
+    assert SELECTION_KEYWORDS["NIRCAM"]["flat"] == ("DETECTOR", "FILTER", "PUPIL")
+    assert SELECTION_KEYWORDS["MIRI"]["flat"] == ("DETECTOR", "FILTER", "BAND", "READPATT", "SUBARRAY")
+    assert not_applicable("flat", {**NIS, "INSTRUME": "NIRSPEC"}) == "FLAT does not apply to NIRSPEC"
+    # found when there, required only with the option
+    assert RefSet.from_dir(tmp_path, sci, required=()).get("flat").name == "clearp.fits"
+    assert "flat" not in needed_reftypes(validate_steps({"clean_flicker_noise": {"skip": False}}))
+    assert "flat" in needed_reftypes(validate_steps({"clean_flicker_noise": {"skip": False,
+                                                                             "apply_flat_field": True}}))
 
 
 def test_any_beats_na_and_a_literal_ties_with_any(tmp_path):

@@ -64,6 +64,7 @@ def default_arrays(reftype, ny=REF_NY, nx=REF_NX):
         "dark": {"SCI": np.stack([img * 0, img, 2 * img, 3 * img, 4 * img]), "DQ": dq},
         "gain": {"SCI": img + 1},
         "readnoise": {"SCI": img + 2},
+        "flat": {"SCI": img + 3},
     }[reftype]
 
 
@@ -447,7 +448,7 @@ def test_override_for_another_detector(tmp_path, kw, msg):
 
 def test_unknown_override_key():
     with pytest.raises(ReferenceFileError, match="unknown reftype"):
-        RefSet.from_dir(None, SCI, overrides={"flat": "x.fits"})
+        RefSet.from_dir(None, SCI, overrides={"fflat": "x.fits"})
 
 
 # ---------------------------------------------------------------------------- layout errors

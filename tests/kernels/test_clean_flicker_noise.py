@@ -317,6 +317,68 @@ def test_apply_clean_equals_the_whole_array_form(axis):
     assert np.isnan(got[1, 3:, 2, 5]).all() and got.dtype == np.float32
 
 
+def test_apply_clean_with_a_flat_hand_case():
+    # one pixel, D = 6, flat f = 2, b = 1, s = 0.5: clean = (((6 / 2 − 1) − 0.5) + 1) · 2 = 5;
+    # a flat of ones changes nothing
+    data = np.array([10.0, 16.0], np.float32).reshape(1, 2, 1, 1)
+    bkg = np.array([[0.0, 1.0]], np.float32)
+    s = np.array([[[0.0], [0.5]]], np.float32)
+    out = k.apply_clean(data, np.zeros(1, np.int8), bkg, s, axis_to_correct=1, flat=np.full((1, 1), 2, np.float32))
+    assert out[0, 1, 0, 0] == 15.0
+    ones = k.apply_clean(data, np.zeros(1, np.int8), bkg, s, axis_to_correct=1, flat=np.ones((1, 1), np.float32))
+    plain = k.apply_clean(data, np.zeros(1, np.int8), bkg, s, axis_to_correct=1)
+    assert ones[0, 1, 0, 0] == plain[0, 1, 0, 0] == 15.5  # ((6 − 1) − 0.5) + 1 = 5.5
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_a_flat_of_twos_equals_halved_data(axis):
+    """Dividing by a flat of 2 is exact in float: the line values and background levels are
+    those of the halved ramp, and the cleaned ramp twice its cleaned halves."""
+    ds, _ = _striped_exposure(nint=2, ngroup=4)
+    data, gdq = ds["data"].values, ds["groupdq"].values
+    mask = np.ones(data.shape[2:], bool)
+    mask[14:18] = False
+    twos = np.full(data.shape[2:], 2, np.float32)
+    terms = k.flicker_terms(data, gdq, mask, axis_to_correct=axis, flat=twos)
+    halved = k.flicker_terms(data / np.float32(2), gdq, mask, axis_to_correct=axis)
+    np.testing.assert_array_equal(terms, halved)
+    assert np.abs(terms[0]).max() > 0.1
+    fast = data.shape[2] if axis == 1 else data.shape[3]
+    chan = k.channel_index(fast, fit_by_channel=False)
+    got = k.apply_clean(data, chan, terms[1, :, :, 0], terms[0], axis_to_correct=axis, flat=twos)
+    want = k.apply_clean(data / np.float32(2), chan, terms[1, :, :, 0], terms[0], axis_to_correct=axis)
+    np.testing.assert_array_equal(got, want * 2)
+    # the whole-image form gives the same
+    cleaned = k.clean_ramp(data, gdq, mask, axis_to_correct=axis, background_method="model", flat=twos)
+    np.testing.assert_array_equal(
+        cleaned[:, 1:] - cleaned[:, :-1],
+        2 * (k.clean_ramp(data / np.float32(2), gdq, mask, axis_to_correct=axis, background_method="model")[:, 1:]
+             - k.clean_ramp(data / np.float32(2), gdq, mask, axis_to_correct=axis, background_method="model")[:, :-1]))
+
+
+def test_prepared_flat_replaces_zeros_and_nan_by_the_local_level():
+    # a uniform flat: the replaced pixels get its level exactly
+    raw = np.full((64, 64), 1.05, np.float32)
+    raw[10, 20], raw[40, 50], raw[5, 5] = 0.0, np.nan, np.inf
+    out = k.prepared_flat(raw)
+    np.testing.assert_array_equal(out, np.full((64, 64), 1.05, np.float32))
+    assert np.isnan(raw[40, 50])  # the input is not modified
+    # a gradient of 0.2 across the frame with 1 % noise: the smoothed level of the 32 × 32
+    # boxes (8 × 8 of them, filtered over 5 × 5), near the gradient's value at the pixel;
+    # the good pixels unchanged
+    rng = np.random.default_rng(2)
+    xx = np.mgrid[0:256, 0:256][1]
+    flat = (1.0 + 0.2 * xx / 256 + 0.01 * rng.standard_normal((256, 256))).astype(np.float32)
+    raw = flat.copy()
+    raw[100, 100], raw[140, 160] = 0.0, np.nan
+    out = k.prepared_flat(raw)
+    good = np.isfinite(raw) & (raw != 0)
+    np.testing.assert_array_equal(out[good], raw[good])
+    for y, x in ((100, 100), (140, 160)):  # inside: the 5 × 5 filter reaches no edge
+        assert abs(out[y, x] - (1.0 + 0.2 * x / 256)) < 0.01
+    np.testing.assert_array_equal(k.prepared_flat(flat), flat)
+
+
 def test_draft_slopes_hand_case():
     # TGROUP 10 s; pixel (0,0): 0, 10, 20, 30 DN → (30 − 0)/(3·10) = 1 DN/s.
     # pixel (0,1): saturated from group 2 → groups 0..1: (10 − 0)/10 = 1 DN/s... with 5 → 0.5.
@@ -512,6 +574,12 @@ def test_the_step_takes_gain_and_readnoise_from_the_references():
     # optional: without them the step still runs (quick draft rate), it is never skipped for them
     assert step.SPEC.refs_kwargs(None, step.Params(skip=False), None) == {"gain": None, "readnoise": None}
     assert set(step.SPEC.optional_reftypes) == {"gain", "readnoise"} and step.SPEC.missing(None) == []
+    # the FLAT only with apply_flat_field, and then required
+    on = step.Params(skip=False, apply_flat_field=True)
+    assert step.SPEC.required_for(step.Params(skip=False)) == ()
+    assert step.SPEC.required_for(on) == ("flat",)
+    files["flat"] = SimpleNamespace(arrays={"SCI": "FLAT"})
+    assert step.SPEC.refs_kwargs(refs, on, None) == {"gain": "GAIN", "readnoise": "RN", "flat": "FLAT"}
 
 
 @pytest.mark.parity
