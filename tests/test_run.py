@@ -39,12 +39,21 @@ def simulated_small(params=SMALL):
     out = root / key
     done = out / ".done"
     if not done.exists():
-        if out.exists():
-            shutil.rmtree(out)
-        res = simulate(out, **params)
-        done.write_text(json.dumps({"uncal": [str(p) for p in res.uncal_files], "refs": str(res.refs_dir)}))
+        # made aside and renamed into place: test processes running side by side (xdist)
+        # never see, or delete, one another's half-made cache
+        tmp = root / f".{key}.{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        res = simulate(tmp, **params)
+        (tmp / ".done").write_text(json.dumps({"uncal": [p.relative_to(tmp).as_posix() for p in res.uncal_files],
+                                               "refs": res.refs_dir.relative_to(tmp).as_posix()}))
+        if out.exists() and not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # left half made by an older version of this
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process made it first
+            shutil.rmtree(tmp, ignore_errors=True)
     info = json.loads(done.read_text())
-    return [Path(p) for p in info["uncal"]], Path(info["refs"])
+    return [out / p for p in info["uncal"]], out / info["refs"]
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,15 @@ from pathlib import Path
 from .. import steps as registry
 from ..config import FILE_KINDS, ConfigError, merge
 from ..parsfile import STEP_CLASSES, from_tree, load_tree
-from .refs import NA, REFTYPES, SELECTION_KEYWORDS, RefSet, not_applicable
+from .refs import (
+    BASE_REFTYPES,
+    NA,
+    NOT_NEEDED,
+    REFTYPES,
+    SELECTION_KEYWORDS,
+    RefSet,
+    not_applicable,
+)
 
 logger = logging.getLogger("daskramp.crds")
 
@@ -531,6 +539,9 @@ def reference_set(exposure_attrs: Mapping, steps=None, *, overrides: Mapping | N
         why = not_applicable(rt, exposure_attrs)
         if why is not None:
             reasons[rt] = why
+        elif rt not in wanted and rt not in BASE_REFTYPES:
+            # an option's reftype (FLAT): left out of the products, as officially
+            reasons[rt] = f"{rt.upper()}: {NOT_NEEDED}"
         elif rt not in wanted:
             reasons[rt] = f"{rt.upper()}: not asked of CRDS (no step that runs reads it)"
         else:

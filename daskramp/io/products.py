@@ -126,6 +126,7 @@ REFERENCE_KEYWORDS = {
     "dark": "R_DARK",
     "gain": "R_GAIN",
     "readnoise": "R_READNO",
+    "flat": "R_FLAT",
 }
 
 #: per kind: variable → (EXTNAME, dtype, dims, BUNIT or None), in HDU order

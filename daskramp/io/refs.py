@@ -81,6 +81,8 @@ CUT_REFTYPES = frozenset({"mask", "saturation", "superbias", "linearity", "gain"
 
 FULL_FRAME = 2048
 NA = "N/A"
+#: the reason of an option's reftype the steps that run do not read
+NOT_NEEDED = "not needed by the steps that run"
 
 
 @dataclass(frozen=True)
@@ -944,7 +946,7 @@ class RefSet:
             (reason "<REFTYPE>: override N/A").  Keys may also be spelled ``override_<reftype>``.
         required : iterable of str
             Reftypes that must be found in ``refs_dir`` (default: :data:`BASE_REFTYPES`,
-            every one but FLAT).  Those given in
+            every one but FLAT, which is searched only when required).  Those given in
             ``overrides`` or not applicable to the instrument (:func:`not_applicable`) are
             never searched; a reftype not required and not found is None, with the
             reason kept (:meth:`reason`).
@@ -988,6 +990,10 @@ class RefSet:
             why = not_applicable(rt, exposure_attrs)
             if why is not None:
                 reasons[rt] = why
+                continue
+            if rt not in BASE_REFTYPES and rt not in required:
+                # an option's reference (FLAT) is read only when that option is on
+                reasons[rt] = f"{rt.upper()}: {NOT_NEEDED}"
                 continue
             if refs_dir is None:
                 reasons[rt] = f"{rt.upper()}: no reference files given"
@@ -1046,9 +1052,14 @@ class RefSet:
 
     def provenance(self) -> dict:
         """``reftype → {"file": name, "path": str, "sha256": hex}``; "N/A" entries have
-        path and sha256 None and a ``reason`` (:meth:`reason`)."""
+        path and sha256 None and a ``reason`` (:meth:`reason`).  An option's reftype (FLAT)
+        that no step read is left out, as the official products leave out its keyword."""
         out = {}
         for rt, f in self._files.items():
+            if f is None and rt not in BASE_REFTYPES and rt not in self._reasons:
+                continue
+            if f is None and self._reasons.get(rt, "").endswith(NOT_NEEDED):
+                continue
             if f is None:
                 out[rt] = {"file": NA, "path": None, "sha256": None, "reason": self.reason(rt)}
             else:

@@ -366,7 +366,7 @@ def make_scene_mask(rate: xr.DataArray, *, n_sigma: float, fit_histogram: bool =
     ).rename(MASK_VAR)
 
 
-def _flat_used(p, flat, ds: xr.Dataset) -> xr.DataArray | None:
+def _flat_used(p, flat, ds: xr.Dataset, reason: str | None = None) -> xr.DataArray | None:
     """The flat the step divides by: ``flat`` as a ``(y, x)`` DataArray on ``ds``'s pixels
     with ``apply_flat_field`` (a warning when there is none), None without."""
     import warnings
@@ -374,9 +374,9 @@ def _flat_used(p, flat, ds: xr.Dataset) -> xr.DataArray | None:
     if not p.apply_flat_field:
         return None
     if flat is None:
-        warnings.warn(f"clean_flicker_noise: apply_flat_field: no FLAT reference applies to EXP_TYPE "
-                      f"{_exp_type(ds.attrs) or '(none)'} (as in the official step, the fit runs "
-                      f"without a flat)", OfficialNoEffectWarning, stacklevel=3)
+        why = reason or f"none given for EXP_TYPE {_exp_type(ds.attrs) or '(none)'}"
+        warnings.warn(f"clean_flicker_noise: apply_flat_field without a FLAT ({why}): as in the official "
+                      f"step, the fit runs without a flat", OfficialNoEffectWarning, stacklevel=3)
         return None
     if isinstance(flat, xr.DataArray):
         return flat
@@ -451,8 +451,8 @@ def rebuild(ds: xr.Dataset, stripes: xr.DataArray, background: xr.DataArray, cha
 
 
 def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readnoise=None, flat=None,
-                        flicker=None, flicker_channel=None, frame_integrations: int = 1,
-                        **params) -> xr.Dataset:
+                        flat_reason: str | None = None, flicker=None, flicker_channel=None,
+                        frame_integrations: int = 1, **params) -> xr.Dataset:
     """Remove 1/f noise from every group difference (lazy).
 
     As for every wrapper, calling it runs the step (``skip=False``); the pipeline default of
@@ -476,6 +476,8 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         are divided by it before the fits, the cleaned differences multiplied by it.  With
         ``apply_flat_field`` and no flat (none applies: NIRSpec spectroscopy, or an N/A
         override) the fit runs without one, as the official step does, with a warning.
+    flat_reason : str, optional
+        Why there is no FLAT (the reference set's reason), for that warning.
     flicker, flicker_channel : xarray.DataArray, optional
         The line values and background levels of ``ds``'s differences, found beforehand on
         whole frames (:func:`frame_block`): ``(channel, integration, group, line)`` float32
@@ -510,7 +512,7 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
     if ds.sizes[GROUP] < 2:
         return with_status(ds, STATUS, COMPLETE)
     by_channel = by_amplifier(p, a)
-    flat = _flat_used(p, flat, ds)
+    flat = _flat_used(p, flat, ds, flat_reason)
     if isinstance(flicker, str) and flicker in ("status", "rewritten"):
         # "rewritten": the fused engine's frame pass has cleaned ``ds`` already
         return with_status(ds, STATUS, COMPLETE)
@@ -808,6 +810,8 @@ def _refs_kwargs(refs, params, ds) -> dict:
     kw = {"gain": ref_array(ref(refs, "gain")), "readnoise": ref_array(ref(refs, "readnoise"))}
     if params.apply_flat_field:
         kw["flat"] = ref_array(ref(refs, "flat"))
+        if kw["flat"] is None and refs is not None:
+            kw["flat_reason"] = refs.reason("flat")
     return kw
 
 

@@ -43,6 +43,8 @@ STEP_OVERRIDES = {
     "jump": {"gain": "gain", "readnoise": "readnoise"},
     "ramp_fit": {"gain": "gain", "readnoise": "readnoise"},
     "gain_scale": {"gain": "gain"},
+    # its FLAT with apply_flat_field; PASTASOSS (NIS_SOSS mask_science_regions) is not made
+    "clean_flicker_noise": {"flat": "flat", "pastasoss": None},
 }
 
 

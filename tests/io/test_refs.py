@@ -121,7 +121,7 @@ def test_recipe_reads_the_same_set_again(full_set):
     """What a dask worker does with the recipe instead of receiving the arrays in the graph."""
     import pickle
 
-    refs = RefSet.from_dir(full_set, SCI)
+    refs = RefSet.from_dir(full_set, SCI, required=REFTYPES)
     files, attrs = refs.recipe()
     assert len(pickle.dumps((files, attrs))) < 10_000
     again = RefSet.from_recipe(files, attrs)
@@ -516,7 +516,7 @@ def test_inv_coeffs_are_cut_too(tmp_path):
 
 
 def test_sha256_and_provenance(full_set):
-    refs = RefSet.from_dir(full_set, SCI)
+    refs = RefSet.from_dir(full_set, SCI, required=REFTYPES)
     prov = refs.provenance()
     assert set(prov) == set(REFTYPES)
     for rt in REFTYPES:

@@ -96,7 +96,9 @@ def _jump_ramp(tmp_path, preset):
     res = detector1(open_exposure(sim.uncal_files[0]), sim.refs_dir, save_steps=["jump"])
     with dask.config.set(scheduler="synchronous"):
         ramp = res.intermediates["jump"].compute()
-    refs = RefSet.from_dir(sim.refs_dir, ramp.attrs)
+    from daskramp.io.refs import REFTYPES
+
+    refs = RefSet.from_dir(sim.refs_dir, ramp.attrs, required=REFTYPES)
     gain, rn = (np.asarray(refs.get(rt).arrays["SCI"]) for rt in ("gain", "readnoise"))
     # the FLAT as the pipeline gives it to the step (cut, its bad values replaced); none for NIRSpec
     flat = None if refs.get("flat") is None else refs.get("flat").arrays["SCI"]
