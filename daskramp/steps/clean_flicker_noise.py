@@ -22,7 +22,10 @@ Laziness and layout:
    on the same whole-frame blocks, so the layout of later steps is unchanged (the engine
    lays the blocks back out as the input's chunks).
 
-Only ``data`` changes; ``groupdq`` and ``pixeldq`` are returned as they are.
+Only ``data`` changes; ``groupdq`` and ``pixeldq`` are returned as they are.  With
+``apply_flat_field`` the FLAT reference (its bad values replaced when it is read) divides the
+draft rate before the mask and every difference before its values are found, and multiplies
+the cleaned differences back (:func:`daskramp.kernels.clean_flicker_noise.apply_clean`).
 
 That is the layout of the wrapper on a lazy exposure (the step-by-step graph).  The fused
 engine runs the same kernels through a checkpoint of the ramp the step receives
@@ -84,8 +87,11 @@ class Params:
     ``save_mask``, ``save_noise`` and ``save_background`` (kept as the Dataset variables
     ``flicker_mask``; ``flicker_stripes``, the line values, or ``flicker_noise``, the removed
     noise of every group, for the whole-image corrections; ``flicker_background``, the
-    background level of every group's difference).  The other official values are refused by
-    :mod:`daskramp.params` (:class:`~daskramp.params.NotImplementedParameter`).
+    background level of every group's difference), ``apply_flat_field`` (the FLAT
+    reference; none applies to NIRSpec spectroscopy: a warning, as officially), and
+    ``autoparam`` and ``mask_science_regions`` where the official step gives them no effect
+    (:func:`check_exposure` refuses them elsewhere).  ``background_method='median_image'``
+    is refused by :mod:`daskramp.params` (:class:`~daskramp.params.NotImplementedParameter`).
     """
 
     autoparam: bool = boolean(False, note="no effect outside NIS_IMAGE/NRC_IMAGE, as officially; "
