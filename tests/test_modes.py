@@ -38,7 +38,7 @@ import pytest
 from astropy.io import fits
 
 from daskramp import dq
-from daskramp.io.refs import REFTYPES, ReferenceFileError, RefSet
+from daskramp.io.refs import REFTYPES, ReferenceFileError, RefSet, not_applicable
 from daskramp.simulate import (
     AXES,
     _build_state,
@@ -264,7 +264,9 @@ def test_reference_selection_all_reftypes(sims, tmp_path):
 
     for name, sim in sims.items():
         rs = RefSet.from_dir(sim.refs_dir, sim.attrs, required=REFTYPES)
-        assert all(rs.get(rt) is not None for rt in REFTYPES), name
+        # every one that applies to the instrument (no FLAT for NIRSpec spectroscopy)
+        assert all(rs.get(rt) is not None for rt in REFTYPES if not_applicable(rt, sim.attrs) is None), name
+        assert (rs.get("flat") is None) == (sim.attrs["INSTRUME"] == "NIRSPEC"), name
         assert rs.get("dark").arrays["SCI"].shape[-2:] == (sim.attrs["SUBSIZE2"], sim.attrs["SUBSIZE1"])
         with fits.open(sim.refs["dark"]) as h:
             d = h[0].header
@@ -472,6 +474,7 @@ def test_jwst_datamodels_open_uncal_and_references(sims, monkeypatch, tmp_path):
     from stdatamodels.jwst.datamodels import (
         DarkModel,
         DarkNirspecModel,
+        FlatModel,
         GainModel,
         Level1bModel,
         LinearityModel,
@@ -482,7 +485,7 @@ def test_jwst_datamodels_open_uncal_and_references(sims, monkeypatch, tmp_path):
     )
 
     classes = {"mask": MaskModel, "saturation": SaturationModel, "superbias": SuperBiasModel,
-               "linearity": LinearityModel, "gain": GainModel, "readnoise": ReadnoiseModel}
+               "linearity": LinearityModel, "gain": GainModel, "readnoise": ReadnoiseModel, "flat": FlatModel}
     for name, sim in sims.items():
         a = sim.attrs
         with datamodels.open(str(sim.uncal_files[0])) as m:
@@ -810,7 +813,9 @@ def test_soss_and_imaging_files_and_references(mode_sims):
         "SUB64P", 1, 101, 64, 64, 1, 0.05016)
     for name, sim in mode_sims.items():
         rs = RefSet.from_dir(sim.refs_dir, sim.attrs, required=REFTYPES)
-        assert all(rs.get(rt) is not None for rt in REFTYPES), name
+        # every one that applies to the instrument (no FLAT for NIRSpec spectroscopy)
+        assert all(rs.get(rt) is not None for rt in REFTYPES if not_applicable(rt, sim.attrs) is None), name
+        assert (rs.get("flat") is None) == (sim.attrs["INSTRUME"] == "NIRSPEC"), name
         dark = rs.get("dark")
         assert dark.arrays["SCI"].shape[-2:] == (sim.attrs["SUBSIZE2"], sim.attrs["SUBSIZE1"])
         assert (dark.header["EXP_TYPE"], dark.header["SUBARRAY"], dark.header["NOUTPUTS"]) == (

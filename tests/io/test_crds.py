@@ -67,7 +67,7 @@ def attrs(small) -> dict:
 
 @pytest.fixture(scope="module")
 def sim_refs(small, attrs) -> dict[str, Path]:
-    rs = RefSet.from_dir(small[1], attrs)
+    rs = RefSet.from_dir(small[1], attrs, required=REFTYPES)
     return {rt: rs.get(rt).path for rt in REFTYPES}
 
 
@@ -165,7 +165,7 @@ def test_every_reftype_of_the_exposure_comes_from_the_cache(cache, attrs, sim_re
         f = rs.get(rt)
         assert f.path == (root / "references" / "jwst" / "niriss" / names[rt]).resolve()
         # the same bytes as the file --refs selects from the simulation's directory
-        assert f.sha256 == RefSet.from_dir(sim_refs[rt].parent, attrs).get(rt).sha256
+        assert f.sha256 == RefSet.from_dir(sim_refs[rt].parent, attrs, required=REFTYPES).get(rt).sha256
         assert prov[rt]["uri"] == f"crds://{names[rt]}"
     assert rs.crds == {"context": context, "version": crds.__version__, "mode": "local",
                        "path": str(root.absolute())}
