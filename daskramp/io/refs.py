@@ -45,8 +45,13 @@ the directory and every rejected file with its reason; a reftype that is not req
 then "N/A" and :meth:`RefSet.reason` says why.
 
 Cut-outs follow jwst ``lib/reffile_utils`` (spec 01 §3): mask, saturation, superbias,
-linearity (COEFFS/INV_COEFFS keep their leading axis), gain and readnoise are cut to the
-science subarray; the dark is not, and its image shape must equal the science image.  Only the
+linearity (COEFFS/INV_COEFFS keep their leading axis), gain, readnoise and flat are cut to the
+science subarray; the dark is not, and its image shape must equal the science image.
+
+FLAT is read only for clean_flicker_noise's ``apply_flat_field`` (only when ``required``;
+:data:`BASE_REFTYPES` are the others), selected by the keywords of the crds flat rmaps, and
+its zeros and non-finite values are replaced as the official step replaces them
+(:func:`daskramp.kernels.clean_flicker_noise.prepared_flat`).  Only the
 needed part of each array is read (``ImageHDU.section``), so a full-frame reference costs
 the size of the subarray.  Arrays come back native-endian: float32 for images and
 coefficients, uint32 for DQ.
