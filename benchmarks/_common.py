@@ -15,14 +15,10 @@ CACHE = Path(os.environ.get("DASKRAMP_BENCH_CACHE", Path.home() / ".cache" / "da
 def simulated(preset: str, nints: int, segments: int = 1, ngroups: int | None = None, seed: int = 1, **kw):
     """A simulated exposure, generated once and cached (keyed by its parameters and the
     simulator's source, so that a cache made by another version is not used)."""
-    import hashlib
+    from daskramp.simulate import simulate, source_digest
 
-    from daskramp import simulate as module
-    from daskramp.simulate import simulate
-
-    version = hashlib.sha1(Path(module.__file__).read_bytes()).hexdigest()[:8]
     key = (f"{preset}-n{nints}-s{segments}-g{ngroups}-seed{seed}" + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
-           + f"-sim{version}")
+           + f"-sim{source_digest()}")
     out = CACHE / key
     done = out / ".done"
     if done.exists():

@@ -1559,6 +1559,14 @@ def _write_truth(path: Path, p: Preset, state, sub, times, mjd0, jumps, jamps, s
 # public API
 
 
+def source_digest() -> str:
+    """A short digest of this module's source: caches of simulated exposures key on it, so
+    that one made by another version of the simulator is not used."""
+    import hashlib
+
+    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:8]
+
+
 def simulate(
     outdir,
     *,

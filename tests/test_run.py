@@ -27,15 +27,10 @@ SMALL = {"preset": "niriss-soss", "nints": 6, "segments": 2, "ngroups": 5, "nx":
 
 def simulated_small(params=SMALL):
     """The small exposure of these tests, simulated once and cached (uncal files, refs dir)."""
-    import hashlib
-
-    from daskramp import simulate as module
-    from daskramp.simulate import simulate
+    from daskramp.simulate import simulate, source_digest
 
     root = Path(os.environ.get("DASKRAMP_TEST_CACHE", tempfile.gettempdir())) / "daskramp-test-data"
-    # the simulator's source is part of the key: a cache made by another version is not used
-    version = hashlib.sha1(Path(module.__file__).read_bytes()).hexdigest()[:8]
-    key = "-".join(f"{k}{v}" for k, v in sorted(params.items())) + f"-sim{version}"
+    key = "-".join(f"{k}{v}" for k, v in sorted(params.items())) + f"-sim{source_digest()}"
     out = root / key
     done = out / ".done"
     if not done.exists():

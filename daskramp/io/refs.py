@@ -1061,9 +1061,7 @@ class RefSet:
         that no step read is left out, as the official products leave out its keyword."""
         out = {}
         for rt, f in self._files.items():
-            if f is None and rt not in BASE_REFTYPES and rt not in self._reasons:
-                continue
-            if f is None and self._reasons.get(rt, "").endswith(NOT_NEEDED):
+            if f is None and rt not in BASE_REFTYPES and self._reasons.get(rt, NOT_NEEDED).endswith(NOT_NEEDED):
                 continue
             if f is None:
                 out[rt] = {"file": NA, "path": None, "sha256": None, "reason": self.reason(rt)}
