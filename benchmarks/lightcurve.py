@@ -264,6 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--ngroups", type=int, default=None, help="groups (default: the preset's, 9)")
     p.add_argument("--depth", type=float, default=0.02, help="injected transit depth (default 0.02)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--background", type=float, default=None,
+                   help="sky background of the simulation, DN/s (default: the preset's, 2)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--memory-limit", default="4GB", help="per daskramp worker (default 4GB)")
     p.add_argument("--maximum-cores", default="1", help="jwst jump/ramp_fit maximum_cores (default 1)")
@@ -290,8 +292,9 @@ def main(argv=None) -> int:
     rows = []
     try:
         for amp in args.amplitudes:
+            extra = {} if args.background is None else {"background": args.background}
             sim = simulated(PRESET, args.nints, ngroups=args.ngroups, seed=args.seed, nx=args.nx,
-                            one_over_f_amplitude=amp, transit_depth=args.depth)
+                            one_over_f_amplitude=amp, transit_depth=args.depth, **extra)
             truth = load_truth(sim.truth_path)
             oot = out_of_transit(truth)
             rms = rms_per_read(amp, truth)
