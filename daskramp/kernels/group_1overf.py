@@ -30,6 +30,35 @@ UNUSABLE_PIXEL = _dq.DO_NOT_USE | _dq.REFERENCE_PIXEL
 MAXITERS = 5
 
 
+def trace_mask(rate, *, n_sigma: float, grow: int = 0) -> np.ndarray:
+    """Background mask of a draft rate image (True = background), ``(y, x)`` bool.
+
+    :func:`daskramp.kernels.clean_flicker_noise.scene_mask` (NaN and 0 never background;
+    above the clipped background + ``n_sigma``·σ is signal), then the signal grown by
+    ``grow`` pixels in each direction (a square of side ``2·grow + 1``): a column's median is
+    pulled by the faint wings of a trace by an amount that hardly follows their flux, so
+    wings left in the background bias a transit's depth (benchmarks/README.md, lightcurve).
+    """
+    from .clean_flicker_noise import scene_mask
+
+    background = scene_mask(rate, n_sigma=float(n_sigma))
+    if grow <= 0:
+        return background
+    signal = ~background & np.isfinite(rate) & (rate != 0)
+    grown = signal.copy()
+    for axis in (0, 1):
+        step = grown.copy()
+        for s in range(1, int(grow) + 1):
+            if axis == 0:
+                step[s:] |= grown[:-s]
+                step[:-s] |= grown[s:]
+            else:
+                step[:, s:] |= grown[:, :-s]
+                step[:, :-s] |= grown[:, s:]
+        grown = step
+    return background & ~grown
+
+
 def draft_slope(data, *, tgroup: float) -> np.ndarray:
     """Draft rate of a block of one segment, (y, x) float32 DN/s.
 

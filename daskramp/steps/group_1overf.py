@@ -8,8 +8,8 @@ is that line's background, and it is removed cumulatively from the groups.  The 
 spectrum extracted afterwards needs no background of its own.
 
 The unilluminated pixels are a trace mask: ``user_mask`` (True = background), or pixels
-below ``n_sigma`` above the clipped background of a draft rate image made from the raw ramp
-in a first pass (:func:`daskramp.kernels.group_1overf.draft_slope`, per segment, averaged
+below ``n_sigma`` above the clipped background of a draft rate image made from the raw ramp,
+the rest grown by ``mask_grow`` pixels on every side, in a first pass (:func:`daskramp.kernels.group_1overf.draft_slope`, per segment, averaged
 over segments).  DO_NOT_USE and reference pixels, and pixels DO_NOT_USE or SATURATED in
 either group of a difference, never count.
 
@@ -39,9 +39,8 @@ from ..dims import (
     segment_bounds,
     validate,
 )
-from ..kernels import clean_flicker_noise as _cfn
 from ..kernels import group_1overf as kernel
-from ..params import boolean, check, floating, image, option
+from ..params import boolean, check, floating, image, integer, option
 from ._apply import map_ramp_blocks
 from ._spec import StepSpec
 from ._wrapper import COMPLETE, SKIPPED, with_status
@@ -62,8 +61,13 @@ class Params:
 
     method: str = option("median", ("median", "mean"), official=False,
                          note="median, or sigma-clipped mean, of a line's background pixels")
-    n_sigma: float = floating(3.0, above=0, official=False,
+    # 1σ and 4 pixels of growth: the trace's faint wings stay out of the line medians, which
+    # they would pull by a level that hardly follows the star's flux (a transit 0.1–0.2 %
+    # too deep with 3σ and no growth; benchmarks/README.md, lightcurve)
+    n_sigma: float = floating(1.0, above=0, official=False,
                               note="trace mask: pixels above the draft rate's clipped background + n_sigma·σ")
+    mask_grow: int = integer(4, min=0, official=False,
+                             note="trace mask grown by this many pixels on every side (its faint wings)")
     sigma: float = floating(3.0, above=0, official=False, note="clipping of method='mean'")
     by_amplifier: bool = boolean(True, official=False, note="one value per amplifier when NOUTPUTS = 4")
     user_mask: object = image(None, ndim=(2,), official=False,
@@ -112,11 +116,13 @@ def exposure_draft_rate(ds: xr.Dataset) -> xr.DataArray:
     return xr.DataArray(out, dims=IMAGE_DIMS, coords=coords)
 
 
-def background_mask(rate: xr.DataArray, *, n_sigma: float) -> xr.DataArray:
-    """True = background: the scene mask of a whole-frame draft rate (NaN and 0 never)."""
+def background_mask(rate: xr.DataArray, *, n_sigma: float, grow: int = 0) -> xr.DataArray:
+    """True = background: the trace mask of a whole-frame draft rate (NaN and 0 never;
+    :func:`daskramp.kernels.group_1overf.trace_mask`, the signal grown by ``grow`` pixels)."""
+    kw = {"n_sigma": float(n_sigma), "grow": int(grow)}
     if rate.chunks is None:
-        return rate.copy(data=_cfn.scene_mask(np.asarray(rate.values), n_sigma=float(n_sigma))).rename(MASK_VAR)
-    data = da.asarray(rate.data).rechunk(-1).map_blocks(_cfn.scene_mask, n_sigma=float(n_sigma), dtype=bool)
+        return rate.copy(data=kernel.trace_mask(np.asarray(rate.values), **kw)).rename(MASK_VAR)
+    data = da.asarray(rate.data).rechunk(-1).map_blocks(kernel.trace_mask, dtype=bool, **kw)
     return rate.copy(data=data).rename(MASK_VAR)
 
 
@@ -172,7 +178,7 @@ def group_1overf(ds: xr.Dataset, *, draft_rate: xr.DataArray | None = None, skip
         mask = read_user_mask(p.user_mask, ds)
     else:
         rate = exposure_draft_rate(ds) if draft_rate is None else draft_rate
-        mask = _window_of(background_mask(rate, n_sigma=p.n_sigma), ds)
+        mask = _window_of(background_mask(rate, n_sigma=p.n_sigma, grow=p.mask_grow), ds)
     chan = amplifier_index(ds, axis, by_amplifier=p.by_amplifier)
     fd = fast_dim(axis)
     chan_da = xr.DataArray(chan, dims=(fd,), coords={fd: ds[fd]} if fd in ds.coords else None)

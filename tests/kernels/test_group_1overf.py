@@ -119,3 +119,19 @@ def test_line_values_do_not_depend_on_where_lines_are_cut(cut, seed):
     left = k.line_values(data[..., :cut], gdq[..., :cut], pdq[:, :cut], mask[:, :cut], chan, axis_to_correct=1)
     right = k.line_values(data[..., cut:], gdq[..., cut:], pdq[:, cut:], mask[:, cut:], chan, axis_to_correct=1)
     np.testing.assert_array_equal(np.concatenate([left, right], axis=-1), whole)
+
+
+def test_trace_mask_grows_the_signal_by_whole_pixels():
+    # a flat 1 DN/s background and a bright row 10 (x 5..14): the 3σ mask takes the row out;
+    # grown by 2, rows 8..12 and columns 3..16 go too; NaN and 0 are never background (and
+    # do not grow)
+    rate = np.ones((24, 20), np.float32)
+    rate[10, 5:15] = 500.0
+    rate[0, 0], rate[0, 1] = np.nan, 0.0
+    plain = k.trace_mask(rate, n_sigma=3.0)
+    want = np.ones((24, 20), bool)
+    want[10, 5:15] = want[0, 0] = want[0, 1] = False
+    np.testing.assert_array_equal(plain, want)
+    np.testing.assert_array_equal(k.trace_mask(rate, n_sigma=3.0, grow=0), plain)
+    want[8:13, 3:17] = False
+    np.testing.assert_array_equal(k.trace_mask(rate, n_sigma=3.0, grow=2), want)

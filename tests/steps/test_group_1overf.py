@@ -63,6 +63,24 @@ def test_fused_equals_step_by_step(case, soss, grism):
         assert a.attrs["S_1OVERF"] == b.attrs["S_1OVERF"] == "COMPLETE"
 
 
+def test_mask_grow_widens_the_trace_mask_on_both_paths(soss):
+    """``mask_grow`` grows the draft-rate mask (fused and step by step alike): fewer
+    background pixels, a different correction, the same products on both layouts."""
+    ds = open_exposure(soss.uncal_files)
+    grown = {"group_1overf": {"skip": False, "mask_grow": 8}}
+    fused = _products(detector1(ds, soss.refs_dir, steps=grown, tile_columns=32))
+    step = _products(detector1(ds, soss.refs_dir, steps=grown, fused=False))
+    default = _products(detector1(ds, soss.refs_dir, steps=ON, fused=False))
+    for a, b, c in zip(fused, step, default, strict=True):
+        np.testing.assert_array_equal(a["data"].values, b["data"].values)
+        assert not np.array_equal(a["data"].values, c["data"].values, equal_nan=True)
+    with forbid_compute():
+        masks = [group_1overf(ds, mask_grow=g, save_mask=True)[MASK_VAR] for g in (0, 4, 8)]
+    m0, m4, m8 = (m.values for m in masks)
+    np.testing.assert_array_equal(group_1overf(ds, save_mask=True)[MASK_VAR].values, m4)  # the default
+    assert (m8 <= m4).all() and (m4 <= m0).all() and m8.sum() < m4.sum() < m0.sum()
+
+
 def test_a_user_mask_replaces_the_draft_rate(soss, tmp_path):
     from astropy.io import fits
 
