@@ -132,10 +132,31 @@ def connect(profile: ClusterProfile | None = None, *, quiet: bool = False, **ove
                 print(f"dashboard:    {client.dashboard_link}")
         yield client
     finally:
+        if cluster is not None:
+            _silence_worker_logs(client)
         client.close()
         if cluster is not None:
             cluster.close()
             _restore_environ(saved)
+
+
+def _set_worker_log_level(level: int) -> None:
+    import logging
+
+    logging.getLogger("distributed").setLevel(level)
+
+
+def _silence_worker_logs(client) -> None:
+    """Before the local cluster closes: its workers log nothing more.  A worker whose
+    heartbeat meets the closing scheduler logs a traceback to the terminal (seen on a loaded
+    machine); the run's results are in by then, and its errors were reported through the
+    client."""
+    import logging
+
+    try:
+        client.run(_set_worker_log_level, logging.CRITICAL)
+    except Exception:  # noqa: BLE001 - a worker already gone has nothing to say either
+        pass
 
 
 def _restore_environ(saved: dict) -> None:

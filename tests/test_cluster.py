@@ -160,3 +160,23 @@ def test_local_cluster_sets_worker_environment_only(monkeypatch):
     assert seen == {"MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}
     assert inside == {"MALLOC_ARENA_MAX": None, "OMP_NUM_THREADS": None}
     assert {k: os.environ.get(k) for k in names} == inside
+
+
+@pytest.mark.distributed
+def test_closing_local_cluster_silences_its_workers_first():
+    """The workers of a closing local cluster log nothing more (a heartbeat meeting the
+    closed scheduler printed a traceback under a quiet run on a loaded machine); they logged
+    warnings before, as distributed sets them up."""
+    import logging
+
+    from daskramp.cluster import _silence_worker_logs
+
+    def level():
+        return logging.getLogger("distributed").getEffectiveLevel()
+
+    prof = ClusterProfile(workers=1, threads_per_worker=1, memory_limit="1GB", dashboard_address=None)
+    with connect(prof, quiet=True) as client:
+        before = set(client.run(level).values())
+        _silence_worker_logs(client)
+        after = set(client.run(level).values())
+    assert max(before) < logging.CRITICAL and after == {logging.CRITICAL}
