@@ -372,14 +372,17 @@ def make_scene_mask(rate: xr.DataArray, *, n_sigma: float, fit_histogram: bool =
     ).rename(MASK_VAR)
 
 
-def _flat_used(p, flat, ds: xr.Dataset, reason: str | None = None) -> xr.DataArray | None:
+def _flat_used(p, flat, ds: xr.Dataset, reason: str | None = None, *, warn: bool = True) -> xr.DataArray | None:
     """The flat the step divides by: ``flat`` as a ``(y, x)`` DataArray on ``ds``'s pixels
-    with ``apply_flat_field`` (a warning when there is none), None without."""
+    with ``apply_flat_field`` (a warning when there is none, unless not ``warn``), None
+    without."""
     import warnings
 
     if not p.apply_flat_field:
         return None
     if flat is None:
+        if not warn:
+            return None
         why = reason or f"none given for EXP_TYPE {_exp_type(ds.attrs) or '(none)'}"
         warnings.warn(f"clean_flicker_noise: apply_flat_field without a FLAT ({why}): as in the official "
                       f"step, the fit runs without a flat", OfficialNoEffectWarning, stacklevel=3)
@@ -513,12 +516,16 @@ def clean_flicker_noise(ds: xr.Dataset, *, skip: bool = False, gain=None, readno
         return with_status(ds, STATUS, SKIPPED)
     background_method = p.background_method
     a = ds.attrs
-    check_exposure(p, a, (ds.sizes[Y], ds.sizes[X]))
+    # the fused engine's tiles (statistics given) are windows of an exposure checked, and
+    # warned about, before its run: their workers say nothing again
+    tile = flicker is not None and not (isinstance(flicker, str) and flicker == "status")
+    if flicker is None:
+        check_exposure(p, a, (ds.sizes[Y], ds.sizes[X]))
     axis = axis_to_correct(a)
     if ds.sizes[GROUP] < 2:
         return with_status(ds, STATUS, COMPLETE)
     by_channel = by_amplifier(p, a)
-    flat = _flat_used(p, flat, ds, flat_reason)
+    flat = _flat_used(p, flat, ds, flat_reason, warn=not tile)
     if isinstance(flicker, str) and flicker in ("status", "rewritten"):
         # "rewritten": the fused engine's frame pass has cleaned ``ds`` already
         return with_status(ds, STATUS, COMPLETE)
